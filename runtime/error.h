@@ -32,9 +32,11 @@ template <class... Args>
 
 }  // namespace rpp
 
-// Precondition check that throws rpp::Error with the condition text, file and line.
-#define RPP_CHECK(cond, ...)                                                        \
-  do {                                                                              \
-    if (!(cond))                                                                    \
-      ::rpp::fail("check failed: " #cond " (", __FILE__, ":", __LINE__, ") ", ##__VA_ARGS__); \
+// Precondition check that throws rpp::Error with the condition text, file and line, followed by
+// any extra message pieces: RPP_CHECK(n > 0) or RPP_CHECK(n > 0, "batch size ", n).
+#define RPP_CHECK(...) RPP_CHECK_IMPL_(__VA_ARGS__, "")
+#define RPP_CHECK_IMPL_(cond, ...)                                                    \
+  do {                                                                                \
+    if (!(cond))                                                                      \
+      ::rpp::fail("check failed: " #cond " (", __FILE__, ":", __LINE__, ") ", __VA_ARGS__); \
   } while (0)

@@ -1,0 +1,203 @@
+// runtime/autodiff.cpp — walks forward nodes in reverse and emits one backward rule per op.
+#include "runtime/autodiff.h"
+
+#include <map>
+
+namespace rpp {
+
+std::vector<std::string> optimizer_state_names(OptimizerKind opt) {
+  if (opt == OptimizerKind::SGD) return {"momentum_buffer"};
+  return {"exp_avg", "exp_avg_sq"};
+}
+
+namespace {
+
+class Autodiff {
+ public:
+  explicit Autodiff(Graph& g) : g_(g) {}
+
+  std::vector<int> run(int loss) {
+    RPP_CHECK(g_.tensor(loss).shape.empty(), "autodiff needs a scalar loss");
+    const int nforward = g_.num_nodes();
+    // Seed: the loss node's backward produces d(logits) directly (dloss = 1).
+    for (int i = nforward - 1; i >= 0; --i) {
+      const Node n = g_.node(i);  // copy: add_node may reallocate
+      if (n.op == OpKind::Loss) {
+        if (n.out[0] != loss) continue;
+        if (!needs(n.in[0])) continue;
+        int dx = grad_tensor(n.in[0]);
+        Node b = make(OpKind::LossBwd, {n.in[0], n.in[1]}, {dx}, n.name);
+        b.loss = n.loss;
+        b.flops = n.flops;
+        g_.add_node(std::move(b));
+        continue;
+      }
+      if (n.op > OpKind::Loss || n.out.empty() || !has_grad(n.out[0])) continue;
+      backward(n);
+    }
+    std::vector<int> grads;
+    for (int p : g_.of_kind(TensorKind::Param)) {
+      auto it = grad_.find(p);
+      if (it == grad_.end()) fail("parameter ", g_.tensor(p).name, " does not influence the loss");
+      grads.push_back(it->second);
+    }
+    return grads;
+  }
+
+ private:
+  bool needs(int id) const { return id >= 0 && g_.tensor(id).requires_grad; }
+  bool has_grad(int id) const { return grad_.count(id) != 0; }
+
+  static Node make(OpKind k, std::vector<int> in, std::vector<int> out, const std::string& name) {
+    Node n{k, std::move(in), std::move(out), name, {}, {}, {}, {}, 0};
+    return n;
+  }
+
+  // A fresh gradient tensor for x; the caller must then call contribute(x, it).
+  int new_grad(int x) {
+    TensorInfo t;
+    t.name = "grad(" + g_.tensor(x).name + ")";
+    t.shape = g_.tensor(x).shape;
+    t.kind = TensorKind::Gradient;
+    return g_.add_tensor(std::move(t));
+  }
+
+  // Records that d(loss)/dx receives the contribution in tensor c; sums with an Add node if
+  // x already has a gradient.
+  void contribute(int x, int c) {
+    auto it = grad_.find(x);
+    if (it == grad_.end()) {
+      grad_[x] = c;
+      return;
+    }
+    int sum = new_grad(x);
+    Node a = make(OpKind::Add, {it->second, c}, {sum}, "grad_sum(" + g_.tensor(x).name + ")");
+    a.flops = numel(g_.tensor(x).shape);
+    g_.add_node(std::move(a));
+    it->second = sum;
+  }
+
+  // For ops whose backward writes the gradient tensor itself: allocates and contributes.
+  int grad_tensor(int x) {
+    int t = new_grad(x);
+    contribute(x, t);
+    return t;
+  }
+
+  // Output slot for an input that may or may not need a gradient: a scratch tensor when not.
+  int out_for(int x) {
+    if (needs(x)) return new_grad(x);
+    TensorInfo t;
+    t.name = "unused_grad(" + g_.tensor(x).name + ")";
+    t.shape = g_.tensor(x).shape;
+    t.kind = TensorKind::Gradient;
+    return g_.add_tensor(std::move(t));
+  }
+
+  void emit(OpKind k, std::vector<int> in, std::vector<int> outs, const Node& fwd, int64_t flops,
+            const std::vector<int>& targets) {
+    Node b = make(k, std::move(in), outs, fwd.name);
+    b.conv = fwd.conv;
+    b.bn = fwd.bn;
+    b.flops = flops;
+    g_.add_node(std::move(b));
+    for (size_t i = 0; i < targets.size(); ++i)
+      if (targets[i] >= 0 && needs(targets[i])) contribute(targets[i], outs[i]);
+  }
+
+  void backward(const Node& n) {
+    const int dy = grad_.at(n.out[0]);
+    switch (n.op) {
+      case OpKind::Conv2d: {
+        const int x = n.in[0], w = n.in[1], b = n.in[2];
+        if (needs(x)) emit(OpKind::Conv2dBwdData, {dy, w}, {new_grad(x)}, n, n.flops, {x});
+        if (needs(w) || needs(b))
+          emit(OpKind::Conv2dBwdFilter, {x, dy}, {out_for(w), out_for(b)}, n, n.flops, {w, b});
+        break;
+      }
+      case OpKind::BatchNorm: {
+        RPP_CHECK(n.bn.training, "backward through an eval-mode batchnorm at ", n.name);
+        const int x = n.in[0], gamma = n.in[1], beta = n.in[2];
+        emit(OpKind::BatchNormBwd, {x, dy, gamma, n.out[1], n.out[2]},
+             {out_for(x), out_for(gamma), out_for(beta)}, n, 2 * n.flops, {x, gamma, beta});
+        break;
+      }
+      case OpKind::Relu:
+        if (needs(n.in[0])) emit(OpKind::ReluBwd, {n.out[0], dy}, {new_grad(n.in[0])}, n, n.flops, {n.in[0]});
+        break;
+      case OpKind::Add:
+        // d(a) = d(b) = dy: the same tensor is shared, nothing to compute.
+        for (int x : n.in)
+          if (needs(x)) contribute(x, dy);
+        break;
+      case OpKind::Mul: {
+        const int a = n.in[0], b = n.in[1];
+        if (needs(a)) emit(OpKind::Mul, {dy, b}, {new_grad(a)}, n, n.flops, {a});
+        if (needs(b)) emit(OpKind::Mul, {dy, a}, {new_grad(b)}, n, n.flops, {b});
+        break;
+      }
+      case OpKind::ScaleChannels: {
+        const int x = n.in[0], s = n.in[1];
+        if (needs(x)) emit(OpKind::ScaleChannels, {dy, s}, {new_grad(x)}, n, n.flops, {x});
+        if (needs(s)) emit(OpKind::ScaleChannelsBwd, {x, dy}, {new_grad(s)}, n, 2 * n.flops, {s});
+        break;
+      }
+      case OpKind::GlobalAvgPool:
+        if (needs(n.in[0])) emit(OpKind::GlobalAvgPoolBwd, {dy}, {new_grad(n.in[0])}, n, n.flops, {n.in[0]});
+        break;
+      case OpKind::Linear: {
+        const int x = n.in[0], w = n.in[1];
+        emit(OpKind::LinearBwd, {x, w, dy}, {out_for(x), out_for(w)}, n, 2 * n.flops, {x, w});
+        break;
+      }
+      case OpKind::Sigmoid:
+        if (needs(n.in[0])) emit(OpKind::SigmoidBwd, {n.out[0], dy}, {new_grad(n.in[0])}, n, n.flops, {n.in[0]});
+        break;
+      case OpKind::MaxPool2:
+        if (needs(n.in[0])) emit(OpKind::MaxPool2Bwd, {n.in[0], dy}, {new_grad(n.in[0])}, n, n.flops, {n.in[0]});
+        break;
+      case OpKind::Upsample2:
+        if (needs(n.in[0])) emit(OpKind::Upsample2Bwd, {dy}, {new_grad(n.in[0])}, n, numel(g_.tensor(dy).shape), {n.in[0]});
+        break;
+      case OpKind::Concat: {
+        const int a = n.in[0], b = n.in[1];
+        emit(OpKind::ConcatBwd, {dy}, {out_for(a), out_for(b)}, n, 0, {a, b});
+        break;
+      }
+      default:
+        fail("autodiff: no backward rule for ", op_name(n.op), " at ", n.name);
+    }
+  }
+
+  Graph& g_;
+  std::map<int, int> grad_;  // tensor -> tensor holding d(loss)/d(tensor) so far
+};
+
+}  // namespace
+
+std::vector<int> append_backward(Graph& g, int loss) { return Autodiff(g).run(loss); }
+
+void append_optimizer(Graph& g, const std::vector<int>& grads, OptimizerKind opt) {
+  const std::vector<int> params = g.of_kind(TensorKind::Param);
+  RPP_CHECK(params.size() == grads.size(), "one gradient per parameter");
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int p = params[i];
+    Node u{OpKind::OptimizerUpdate, {p, grads[i]}, {}, g.tensor(p).name, {}, {}, {}, {}, 0};
+    u.opt.kind = opt;
+    for (const std::string& s : optimizer_state_names(opt)) {
+      TensorInfo t;
+      t.name = g.tensor(p).name + "." + s;
+      t.shape = g.tensor(p).shape;
+      t.kind = TensorKind::OptState;
+      u.in.push_back(g.add_tensor(std::move(t)));
+    }
+    u.flops = 10 * numel(g.tensor(p).shape);
+    g.add_node(std::move(u));
+  }
+}
+
+void append_backward_and_update(Graph& g, int loss, OptimizerKind opt) {
+  append_optimizer(g, append_backward(g, loss), opt);
+}
+
+}  // namespace rpp

@@ -1,0 +1,22 @@
+// runtime/autodiff.h — reverse-mode differentiation over the graph IR.
+#pragma once
+#include "runtime/graph.h"
+
+namespace rpp {
+
+// Appends to g the backward nodes that compute d(loss)/d(param) for every Param, then one
+// OptimizerUpdate node per Param (in parameter order) with the optimiser state tensors it needs,
+// named "<param>.<state>" ("momentum_buffer", or "exp_avg" and "exp_avg_sq"), as OptState tensors.
+// Gradient contributions to a tensor used more than once are summed with Add nodes in the
+// order the uses are met walking backwards, so the result is deterministic.
+void append_backward_and_update(Graph& g, int loss, OptimizerKind opt);
+
+// The two halves of the above. append_backward returns, for every Param in creation order, the
+// tensor that holds d(loss)/d(param) after a run.
+std::vector<int> append_backward(Graph& g, int loss);
+void append_optimizer(Graph& g, const std::vector<int>& param_grads, OptimizerKind opt);
+
+// Names of the optimiser state tensors for one parameter.
+std::vector<std::string> optimizer_state_names(OptimizerKind opt);
+
+}  // namespace rpp

@@ -1,0 +1,196 @@
+// runtime/executor_cpu.cpp — one switch over the op set, calling kernels/cpu.
+#include "runtime/executor_cpu.h"
+
+#include <cmath>
+#include <limits>
+
+#include "kernels/cpu/conv2d.h"
+
+namespace rpp {
+
+size_t cpu_workspace_bytes(const Graph& g, const Node& n) {
+  switch (n.op) {
+    case OpKind::Conv2d: return cpu::conv2d_forward_workspace(n.conv.shape) * sizeof(float);
+    case OpKind::Conv2dBwdData: return cpu::conv2d_backward_data_workspace(n.conv.shape) * sizeof(float);
+    case OpKind::Conv2dBwdFilter: return cpu::conv2d_backward_filter_workspace(n.conv.shape) * sizeof(float);
+    case OpKind::LossBwd: return size_t(numel(g.tensor(n.in[0]).shape)) * sizeof(float);  // Dice part of BCE + Dice
+    default: return 0;
+  }
+}
+
+CpuExecutor::CpuExecutor(const Graph& g, ParamStore& store, PlanMode mode)
+    : g_(g), store_(store), plan_(make_plan(g, mode, cpu_workspace_bytes)) {
+  store_.ensure(g_);
+  arena_.assign(plan_.arena_bytes / sizeof(float) + 1, 0.f);
+  workspace_.assign(plan_.workspace_bytes / sizeof(float) + 1, 0.f);
+  ptr_.assign(size_t(g_.num_tensors()), nullptr);
+  for (int t = 0; t < g_.num_tensors(); ++t) {
+    const TensorInfo& ti = g_.tensor(t);
+    if (is_persistent(ti.kind))
+      ptr_[size_t(t)] = store_.get(ti.name).raw();
+    else if (plan_.offset[size_t(t)] >= 0)
+      ptr_[size_t(t)] = reinterpret_cast<char*>(arena_.data()) + plan_.offset[size_t(t)];
+  }
+}
+
+float* CpuExecutor::data(int t) {
+  void* p = ptr_.at(size_t(t));
+  if (!p) fail("tensor ", g_.tensor(t).name, " has no storage in this plan");
+  return static_cast<float*>(p);
+}
+
+const float* CpuExecutor::data(int t) const { return const_cast<CpuExecutor*>(this)->data(t); }
+
+void CpuExecutor::poison() {
+  std::fill(arena_.begin(), arena_.end(), std::numeric_limits<float>::quiet_NaN());
+}
+
+void CpuExecutor::run(const cpu::OptimStep* opt) {
+  for (const Node& n : g_.nodes()) exec(n, opt);
+}
+
+void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
+  auto in = [&](size_t i) { return data(n.in[i]); };
+  auto out = [&](size_t i) { return data(n.out[i]); };
+  auto sh = [&](int t) -> const Shape& { return g_.tensor(t).shape; };
+  auto count = [&](int t) { return numel(sh(t)); };
+  float* ws = workspace_.data();
+  switch (n.op) {
+    case OpKind::Conv2d:
+      cpu::conv2d_forward(n.conv.shape, in(0), in(1), in(2), out(0), ws);
+      break;
+    case OpKind::BatchNorm: {
+      const Shape& xs = sh(n.in[0]);
+      const int c = int(xs.back());
+      const int64_t cnt = numel(xs) / c;
+      if (n.bn.training) {
+        cpu::batchnorm_forward_train(cnt, c, in(0), in(1), in(2), out(0), out(1), out(2), in(3), in(4),
+                                     n.bn.momentum, n.bn.eps);
+        if (n.in.size() > 5 && n.in[5] >= 0) ++*static_cast<int64_t*>(ptr_[size_t(n.in[5])]);
+      } else {
+        cpu::batchnorm_forward_eval(cnt, c, in(0), in(1), in(2), in(3), in(4), n.bn.eps, out(0));
+      }
+      break;
+    }
+    case OpKind::Relu: cpu::relu_forward(count(n.in[0]), in(0), out(0)); break;
+    case OpKind::Add: cpu::add(count(n.in[0]), in(0), in(1), out(0)); break;
+    case OpKind::Mul: cpu::mul(count(n.in[0]), in(0), in(1), out(0)); break;
+    case OpKind::ScaleChannels: {
+      const Shape& xs = sh(n.in[0]);
+      cpu::scale_channels(int(xs[0]), xs[1] * xs[2], int(xs[3]), in(0), in(1), out(0));
+      break;
+    }
+    case OpKind::GlobalAvgPool: {
+      const Shape& xs = sh(n.in[0]);
+      cpu::global_avg_pool_forward(int(xs[0]), xs[1] * xs[2], int(xs[3]), in(0), out(0));
+      break;
+    }
+    case OpKind::Linear: {
+      const Shape& xs = sh(n.in[0]);
+      const Shape& ws_ = sh(n.in[1]);
+      cpu::linear_forward(int(xs[0]), int(ws_[1]), int(ws_[0]), in(0), in(1), out(0));
+      break;
+    }
+    case OpKind::Sigmoid: cpu::sigmoid_forward(count(n.in[0]), in(0), out(0)); break;
+    case OpKind::MaxPool2: {
+      const Shape& xs = sh(n.in[0]);
+      cpu::maxpool2_forward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), in(0), out(0));
+      break;
+    }
+    case OpKind::Upsample2: {
+      const Shape& xs = sh(n.in[0]);
+      cpu::upsample2_forward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), in(0), out(0));
+      break;
+    }
+    case OpKind::Concat: {
+      const Shape& as = sh(n.in[0]);
+      const Shape& bs = sh(n.in[1]);
+      cpu::concat_forward(as[0] * as[1] * as[2], int(as[3]), int(bs[3]), in(0), in(1), out(0));
+      break;
+    }
+    case OpKind::Loss: {
+      const int64_t m = count(n.in[0]);
+      double l = 0;
+      if (n.loss.kind != LossKind::Dice) l += cpu::bce_with_logits_forward(m, in(0), in(1));
+      if (n.loss.kind != LossKind::BCE) l += cpu::dice_loss_forward(m, in(0), in(1));
+      *out(0) = float(l);
+      break;
+    }
+    case OpKind::Conv2dBwdData:
+      cpu::conv2d_backward_data(n.conv.shape, in(0), in(1), out(0), ws);
+      break;
+    case OpKind::Conv2dBwdFilter:
+      cpu::conv2d_backward_filter(n.conv.shape, in(0), in(1), out(0), out(1), ws);
+      break;
+    case OpKind::BatchNormBwd: {
+      const Shape& xs = sh(n.in[0]);
+      const int c = int(xs.back());
+      cpu::batchnorm_backward(numel(xs) / c, c, in(0), in(1), in(2), in(3), in(4), out(0), out(1), out(2));
+      break;
+    }
+    case OpKind::ReluBwd: cpu::relu_backward(count(n.in[0]), in(0), in(1), out(0)); break;
+    case OpKind::SigmoidBwd: cpu::sigmoid_backward(count(n.in[0]), in(0), in(1), out(0)); break;
+    case OpKind::ScaleChannelsBwd: {
+      const Shape& xs = sh(n.in[0]);
+      cpu::scale_channels_backward_scale(int(xs[0]), xs[1] * xs[2], int(xs[3]), in(0), in(1), out(0));
+      break;
+    }
+    case OpKind::GlobalAvgPoolBwd: {
+      const Shape& xs = sh(n.out[0]);
+      cpu::global_avg_pool_backward(int(xs[0]), xs[1] * xs[2], int(xs[3]), in(0), out(0));
+      break;
+    }
+    case OpKind::LinearBwd: {
+      const Shape& xs = sh(n.in[0]);
+      const Shape& ws_ = sh(n.in[1]);
+      cpu::linear_backward(int(xs[0]), int(ws_[1]), int(ws_[0]), in(0), in(1), in(2), out(0), out(1));
+      break;
+    }
+    case OpKind::MaxPool2Bwd: {
+      const Shape& xs = sh(n.in[0]);
+      cpu::maxpool2_backward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), in(0), in(1), out(0));
+      break;
+    }
+    case OpKind::Upsample2Bwd: {
+      const Shape& xs = sh(n.out[0]);
+      cpu::upsample2_backward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), in(0), out(0));
+      break;
+    }
+    case OpKind::ConcatBwd: {
+      const Shape& as = sh(n.out[0]);
+      const Shape& bs = sh(n.out[1]);
+      cpu::concat_backward(as[0] * as[1] * as[2], int(as[3]), int(bs[3]), in(0), out(0), out(1));
+      break;
+    }
+    case OpKind::LossBwd: {
+      const int64_t m = count(n.in[0]);
+      float* dx = out(0);
+      if (n.loss.kind == LossKind::BCE) {
+        cpu::bce_with_logits_backward(m, in(0), in(1), 1.0, dx);
+      } else if (n.loss.kind == LossKind::Dice) {
+        cpu::dice_loss_backward(m, in(0), in(1), 1.0, dx);
+      } else {
+        // BCE + Dice: the Dice part goes to the workspace, then is added.
+        cpu::bce_with_logits_backward(m, in(0), in(1), 1.0, dx);
+        cpu::dice_loss_backward(m, in(0), in(1), 1.0, ws);
+        for (int64_t i = 0; i < m; ++i) dx[i] += ws[i];
+      }
+      break;
+    }
+    case OpKind::OptimizerUpdate: {
+      if (!opt) fail("graph has optimiser updates but run() got no optimiser step");
+      const int64_t m = count(n.in[0]);
+      float* w = in(0);
+      const float* gr = in(1);
+      switch (n.opt.kind) {
+        case OptimizerKind::SGD: cpu::sgd_update(m, w, gr, in(2), *opt); break;
+        case OptimizerKind::Adam: cpu::adam_update(m, w, gr, in(2), in(3), *opt); break;
+        case OptimizerKind::AdamW: cpu::adamw_update(m, w, gr, in(2), in(3), *opt); break;
+        case OptimizerKind::Nadam: cpu::nadam_update(m, w, gr, in(2), in(3), *opt); break;
+      }
+      break;
+    }
+  }
+}
+
+}  // namespace rpp

@@ -1,0 +1,148 @@
+// runtime/graph.h — the graph IR: a small closed set of ops over named tensors.
+//
+// A Graph is a list of tensors (shape + role) and a list of nodes in execution order. Builders
+// append forward nodes with shape inference; autodiff (runtime/autodiff.h) appends the backward
+// nodes and the optimiser update; the planner (runtime/planner.h) places every non-persistent
+// tensor in one arena; an executor runs the nodes in order. The graph knows nothing of ResUNet++.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/conv2d.h"
+#include "runtime/tensor.h"
+
+namespace rpp {
+
+enum class OpKind : uint8_t {
+  // forward
+  Conv2d,         // in: x, w(HWIO), b          out: y
+  BatchNorm,      // in: x, gamma, beta, running_mean, running_var, num_batches_tracked
+                  // out: y, save_mean, save_invstd (training) | y (eval)
+  Relu,           // in: x                      out: y
+  Add,            // in: a, b                   out: y
+  Mul,            // in: a, b                   out: y
+  ScaleChannels,  // in: x (N,H,W,C), s (N,C)   out: y
+  GlobalAvgPool,  // in: x (N,H,W,C)            out: y (N,C)
+  Linear,         // in: x (N,I), w (O,I)       out: y (N,O)
+  Sigmoid,        // in: x                      out: y
+  MaxPool2,       // in: x                      out: y
+  Upsample2,      // in: x                      out: y
+  Concat,         // in: a, b                   out: y (channels of a, then b)
+  Loss,           // in: logits, target         out: loss (scalar)
+  // backward
+  Conv2dBwdData,    // in: dy, w              out: dx
+  Conv2dBwdFilter,  // in: x, dy              out: dw, db
+  BatchNormBwd,     // in: x, dy, gamma, save_mean, save_invstd   out: dx, dgamma, dbeta
+  ReluBwd,          // in: y, dy              out: dx     (y > 0 exactly where x > 0)
+  SigmoidBwd,       // in: y, dy              out: dx
+  ScaleChannelsBwd, // in: x, dy              out: ds     (dx is a ScaleChannels node)
+  GlobalAvgPoolBwd, // in: dy                 out: dx
+  LinearBwd,        // in: x, w, dy           out: dx, dw
+  MaxPool2Bwd,      // in: x, dy              out: dx
+  Upsample2Bwd,     // in: dy                 out: dx
+  ConcatBwd,        // in: dy                 out: da, db
+  LossBwd,          // in: logits, target     out: dlogits (for dloss = 1)
+  // optimiser
+  OptimizerUpdate,  // in: param, grad, state... (updated in place)   out: none
+};
+const char* op_name(OpKind k);
+
+enum class TensorKind : uint8_t {
+  Input,       // fed by the caller before each run (images, masks)
+  Param,       // trainable, persistent
+  Buffer,      // persistent, not trainable (BN running statistics, counters)
+  OptState,    // persistent optimiser state (momentum, Adam moments)
+  Activation,  // produced and consumed within one run: forward values, saved statistics
+  Gradient,    // produced and consumed within one run: gradients, including parameter gradients
+};
+inline bool is_persistent(TensorKind k) {
+  return k == TensorKind::Param || k == TensorKind::Buffer || k == TensorKind::OptState;
+}
+
+enum class LossKind : uint8_t { BCE, Dice, BCEDice };
+enum class OptimizerKind : uint8_t { SGD, Adam, AdamW, Nadam };
+const char* loss_name(LossKind k);
+const char* optimizer_name(OptimizerKind k);
+
+struct TensorInfo {
+  std::string name;  // persistent tensors: checkpoint name; others: a readable debug name
+  Shape shape;
+  DType dtype = DType::F32;
+  TensorKind kind = TensorKind::Activation;
+  bool requires_grad = false;
+  bool is_output = false;  // kept alive to the end of the run and readable afterwards
+};
+
+// Per-node attributes: only the fields of the node's op are meaningful.
+struct ConvAttrs { cpu::Conv2dShape shape; };
+struct BNAttrs { double momentum = 0.1, eps = 1e-5; bool training = true; };
+struct LossAttrs { LossKind kind = LossKind::BCEDice; };
+struct OptAttrs { OptimizerKind kind = OptimizerKind::Adam; };
+
+struct Node {
+  OpKind op;
+  std::vector<int> in, out;
+  std::string name;  // the module path that created it, e.g. "c2.c1.2"
+  ConvAttrs conv;
+  BNAttrs bn;
+  LossAttrs loss;
+  OptAttrs opt;
+  int64_t flops = 0;  // multiply-adds count 2
+};
+
+class Graph {
+ public:
+  int add_tensor(TensorInfo t);
+  int add_node(Node n);
+  const TensorInfo& tensor(int id) const { return tensors_.at(size_t(id)); }
+  TensorInfo& tensor(int id) { return tensors_.at(size_t(id)); }
+  const Node& node(int i) const { return nodes_.at(size_t(i)); }
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const std::vector<Node>& nodes() const { return nodes_; }
+  int num_tensors() const { return int(tensors_.size()); }
+  int num_nodes() const { return int(nodes_.size()); }
+  // Id of the persistent tensor with this name, or -1.
+  int find(const std::string& name) const;
+  // Ids of all tensors of a kind, in creation order.
+  std::vector<int> of_kind(TensorKind k) const;
+  int64_t forward_flops() const;  // sum over forward nodes
+
+ private:
+  std::vector<TensorInfo> tensors_;
+  std::vector<Node> nodes_;
+};
+
+// Appends forward ops with shape inference. Names of persistent tensors are given by the caller.
+class GraphBuilder {
+ public:
+  explicit GraphBuilder(Graph& g, bool training) : g_(g), training_(training) {}
+  Graph& graph() { return g_; }
+  bool training() const { return training_; }
+
+  int input(const std::string& name, Shape shape);
+  int param(const std::string& name, Shape shape);
+  int buffer(const std::string& name, Shape shape, DType dtype = DType::F32);
+
+  int conv2d(const std::string& scope, int x, int w, int b, int stride, int pad, int dil);
+  int batchnorm(const std::string& scope, int x, int gamma, int beta, int rmean, int rvar, int nbt);
+  int relu(const std::string& scope, int x);
+  int add(const std::string& scope, int a, int b);
+  int mul(const std::string& scope, int a, int b);
+  int scale_channels(const std::string& scope, int x, int s);
+  int global_avg_pool(const std::string& scope, int x);
+  int linear(const std::string& scope, int x, int w);
+  int sigmoid(const std::string& scope, int x);
+  int maxpool2(const std::string& scope, int x);
+  int upsample2(const std::string& scope, int x);
+  int concat(const std::string& scope, int a, int b);
+  int loss(const std::string& scope, int logits, int target, LossKind kind);
+
+ private:
+  int activation(const std::string& name, Shape shape, bool requires_grad);
+  bool rg(int id) const { return g_.tensor(id).requires_grad; }
+  Graph& g_;
+  bool training_;
+};
+
+}  // namespace rpp
