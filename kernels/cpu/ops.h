@@ -5,7 +5,10 @@
 // Conventions: `count` is N*H*W (pixels), `c` channels, so an NHWC tensor is count x c.
 // Every function overwrites its outputs (no accumulation) unless it says otherwise.
 // Large loops are split over the CPU pool (kernels/cpu/parallel.h) with a static partition;
-// reductions are computed in a fixed order, so results are reproducible bit for bit.
+// reductions are computed in a fixed order, in double, that does not depend on the thread count
+// (kernels/cpu/ops_reduce.h), so results are reproducible bit for bit. Invalid sizes throw
+// rpp::Error. Implemented in batchnorm.cpp, elementwise.cpp, loss.cpp and optim.cpp (float and
+// double instantiations); tested by tests/test_kernels_ops.cpp.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -15,7 +18,8 @@ namespace rpp::cpu {
 // ---- Batch normalisation (PyTorch conventions: biased variance to normalise, unbiased variance
 // in the running estimate, running = (1 - momentum) * running + momentum * batch). ----
 // Training mode: normalises with batch statistics, writes save_mean and save_invstd
-// (1/sqrt(var + eps), both length c) for backward, and updates running_mean/var in place.
+// (1/sqrt(var + eps), both length c) for backward, and updates running_mean/var in place
+// (either may be null to skip its update). Needs count > 1.
 template <class T>
 void batchnorm_forward_train(int64_t count, int c, const T* x, const T* gamma, const T* beta, T* y,
                              T* save_mean, T* save_invstd, T* running_mean, T* running_var,
@@ -92,12 +96,17 @@ struct OptimStep {
   // mu_product = prod_{i<=step} mu_i and passes mu_t, mu_{t+1}, mu_product and mu_product*mu_{t+1}.
   double nadam_mu = 0, nadam_mu_next = 0, nadam_mu_product = 1, nadam_mu_product_next = 1;
 };
+// State buffers (buf, m, v) are not read on step 1 (PyTorch creates them there: buf = g,
+// m = v = 0), so they need no initialisation.
 // buf = momentum * buf + g; w -= lr * (nesterov ? g + momentum * buf : buf). On step 1 buf = g.
+// With momentum == 0 this is plain SGD and buf is not used (it may be null).
 template <class T> void sgd_update(int64_t n, T* w, const T* g, T* buf, const OptimStep& o);
 template <class T> void adam_update(int64_t n, T* w, const T* g, T* m, T* v, const OptimStep& o);
 template <class T> void adamw_update(int64_t n, T* w, const T* g, T* m, T* v, const OptimStep& o);
 template <class T> void nadam_update(int64_t n, T* w, const T* g, T* m, T* v, const OptimStep& o);
-// Fills the Nadam fields of o for o.step given the product carried from the previous step.
+// Fills the Nadam fields of o for o.step given the product carried from the previous step
+// (1 before the first step); the host keeps o.nadam_mu_product for the next call. nadam_update
+// throws if the fields still hold their defaults (schedule never filled in).
 void nadam_schedule(OptimStep& o, double mu_product_prev, double momentum_decay = 4e-3);
 
 }  // namespace rpp::cpu
