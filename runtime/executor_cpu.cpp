@@ -1,6 +1,7 @@
 // runtime/executor_cpu.cpp — one switch over the op set, calling kernels/cpu.
 #include "runtime/executor_cpu.h"
 
+#include <chrono>
 #include <cmath>
 #include <limits>
 
@@ -45,8 +46,22 @@ void CpuExecutor::poison() {
   std::fill(arena_.begin(), arena_.end(), std::numeric_limits<float>::quiet_NaN());
 }
 
+void CpuExecutor::set_profiling(bool on) {
+  profiling_ = on;
+  node_seconds_.assign(size_t(g_.num_nodes()), 0.0);
+}
+
 void CpuExecutor::run(const cpu::OptimStep* opt) {
-  for (const Node& n : g_.nodes()) exec(n, opt);
+  if (!profiling_) {
+    for (const Node& n : g_.nodes()) exec(n, opt);
+    return;
+  }
+  using clock = std::chrono::steady_clock;
+  for (int i = 0; i < g_.num_nodes(); ++i) {
+    const auto t0 = clock::now();
+    exec(g_.node(i), opt);
+    node_seconds_[size_t(i)] += std::chrono::duration<double>(clock::now() - t0).count();
+  }
 }
 
 void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {

@@ -29,6 +29,9 @@ class CpuExecutor {
   void run(const cpu::OptimStep* opt = nullptr);
   // Fills the arena with NaN (tests: makes a read of an unwritten tensor visible).
   void poison();
+  // When on, run() adds each node's wall time to node_seconds() (index = node index).
+  void set_profiling(bool on);
+  const std::vector<double>& node_seconds() const { return node_seconds_; }
 
  private:
   void exec(const Node& n, const cpu::OptimStep* opt);
@@ -37,6 +40,8 @@ class CpuExecutor {
   Plan plan_;
   std::vector<float> arena_, workspace_;
   std::vector<void*> ptr_;
+  bool profiling_ = false;
+  std::vector<double> node_seconds_;
 };
 
 }  // namespace rpp

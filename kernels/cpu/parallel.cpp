@@ -28,12 +28,15 @@ class Pool {
   }
   int size() const { return n_; }
 
-  void run(const std::function<void(int, int)>& fn) {
-    if (n_ == 1 || in_run_.exchange(true)) {
-      // Single thread, or a nested call: run every index on the caller, in order.
+  void run(FunctionRef<void(int, int)> fn) {
+    if (n_ == 1) {
+      fn(0, 1);
+      return;
+    }
+    if (in_run_.exchange(true)) {
+      // Nested call, or a call from another thread while the pool is busy: run every index on
+      // the caller, in order (same partition, same results).
       for (int t = 0; t < n_; ++t) fn(t, n_);
-      if (n_ != 1) return;
-      in_run_ = false;
       return;
     }
     {
@@ -54,7 +57,7 @@ class Pool {
   void loop(int t) {
     uint64_t seen = 0;
     for (;;) {
-      const std::function<void(int, int)>* fn;
+      const FunctionRef<void(int, int)>* fn;
       {
         std::unique_lock<std::mutex> lk(mu_);
         cv_.wait(lk, [&] { return generation_ != seen; });
@@ -72,7 +75,7 @@ class Pool {
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
-  const std::function<void(int, int)>* fn_ = nullptr;
+  const FunctionRef<void(int, int)>* fn_ = nullptr;
   int pending_ = 0;
   uint64_t generation_ = 0;
   bool stop_ = false;
@@ -97,9 +100,9 @@ Pool& pool() {
 
 int num_threads() { return pool().size(); }
 
-void parallel_run(const std::function<void(int, int)>& fn) { pool().run(fn); }
+void parallel_run(FunctionRef<void(int, int)> fn) { pool().run(fn); }
 
-void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_chunk) {
+void parallel_for(int64_t n, FunctionRef<void(int64_t, int64_t)> fn, int64_t min_chunk) {
   if (n <= 0) return;
   const int64_t nt = num_threads();
   int64_t chunks = std::min<int64_t>(nt, std::max<int64_t>(1, n / std::max<int64_t>(1, min_chunk)));

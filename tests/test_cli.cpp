@@ -1,0 +1,130 @@
+// tests/test_cli.cpp — the `resunetpp` command line as a user meets it: help, errors that name
+// the problem, synth → train → eval end to end on a tiny synthetic set, and the run folder.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
+
+#include "runtime/fileio.h"
+#include "runtime/json.h"
+#include "runtime/safetensors.h"
+
+using namespace rpp;
+
+namespace {
+
+struct Result {
+  int code;
+  std::string out;  // stdout and stderr together
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(RESUNETPP_CLI) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return {-1, "popen failed"};
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+bool has(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+
+std::string tmpdir(const std::string& name) {
+  std::string d = "/tmp/rpp_test_cli_" + std::to_string(getpid()) + "_" + name;
+  std::system(("rm -rf " + d).c_str());
+  return d;
+}
+
+}  // namespace
+
+TEST(Cli, HelpListsCommandsAndFlagsWithDefaults) {
+  Result r = run("--help");
+  EXPECT_EQ(r.code, 0);
+  for (const char* c : {"summary", "synth", "train", "eval"}) EXPECT_TRUE(has(r.out, c)) << c;
+  r = run("train --help");
+  EXPECT_EQ(r.code, 0);
+  for (const char* f : {"--data", "--split-dir", "--out", "--size", "--batch", "--epochs", "--max-steps", "--lr",
+                        "--optimizer", "--momentum", "--weight-decay", "--loss", "--seed", "--no-shuffle", "--device"})
+    EXPECT_TRUE(has(r.out, f)) << f;
+  EXPECT_TRUE(has(r.out, "(default: 0.001)")) << r.out;
+  EXPECT_TRUE(has(r.out, "(required)")) << r.out;
+}
+
+TEST(Cli, ErrorsNameTheProblem) {
+  Result r = run("frobnicate");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(has(r.out, "unknown command 'frobnicate'")) << r.out;
+  r = run("train --data /nonexistent/rpp_folder --out /tmp/x");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(has(r.out, "/nonexistent/rpp_folder")) << r.out;
+  r = run("train --data /tmp --bogus 3");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(has(r.out, "unknown option --bogus")) << r.out;
+  r = run("train");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(has(r.out, "needs --data")) << r.out;
+  r = run("summary --size 60");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(has(r.out, "multiple of 8")) << r.out;
+  r = run("train --data /tmp --lr abc");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(has(r.out, "--lr expects a number")) << r.out;
+}
+
+TEST(Cli, SummaryReportsParametersFlopsAndPlans) {
+  Result r = run("summary --size 64 --batch 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(has(r.out, "4,062,993 trainable")) << r.out;
+  EXPECT_TRUE(has(r.out, "7,392 BN running statistics")) << r.out;
+  EXPECT_TRUE(has(r.out, "plan (training")) << r.out;
+  EXPECT_TRUE(has(r.out, "plan (inference")) << r.out;
+  EXPECT_TRUE(has(r.out, "vs naive sum")) << r.out;
+}
+
+TEST(Cli, SynthTrainEvalEndToEnd) {
+  const std::string data = tmpdir("data"), run_dir = tmpdir("run");
+  Result r = run("synth --out " + data + " --count 24 --size 32 --seed 3");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(file_exists(data + "/images/synth_00023.png"));
+  EXPECT_TRUE(file_exists(data + "/masks/synth_00000.png"));
+  r = run("train --data " + data + " --out " + run_dir +
+          " --size 32 --batch 4 --epochs 2 --filters 8,8,16,16,32 --seed 5");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(has(r.out, "epoch 2/2")) << r.out;
+  for (const char* f : {"config.json", "log.csv", "log.jsonl", "checkpoint_best.safetensors",
+                        "checkpoint_last.safetensors", "summary.json"})
+    EXPECT_TRUE(file_exists(run_dir + "/" + f)) << f;
+  json::Value cfg = json::parse(read_file(run_dir + "/config.json"), "config.json");
+  EXPECT_EQ(cfg["batch"].as_int(), 4);
+  EXPECT_EQ(cfg["filters"].as_string(), "8,8,16,16,32");
+  const std::string csv = read_file(run_dir + "/log.csv");
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 3) << csv;  // header + 2 epochs
+  // The last checkpoint carries optimiser state; the best one only the model.
+  StFile last = read_safetensors(run_dir + "/checkpoint_last.safetensors");
+  StFile best = read_safetensors(run_dir + "/checkpoint_best.safetensors");
+  EXPECT_NE(last.find("optim.output.weight.exp_avg"), nullptr);
+  EXPECT_EQ(best.find("optim.output.weight.exp_avg"), nullptr);
+  EXPECT_NE(best.find("output.weight"), nullptr);
+  EXPECT_EQ(best.metadata_value("filters"), "8,8,16,16,32");
+  // Evaluate it on the held-out split.
+  r = run("eval --checkpoint " + run_dir + "/checkpoint_best.safetensors --data " + data + " --split test --out " +
+          run_dir + "/eval.json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(has(r.out, "dice")) << r.out;
+  json::Value ev = json::parse(read_file(run_dir + "/eval.json"), "eval.json");
+  const double d = ev["mean_per_image"]["dice"].as_double();
+  EXPECT_GE(d, 0.0);
+  EXPECT_LE(d, 1.0);
+  EXPECT_GE(ev["images"].as_int(), 1);
+  // A missing checkpoint is named.
+  r = run("eval --checkpoint " + run_dir + "/nope.safetensors --data " + data);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(has(r.out, run_dir + "/nope.safetensors")) << r.out;
+  std::system(("rm -rf " + data + " " + run_dir).c_str());
+}
