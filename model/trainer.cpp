@@ -63,6 +63,8 @@ json::Value options_json(const TrainOptions& o) {
   v.set("epochs", o.epochs);
   v.set("max_steps", o.max_steps);
   v.set("lr", o.lr);
+  v.set("schedule", o.schedule);
+  v.set("warmup", o.warmup);
   v.set("optimizer", optimizer_name(o.optimizer));
   v.set("momentum", o.momentum);
   v.set("weight_decay", o.weight_decay);
@@ -134,11 +136,26 @@ EvalResult Evaluator::evaluate(const LoadedDataset& ds, LossKind loss) {
 
 // ---------------------------------------------------------------------------------------------
 
+double scheduled_lr(const TrainOptions& o, int64_t step, int64_t total) {
+  if (o.warmup > 0 && step < o.warmup) return o.lr * double(step + 1) / double(o.warmup);
+  if (o.schedule == "cosine") {
+    const double span = double(std::max<int64_t>(1, total - o.warmup));
+    const double t = std::min(1.0, double(step - o.warmup) / span);
+    return o.lr * 0.5 * (1.0 + std::cos(3.141592653589793 * t));
+  }
+  return o.lr;
+}
+
+// ---------------------------------------------------------------------------------------------
+
 TrainResult train_model(const TrainOptions& o, std::ostream& log, const ProgressFn& progress) {
   if (o.device != "cpu") fail("device '", o.device, "' is not available in this build (use --device cpu)");
   if (o.batch < 1) fail("--batch must be at least 1, got ", o.batch);
   if (o.epochs < 1) fail("--epochs must be at least 1, got ", o.epochs);
   if (!(o.lr > 0)) fail("--lr must be positive, got ", o.lr);
+  if (o.schedule != "constant" && o.schedule != "cosine")
+    fail("--schedule must be constant or cosine, got '", o.schedule, "'");
+  if (o.warmup < 0) fail("--warmup must not be negative, got ", o.warmup);
   const double t0 = now_seconds();
 
   // ---- data ----
@@ -168,6 +185,8 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
   CpuExecutor exec(mg.graph, store);
   Evaluator evaluator(o.model, o.size, o.batch, store);
   const int64_t steps_per_epoch = train_ds.n / o.batch;
+  int64_t total_steps = steps_per_epoch * o.epochs;
+  if (o.max_steps > 0) total_steps = std::min(total_steps, o.max_steps);
   log << "data: " << train_ds.n << " training and " << val_ds.n << " validation images from " << o.data_dir
       << " at " << o.size << "x" << o.size << " (loaded in " << fmt(t_data, 3) << " s)\n"
       << "model: " << count_params(mg.graph) << " parameters; training plan arena "
@@ -190,7 +209,7 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
   TrainResult res;
   std::vector<int> order(size_t(train_ds.n));
   std::iota(order.begin(), order.end(), 0);
-  double mu_product = 1.0;
+  double mu_product = 1.0, last_lr = o.lr;
   int64_t step = 0;
   bool stop = false;
   std::string csv = "epoch,step,train_loss,val_loss,val_dice,val_iou,lr,seconds,images_per_s,best\n";
@@ -210,7 +229,8 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
       }
       gather_batch(train_ds, order.data() + s * o.batch, o.batch, exec.data(mg.image), exec.data(mg.target));
       cpu::OptimStep os;
-      os.lr = o.lr;
+      os.lr = scheduled_lr(o, step, total_steps);
+      last_lr = os.lr;
       os.momentum = o.momentum;
       os.weight_decay = o.weight_decay;
       os.step = step + 1;
@@ -239,7 +259,7 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
     r.val_loss = ev.loss;
     r.val_dice = ev.mean_dice;
     r.val_iou = ev.mean_iou;
-    r.lr = o.lr;
+    r.lr = last_lr;
     r.seconds = now_seconds() - te;
     r.images_per_s = double(steps_done * o.batch) / train_seconds;
     r.best = res.epochs.empty() || r.val_dice > res.best_dice;
@@ -250,7 +270,7 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
     res.epochs.push_back(r);
     log << "epoch " << epoch << "/" << o.epochs << "  step " << step << "  train_loss " << fmt(r.train_loss, 4)
         << "  val_loss " << fmt(r.val_loss, 4) << "  val_dice " << fmt(r.val_dice, 4) << "  val_iou "
-        << fmt(r.val_iou, 4) << "  lr " << r.lr << "  " << fmt(r.seconds, 3) << " s  " << fmt(r.images_per_s, 3)
+        << fmt(r.val_iou, 4) << "  lr " << fmt(r.lr, 3) << "  " << fmt(r.seconds, 3) << " s  " << fmt(r.images_per_s, 3)
         << " img/s" << (r.best ? "  * best" : "") << "\n";
     log.flush();
 

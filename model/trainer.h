@@ -29,6 +29,8 @@ struct TrainOptions {
   int epochs = 20;
   int64_t max_steps = 0;   // 0: no limit
   double lr = 1e-3;
+  std::string schedule = "constant";  // constant | cosine (to 0 over the run, after warmup)
+  int64_t warmup = 0;                  // steps of linear warmup from lr/warmup to lr
   OptimizerKind optimizer = OptimizerKind::Adam;
   double momentum = 0.9;   // SGD momentum
   double weight_decay = 0;
@@ -80,6 +82,9 @@ class Evaluator {
 };
 
 // Per-step progress callback: (epoch, step in epoch, steps per epoch, loss, images/s).
+// Learning rate at 0-based step `step` of a run of `total` steps.
+double scheduled_lr(const TrainOptions& o, int64_t step, int64_t total);
+
 using ProgressFn = std::function<void(int, int64_t, int64_t, double, double)>;
 
 TrainResult train_model(const TrainOptions& opt, std::ostream& log, const ProgressFn& progress = nullptr);

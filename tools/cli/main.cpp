@@ -170,6 +170,8 @@ int cmd_train(int argc, char** argv) {
   f.add("epochs", &o.epochs, "number of epochs");
   f.add("max-steps", &o.max_steps, "stop after this many steps (0: no limit)");
   f.add("lr", &o.lr, "learning rate");
+  f.add("schedule", &o.schedule, "learning-rate schedule: constant | cosine", "NAME");
+  f.add("warmup", &o.warmup, "steps of linear learning-rate warmup");
   f.add("optimizer", &optimizer, "sgd | adam | adamw | nadam", "NAME");
   f.add("momentum", &o.momentum, "SGD momentum");
   f.add("weight-decay", &o.weight_decay, "weight decay (L2; decoupled for adamw)");
