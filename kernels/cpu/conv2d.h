@@ -18,12 +18,20 @@ namespace rpp::cpu {
 struct Conv2dShape {
   int n = 1, h = 1, w = 1, cin = 1, cout = 1;
   int kh = 1, kw = 1, stride = 1, pad = 0, dil = 1;
-  int ho() const { return (h + 2 * pad - dil * (kh - 1) - 1) / stride + 1; }
-  int wo() const { return (w + 2 * pad - dil * (kw - 1) - 1) / stride + 1; }
+  // 0 when the dilated kernel does not fit in the padded input.
+  int ho() const { return out_size(h, kh); }
+  int wo() const { return out_size(w, kw); }
+  int out_size(int in, int k) const {
+    const int span = in + 2 * pad - dil * (k - 1) - 1;
+    return span < 0 ? 0 : span / stride + 1;
+  }
 };
 
 // Workspace each call needs, in elements of the scalar type (may be 0). The three passes may
-// differ; a caller sizes one shared buffer to the maximum.
+// differ; a caller sizes one shared buffer to the maximum. The sizes are the same for float and
+// double and depend on the shape and on num_threads() (kernels/cpu/parallel.h, fixed for the
+// life of the process): per-thread gather tiles of at most 240 pixels (about 2^17 elements),
+// backward-filter's per-thread partial dw (K x Cout), backward-data's repacked weights.
 size_t conv2d_forward_workspace(const Conv2dShape& s);
 size_t conv2d_backward_data_workspace(const Conv2dShape& s);
 size_t conv2d_backward_filter_workspace(const Conv2dShape& s);
