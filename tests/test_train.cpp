@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <sstream>
 
 #include "model/synth.h"
@@ -52,6 +53,7 @@ TEST(Train, SameSeedSameLossesForEveryOptimizer) {
     TrainResult c = train_model(o, log3);
     EXPECT_NE(a.step_losses, c.step_losses) << optimizer_name(k);
   }
+  std::system(("rm -rf " + data).c_str());
 }
 
 TEST(Train, FullNetworkReachesHighDiceOnSyntheticData) {
@@ -73,4 +75,5 @@ TEST(Train, FullNetworkReachesHighDiceOnSyntheticData) {
   const size_t n = r.step_losses.size();
   EXPECT_LT(mean(r.step_losses, n - 20, n), 0.6 * mean(r.step_losses, 0, 20)) << log.str();
   EXPECT_GT(r.best_dice, 0.8) << log.str();
+  std::system(("rm -rf " + data).c_str());
 }

@@ -1,0 +1,90 @@
+// tools/cli/cmd_summary.cpp — `resunetpp summary`: layers, parameters, FLOPs and memory plans.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include "model/resunetpp.h"
+#include "runtime/autodiff.h"
+#include "runtime/executor_cpu.h"
+#include "tools/cli/commands.h"
+#include "tools/cli/flags.h"
+
+namespace rpp::cli {
+
+int cmd_summary(int argc, char** argv) {
+  int size = 256, batch = 16;
+  std::string filters = "16,32,64,128,256";
+  Flags f("summary", "Print the network's layers, parameter count, FLOPs and the memory plans\n"
+                     "for training and inference at the given input size and batch.");
+  f.add("size", &size, "input height and width (multiple of 8)");
+  f.add("batch", &batch, "batch size of the plans");
+  f.add("filters", &filters, "channel counts of stem, encoders and bridge", "LIST");
+  if (!f.parse(argc, argv, 2, std::cout)) return 0;
+  ModelConfig cfg;
+  cfg.filters = parse_filters(filters);
+  ModelGraph train = build_resunetpp(cfg, batch, size, size, true);
+  ModelGraph infer = build_resunetpp(cfg, batch, size, size, false);
+  const int64_t fwd_flops = infer.graph.forward_flops();
+  append_backward_and_update(train.graph, train.loss, OptimizerKind::Adam);
+
+  std::cout << "ResUNet++  filters " << filters << "  input " << size << "x" << size << "x" << cfg.in_channels
+            << "  batch " << batch << "\n\n";
+  // One row per top-level module, in execution order.
+  struct Row { std::string shape; int64_t params = 0, flops = 0; int nodes = 0; };
+  std::vector<std::string> order;
+  std::map<std::string, Row> rows;
+  const Graph& g = infer.graph;
+  for (const Node& n : g.nodes()) {
+    const std::string mod = n.name.substr(0, n.name.find('.'));
+    if (!rows.count(mod)) order.push_back(mod);
+    Row& r = rows[mod];
+    r.flops += n.flops;
+    r.nodes++;
+    if (!n.out.empty()) {
+      Shape s = g.tensor(n.out[0]).shape;
+      r.shape = shape_str(s);
+    }
+  }
+  for (const TensorInfo& t : g.tensors())
+    if (t.kind == TensorKind::Param) rows[t.name.substr(0, t.name.find('.'))].params += numel(t.shape);
+  std::cout << std::left << std::setw(10) << "module" << std::setw(24) << "output (N,H,W,C)" << std::right
+            << std::setw(12) << "params" << std::setw(16) << "GFLOP/image" << std::setw(8) << "ops" << "\n";
+  for (const std::string& m : order) {
+    const Row& r = rows[m];
+    std::cout << std::left << std::setw(10) << m << std::setw(24) << r.shape << std::right << std::setw(12)
+              << thousands(r.params) << std::setw(16) << std::fixed << std::setprecision(3)
+              << double(r.flops) / batch / 1e9 << std::setw(8) << r.nodes << "\n";
+  }
+  std::cout.unsetf(std::ios::fixed);
+  int64_t running = 0, counters = 0;
+  for (const TensorInfo& t : g.tensors())
+    if (t.kind == TensorKind::Buffer) (t.dtype == DType::I64 ? counters : running) += numel(t.shape);
+  std::cout << "\nparameters: " << thousands(count_params(g)) << " trainable, " << thousands(running)
+            << " BN running statistics, " << counters << " BN batch counters\n";
+  std::cout << "forward: " << std::setprecision(4) << double(fwd_flops) / batch / 1e9
+            << " GFLOP per image; training step: " << double(train.graph.forward_flops() + 0) / batch / 1e9
+            << " GFLOP forward + backward ";
+  int64_t bwd = 0;
+  for (const Node& n : train.graph.nodes())
+    if (n.op > OpKind::Loss) bwd += n.flops;
+  std::cout << double(bwd) / batch / 1e9 << " = " << double(train.graph.forward_flops() + bwd) / batch / 1e9
+            << " GFLOP per image (multiply-add = 2)\n\n";
+  for (auto* mg : {&train, &infer}) {
+    Plan p = make_plan(mg->graph, PlanMode::BestFit, cpu_workspace_bytes);
+    const bool tr = mg == &train;
+    std::cout << "plan (" << (tr ? "training, adam" : "inference") << ", batch " << batch << ", cpu): "
+              << mg->graph.num_nodes() << " nodes, " << mg->graph.num_tensors() << " tensors\n"
+              << "  arena " << mib(p.arena_bytes) << " (" << p.arena_bytes << " bytes) vs naive sum "
+              << mib(p.naive_bytes) << " (" << p.naive_bytes << " bytes): " << std::setprecision(3)
+              << 100.0 * (1.0 - double(p.arena_bytes) / double(p.naive_bytes)) << "% saved\n"
+              << "  workspace " << mib(p.workspace_bytes) << ", parameters" << (tr ? " + optimiser state " : " ")
+              << mib(p.persistent_bytes) << "\n";
+  }
+  return 0;
+}
+
+}  // namespace rpp::cli
