@@ -1,16 +1,20 @@
-// model/trainer.cpp — the training loop, validation and run-folder outputs.
+// model/trainer.cpp — the training loop, validation, schedules, resume and run-folder outputs.
 #include "model/trainer.h"
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <numeric>
 #include <sstream>
 
+#include "kernels/cpu/parallel.h"
+#include "model/augment.h"
+#include "model/loader.h"
+#include "model/plot.h"
 #include "runtime/autodiff.h"
 #include "runtime/checkpoint.h"
 #include "runtime/fileio.h"
-#include "kernels/cpu/parallel.h"
 #include "runtime/json.h"
 #include "runtime/rng.h"
 
@@ -35,21 +39,79 @@ std::string fmt(double v, int prec = 6) {
   return buf;
 }
 
-Metadata checkpoint_metadata(const TrainOptions& o, int epoch, int64_t step, double best_dice,
-                             double nadam_mu_product) {
+// Everything needed to continue a run exactly; stored in checkpoint_last's metadata.
+struct RunState {
+  int next_epoch = 1;           // epoch to run next (1-based)
+  int64_t next_step_in_epoch = 0;
+  int64_t step = 0;             // global steps done
+  double epoch_loss_sum = 0;    // of the partially done epoch
+  int64_t epoch_steps = 0;
+  double mu_product = 1.0;      // Nadam
+  PlateauState plateau;
+  double best_dice = -1;
+  int best_epoch = 0;
+  int epochs_since_best = 0;
+};
+
+Metadata run_metadata(const TrainOptions& o, const RunState& st) {
   return {{"model", "resunetpp"},
           {"filters", join_ints(o.model.filters)},
           {"in_channels", std::to_string(o.model.in_channels)},
           {"size", std::to_string(o.size)},
-          {"epoch", std::to_string(epoch)},
-          {"step", std::to_string(step)},
           {"optimizer", optimizer_name(o.optimizer)},
-          {"nadam_mu_product", fmt(nadam_mu_product, 17)},
+          {"loss", loss_name(o.loss)},
           {"seed", std::to_string(o.seed)},
           {"val_fraction", fmt(o.val_fraction, 17)},
           {"test_fraction", fmt(o.test_fraction, 17)},
-          {"loss", loss_name(o.loss)},
-          {"best_val_dice", fmt(best_dice, 17)}};
+          {"epoch", std::to_string(st.next_step_in_epoch == 0 ? st.next_epoch - 1 : st.next_epoch)},
+          {"step", std::to_string(st.step)},
+          {"next_epoch", std::to_string(st.next_epoch)},
+          {"next_step_in_epoch", std::to_string(st.next_step_in_epoch)},
+          {"epoch_loss_sum", fmt(st.epoch_loss_sum, 17)},
+          {"epoch_steps", std::to_string(st.epoch_steps)},
+          {"nadam_mu_product", fmt(st.mu_product, 17)},
+          {"plateau_lr", fmt(st.plateau.lr, 17)},
+          {"plateau_best", fmt(st.plateau.best, 17)},
+          {"plateau_bad_epochs", std::to_string(st.plateau.bad_epochs)},
+          {"best_val_dice", fmt(st.best_dice, 17)},
+          {"best_epoch", std::to_string(st.best_epoch)},
+          {"epochs_since_best", std::to_string(st.epochs_since_best)}};
+}
+
+RunState state_from_metadata(const Metadata& m, const std::string& path) {
+  auto get = [&](const char* k) -> std::string {
+    for (auto& [key, v] : m)
+      if (key == k) return v;
+    fail(path, ": not a resumable checkpoint (metadata '", k, "' is missing)");
+  };
+  auto num = [&](const char* k) {
+    const std::string v = get(k);
+    char* end = nullptr;
+    double d = std::strtod(v.c_str(), &end);
+    if (v.empty() || *end) fail(path, ": metadata '", k, "' is not a number: '", v, "'");
+    return d;
+  };
+  auto integer = [&](const char* k) {
+    const std::string v = get(k);
+    char* end = nullptr;
+    long long x = std::strtoll(v.c_str(), &end, 10);
+    if (v.empty() || *end) fail(path, ": metadata '", k, "' is not an integer: '", v, "'");
+    return int64_t(x);
+  };
+  RunState s;
+  s.next_epoch = int(integer("next_epoch"));
+  s.next_step_in_epoch = integer("next_step_in_epoch");
+  s.step = integer("step");
+  s.epoch_loss_sum = num("epoch_loss_sum");
+  s.epoch_steps = integer("epoch_steps");
+  s.mu_product = num("nadam_mu_product");
+  s.plateau.lr = num("plateau_lr");
+  s.plateau.best = num("plateau_best");
+  s.plateau.bad_epochs = int(integer("plateau_bad_epochs"));
+  s.best_dice = num("best_val_dice");
+  s.best_epoch = int(integer("best_epoch"));
+  s.epochs_since_best = int(integer("epochs_since_best"));
+  return s;
 }
 
 json::Value options_json(const TrainOptions& o) {
@@ -65,16 +127,115 @@ json::Value options_json(const TrainOptions& o) {
   v.set("lr", o.lr);
   v.set("schedule", o.schedule);
   v.set("warmup", o.warmup);
+  v.set("plateau_factor", o.plateau_factor);
+  v.set("plateau_patience", o.plateau_patience);
+  v.set("min_lr", o.min_lr);
+  v.set("early_stop", o.early_stop);
+  v.set("clip_grad", o.clip_grad);
   v.set("optimizer", optimizer_name(o.optimizer));
   v.set("momentum", o.momentum);
   v.set("weight_decay", o.weight_decay);
   v.set("loss", loss_name(o.loss));
+  v.set("augment", o.augment);
+  v.set("augment_set", o.augment_set);
   v.set("seed", int64_t(o.seed));
   v.set("shuffle", o.shuffle);
   v.set("val_fraction", o.val_fraction);
   v.set("test_fraction", o.test_fraction);
   v.set("device", o.device);
+  v.set("precision", o.precision);
+  v.set("weights", o.weights);
   return v;
+}
+
+json::Value build_json() {
+  json::Value b = json::Value::object();
+#ifdef RESUNETPP_VERSION
+  b.set("version", RESUNETPP_VERSION);
+#endif
+#ifdef RESUNETPP_BUILD_TYPE
+  b.set("build_type", RESUNETPP_BUILD_TYPE);
+#endif
+#ifdef __VERSION__
+  b.set("compiler", __VERSION__);
+#endif
+#ifdef RESUNETPP_HAVE_CUDA
+  b.set("cuda", true);
+#else
+  b.set("cuda", false);
+#endif
+  b.set("cpu_threads", cpu::num_threads());
+  return b;
+}
+
+// Settings that must match for --resume to continue the same run.
+void check_resume_compatible(const TrainOptions& o, const std::string& config_path) {
+  json::Value saved = json::parse(read_file(config_path), config_path);
+  const json::Value now = options_json(o);
+  std::string diffs;
+  for (const char* k : {"data", "split_dir", "filters", "size", "batch", "optimizer", "loss", "seed", "shuffle",
+                        "val_fraction", "test_fraction", "augment", "augment_set", "schedule", "warmup", "lr",
+                        "epochs", "momentum", "weight_decay", "clip_grad"}) {
+    const json::Value* a = saved.find(k);
+    if (!a) continue;
+    if (json::dump(*a) != json::dump(now[k])) diffs += std::string("\n  ") + k + ": run has " + json::dump(*a) +
+                                                      ", now " + json::dump(now[k]);
+  }
+  if (!diffs.empty())
+    fail("--resume: the settings differ from the run in ", config_path, " (start a new --out, or use the same flags):",
+         diffs);
+}
+
+std::string csv_of(const std::vector<EpochRecord>& rs) {
+  std::string csv = "epoch,step,train_loss,val_loss,val_dice,val_iou,lr,seconds,images_per_s,best\n";
+  for (const EpochRecord& r : rs)
+    csv += std::to_string(r.epoch) + "," + std::to_string(r.step) + "," + fmt(r.train_loss, 9) + "," +
+           fmt(r.val_loss, 9) + "," + fmt(r.val_dice, 9) + "," + fmt(r.val_iou, 9) + "," + fmt(r.lr, 9) + "," +
+           fmt(r.seconds, 6) + "," + fmt(r.images_per_s, 6) + "," + (r.best ? "1" : "0") + "\n";
+  return csv;
+}
+
+json::Value record_json(const EpochRecord& r) {
+  json::Value row = json::Value::object();
+  row.set("epoch", r.epoch);
+  row.set("step", r.step);
+  row.set("train_loss", r.train_loss);
+  row.set("val_loss", r.val_loss);
+  row.set("val_dice", r.val_dice);
+  row.set("val_iou", r.val_iou);
+  row.set("lr", r.lr);
+  row.set("seconds", r.seconds);
+  row.set("images_per_s", r.images_per_s);
+  row.set("best", r.best);
+  return row;
+}
+
+std::vector<EpochRecord> records_from_jsonl(const std::string& path, int before_epoch) {
+  std::vector<EpochRecord> rs;
+  if (!file_exists(path)) return rs;
+  std::istringstream in(read_file(path));
+  std::string line;
+  int lineno = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    if (line.empty()) continue;
+    json::Value v = json::parse(line, path + ":" + std::to_string(lineno));
+    auto num = [&](const char* k) { return v[k].is_null() ? NAN : v[k].as_double(); };
+    EpochRecord r;
+    r.epoch = int(v["epoch"].as_int());
+    if (r.epoch >= before_epoch) break;
+    r.step = v["step"].as_int();
+    r.train_loss = num("train_loss");
+    r.val_loss = num("val_loss");
+    r.val_dice = num("val_dice");
+    r.val_iou = num("val_iou");
+    r.lr = num("lr");
+    r.seconds = num("seconds");
+    r.images_per_s = num("images_per_s");
+    r.best = v["best"].as_bool();
+    rs.push_back(r);
+  }
+  return rs;
 }
 
 }  // namespace
@@ -136,26 +297,53 @@ EvalResult Evaluator::evaluate(const LoadedDataset& ds, LossKind loss) {
 
 // ---------------------------------------------------------------------------------------------
 
-double scheduled_lr(const TrainOptions& o, int64_t step, int64_t total) {
-  if (o.warmup > 0 && step < o.warmup) return o.lr * double(step + 1) / double(o.warmup);
+double scheduled_lr(const TrainOptions& o, int64_t step, int64_t total, double base) {
+  if (o.warmup > 0 && step < o.warmup) return base * double(step + 1) / double(o.warmup);
   if (o.schedule == "cosine") {
     const double span = double(std::max<int64_t>(1, total - o.warmup));
     const double t = std::min(1.0, double(step - o.warmup) / span);
-    return o.lr * 0.5 * (1.0 + std::cos(3.141592653589793 * t));
+    return base * 0.5 * (1.0 + std::cos(3.141592653589793 * t));
   }
-  return o.lr;
+  return base;
+}
+
+bool PlateauState::update(double metric, const TrainOptions& o) {
+  if (best < 0 || metric > best * (1.0 + 1e-4)) {
+    best = metric;
+    bad_epochs = 0;
+    return false;
+  }
+  if (++bad_epochs > o.plateau_patience) {
+    bad_epochs = 0;
+    const double next = std::max(lr * o.plateau_factor, o.min_lr);
+    const bool changed = next < lr;
+    lr = next;
+    return changed;
+  }
+  return false;
 }
 
 // ---------------------------------------------------------------------------------------------
 
 TrainResult train_model(const TrainOptions& o, std::ostream& log, const ProgressFn& progress) {
-  if (o.device != "cpu") fail("device '", o.device, "' is not available in this build (use --device cpu)");
+  if (o.device != "cpu")
+    fail("--device ", o.device, ": the CUDA backend is not built yet in this version; use --device cpu");
+  if (o.precision != "fp32")
+    fail("--precision ", o.precision, ": only fp32 is available on the CPU backend");
   if (o.batch < 1) fail("--batch must be at least 1, got ", o.batch);
   if (o.epochs < 1) fail("--epochs must be at least 1, got ", o.epochs);
   if (!(o.lr > 0)) fail("--lr must be positive, got ", o.lr);
-  if (o.schedule != "constant" && o.schedule != "cosine")
-    fail("--schedule must be constant or cosine, got '", o.schedule, "'");
+  if (o.schedule != "constant" && o.schedule != "cosine" && o.schedule != "plateau")
+    fail("--schedule must be constant, plateau or cosine, got '", o.schedule, "'");
   if (o.warmup < 0) fail("--warmup must not be negative, got ", o.warmup);
+  if (o.clip_grad < 0) fail("--clip-grad must not be negative, got ", o.clip_grad);
+  if (o.early_stop < 0) fail("--early-stop must not be negative, got ", o.early_stop);
+  if (o.resume && o.out_dir.empty()) fail("--resume needs --out (the run folder to continue)");
+  if (o.resume && !o.weights.empty()) fail("--resume and --weights exclude each other");
+  AugmentConfig aug = augment_preset(o.augment);
+  if (!o.augment_set.empty()) apply_augment_overrides(aug, o.augment_set);
+  validate_augment(aug);
+  const bool augmenting = !augment_is_identity(aug);
   const double t0 = now_seconds();
 
   // ---- data ----
@@ -171,6 +359,7 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
     if (fr.train <= 0) fail("validation and test fractions leave no training data");
     split_seeded(all, o.seed, fr, &train_s, &val_s, &test_s);
   }
+  if (val_s.empty()) fail("the validation split of ", o.data_dir, " is empty");
   LoadedDataset train_ds = load_dataset(train_s, o.size);
   LoadedDataset val_ds = load_dataset(val_s, o.size);
   if (train_ds.n < o.batch)
@@ -185,120 +374,176 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
   CpuExecutor exec(mg.graph, store);
   Evaluator evaluator(o.model, o.size, o.batch, store);
   const int64_t steps_per_epoch = train_ds.n / o.batch;
-  int64_t total_steps = steps_per_epoch * o.epochs;
-  if (o.max_steps > 0) total_steps = std::min(total_steps, o.max_steps);
+  // The schedule spans --epochs; --max-steps only stops early, so a run cut by it and resumed
+  // follows the same learning rates as one that never stopped.
+  const int64_t total_steps = steps_per_epoch * o.epochs;
+
+  RunState st;
+  st.plateau.lr = o.lr;
+  TrainResult res;
+  const std::string last_path = o.out_dir + "/checkpoint_last.safetensors";
+  if (o.resume) {
+    check_resume_compatible(o, o.out_dir + "/config.json");
+    Metadata meta = load_checkpoint(last_path, mg.graph, store, /*optimizer=*/true);
+    st = state_from_metadata(meta, last_path);
+    res.epochs = records_from_jsonl(o.out_dir + "/log.jsonl", st.next_epoch);
+    log << "resuming " << o.out_dir << " at epoch " << st.next_epoch << ", step " << st.step << "\n";
+  } else if (!o.weights.empty()) {
+    load_checkpoint(o.weights, mg.graph, store, /*optimizer=*/false);
+    log << "initial weights: " << o.weights << "\n";
+  }
+  res.best_dice = std::max(0.0, st.best_dice);
+  res.best_epoch = st.best_epoch;
+
   log << "data: " << train_ds.n << " training and " << val_ds.n << " validation images from " << o.data_dir
-      << " at " << o.size << "x" << o.size << " (loaded in " << fmt(t_data, 3) << " s)\n"
+      << " at " << o.size << "x" << o.size << " (loaded in " << fmt(t_data, 3) << " s); augmentation: "
+      << describe(aug) << "\n"
       << "model: " << count_params(mg.graph) << " parameters; training plan arena "
       << fmt(exec.plan().arena_bytes / 1048576.0, 4) << " MiB (naive " << fmt(exec.plan().naive_bytes / 1048576.0, 4)
       << " MiB), workspace " << fmt(exec.plan().workspace_bytes / 1048576.0, 4) << " MiB\n"
-      << "training: " << optimizer_name(o.optimizer) << " lr " << o.lr << ", batch " << o.batch << ", "
-      << steps_per_epoch << " steps per epoch, loss " << loss_name(o.loss) << ", device cpu ("
+      << "training: " << optimizer_name(o.optimizer) << " lr " << o.lr << " (" << o.schedule << "), batch "
+      << o.batch << ", " << steps_per_epoch << " steps per epoch, loss " << loss_name(o.loss) << ", device cpu ("
       << cpu::num_threads() << " threads)\n";
 
-  if (!o.out_dir.empty()) {
+  if (!o.out_dir.empty() && !o.resume) {
     make_dirs(o.out_dir);
     json::Value cfg = options_json(o);
     cfg.set("train_images", train_ds.n);
     cfg.set("val_images", val_ds.n);
     cfg.set("parameters", count_params(mg.graph));
+    cfg.set("augment_resolved", describe(aug));
+    cfg.set("build", build_json());
     write_file_atomic(o.out_dir + "/config.json", json::dump(cfg, 2) + "\n");
   }
+  auto save_last = [&] {
+    if (!o.out_dir.empty())
+      save_checkpoint(last_path, mg.graph, store, /*optimizer=*/true, run_metadata(o, st));
+  };
 
   // ---- loop ----
-  TrainResult res;
   std::vector<int> order(size_t(train_ds.n));
-  std::iota(order.begin(), order.end(), 0);
-  double mu_product = 1.0, last_lr = o.lr;
-  int64_t step = 0;
   bool stop = false;
-  std::string csv = "epoch,step,train_loss,val_loss,val_dice,val_iou,lr,seconds,images_per_s,best\n";
-  std::string jsonl;
-  for (int epoch = 1; epoch <= o.epochs && !stop; ++epoch) {
+  double loader_busy = 0;
+  int64_t loader_images = 0;
+  for (int epoch = st.next_epoch; epoch <= o.epochs && !stop; ++epoch) {
     const double te = now_seconds();
+    std::iota(order.begin(), order.end(), 0);
     if (o.shuffle) {
       Rng rng(o.seed, 1000 + uint64_t(epoch));
       for (int i = train_ds.n - 1; i > 0; --i) std::swap(order[size_t(i)], order[rng.below(uint32_t(i + 1))]);
     }
-    double loss_sum = 0;
-    int64_t steps_done = 0;
-    for (int64_t s = 0; s < steps_per_epoch; ++s) {
-      if (o.max_steps > 0 && step >= o.max_steps) {
+    const int64_t first = epoch == st.next_epoch ? st.next_step_in_epoch : 0;
+    if (first == 0) {
+      st.epoch_loss_sum = 0;
+      st.epoch_steps = 0;
+    }
+    BatchLoader loader(train_ds, order, o.batch, first, steps_per_epoch, augmenting ? &aug : nullptr, o.seed, epoch);
+    int64_t s = first;
+    int64_t steps_now = 0;
+    for (; s < steps_per_epoch; ++s) {
+      if ((o.max_steps > 0 && st.step >= o.max_steps) || (o.stop && o.stop->load())) {
         stop = true;
+        res.interrupted = o.stop && o.stop->load();
         break;
       }
-      gather_batch(train_ds, order.data() + s * o.batch, o.batch, exec.data(mg.image), exec.data(mg.target));
+      loader.next(exec.data(mg.image), exec.data(mg.target));
       cpu::OptimStep os;
-      os.lr = scheduled_lr(o, step, total_steps);
-      last_lr = os.lr;
+      os.lr = scheduled_lr(o, st.step, total_steps, o.schedule == "plateau" ? st.plateau.lr : o.lr);
       os.momentum = o.momentum;
       os.weight_decay = o.weight_decay;
-      os.step = step + 1;
+      os.clip_grad_norm = o.clip_grad;
+      os.step = st.step + 1;
+      double mu_product = st.mu_product;
       if (o.optimizer == OptimizerKind::Nadam) {
         cpu::nadam_schedule(os, mu_product);
         mu_product = os.nadam_mu_product;
       }
       exec.run(&os);
       const double loss = *exec.data(mg.loss);
-      if (!std::isfinite(loss))
-        fail("training loss became ", loss, " at step ", step + 1,
-             o.out_dir.empty() ? std::string() : "; the last good checkpoint is in " + o.out_dir);
-      ++step;
-      ++steps_done;
-      loss_sum += loss;
+      if (!std::isfinite(loss) || !std::isfinite(exec.last_grad_norm()))
+        fail("training diverged: the loss is ", loss, " (gradient norm ", exec.last_grad_norm(), ") at step ",
+             st.step + 1, " of epoch ", epoch, "; try a lower --lr or --clip-grad",
+             o.out_dir.empty() ? std::string() : "; the last good checkpoint is " + last_path + " (--resume)");
+      st.mu_product = mu_product;
+      ++st.step;
+      ++steps_now;
+      st.epoch_loss_sum += loss;
+      ++st.epoch_steps;
       res.step_losses.push_back(loss);
-      if (progress) progress(epoch, s + 1, steps_per_epoch, loss, double(steps_done * o.batch) / (now_seconds() - te));
+      if (progress)
+        progress(epoch, s + 1, steps_per_epoch, loss, double(steps_now * o.batch) / (now_seconds() - te));
     }
-    if (steps_done == 0) break;
+    loader_busy += loader.busy_seconds();
+    loader_images += loader.images_done();
+    if (s < steps_per_epoch) {  // stopped inside the epoch: remember where
+      st.next_epoch = epoch;
+      st.next_step_in_epoch = s;
+      save_last();
+      break;
+    }
     const double train_seconds = now_seconds() - te;
     EvalResult ev = evaluator.evaluate(val_ds, o.loss);
     EpochRecord r;
     r.epoch = epoch;
-    r.step = step;
-    r.train_loss = loss_sum / double(steps_done);
+    r.step = st.step;
+    r.train_loss = st.epoch_steps ? st.epoch_loss_sum / double(st.epoch_steps) : NAN;
     r.val_loss = ev.loss;
     r.val_dice = ev.mean_dice;
     r.val_iou = ev.mean_iou;
-    r.lr = last_lr;
+    r.lr = scheduled_lr(o, st.step - 1, total_steps, o.schedule == "plateau" ? st.plateau.lr : o.lr);
     r.seconds = now_seconds() - te;
-    r.images_per_s = double(steps_done * o.batch) / train_seconds;
-    r.best = res.epochs.empty() || r.val_dice > res.best_dice;
+    r.images_per_s = double(steps_now * o.batch) / train_seconds;
+    r.best = st.best_dice < 0 || r.val_dice > st.best_dice;
     if (r.best) {
-      res.best_dice = r.val_dice;
-      res.best_epoch = epoch;
+      st.best_dice = r.val_dice;
+      st.best_epoch = epoch;
+      st.epochs_since_best = 0;
+    } else {
+      ++st.epochs_since_best;
     }
+    bool lr_cut = false;
+    if (o.schedule == "plateau") lr_cut = st.plateau.update(r.val_dice, o);
     res.epochs.push_back(r);
-    log << "epoch " << epoch << "/" << o.epochs << "  step " << step << "  train_loss " << fmt(r.train_loss, 4)
+    res.best_dice = st.best_dice;
+    res.best_epoch = st.best_epoch;
+    st.next_epoch = epoch + 1;
+    st.next_step_in_epoch = 0;
+    st.epoch_loss_sum = 0;
+    st.epoch_steps = 0;
+    log << "epoch " << epoch << "/" << o.epochs << "  step " << st.step << "  train_loss " << fmt(r.train_loss, 4)
         << "  val_loss " << fmt(r.val_loss, 4) << "  val_dice " << fmt(r.val_dice, 4) << "  val_iou "
-        << fmt(r.val_iou, 4) << "  lr " << fmt(r.lr, 3) << "  " << fmt(r.seconds, 3) << " s  " << fmt(r.images_per_s, 3)
-        << " img/s" << (r.best ? "  * best" : "") << "\n";
+        << fmt(r.val_iou, 4) << "  lr " << fmt(r.lr, 3) << "  " << fmt(r.seconds, 3) << " s  "
+        << fmt(r.images_per_s, 3) << " img/s" << (r.best ? "  * best" : "")
+        << (lr_cut ? "  (lr reduced to " + fmt(st.plateau.lr, 3) + ")" : "") << "\n";
     log.flush();
-
+    if (o.early_stop > 0 && st.epochs_since_best >= o.early_stop) {
+      log << "early stop: no better validation Dice for " << o.early_stop << " epochs (best " << fmt(st.best_dice, 4)
+          << " at epoch " << st.best_epoch << ")\n";
+      res.early_stopped = true;
+      stop = true;
+    }
+    if (o.max_steps > 0 && st.step >= o.max_steps) stop = true;
     if (!o.out_dir.empty()) {
-      const Metadata meta = checkpoint_metadata(o, epoch, step, res.best_dice, mu_product);
-      save_checkpoint(o.out_dir + "/checkpoint_last.safetensors", mg.graph, store, /*optimizer=*/true, meta);
-      if (r.best) save_checkpoint(o.out_dir + "/checkpoint_best.safetensors", mg.graph, store, false, meta);
-      csv += std::to_string(epoch) + "," + std::to_string(step) + "," + fmt(r.train_loss, 9) + "," +
-             fmt(r.val_loss, 9) + "," + fmt(r.val_dice, 9) + "," + fmt(r.val_iou, 9) + "," + fmt(r.lr, 9) + "," +
-             fmt(r.seconds, 6) + "," + fmt(r.images_per_s, 6) + "," + (r.best ? "1" : "0") + "\n";
-      write_file_atomic(o.out_dir + "/log.csv", csv);
-      json::Value row = json::Value::object();
-      row.set("epoch", epoch);
-      row.set("step", step);
-      row.set("train_loss", r.train_loss);
-      row.set("val_loss", r.val_loss);
-      row.set("val_dice", r.val_dice);
-      row.set("val_iou", r.val_iou);
-      row.set("lr", r.lr);
-      row.set("seconds", r.seconds);
-      row.set("images_per_s", r.images_per_s);
-      row.set("best", r.best);
-      jsonl += json::dump(row) + "\n";
+      save_last();
+      if (r.best)
+        save_checkpoint(o.out_dir + "/checkpoint_best.safetensors", mg.graph, store, false, run_metadata(o, st));
+      write_file_atomic(o.out_dir + "/log.csv", csv_of(res.epochs));
+      std::string jsonl;
+      for (const EpochRecord& e : res.epochs) jsonl += json::dump(record_json(e)) + "\n";
       write_file_atomic(o.out_dir + "/log.jsonl", jsonl);
+      std::vector<double> tl, vl, vd;
+      for (const EpochRecord& e : res.epochs) {
+        tl.push_back(e.train_loss);
+        vl.push_back(e.val_loss);
+        vd.push_back(e.val_dice);
+      }
+      save_training_curves(o.out_dir + "/curves.png", tl, vl, vd);
     }
   }
-  res.steps = step;
+  res.steps = st.step;
   res.seconds = now_seconds() - t0;
+  res.loader_images_per_s = loader_busy > 0 ? double(loader_images) / loader_busy : 0;
+  if (res.interrupted) log << "interrupted at step " << st.step << "; checkpoint_last saved, continue with --resume\n";
   if (!o.out_dir.empty()) {
     json::Value s = json::Value::object();
     s.set("best_val_dice", res.best_dice);
@@ -306,6 +551,9 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
     s.set("epochs", int64_t(res.epochs.size()));
     s.set("steps", res.steps);
     s.set("seconds", res.seconds);
+    s.set("interrupted", res.interrupted);
+    s.set("early_stopped", res.early_stopped);
+    s.set("loader_images_per_s", res.loader_images_per_s);
     write_file_atomic(o.out_dir + "/summary.json", json::dump(s, 2) + "\n");
   }
   return res;

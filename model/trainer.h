@@ -1,10 +1,14 @@
 // model/trainer.h — training and evaluation of ResUNet++ on a segmentation folder.
 //
 // The trainer builds two graphs over one ParamStore: a training graph (forward, loss, backward,
-// optimiser update) and an inference graph (running BN statistics), each planned once and run by
-// an executor that allocates nothing per step. Exercised by tests/test_train.cpp and
-// `resunetpp train`.
+// gradient-norm clipping, optimiser update) and an inference graph (running BN statistics), each
+// planned once and run by an executor that allocates nothing per step. Batches are assembled and
+// augmented on a background thread (model/loader.h). A run folder receives config.json, log.csv,
+// log.jsonl, curves.png, checkpoint_last/best.safetensors and summary.json, all written
+// crash-safely; --resume continues a run exactly where checkpoint_last left it.
+// Exercised by tests/test_train*.cpp and `resunetpp train`.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -29,16 +33,29 @@ struct TrainOptions {
   int epochs = 20;
   int64_t max_steps = 0;   // 0: no limit
   double lr = 1e-3;
-  std::string schedule = "constant";  // constant | cosine (to 0 over the run, after warmup)
+  std::string schedule = "constant";  // constant | plateau | cosine
   int64_t warmup = 0;                  // steps of linear warmup from lr/warmup to lr
+  double plateau_factor = 0.1;         // plateau: lr *= factor after `plateau_patience` epochs
+  int plateau_patience = 5;            //   without a better validation Dice
+  double min_lr = 1e-6;                //   but never below min_lr
+  int early_stop = 0;                  // stop after this many epochs without a better val Dice (0: off)
+  double clip_grad = 0;                // global gradient-norm limit (0: off)
   OptimizerKind optimizer = OptimizerKind::Adam;
   double momentum = 0.9;   // SGD momentum
   double weight_decay = 0;
   LossKind loss = LossKind::BCEDice;
+  std::string augment = "none";  // preset: none | light | paper
+  std::string augment_set;       // overrides, e.g. "hflip=0.5,rotate=30"
   uint64_t seed = 1;
   bool shuffle = true;
   double val_fraction = 0.1, test_fraction = 0.1;  // used without split_dir
   std::string device = "cpu";
+  std::string precision = "fp32";
+  std::string weights;   // start from this checkpoint's model tensors (ours or PyTorch's)
+  bool resume = false;   // continue the run in out_dir from checkpoint_last.safetensors
+  // Set asynchronously (Ctrl-C): the current step finishes, checkpoint_last is written, and
+  // train_model returns with interrupted = true.
+  const std::atomic<bool>* stop = nullptr;
 };
 
 struct EpochRecord {
@@ -50,12 +67,14 @@ struct EpochRecord {
 };
 
 struct TrainResult {
-  std::vector<EpochRecord> epochs;
-  std::vector<double> step_losses;  // every training step's loss, in order
+  std::vector<EpochRecord> epochs;   // every epoch of the run, including those before a resume
+  std::vector<double> step_losses;   // the losses of the steps run by this call, in order
   double best_dice = 0;
   int best_epoch = 0;
   double seconds = 0;
-  int64_t steps = 0;
+  int64_t steps = 0;                 // global step count at the end
+  bool interrupted = false, early_stopped = false;
+  double loader_images_per_s = 0;    // batch assembly rate of the background loader
 };
 
 struct EvalResult {
@@ -81,10 +100,22 @@ class Evaluator {
   int batch_, size_;
 };
 
-// Per-step progress callback: (epoch, step in epoch, steps per epoch, loss, images/s).
-// Learning rate at 0-based step `step` of a run of `total` steps.
-double scheduled_lr(const TrainOptions& o, int64_t step, int64_t total);
+// Learning rate of the step-based part of the schedule at 0-based step `step` of `total`:
+// warmup, then constant or cosine (plateau changes are applied per epoch on top of `base`).
+double scheduled_lr(const TrainOptions& o, int64_t step, int64_t total, double base);
+inline double scheduled_lr(const TrainOptions& o, int64_t step, int64_t total) {
+  return scheduled_lr(o, step, total, o.lr);
+}
 
+// ReduceLROnPlateau on the validation Dice (mode max, relative threshold 1e-4, no cooldown).
+struct PlateauState {
+  double lr = 0, best = -1;
+  int bad_epochs = 0;
+  // Feeds one epoch's metric; returns true when the learning rate was reduced.
+  bool update(double metric, const TrainOptions& o);
+};
+
+// Per-step progress callback: (epoch, step in epoch, steps per epoch, loss, images/s).
 using ProgressFn = std::function<void(int, int64_t, int64_t, double, double)>;
 
 TrainResult train_model(const TrainOptions& opt, std::ostream& log, const ProgressFn& progress = nullptr);

@@ -180,6 +180,13 @@ std::vector<int> append_backward(Graph& g, int loss) { return Autodiff(g).run(lo
 void append_optimizer(Graph& g, const std::vector<int>& grads, OptimizerKind opt) {
   const std::vector<int> params = g.of_kind(TensorKind::Param);
   RPP_CHECK(params.size() == grads.size(), "one gradient per parameter");
+  for (size_t i = 0; i < grads.size(); ++i)
+    for (size_t j = i + 1; j < grads.size(); ++j)
+      RPP_CHECK(grads[i] != grads[j], "parameters ", g.tensor(params[i]).name, " and ", g.tensor(params[j]).name,
+                " share one gradient tensor; gradient clipping would scale it twice");
+  Node clip{OpKind::ClipGradNorm, grads, {}, "clip_grad_norm", {}, {}, {}, {}, 0};
+  for (int t : grads) clip.flops += 2 * numel(g.tensor(t).shape);
+  g.add_node(std::move(clip));
   for (size_t i = 0; i < params.size(); ++i) {
     const int p = params[i];
     Node u{OpKind::OptimizerUpdate, {p, grads[i]}, {}, g.tensor(p).name, {}, {}, {}, {}, 0};

@@ -4,8 +4,9 @@
 
 namespace rpp {
 
-// Appends to g the backward nodes that compute d(loss)/d(param) for every Param, then one
-// OptimizerUpdate node per Param (in parameter order) with the optimiser state tensors it needs,
+// Appends to g the backward nodes that compute d(loss)/d(param) for every Param, then a
+// ClipGradNorm node over all parameter gradients (it measures the global norm every step and
+// scales when the step's clip limit is set), then one OptimizerUpdate node per Param (in parameter order) with the optimiser state tensors it needs,
 // named "<param>.<state>" ("momentum_buffer", or "exp_avg" and "exp_avg_sq"), as OptState tensors.
 // Gradient contributions to a tensor used more than once are summed with Add nodes in the
 // order the uses are met walking backwards, so the result is deterministic.

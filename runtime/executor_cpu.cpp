@@ -192,6 +192,17 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
       }
       break;
     }
+    case OpKind::ClipGradNorm: {
+      double ss = 0;
+      for (size_t i = 0; i < n.in.size(); ++i) ss += cpu::sum_squares(count(n.in[i]), in(i));
+      last_grad_norm_ = std::sqrt(ss);
+      const double limit = opt ? opt->clip_grad_norm : 0.0;
+      if (limit > 0 && last_grad_norm_ > limit) {
+        const double f = limit / (last_grad_norm_ + 1e-6);
+        for (size_t i = 0; i < n.in.size(); ++i) cpu::scale_inplace(count(n.in[i]), in(i), f);
+      }
+      break;
+    }
     case OpKind::OptimizerUpdate: {
       if (!opt) fail("graph has optimiser updates but run() got no optimiser step");
       const int64_t m = count(n.in[0]);

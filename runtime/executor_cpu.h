@@ -32,6 +32,9 @@ class CpuExecutor {
   // When on, run() adds each node's wall time to node_seconds() (index = node index).
   void set_profiling(bool on);
   const std::vector<double>& node_seconds() const { return node_seconds_; }
+  // Global L2 norm of the parameter gradients in the last run (before any clipping); 0 if the
+  // graph has no ClipGradNorm node.
+  double last_grad_norm() const { return last_grad_norm_; }
 
  private:
   void exec(const Node& n, const cpu::OptimStep* opt);
@@ -42,6 +45,7 @@ class CpuExecutor {
   std::vector<void*> ptr_;
   bool profiling_ = false;
   std::vector<double> node_seconds_;
+  double last_grad_norm_ = 0;
 };
 
 }  // namespace rpp

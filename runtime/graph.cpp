@@ -30,6 +30,7 @@ const char* op_name(OpKind k) {
     case OpKind::Upsample2Bwd: return "upsample2_bwd";
     case OpKind::ConcatBwd: return "concat_bwd";
     case OpKind::LossBwd: return "loss_bwd";
+    case OpKind::ClipGradNorm: return "clip_grad_norm";
     case OpKind::OptimizerUpdate: return "optimizer_update";
   }
   return "?";

@@ -44,6 +44,7 @@ enum class OpKind : uint8_t {
   ConcatBwd,        // in: dy                 out: da, db
   LossBwd,          // in: logits, target     out: dlogits (for dloss = 1)
   // optimiser
+  ClipGradNorm,     // in: every parameter gradient (scaled in place when over the limit)  out: none
   OptimizerUpdate,  // in: param, grad, state... (updated in place)   out: none
 };
 const char* op_name(OpKind k);

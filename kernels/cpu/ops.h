@@ -95,6 +95,8 @@ struct OptimStep {
   // Nadam's momentum-decay schedule (PyTorch NAdam, momentum_decay = 4e-3): the host keeps
   // mu_product = prod_{i<=step} mu_i and passes mu_t, mu_{t+1}, mu_product and mu_product*mu_{t+1}.
   double nadam_mu = 0, nadam_mu_next = 0, nadam_mu_product = 1, nadam_mu_product_next = 1;
+  // Global gradient-norm clipping before the updates (PyTorch clip_grad_norm_): 0 disables.
+  double clip_grad_norm = 0;
 };
 // State buffers (buf, m, v) are not read on step 1 (PyTorch creates them there: buf = g,
 // m = v = 0), so they need no initialisation.
@@ -104,6 +106,10 @@ template <class T> void sgd_update(int64_t n, T* w, const T* g, T* buf, const Op
 template <class T> void adam_update(int64_t n, T* w, const T* g, T* m, T* v, const OptimStep& o);
 template <class T> void adamw_update(int64_t n, T* w, const T* g, T* m, T* v, const OptimStep& o);
 template <class T> void nadam_update(int64_t n, T* w, const T* g, T* m, T* v, const OptimStep& o);
+// Sum of squares of n values, accumulated in double in a fixed order.
+template <class T> double sum_squares(int64_t n, const T* x);
+// x *= s.
+template <class T> void scale_inplace(int64_t n, T* x, double s);
 // Fills the Nadam fields of o for o.step given the product carried from the previous step
 // (1 before the first step); the host keeps o.nadam_mu_product for the next call. nadam_update
 // throws if the fields still hold their defaults (schedule never filled in).

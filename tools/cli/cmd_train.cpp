@@ -1,19 +1,29 @@
-// tools/cli/cmd_train.cpp — `resunetpp train`: the training command and its progress bar.
+// tools/cli/cmd_train.cpp — `resunetpp train`: flags, Ctrl-C handling and the progress bar.
+#include <unistd.h>
+
+#include <atomic>
 #include <chrono>
-#include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <iomanip>
 #include <iostream>
 #include <map>
-#include <sstream>
+#include <string>
 
-#include <unistd.h>
-
+#include "model/augment.h"
 #include "model/trainer.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/flags.h"
 
 namespace rpp::cli {
+
+namespace {
+std::atomic<bool> g_stop{false};
+extern "C" void on_sigint(int) {
+  g_stop.store(true);
+  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
+}
+}  // namespace
 
 int cmd_train(int argc, char** argv) {
   TrainOptions o;
@@ -22,30 +32,43 @@ int cmd_train(int argc, char** argv) {
   o.epochs = 50;
   o.out_dir = "runs/train";
   std::string filters = "16,32,64,128,256", optimizer = "adam", loss = "bce+dice";
-  Flags f("train", "Train ResUNet++ on a folder with images/ and masks/ (pairs matched by file stem).\n"
-                   "Writes config.json, log.csv, log.jsonl, checkpoint_last.safetensors (with optimiser\n"
-                   "state), checkpoint_best.safetensors (best validation Dice) and summary.json to --out.");
+  Flags f("train",
+          "Train ResUNet++ on a folder with images/ and masks/ (pairs matched by file stem).\n"
+          "Writes config.json, log.csv, log.jsonl, curves.png, checkpoint_last.safetensors (model and\n"
+          "optimiser state, enough to --resume), checkpoint_best.safetensors (best validation Dice) and\n"
+          "summary.json to --out, each crash-safely. Ctrl-C finishes the current step, saves\n"
+          "checkpoint_last and exits; --resume continues exactly where it stopped.");
   f.add("data", &o.data_dir, "dataset folder", "DIR");
   f.add("split-dir", &o.split_dir, "folder with train.txt and val.txt (one stem per line); else a seeded split", "DIR");
   f.add("out", &o.out_dir, "run folder (created)", "DIR");
   f.add("size", &o.size, "training resolution (multiple of 8)");
   f.add("batch", &o.batch, "batch size");
   f.add("epochs", &o.epochs, "number of epochs");
-  f.add("max-steps", &o.max_steps, "stop after this many steps (0: no limit)");
+  f.add("max-steps", &o.max_steps, "stop after this many steps in all (0: no limit; the lr schedule still spans --epochs)");
   f.add("lr", &o.lr, "learning rate");
-  f.add("schedule", &o.schedule, "learning-rate schedule: constant | cosine", "NAME");
+  f.add("schedule", &o.schedule, "constant | plateau | cosine", "NAME");
   f.add("warmup", &o.warmup, "steps of linear learning-rate warmup");
+  f.add("plateau-factor", &o.plateau_factor, "plateau: multiply the lr by this");
+  f.add("plateau-patience", &o.plateau_patience, "plateau: epochs without a better val Dice before cutting");
+  f.add("min-lr", &o.min_lr, "plateau: lower bound of the lr");
+  f.add("early-stop", &o.early_stop, "stop after this many epochs without a better val Dice (0: off)");
+  f.add("clip-grad", &o.clip_grad, "clip the global gradient norm to this (0: off)");
   f.add("optimizer", &optimizer, "sgd | adam | adamw | nadam", "NAME");
   f.add("momentum", &o.momentum, "SGD momentum");
   f.add("weight-decay", &o.weight_decay, "weight decay (L2; decoupled for adamw)");
   f.add("loss", &loss, "bce | dice | bce+dice", "NAME");
-  f.add("seed", &o.seed, "seed of initialisation, split and shuffling");
+  f.add("augment", &o.augment, "augmentation preset: " + augment_preset_names(), "NAME");
+  f.add("augment-set", &o.augment_set, "override augmentation switches, e.g. hflip=0.5,rotate=30", "LIST");
+  f.add("seed", &o.seed, "seed of initialisation, split, shuffling and augmentation");
   bool no_shuffle = false;
   f.add("no-shuffle", &no_shuffle, "keep the training order fixed");
   f.add("val-fraction", &o.val_fraction, "validation fraction of the seeded split");
   f.add("test-fraction", &o.test_fraction, "test fraction of the seeded split");
   f.add("filters", &filters, "channel counts of stem, encoders and bridge", "LIST");
+  f.add("weights", &o.weights, "start from this checkpoint's weights (resunetpp or PyTorch safetensors)", "FILE");
+  f.add("resume", &o.resume, "continue the run in --out from its checkpoint_last");
   f.add("device", &o.device, "cpu (cuda comes with the CUDA backend)", "DEV");
+  f.add("precision", &o.precision, "fp32 (bf16 comes with the CUDA backend)", "NAME");
   f.require("data");
   if (!f.parse(argc, argv, 2, std::cout)) return 0;
   o.shuffle = !no_shuffle;
@@ -58,15 +81,19 @@ int cmd_train(int argc, char** argv) {
   if (!losses.count(loss)) fail("--loss must be bce, dice or bce+dice, got '", loss, "'");
   o.optimizer = opts.at(optimizer);
   o.loss = losses.at(loss);
+  o.stop = &g_stop;
+  std::signal(SIGINT, on_sigint);
 
   const bool tty = isatty(fileno(stderr));
-  auto t_start = std::chrono::steady_clock::now();
+  const auto t_start = std::chrono::steady_clock::now();
+  int64_t done = 0;
   ProgressFn progress = [&](int epoch, int64_t s, int64_t per, double l, double ips) {
+    ++done;
     if (!tty) return;
     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    const double total_steps = double(per) * o.epochs;
-    const double done = double(epoch - 1) * per + double(s);
-    const double eta = done > 0 ? el / done * (total_steps - done) : 0;
+    int64_t total = per * o.epochs;
+    if (o.max_steps > 0) total = std::min<int64_t>(total, o.max_steps);  // where this run stops
+    const double eta = el / double(done) * double(std::max<int64_t>(0, total - (int64_t(epoch - 1) * per + s)));
     const int width = 24, fill = int(width * double(s) / double(per));
     std::fprintf(stderr, "\repoch %d/%d [%s%s] %lld/%lld  loss %.4f  %.1f img/s  ETA %dm%02ds   ", epoch, o.epochs,
                  std::string(size_t(fill), '#').c_str(), std::string(size_t(width - fill), '.').c_str(),
@@ -75,10 +102,13 @@ int cmd_train(int argc, char** argv) {
     std::fflush(stderr);
   };
   TrainResult r = train_model(o, std::cout, progress);
-  std::cout << "done: " << r.steps << " steps in " << std::setprecision(4) << r.seconds
-            << " s; best validation Dice " << r.best_dice << " at epoch " << r.best_epoch << "\n";
+  std::signal(SIGINT, SIG_DFL);
+  if (tty) std::fprintf(stderr, "\r%*s\r", 100, "");
+  std::cout << (r.interrupted ? "stopped" : "done") << ": " << r.steps << " steps in " << std::setprecision(4)
+            << r.seconds << " s; best validation Dice " << r.best_dice << " at epoch " << r.best_epoch
+            << "; data loader " << std::setprecision(3) << r.loader_images_per_s << " img/s\n";
   if (!o.out_dir.empty()) std::cout << "run folder: " << o.out_dir << "\n";
-  return 0;
+  return r.interrupted ? 130 : 0;
 }
 
 }  // namespace rpp::cli

@@ -1,0 +1,278 @@
+// tests/test_trainer.cpp — the trainer's run control on a tiny network: exact resume, Ctrl-C
+// style interruption, divergence handling, plateau schedule, early stopping, initial weights,
+// gradient clipping and the background loader's determinism.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+#include "model/augment.h"
+#include "model/loader.h"
+#include "model/synth.h"
+#include "model/trainer.h"
+#include "runtime/checkpoint.h"
+#include "runtime/fileio.h"
+#include "runtime/json.h"
+#include "runtime/safetensors.h"
+
+using namespace rpp;
+
+namespace {
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    data_ = "/tmp/rpp_test_trainer_" + std::to_string(getpid());
+    generate_synthetic_dataset(data_, 30, 16, 4);  // 24 train, 3 val, 3 test
+  }
+  static void TearDownTestSuite() { std::system(("rm -rf " + data_).c_str()); }
+  std::string run_dir(const std::string& name) {
+    std::string d = data_ + "_run_" + name;
+    std::system(("rm -rf " + d).c_str());
+    return d;
+  }
+  TrainOptions base() const {
+    TrainOptions o;
+    o.data_dir = data_;
+    o.model.filters = {8, 8, 16, 16, 32};
+    o.size = 16;
+    o.batch = 4;  // 6 steps per epoch
+    o.epochs = 3;
+    o.seed = 21;
+    o.augment = "light";
+    return o;
+  }
+  static std::string data_;
+};
+std::string TrainerTest::data_;
+
+bool same_checkpoint_data(const std::string& a, const std::string& b) {
+  StFile fa = read_safetensors(a), fb = read_safetensors(b);
+  if (fa.tensors.size() != fb.tensors.size()) return false;
+  for (size_t i = 0; i < fa.tensors.size(); ++i)
+    if (fa.tensors[i].name != fb.tensors[i].name || fa.tensors[i].bytes != fb.tensors[i].bytes) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_F(TrainerTest, ResumeContinuesExactly) {
+  for (OptimizerKind k : {OptimizerKind::Adam, OptimizerKind::Nadam, OptimizerKind::SGD}) {
+    // N steps straight.
+    TrainOptions o = base();
+    o.optimizer = k;
+    o.lr = k == OptimizerKind::SGD ? 0.05 : 2e-3;
+    o.schedule = "cosine";
+    o.out_dir = run_dir("straight");
+    std::ostringstream l1;
+    TrainResult straight = train_model(o, l1);
+    ASSERT_EQ(straight.step_losses.size(), 18u);
+    // The same run stopped inside epoch 2 (step 9 of 18), then resumed.
+    TrainOptions a = o;
+    a.out_dir = run_dir("split");
+    a.max_steps = 9;
+    std::ostringstream l2;
+    TrainResult first = train_model(a, l2);
+    ASSERT_EQ(first.step_losses.size(), 9u);
+    ASSERT_EQ(first.steps, 9);
+    TrainOptions b = o;
+    b.out_dir = a.out_dir;
+    b.resume = true;
+    std::ostringstream l3;
+    TrainResult second = train_model(b, l3);
+    ASSERT_EQ(second.step_losses.size(), 9u) << l3.str();
+    std::vector<double> joined = first.step_losses;
+    joined.insert(joined.end(), second.step_losses.begin(), second.step_losses.end());
+    EXPECT_EQ(joined, straight.step_losses) << optimizer_name(k);
+    // Same final model and optimiser state, bit for bit, and the same epoch records.
+    EXPECT_TRUE(same_checkpoint_data(o.out_dir + "/checkpoint_last.safetensors",
+                                     b.out_dir + "/checkpoint_last.safetensors"))
+        << optimizer_name(k);
+    ASSERT_EQ(second.epochs.size(), 3u);
+    for (size_t e = 0; e < 3; ++e) {
+      EXPECT_EQ(second.epochs[e].train_loss, straight.epochs[e].train_loss) << e;
+      EXPECT_EQ(second.epochs[e].val_dice, straight.epochs[e].val_dice) << e;
+    }
+    EXPECT_EQ(read_file(o.out_dir + "/log.csv").size() > 0, true);
+  }
+}
+
+TEST_F(TrainerTest, ResumeRefusesChangedSettings) {
+  TrainOptions o = base();
+  o.out_dir = run_dir("changed");
+  o.max_steps = 3;
+  std::ostringstream l;
+  train_model(o, l);
+  o.max_steps = 0;
+  o.resume = true;
+  o.batch = 6;
+  try {
+    train_model(o, l);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("batch"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(TrainerTest, StopFlagSavesAResumableCheckpoint) {
+  TrainOptions o = base();
+  o.out_dir = run_dir("stop");
+  std::atomic<bool> stop{false};
+  o.stop = &stop;
+  std::ostringstream l;
+  int calls = 0;
+  TrainResult r = train_model(o, l, [&](int, int64_t, int64_t, double, double) {
+    if (++calls == 4) stop = true;  // as if Ctrl-C came during step 4
+  });
+  EXPECT_TRUE(r.interrupted);
+  EXPECT_EQ(r.steps, 4);
+  StFile f = read_safetensors(o.out_dir + "/checkpoint_last.safetensors");
+  EXPECT_EQ(f.metadata_value("step"), "4");
+  EXPECT_EQ(f.metadata_value("next_step_in_epoch"), "4");
+  json::Value s = json::parse(read_file(o.out_dir + "/summary.json"), "summary.json");
+  EXPECT_TRUE(s["interrupted"].as_bool());
+}
+
+TEST_F(TrainerTest, DivergenceStopsAndKeepsTheLastGoodCheckpoint) {
+  TrainOptions o = base();
+  o.out_dir = run_dir("nan");
+  o.epochs = 1;
+  std::ostringstream l;
+  train_model(o, l);
+  const std::string before = read_file(o.out_dir + "/checkpoint_last.safetensors");
+  // Continue with an absurd learning rate: the weights blow up and the loss stops being finite.
+  TrainOptions bad = o;
+  bad.epochs = 4;
+  bad.lr = 1e30;
+  bad.optimizer = OptimizerKind::SGD;
+  bad.weights = o.out_dir + "/checkpoint_last.safetensors";
+  bad.out_dir = o.out_dir;
+  try {
+    train_model(bad, l);
+    FAIL() << "expected divergence to be reported";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("diverged"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("checkpoint_last"), std::string::npos) << msg;
+  }
+  // The run folder still holds a readable checkpoint (the divergent run never reached an epoch end).
+  EXPECT_NO_THROW(read_safetensors(o.out_dir + "/checkpoint_last.safetensors"));
+}
+
+TEST_F(TrainerTest, PlateauCutsTheLearningRate) {
+  TrainOptions o;
+  o.plateau_patience = 2;
+  o.plateau_factor = 0.1;
+  o.min_lr = 1e-5;
+  PlateauState p;
+  p.lr = 1e-3;
+  EXPECT_FALSE(p.update(0.5, o));
+  EXPECT_FALSE(p.update(0.6, o));   // better
+  EXPECT_FALSE(p.update(0.6, o));   // 1 bad
+  EXPECT_FALSE(p.update(0.59, o));  // 2 bad
+  EXPECT_TRUE(p.update(0.55, o));   // 3 bad > patience: cut
+  EXPECT_NEAR(p.lr, 1e-4, 1e-18);
+  EXPECT_EQ(p.bad_epochs, 0);
+  for (int i = 0; i < 3; ++i) p.update(0.1, o);
+  EXPECT_NEAR(p.lr, 1e-5, 1e-18);  // floored at min_lr
+  for (int i = 0; i < 3; ++i) EXPECT_FALSE(p.update(0.1, o));
+  EXPECT_NEAR(p.lr, 1e-5, 1e-18);
+}
+
+TEST_F(TrainerTest, EarlyStopping) {
+  TrainOptions o = base();
+  o.epochs = 30;
+  o.early_stop = 1;
+  o.lr = 1e-9;  // nothing improves after the first epoch... almost surely
+  o.augment = "none";
+  std::ostringstream l;
+  TrainResult r = train_model(o, l);
+  EXPECT_TRUE(r.early_stopped) << l.str();
+  EXPECT_LT(r.epochs.size(), 30u);
+  const size_t n = r.epochs.size();
+  ASSERT_GE(n, 2u);
+  EXPECT_FALSE(r.epochs[n - 1].best);
+}
+
+TEST_F(TrainerTest, InitialWeightsAreLoaded) {
+  TrainOptions o = base();
+  o.out_dir = run_dir("w1");
+  o.epochs = 1;
+  std::ostringstream l;
+  train_model(o, l);
+  // Training from those weights with lr ~ 0 keeps them: the first checkpoint equals the source
+  // in every parameter that the optimiser could move.
+  TrainOptions w = o;
+  w.out_dir = run_dir("w2");
+  w.weights = o.out_dir + "/checkpoint_best.safetensors";
+  w.lr = 1e-30;
+  w.optimizer = OptimizerKind::SGD;
+  w.momentum = 0;
+  train_model(w, l);
+  StFile a = read_safetensors(w.weights), b = read_safetensors(w.out_dir + "/checkpoint_best.safetensors");
+  EXPECT_EQ(a.find("d2.r1.c1.2.weight")->bytes, b.find("d2.r1.c1.2.weight")->bytes);
+  // A checkpoint of another architecture is refused.
+  TrainOptions bad = base();
+  bad.model.filters = {16, 16, 16, 16, 32};
+  bad.weights = w.weights;
+  EXPECT_THROW(train_model(bad, l), Error);
+}
+
+TEST_F(TrainerTest, GradientClippingBoundsTheUpdate) {
+  // With SGD (no momentum) one step moves the weights by lr * g; clipped, |delta| <= lr * limit.
+  TrainOptions o = base();
+  o.out_dir = run_dir("clip");
+  o.optimizer = OptimizerKind::SGD;
+  o.momentum = 0;
+  o.lr = 1.0;
+  o.clip_grad = 1e-3;
+  o.max_steps = 1;
+  o.augment = "none";
+  std::ostringstream l;
+  train_model(o, l);
+  ParamStore init, after;
+  ModelGraph mg = build_resunetpp(o.model, o.batch, o.size, o.size, true);
+  init_params(mg.graph, init, o.seed);
+  load_checkpoint(o.out_dir + "/checkpoint_last.safetensors", mg.graph, after, false);
+  double sq = 0;
+  for (const TensorInfo& t : mg.graph.tensors()) {
+    if (t.kind != TensorKind::Param) continue;
+    const float* a = init.get(t.name).f();
+    const float* b = after.get(t.name).f();
+    for (int64_t i = 0; i < numel(t.shape); ++i) sq += double(b[i] - a[i]) * double(b[i] - a[i]);
+  }
+  EXPECT_GT(std::sqrt(sq), 0.0);
+  EXPECT_LE(std::sqrt(sq), 1e-3 * 1.001);
+}
+
+TEST_F(TrainerTest, LoaderIsDeterministicWithAugmentation) {
+  std::vector<Sample> all = scan_dataset(data_);
+  LoadedDataset ds = load_dataset(all, 16);
+  std::vector<int> order(size_t(ds.n));
+  for (int i = 0; i < ds.n; ++i) order[size_t(i)] = (i * 7) % ds.n;
+  AugmentConfig aug = augment_preset("paper");
+  const size_t img = 4 * 16 * 16 * 3, msk = 4 * 16 * 16;
+  std::vector<float> a_img(img), a_msk(msk), b_img(img), b_msk(msk);
+  BatchLoader a(ds, order, 4, 1, 5, &aug, 3, 2), b(ds, order, 4, 1, 5, &aug, 3, 2);
+  int batches = 0;
+  while (a.next(a_img.data(), a_msk.data())) {
+    ASSERT_TRUE(b.next(b_img.data(), b_msk.data()));
+    EXPECT_EQ(a_img, b_img);
+    EXPECT_EQ(a_msk, b_msk);
+    for (float m : a_msk) ASSERT_TRUE(m == 0.f || m == 1.f);
+    ++batches;
+  }
+  EXPECT_EQ(batches, 4);
+  EXPECT_FALSE(b.next(b_img.data(), b_msk.data()));
+  // Without augmentation the batch is exactly the gathered samples.
+  BatchLoader plain(ds, order, 4, 0, 1, nullptr, 3, 2);
+  ASSERT_TRUE(plain.next(a_img.data(), a_msk.data()));
+  std::vector<float> ref_img(img), ref_msk(msk);
+  gather_batch(ds, order.data(), 4, ref_img.data(), ref_msk.data());
+  EXPECT_EQ(a_img, ref_img);
+  EXPECT_EQ(a_msk, ref_msk);
+}
