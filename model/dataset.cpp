@@ -51,7 +51,12 @@ std::map<std::string, std::string> list_images(const std::string& dir, const std
     const fs::path& p = it->path();
     const std::string name = p.filename().string();
     if (name.empty() || name[0] == '.') continue;
-    if (!is_image_ext(p.extension().string())) continue;
+    const std::string ext = lower(p.extension().string());
+    if (ext == ".tif" || ext == ".tiff")
+      fail("'", p.string(), "' is a TIFF image, which resunetpp does not read (CVC-ClinicDB ships TIFF). ",
+           "Convert the dataset to PNG first, e.g. with ImageMagick: cd '", path,
+           "' && mogrify -format png *.tif && rm *.tif (and the same in the other subfolder)");
+    if (!is_image_ext(ext)) continue;
     std::error_code ec2;
     if (!it->is_regular_file(ec2)) continue;
     const std::string stem = p.stem().string();

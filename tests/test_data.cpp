@@ -628,3 +628,19 @@ TEST_F(DataTest, LoadUsesManySamplesInOrder) {
       ASSERT_EQ(ds.masks[size_t(i) * 256 + k], mr.px[k] ? 1.f : 0.f) << i;
   }
 }
+
+TEST(DatasetTiff, TiffGivesAConversionHint) {
+  const std::string d = "/tmp/rpp_test_tiff_" + std::to_string(::getpid());
+  std::system(("rm -rf " + d + " && mkdir -p " + d + "/images " + d + "/masks && touch " + d + "/images/1.tif " +
+               d + "/masks/1.tif").c_str());
+  try {
+    rpp::scan_dataset(d);
+    FAIL() << "expected an error";
+  } catch (const rpp::Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("1.tif"), std::string::npos) << m;
+    EXPECT_NE(m.find("TIFF"), std::string::npos) << m;
+    EXPECT_NE(m.find("mogrify"), std::string::npos) << m;
+  }
+  std::system(("rm -rf " + d).c_str());
+}

@@ -45,7 +45,8 @@ TEST(Train, SameSeedSameLossesForEveryOptimizer) {
     o.seed = 9;
     std::ostringstream log1, log2;
     TrainResult a = train_model(o, log1), b = train_model(o, log2);
-    ASSERT_EQ(a.step_losses.size(), 8u) << optimizer_name(k);
+    ASSERT_EQ(a.step_losses.size(), size_t(a.steps)) << optimizer_name(k);
+    ASSERT_GE(a.steps, 8) << optimizer_name(k);
     ASSERT_EQ(a.step_losses, b.step_losses) << optimizer_name(k);
     for (double l : a.step_losses) EXPECT_TRUE(std::isfinite(l));
     o.seed = 10;
@@ -58,7 +59,7 @@ TEST(Train, SameSeedSameLossesForEveryOptimizer) {
 
 TEST(Train, FullNetworkReachesHighDiceOnSyntheticData) {
   // The default ResUNet++ (4,062,993 parameters) at 32x32, a few hundred Adam steps.
-  const std::string data = synth_dir(240, 32, 1);
+  const std::string data = synth_dir(300, 32, 1);
   TrainOptions o;
   o.data_dir = data;
   o.size = 32;
