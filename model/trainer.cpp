@@ -404,6 +404,7 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
       << "training: " << optimizer_name(o.optimizer) << " lr " << o.lr << " (" << o.schedule << "), batch "
       << o.batch << ", " << steps_per_epoch << " steps per epoch, loss " << loss_name(o.loss) << ", device cpu ("
       << cpu::num_threads() << " threads)\n";
+  log.flush();
 
   if (!o.out_dir.empty() && !o.resume) {
     make_dirs(o.out_dir);

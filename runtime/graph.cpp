@@ -132,8 +132,8 @@ static void expect_rank(const TensorInfo& t, size_t rank, const std::string& sco
 }
 
 int GraphBuilder::conv2d(const std::string& scope, int x, int w, int b, int stride, int pad, int dil) {
-  const Shape& xs = g_.tensor(x).shape;
-  const Shape& ws = g_.tensor(w).shape;  // HWIO
+  const Shape xs = g_.tensor(x).shape;
+  const Shape ws = g_.tensor(w).shape;  // HWIO
   expect_rank(g_.tensor(x), 4, scope);
   expect_rank(g_.tensor(w), 4, scope);
   if (ws[2] != xs[3])
@@ -200,7 +200,7 @@ int GraphBuilder::mul(const std::string& scope, int a, int b) {
 }
 
 int GraphBuilder::scale_channels(const std::string& scope, int x, int s) {
-  const Shape& xs = g_.tensor(x).shape;
+  const Shape xs = g_.tensor(x).shape;
   expect_rank(g_.tensor(x), 4, scope);
   if (g_.tensor(s).shape != Shape{xs[0], xs[3]}) fail(scope, ": channel scale shape mismatch");
   int y = activation(scope + ".scale", xs, rg(x) || rg(s));
@@ -209,7 +209,7 @@ int GraphBuilder::scale_channels(const std::string& scope, int x, int s) {
 }
 
 int GraphBuilder::global_avg_pool(const std::string& scope, int x) {
-  const Shape& xs = g_.tensor(x).shape;
+  const Shape xs = g_.tensor(x).shape;
   expect_rank(g_.tensor(x), 4, scope);
   int y = activation(scope + ".pool", {xs[0], xs[3]}, rg(x));
   g_.add_node(simple(OpKind::GlobalAvgPool, {x}, y, scope, numel(xs)));
@@ -217,8 +217,8 @@ int GraphBuilder::global_avg_pool(const std::string& scope, int x) {
 }
 
 int GraphBuilder::linear(const std::string& scope, int x, int w) {
-  const Shape& xs = g_.tensor(x).shape;
-  const Shape& ws = g_.tensor(w).shape;  // (O, I)
+  const Shape xs = g_.tensor(x).shape;
+  const Shape ws = g_.tensor(w).shape;  // (O, I)
   expect_rank(g_.tensor(x), 2, scope);
   if (ws.size() != 2 || ws[1] != xs[1]) fail(scope, ": linear weight ", shape_str(ws), " vs input ", shape_str(xs));
   int y = activation(scope + ".linear", {xs[0], ws[0]}, rg(x) || rg(w));
@@ -233,7 +233,7 @@ int GraphBuilder::sigmoid(const std::string& scope, int x) {
 }
 
 int GraphBuilder::maxpool2(const std::string& scope, int x) {
-  const Shape& xs = g_.tensor(x).shape;
+  const Shape xs = g_.tensor(x).shape;
   expect_rank(g_.tensor(x), 4, scope);
   if (xs[1] % 2 || xs[2] % 2) fail(scope, ": 2x2 max pool needs even height and width, got ", shape_str(xs));
   int y = activation(scope + ".maxpool", {xs[0], xs[1] / 2, xs[2] / 2, xs[3]}, rg(x));
@@ -242,7 +242,7 @@ int GraphBuilder::maxpool2(const std::string& scope, int x) {
 }
 
 int GraphBuilder::upsample2(const std::string& scope, int x) {
-  const Shape& xs = g_.tensor(x).shape;
+  const Shape xs = g_.tensor(x).shape;
   expect_rank(g_.tensor(x), 4, scope);
   int y = activation(scope + ".up", {xs[0], xs[1] * 2, xs[2] * 2, xs[3]}, rg(x));
   g_.add_node(simple(OpKind::Upsample2, {x}, y, scope, 0));
@@ -251,7 +251,7 @@ int GraphBuilder::upsample2(const std::string& scope, int x) {
 
 int GraphBuilder::concat(const std::string& scope, int a, int b) {
   Shape as = g_.tensor(a).shape;
-  const Shape& bs = g_.tensor(b).shape;
+  const Shape bs = g_.tensor(b).shape;
   if (as.size() != 4 || bs.size() != 4 || as[0] != bs[0] || as[1] != bs[1] || as[2] != bs[2])
     fail(scope, ": concat of ", shape_str(as), " and ", shape_str(bs));
   as[3] += bs[3];

@@ -1,101 +1,200 @@
-// tools/cli/cmd_eval.cpp — `resunetpp eval`: metrics of a checkpoint on a dataset split.
+// tools/cli/cmd_eval.cpp — `resunetpp eval`: metrics of a checkpoint on a dataset split, per image
+// and pooled, at the model's resolution or each image's own (--native), optionally with flip TTA.
 #include <chrono>
-#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <iomanip>
 #include <iostream>
-#include <map>
 #include <sstream>
 
 #include "model/dataset.h"
-#include "model/trainer.h"
-#include "runtime/checkpoint.h"
+#include "model/image_io.h"
+#include "model/inference.h"
+#include "model/metrics.h"
 #include "runtime/fileio.h"
 #include "runtime/json.h"
-#include "runtime/safetensors.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/flags.h"
 
 namespace rpp::cli {
+namespace {
+
+const char* kEmptyRule =
+    "an image whose ground truth and prediction are both empty scores 1 on dice, iou, precision, recall "
+    "and f2; if only one of them is empty it scores 0 (accuracy is always (tp + tn) / pixels; the "
+    "background IoU inside miou follows the same rule for an image that is all polyp)";
+const char* kMiouLabel = "miou (mean of background and polyp IoU)";
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char ch : s) q += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+  return q + "\"";
+}
+
+std::string fmt6(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.6f", v);
+  return b;
+}
+
+}  // namespace
 
 int cmd_eval(int argc, char** argv) {
   std::string checkpoint, data, split = "test", split_dir, out;
   int size = 0, batch = 8;
-  Flags f("eval", "Evaluate a checkpoint on a dataset split: Dice, IoU, precision, recall, F2 and\n"
-                  "accuracy of the polyp class at threshold 0.5, averaged per image and pooled.\n"
-                  "An image whose ground truth and prediction are both empty scores 1.");
+  bool tta = false, native = false;
+  Flags f("eval",
+          "Evaluate a checkpoint on a dataset split: Dice, IoU, precision, recall, F2 and accuracy of the\n"
+          "polyp class at threshold 0.5, averaged per image and pooled over all pixels, and miou (mean of\n"
+          "background and polyp IoU). Empty-mask rule: an image whose ground truth and prediction are\n"
+          "both empty scores 1; if only one is empty it scores 0.\n"
+          "Metrics are computed at the evaluation resolution (--size) unless --native is given, which\n"
+          "upsamples each probability map bilinearly to the image's own size, thresholds it at 0.5 and\n"
+          "compares it with the original mask thresholded at 128.\n"
+          "--out DIR writes DIR/metrics.json and DIR/per_image.csv; --out FILE.json writes FILE.json and\n"
+          "FILE_per_image.csv beside it. Without --out only the table is printed.");
   f.add("checkpoint", &checkpoint, "checkpoint (.safetensors)", "FILE");
   f.add("data", &data, "dataset folder with images/ and masks/", "DIR");
-  f.add("split", &split, "train | val | test | all", "NAME");
+  f.add("split", &split, "test | val | train | all", "NAME");
   f.add("split-dir", &split_dir, "folder with <split>.txt; else the seeded split stored in the checkpoint", "DIR");
-  f.add("size", &size, "evaluation resolution (0: the checkpoint's training size)");
-  f.add("batch", &batch, "batch size");
-  f.add("out", &out, "write the metrics as JSON to this file", "FILE");
+  f.add("size", &size, "evaluation resolution, a multiple of 8 (0: the checkpoint's training size)");
+  f.add("batch", &batch, "images per forward pass");
+  f.add("tta", &tta, "average the probabilities of the image and its horizontal and vertical flips");
+  f.add("native", &native, "metrics at each image's original size instead of the evaluation resolution");
+  f.add("out", &out, "output folder (metrics.json, per_image.csv) or a .json file path", "DIR|FILE");
   f.require("checkpoint");
   f.require("data");
   if (!f.parse(argc, argv, 2, std::cout)) return 0;
-  StFile meta_file = read_safetensors(checkpoint);
-  ModelConfig cfg;
-  if (auto fl = meta_file.metadata_value("filters"); !fl.empty()) cfg.filters = parse_filters(fl);
-  if (size == 0) {
-    const std::string s = meta_file.metadata_value("size");
-    size = s.empty() ? 256 : std::atoi(s.c_str());
+  if (split != "test" && split != "val" && split != "train" && split != "all")
+    fail("--split must be test, val, train or all, got '", split, "'");
+  if (batch < 1) fail("--batch must be at least 1, got ", batch);
+  if (size != 0 && (size < 8 || size % 8 != 0)) fail("--size must be a positive multiple of 8, got ", size);
+
+  Predictor pred(checkpoint, size, batch);
+  size = pred.size();
+  // Output paths before the data, so that an unwritable --out fails before the long part.
+  std::string json_path, csv_path;
+  if (!out.empty()) {
+    try {
+      if (ends_with(out, ".json")) {
+        json_path = out;
+        csv_path = out.substr(0, out.size() - 5) + "_per_image.csv";
+        const size_t slash = out.find_last_of('/');
+        if (slash != std::string::npos && slash > 0) make_dirs(out.substr(0, slash));
+      } else {
+        make_dirs(out);
+        json_path = out + "/metrics.json";
+        csv_path = out + "/per_image.csv";
+      }
+    } catch (const Error& e) {
+      fail("--out '", out, "' cannot be written: ", e.what());
+    }
   }
-  std::vector<Sample> all = scan_dataset(data), sel;
+
+  std::vector<Sample> all;
+  try {
+    all = scan_dataset(data);
+  } catch (const Error& e) {
+    fail(e.what(), " (run 'resunetpp check-data ", data, "' for a full report)");
+  }
+  std::vector<Sample> sel;
   if (split == "all") {
     sel = all;
   } else if (!split_dir.empty()) {
     sel = read_split_file(split_dir + "/" + split + ".txt", all);
   } else {
-    SplitFractions fr;
     auto num = [&](const char* k, double d) {
-      std::string v = meta_file.metadata_value(k);
+      const std::string v = metadata_get(pred.metadata(), k);
       return v.empty() ? d : std::atof(v.c_str());
     };
+    SplitFractions fr;
     fr.val = num("val_fraction", 0.1);
     fr.test = num("test_fraction", 0.1);
     fr.train = 1 - fr.val - fr.test;
     std::vector<Sample> tr, va, te;
     split_seeded(all, uint64_t(num("seed", 1)), fr, &tr, &va, &te);
-    if (split == "train") sel = tr;
-    else if (split == "val") sel = va;
-    else if (split == "test") sel = te;
-    else fail("--split must be train, val, test or all, got '", split, "'");
+    sel = split == "train" ? tr : split == "val" ? va : te;
   }
   if (sel.empty()) fail("split '", split, "' of ", data, " is empty");
+
+  const auto t0 = std::chrono::steady_clock::now();
   LoadedDataset ds = load_dataset(sel, size);
-  ParamStore store;
-  Evaluator ev(cfg, size, batch, store);
-  load_checkpoint(checkpoint, ev.graph(), store, false);
-  EvalResult r = ev.evaluate(ds, LossKind::BCEDice);
-  double sums[6] = {0, 0, 0, 0, 0, 0};
-  for (const Confusion& c : r.per_image) {
-    sums[0] += dice(c); sums[1] += iou(c); sums[2] += precision(c);
-    sums[3] += recall(c); sums[4] += f2(c); sums[5] += accuracy(c);
+  const std::vector<float> logits = pred.logits(ds.images, ds.n, tta);
+  const size_t plane = size_t(size) * size_t(size);
+  std::vector<Confusion> per(size_t(ds.n));
+  for (int i = 0; i < ds.n; ++i) {
+    const float* lg = logits.data() + size_t(i) * plane;
+    if (native) {
+      const Image truth = load_image(sel[size_t(i)].mask_path, 1);
+      const std::vector<float> prob = probabilities_from_logits(lg, plane);
+      per[size_t(i)] = native_confusion(prob.data(), size, truth, 0.5);
+    } else {
+      per[size_t(i)] = confusion_from_logits(lg, ds.masks.data() + size_t(i) * plane, int64_t(plane));
+    }
   }
-  const char* names[6] = {"dice", "iou", "precision", "recall", "f2", "accuracy"};
-  double (*fns[6])(const Confusion&) = {dice, iou, precision, recall, f2, accuracy};
-  json::Value j = json::Value::object(), per = json::Value::object(), pooled = json::Value::object();
-  std::cout << "evaluated " << ds.n << " images (" << split << ") at " << size << "x" << size << "\n"
-            << std::left << std::setw(12) << "metric" << std::setw(12) << "per-image" << "pooled\n";
-  for (int k = 0; k < 6; ++k) {
-    const double m = sums[k] / ds.n, p = fns[k](r.pooled);
-    per.set(names[k], m);
-    pooled.set(names[k], p);
-    std::cout << std::left << std::setw(12) << names[k] << std::setw(12) << std::fixed << std::setprecision(4) << m
-              << p << "\n";
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  const char* names[7] = {"dice", "iou", "precision", "recall", "f2", "accuracy", "miou"};
+  double (*fns[7])(const Confusion&) = {dice, iou, precision, recall, f2, accuracy, mean_iou};
+  Confusion pooled;
+  double sums[7] = {0, 0, 0, 0, 0, 0, 0};
+  int empty_truth = 0;
+  std::string csv = "stem,dice,iou,precision,recall,f2,accuracy,tp,fp,fn,tn\n";
+  for (int i = 0; i < ds.n; ++i) {
+    const Confusion& c = per[size_t(i)];
+    pooled += c;
+    if (c.tp + c.fn == 0) ++empty_truth;
+    for (int k = 0; k < 7; ++k) sums[k] += fns[k](c);
+    csv += csv_field(ds.stems[size_t(i)]);
+    for (int k = 0; k < 6; ++k) csv += "," + fmt6(fns[k](c));
+    csv += "," + std::to_string(c.tp) + "," + std::to_string(c.fp) + "," + std::to_string(c.fn) + "," +
+           std::to_string(c.tn) + "\n";
   }
-  std::cout << "empty-mask rule: an image with empty ground truth and empty prediction scores 1\n";
-  if (!out.empty()) {
+
+  json::Value mean = json::Value::object(), pool = json::Value::object(), conf = json::Value::object();
+  const std::string where = native ? "native resolution (each image's own size)"
+                                   : std::to_string(size) + "x" + std::to_string(size);
+  std::cout << "evaluated " << ds.n << " images (split " << split << ") at " << where << (tta ? ", flip TTA" : "")
+            << " in " << std::fixed << std::setprecision(2) << seconds << " s ("
+            << std::setprecision(1) << (seconds > 0 ? ds.n / seconds : 0.0) << " images/s)\n"
+            << std::left << std::setw(42) << "metric (threshold 0.5)" << std::setw(12) << "per-image"
+            << "pooled\n";
+  for (int k = 0; k < 7; ++k) {
+    const double m = sums[k] / ds.n, p = fns[k](pooled);
+    mean.set(names[k], m);
+    pool.set(names[k], p);
+    std::cout << std::left << std::setw(42) << (k == 6 ? kMiouLabel : names[k]) << std::setw(12) << std::fixed
+              << std::setprecision(4) << m << p << "\n";
+  }
+  conf.set("tp", pooled.tp).set("fp", pooled.fp).set("fn", pooled.fn).set("tn", pooled.tn);
+  std::cout << "empty-mask rule: " << kEmptyRule << "\n"
+            << empty_truth << " of " << ds.n << " images have an empty ground truth\n";
+
+  if (!json_path.empty()) {
+    json::Value j = json::Value::object();
     j.set("checkpoint", checkpoint);
     j.set("data", data);
     j.set("split", split);
     j.set("images", ds.n);
     j.set("size", size);
-    j.set("mean_per_image", per);
-    j.set("pooled", pooled);
-    j.set("empty_mask_rule", "empty ground truth and empty prediction scores 1");
-    write_file_atomic(out, json::dump(j, 2) + "\n");
+    j.set("resolution", native ? "native" : "model");
+    j.set("tta", tta);
+    j.set("threshold", 0.5);
+    j.set("mean_per_image", mean);
+    j.set("pooled", pool);
+    j.set("pooled_confusion", conf);
+    j.set("miou_definition", kMiouLabel);
+    j.set("empty_mask_rule", kEmptyRule);
+    j.set("empty_ground_truth_images", empty_truth);
+    j.set("seconds", seconds);
+    write_file_atomic(json_path, json::dump(j, 2) + "\n");
+    write_file_atomic(csv_path, csv);
+    std::cout << "wrote " << json_path << " and " << csv_path << "\n";
   }
   return 0;
 }

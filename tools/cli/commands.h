@@ -11,6 +11,8 @@ int cmd_summary(int argc, char** argv);
 int cmd_synth(int argc, char** argv);
 int cmd_train(int argc, char** argv);
 int cmd_eval(int argc, char** argv);
+int cmd_predict(int, char**);
+int cmd_check_data(int, char**);
 
 // "16,32,64,128,256" -> {16, 32, 64, 128, 256}; exactly five values.
 std::vector<int> parse_filters(const std::string& s);

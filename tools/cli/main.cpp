@@ -15,7 +15,9 @@ void usage(std::ostream& os) {
         "  summary   layers, parameter count, FLOPs and memory plans\n"
         "  synth     write a synthetic polyp-like dataset (Kvasir-SEG layout)\n"
         "  train     train on a dataset folder\n"
-        "  eval      evaluate a checkpoint on a dataset split\n\n"
+        "  eval      evaluate a checkpoint on a dataset split\n"
+        "  predict   write masks, overlays (and logits) for images with a checkpoint\n"
+        "  check-data verify a dataset folder: pairs, decoding, sizes, binary masks\n\n"
         "Run 'resunetpp COMMAND --help' for the options of a command.\n";
 }
 
@@ -38,6 +40,8 @@ int main(int argc, char** argv) {
     if (cmd == "synth") return cmd_synth(argc, argv);
     if (cmd == "train") return cmd_train(argc, argv);
     if (cmd == "eval") return cmd_eval(argc, argv);
+    if (cmd == "predict") return cmd_predict(argc, argv);
+    if (cmd == "check-data") return cmd_check_data(argc, argv);
     std::cerr << "resunetpp: unknown command '" << cmd << "'\n\n";
     usage(std::cerr);
     return 2;
