@@ -122,27 +122,23 @@ void save_png(const std::string& path, const Image& img) {
   write_file_atomic(path, bytes.data(), bytes.size());
 }
 
+std::vector<BilinearTap> bilinear_taps(int in, int out) {
+  std::vector<BilinearTap> t(static_cast<size_t>(out));
+  const float scale = float(in) / float(out);
+  for (int d = 0; d < out; ++d) {
+    float s = scale * (float(d) + 0.5f) - 0.5f;
+    if (s < 0.f) s = 0.f;
+    const int i0 = std::min(int(s), in - 1);
+    t[size_t(d)] = {i0, i0 < in - 1 ? i0 + 1 : i0, s - float(i0)};
+  }
+  return t;
+}
+
 Image resize_bilinear(const Image& src, int w, int h) {
   check_image(src, "resize_bilinear");
   if (w <= 0 || h <= 0) fail("resize_bilinear: target size ", w, "x", h, " must be positive");
   if (w == src.w && h == src.h) return src;
-  // Per output column / row: the two source taps and the weight of the second.
-  struct Tap {
-    int i0, i1;
-    float l;
-  };
-  auto taps = [](int in, int out) {
-    std::vector<Tap> t(static_cast<size_t>(out));
-    const float scale = float(in) / float(out);
-    for (int d = 0; d < out; ++d) {
-      float s = scale * (float(d) + 0.5f) - 0.5f;
-      if (s < 0.f) s = 0.f;
-      int i0 = std::min(int(s), in - 1);
-      t[size_t(d)] = {i0, i0 < in - 1 ? i0 + 1 : i0, s - float(i0)};
-    }
-    return t;
-  };
-  const std::vector<Tap> tx = taps(src.w, w), ty = taps(src.h, h);
+  const std::vector<BilinearTap> tx = bilinear_taps(src.w, w), ty = bilinear_taps(src.h, h);
   const int c = src.c;
   Image out;
   out.w = w;
@@ -151,13 +147,13 @@ Image resize_bilinear(const Image& src, int w, int h) {
   out.px.resize(size_t(w) * size_t(h) * size_t(c));
   const size_t stride = size_t(src.w) * size_t(c);
   for (int y = 0; y < h; ++y) {
-    const Tap& ry = ty[size_t(y)];
+    const BilinearTap& ry = ty[size_t(y)];
     const uint8_t* r0 = src.px.data() + size_t(ry.i0) * stride;
     const uint8_t* r1 = src.px.data() + size_t(ry.i1) * stride;
     const float ly = ry.l, hy = 1.f - ly;
     uint8_t* o = out.px.data() + size_t(y) * size_t(w) * size_t(c);
     for (int x = 0; x < w; ++x) {
-      const Tap& rx = tx[size_t(x)];
+      const BilinearTap& rx = tx[size_t(x)];
       const float lx = rx.l, hx = 1.f - lx;
       const size_t a = size_t(rx.i0) * size_t(c), b = size_t(rx.i1) * size_t(c);
       for (int ch = 0; ch < c; ++ch) {

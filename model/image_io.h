@@ -38,6 +38,14 @@ void save_png(const std::string& path, const Image& img);
 // clamped at the border, result rounded to nearest. Same size returns an exact copy.
 Image resize_bilinear(const Image& src, int w, int h);
 
+// The taps of that bilinear rule along one axis: output d reads inputs i0 and i1 with weight l on
+// i1 (half-pixel centres, clamped at the edges). Shared by every bilinear resize in the project.
+struct BilinearTap {
+  int i0, i1;
+  float l;
+};
+std::vector<BilinearTap> bilinear_taps(int in, int out);
+
 // Nearest-neighbour resize with PyTorch's 'nearest' rule: src = min(floor(dst * (in / out)), in - 1),
 // the scale computed in float as PyTorch does. Never invents values: safe for label masks.
 Image resize_nearest(const Image& src, int w, int h);

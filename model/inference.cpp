@@ -201,32 +201,16 @@ std::vector<float> resize_map_bilinear(const float* src, int in_w, int in_h, int
   if (in_w <= 0 || in_h <= 0 || out_w <= 0 || out_h <= 0)
     fail("resize_map_bilinear: sizes must be positive, got ", in_w, "x", in_h, " -> ", out_w, "x", out_h);
   if (in_w == out_w && in_h == out_h) return std::vector<float>(src, src + size_t(in_w) * size_t(in_h));
-  struct Tap {
-    int i0, i1;
-    float l;
-  };
-  // Same taps as resize_bilinear in model/image_io.cpp (float arithmetic included).
-  auto taps = [](int in, int out) {
-    std::vector<Tap> t(static_cast<size_t>(out));
-    const float scale = float(in) / float(out);
-    for (int d = 0; d < out; ++d) {
-      float s = scale * (float(d) + 0.5f) - 0.5f;
-      if (s < 0.f) s = 0.f;
-      const int i0 = std::min(int(s), in - 1);
-      t[size_t(d)] = {i0, i0 < in - 1 ? i0 + 1 : i0, s - float(i0)};
-    }
-    return t;
-  };
-  const std::vector<Tap> tx = taps(in_w, out_w), ty = taps(in_h, out_h);
+  const std::vector<BilinearTap> tx = bilinear_taps(in_w, out_w), ty = bilinear_taps(in_h, out_h);
   std::vector<float> out(size_t(out_w) * size_t(out_h));
   for (int y = 0; y < out_h; ++y) {
-    const Tap& ry = ty[size_t(y)];
+    const BilinearTap& ry = ty[size_t(y)];
     const float* r0 = src + size_t(ry.i0) * size_t(in_w);
     const float* r1 = src + size_t(ry.i1) * size_t(in_w);
     const float ly = ry.l, hy = 1.f - ly;
     float* o = out.data() + size_t(y) * size_t(out_w);
     for (int x = 0; x < out_w; ++x) {
-      const Tap& rx = tx[size_t(x)];
+      const BilinearTap& rx = tx[size_t(x)];
       const float lx = rx.l, hx = 1.f - lx;
       o[x] = hy * (hx * r0[rx.i0] + lx * r0[rx.i1]) + ly * (hx * r1[rx.i0] + lx * r1[rx.i1]);
     }

@@ -12,12 +12,12 @@ void usage(std::ostream& os) {
   os << "usage: resunetpp COMMAND [options]\n\n"
         "ResUNet++ polyp segmentation: training and evaluation engine.\n\n"
         "commands:\n"
-        "  summary   layers, parameter count, FLOPs and memory plans\n"
-        "  synth     write a synthetic polyp-like dataset (Kvasir-SEG layout)\n"
-        "  train     train on a dataset folder\n"
-        "  eval      evaluate a checkpoint on a dataset split\n"
-        "  predict   write masks, overlays (and logits) for images with a checkpoint\n"
-        "  check-data verify a dataset folder: pairs, decoding, sizes, binary masks\n\n"
+        "  summary      layers, parameter count, FLOPs and memory plans\n"
+        "  synth        write a synthetic polyp-like dataset (Kvasir-SEG layout)\n"
+        "  check-data   verify a dataset folder: pairs, decoding, sizes, binary masks\n"
+        "  train        train on a dataset folder\n"
+        "  eval         evaluate a checkpoint on a dataset split\n"
+        "  predict      write masks, overlays (and logits) for images with a checkpoint\n\n"
         "Run 'resunetpp COMMAND --help' for the options of a command.\n";
 }
 
