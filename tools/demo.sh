@@ -3,13 +3,13 @@
 # ResUNet++ on it and evaluate the best checkpoint on the held-out test split.
 # Installs what the build needs if it is missing (tools/install_deps.sh).
 # The CUDA backend is not built yet, so training runs on the CPU (all cores).
-# Environment overrides: DEMO_SIZE (48), DEMO_COUNT (400), DEMO_EPOCHS (16), DEMO_OUT (runs/demo).
+# Environment overrides: DEMO_SIZE (48), DEMO_COUNT (600), DEMO_EPOCHS (16), DEMO_OUT (runs/demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install_deps.sh
 
 size=${DEMO_SIZE:-48}
-count=${DEMO_COUNT:-400}
+count=${DEMO_COUNT:-600}
 epochs=${DEMO_EPOCHS:-16}
 out=${DEMO_OUT:-runs/demo}
 data=data/synth-$size
