@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tools/install_deps.sh — installs what the build needs on a Debian/Ubuntu machine, if missing:
-# a C++17 compiler, CMake, Ninja, GoogleTest and the stb headers. The CUDA toolkit is optional
+# a C++17 compiler, CMake, Ninja, make and pkg-config (for the installed-package test),
+# GoogleTest and the stb headers. The CUDA toolkit is optional
 # and never installed here. Safe to run repeatedly; does nothing when everything is present.
 set -euo pipefail
 
@@ -8,6 +9,8 @@ need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v ninja >/dev/null 2>&1 || need+=(ninja-build)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 [ -f /usr/include/stb/stb_image.h ] || [ -n "${RESUNETPP_STB_DIR:-}" ] || need+=(libstb-dev)
 [ -f /usr/include/gtest/gtest.h ] || [ -n "${RESUNETPP_GTEST_SOURCE_DIR:-}" ] || need+=(libgtest-dev)
 
