@@ -1,0 +1,427 @@
+// kernels/cuda/batchnorm.cu — BatchNorm over NHWC (count x c) fp32 buffers: training forward,
+// eval forward, training-mode backward. kernels/cpu/batchnorm.cpp is the specification;
+// tests/gpu/test_ops_gpu.cpp compares against it (./build/gpu_test_ops_gpu --gtest_filter=*Batch*).
+//
+// Reductions (deterministic, no atomics):
+//  * The rows are cut into fixed groups of Tiling::rows rows (a function of count and c only).
+//    A partial block reduces one group for a tile of <= 32 channels: thread (lc, lr) owns channel
+//    lc of the tile and rows lr, lr + rs, lr + 2 rs, ... of the group (kRowIters of them).
+//  * Forward: each block does a two-pass mean and sum of squared deviations over its group in
+//    double, from values kept in registers (x is read from memory once for the statistics).
+//    A finalize block per channel then combines the groups with the exact decomposition
+//      M2 = sum_g M2_g + sum_g n_g (mean_g - mean)^2,   mean = sum_g S_g / count,
+//    each sum over the groups taken in a fixed tree. Then a pass writes y.
+//  * Backward: per-group sums of dy and dy * (x - mean) in double, a finalize block per channel,
+//    then a pass writes dx = k1 dy + k2 (x - mean) + k3 with per-channel constants.
+// Workspace layout (batchnorm_workspace_bytes): two (groups, c) double arrays, then 3 c floats.
+#include "kernels/cuda/batchnorm.cuh"
+
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/check.cuh"
+#include "runtime/error.h"
+
+namespace rpp::cuda {
+
+namespace {
+
+using detail::check_not_null;
+using detail::check_workspace;
+using detail::flat_blocks;
+using detail::index_fits_32;
+
+constexpr int kThreads = 256;       // every kernel here; block_sum assumes a power of two
+constexpr int kRowIters = 16;       // rows per thread in a partial block
+constexpr int kTileChannels = 32;   // channels per partial block (one warp's width)
+constexpr int kMaxChannels = 2048;  // per-channel tables of the elementwise passes in shared memory
+
+struct Tiling {
+  int tc;          // channels per partial block: min(c, 32)
+  int rs;          // row lanes per partial block: kThreads / tc
+  int tiles;       // channel tiles: ceil(c / tc)
+  int64_t rows;    // rows per group: rs * kRowIters
+  int64_t groups;  // ceil(count / rows)
+};
+
+Tiling tiling_for(int64_t count, int c) {
+  Tiling t{};
+  t.tc = c < kTileChannels ? c : kTileChannels;
+  t.rs = kThreads / t.tc;
+  t.tiles = (c + t.tc - 1) / t.tc;
+  t.rows = int64_t(t.rs) * kRowIters;
+  t.groups = (count + t.rows - 1) / t.rows;
+  return t;
+}
+
+struct Workspace {
+  double* part_a;  // (groups, c)
+  double* part_b;  // (groups, c)
+  float* k1;       // (c) forward: gamma * invstd; backward: dx coefficients k1, k2, k3
+  float* k2;
+  float* k3;
+};
+
+Workspace carve(void* ws, const Tiling& t, int c) {
+  Workspace w{};
+  const size_t part = size_t(t.groups) * size_t(c);
+  w.part_a = static_cast<double*>(ws);
+  w.part_b = w.part_a + part;
+  w.k1 = reinterpret_cast<float*>(w.part_b + part);
+  w.k2 = w.k1 + c;
+  w.k3 = w.k2 + c;
+  return w;
+}
+
+void check_sizes(const char* op, int64_t count, int c, bool training) {
+  if (training && count <= 1)
+    fail(op, ": batchnorm training needs more than one value per channel, got count ", count);
+  if (count < 0) fail(op, ": count must be >= 0, got ", count);
+  if (c <= 0 || c > kMaxChannels)
+    fail(op, ": channels must be in [1, ", kMaxChannels, "], got ", c);
+}
+
+// Sum of v over the block's kThreads threads in a fixed tree order; every thread gets the result.
+// `red` is kThreads doubles of shared memory, free again when this returns.
+__device__ double block_sum(double v, double* red) {
+  red[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (int(threadIdx.x) < s) red[threadIdx.x] += red[threadIdx.x + s];
+    __syncthreads();
+  }
+  const double r = red[0];
+  __syncthreads();
+  return r;
+}
+
+// Rows in group g (all groups but the last hold t.rows).
+__device__ __forceinline__ int64_t group_rows(int64_t g, int64_t rows, int64_t count) {
+  const int64_t left = count - g * rows;
+  return left < rows ? left : rows;
+}
+
+// Forward statistics of one (group, channel tile): sum and M2 about the group mean, in double.
+// grid (groups, tiles), kThreads threads. part_sum/part_m2: (groups, c).
+__global__ void __launch_bounds__(kThreads)
+    stats_partial_kernel(const float* __restrict__ x, int64_t count, int c, int tc, int rs,
+                         int64_t rows, double* __restrict__ part_sum, double* __restrict__ part_m2) {
+  __shared__ double red[kThreads];
+  __shared__ double group_mean[kTileChannels];
+  const int t = int(threadIdx.x);
+  const int lc = t % tc, lr = t / tc;
+  const int ch = int(blockIdx.y) * tc + lc;
+  const int64_t g = blockIdx.x;
+  const int64_t row0 = g * rows;
+  const int64_t nb = group_rows(g, rows, count);
+  const bool active = lr < rs && ch < c;
+  const bool leader = lr == 0 && ch < c;  // lr == 0 means t < tc
+
+  float v[kRowIters];
+  double s = 0;
+#pragma unroll
+  for (int k = 0; k < kRowIters; ++k) {
+    const int64_t r = lr + int64_t(k) * rs;
+    v[k] = 0.f;
+    if (active && r < nb) {
+      v[k] = x[(row0 + r) * c + ch];
+      s += double(v[k]);
+    }
+  }
+  red[t] = s;
+  __syncthreads();
+  if (leader) {
+    double tot = 0;
+    for (int j = 0; j < rs; ++j) tot += red[j * tc + lc];
+    group_mean[lc] = tot / double(nb);
+    part_sum[g * c + ch] = tot;
+  }
+  __syncthreads();  // group_mean is ready and every leader has finished reading red
+
+  double m2 = 0;
+  if (active) {
+    const double mean = group_mean[lc];
+#pragma unroll
+    for (int k = 0; k < kRowIters; ++k) {
+      const int64_t r = lr + int64_t(k) * rs;
+      if (r < nb) {
+        const double d = double(v[k]) - mean;
+        m2 += d * d;
+      }
+    }
+  }
+  red[t] = m2;
+  __syncthreads();
+  if (leader) {
+    double tot = 0;
+    for (int j = 0; j < rs; ++j) tot += red[j * tc + lc];
+    part_m2[g * c + ch] = tot;
+  }
+}
+
+// One block per channel: combines the groups, writes save_mean/save_invstd, updates the running
+// statistics and leaves gamma * invstd in scale[ch] for the normalisation pass.
+__global__ void __launch_bounds__(kThreads)
+    stats_finalize_kernel(const double* __restrict__ part_sum, const double* __restrict__ part_m2,
+                          int64_t groups, int64_t rows, int64_t count, int c,
+                          const float* __restrict__ gamma, float* __restrict__ save_mean,
+                          float* __restrict__ save_invstd, float* running_mean, float* running_var,
+                          double momentum, double eps, float* __restrict__ scale) {
+  __shared__ double red[kThreads];
+  const int ch = int(blockIdx.x);
+  double s = 0;
+  for (int64_t g = threadIdx.x; g < groups; g += kThreads) s += part_sum[g * c + ch];
+  const double mean = block_sum(s, red) / double(count);
+  double m2 = 0;
+  for (int64_t g = threadIdx.x; g < groups; g += kThreads) {
+    const double nb = double(group_rows(g, rows, count));
+    const double d = part_sum[g * c + ch] / nb - mean;
+    m2 += part_m2[g * c + ch] + nb * d * d;
+  }
+  m2 = block_sum(m2, red);
+  if (threadIdx.x == 0) {
+    const double var = m2 / double(count);  // biased: used to normalise
+    const double invstd = 1.0 / sqrt(var + eps);
+    const double unbias = double(count) / double(count - 1);
+    save_mean[ch] = float(mean);
+    save_invstd[ch] = float(invstd);
+    if (running_mean)
+      running_mean[ch] = float((1.0 - momentum) * double(running_mean[ch]) + momentum * mean);
+    if (running_var)
+      running_var[ch] = float((1.0 - momentum) * double(running_var[ch]) + momentum * var * unbias);
+    scale[ch] = float(double(gamma[ch]) * invstd);
+  }
+}
+
+// y = (x - mean[ch]) * scale[ch] + beta[ch] over count * c values. Training: mean = save_mean,
+// scale from the finalize kernel. Eval (kEval): mean = running_mean and
+// scale = gamma / sqrt(running_var + eps), computed per block into shared memory.
+// Dynamic shared memory: 3 c floats.
+template <class Idx, bool kEval>
+__global__ void __launch_bounds__(kThreads)
+    apply_kernel(Idx total, int c, const float* x, const float* __restrict__ mean,
+                 const float* __restrict__ scale, const float* __restrict__ gamma,
+                 const float* __restrict__ beta, const float* __restrict__ running_var, double eps,
+                 float* y) {
+  extern __shared__ float table[];
+  float* t_mean = table;
+  float* t_scale = table + c;
+  float* t_shift = table + 2 * c;
+  for (int ch = int(threadIdx.x); ch < c; ch += kThreads) {
+    t_mean[ch] = mean[ch];
+    if constexpr (kEval)
+      t_scale[ch] = float(double(gamma[ch]) / sqrt(double(running_var[ch]) + eps));
+    else
+      t_scale[ch] = scale[ch];
+    t_shift[ch] = beta[ch];
+  }
+  __syncthreads();
+  const Idx stride = Idx(gridDim.x) * Idx(kThreads);
+  for (Idx i = Idx(blockIdx.x) * Idx(kThreads) + Idx(threadIdx.x); i < total; i += stride) {
+    const int ch = int(i % Idx(c));
+    y[i] = fmaf(x[i] - t_mean[ch], t_scale[ch], t_shift[ch]);
+  }
+}
+
+// Backward sums of one (group, channel tile): sum dy and sum dy * (x - mean), in double.
+__global__ void __launch_bounds__(kThreads)
+    bwd_partial_kernel(const float* __restrict__ x, const float* __restrict__ dy,
+                       const float* __restrict__ save_mean, int64_t count, int c, int tc, int rs,
+                       int64_t rows, double* __restrict__ part_dy, double* __restrict__ part_dyx) {
+  __shared__ double red_a[kThreads];
+  __shared__ double red_b[kThreads];
+  const int t = int(threadIdx.x);
+  const int lc = t % tc, lr = t / tc;
+  const int ch = int(blockIdx.y) * tc + lc;
+  const int64_t g = blockIdx.x;
+  const int64_t row0 = g * rows;
+  const int64_t nb = group_rows(g, rows, count);
+  double sdy = 0, sdyx = 0;
+  if (lr < rs && ch < c) {
+    const double mean = double(save_mean[ch]);
+#pragma unroll 4
+    for (int k = 0; k < kRowIters; ++k) {
+      const int64_t r = lr + int64_t(k) * rs;
+      if (r < nb) {
+        const int64_t idx = (row0 + r) * c + ch;
+        const double gy = double(dy[idx]);
+        sdy += gy;
+        sdyx += gy * (double(x[idx]) - mean);
+      }
+    }
+  }
+  red_a[t] = sdy;
+  red_b[t] = sdyx;
+  __syncthreads();
+  if (lr == 0 && ch < c) {
+    double a = 0, b = 0;
+    for (int j = 0; j < rs; ++j) {
+      a += red_a[j * tc + lc];
+      b += red_b[j * tc + lc];
+    }
+    part_dy[g * c + ch] = a;
+    part_dyx[g * c + ch] = b;
+  }
+}
+
+// One block per channel. With sdy = sum dy, sdyx = sum dy * xhat, m = count, coef = gamma invstd / m:
+//   dbeta = sdy, dgamma = sdyx,
+//   dx = coef (m dy - sdy - xhat sdyx) = k1 dy + k2 (x - mean) + k3,
+//   k1 = gamma invstd, k2 = -coef sdyx invstd, k3 = -coef sdy.
+__global__ void __launch_bounds__(kThreads)
+    bwd_finalize_kernel(const double* __restrict__ part_dy, const double* __restrict__ part_dyx,
+                        int64_t groups, int64_t count, int c, const float* __restrict__ gamma,
+                        const float* __restrict__ save_invstd, float* __restrict__ dgamma,
+                        float* __restrict__ dbeta, float* __restrict__ k1, float* __restrict__ k2,
+                        float* __restrict__ k3) {
+  __shared__ double red[kThreads];
+  const int ch = int(blockIdx.x);
+  double a = 0, b = 0;
+  for (int64_t g = threadIdx.x; g < groups; g += kThreads) {
+    a += part_dy[g * c + ch];
+    b += part_dyx[g * c + ch];
+  }
+  const double sdy = block_sum(a, red);
+  const double sdyx_raw = block_sum(b, red);
+  if (threadIdx.x == 0) {
+    const double invstd = double(save_invstd[ch]);
+    const double sdyx = sdyx_raw * invstd;
+    const double gi = double(gamma[ch]) * invstd;
+    const double coef = gi / double(count);
+    dbeta[ch] = float(sdy);
+    dgamma[ch] = float(sdyx);
+    k1[ch] = float(gi);
+    k2[ch] = float(-coef * sdyx * invstd);
+    k3[ch] = float(-coef * sdy);
+  }
+}
+
+// dx = k1 dy + k2 (x - mean) + k3 per channel. Dynamic shared memory: 4 c floats.
+template <class Idx>
+__global__ void __launch_bounds__(kThreads)
+    bwd_dx_kernel(Idx total, int c, const float* x, const float* dy,
+                  const float* __restrict__ save_mean, const float* __restrict__ k1,
+                  const float* __restrict__ k2, const float* __restrict__ k3, float* dx) {
+  extern __shared__ float table[];
+  float* t_mean = table;
+  float* t_k1 = table + c;
+  float* t_k2 = table + 2 * c;
+  float* t_k3 = table + 3 * c;
+  for (int ch = int(threadIdx.x); ch < c; ch += kThreads) {
+    t_mean[ch] = save_mean[ch];
+    t_k1[ch] = k1[ch];
+    t_k2[ch] = k2[ch];
+    t_k3[ch] = k3[ch];
+  }
+  __syncthreads();
+  const Idx stride = Idx(gridDim.x) * Idx(kThreads);
+  for (Idx i = Idx(blockIdx.x) * Idx(kThreads) + Idx(threadIdx.x); i < total; i += stride) {
+    const int ch = int(i % Idx(c));
+    dx[i] = fmaf(t_k1[ch], dy[i], fmaf(t_k2[ch], x[i] - t_mean[ch], t_k3[ch]));
+  }
+}
+
+__global__ void count_kernel(int64_t* n) { *n += 1; }
+
+template <bool kEval>
+void launch_apply(const char* op, int64_t count, int c, const float* x, const float* mean,
+                  const float* scale, const float* gamma, const float* beta,
+                  const float* running_var, double eps, float* y, cudaStream_t stream) {
+  const int64_t total = count * c;
+  if (total == 0) return;
+  const size_t shmem = 3 * size_t(c) * sizeof(float);
+  if (index_fits_32(total))
+    apply_kernel<uint32_t, kEval><<<flat_blocks(total), kThreads, shmem, stream>>>(
+        uint32_t(total), c, x, mean, scale, gamma, beta, running_var, eps, y);
+  else
+    apply_kernel<uint64_t, kEval><<<flat_blocks(total), kThreads, shmem, stream>>>(
+        uint64_t(total), c, x, mean, scale, gamma, beta, running_var, eps, y);
+  RPP_CUDA_CHECK_LAUNCH(op);
+}
+
+void check_grid(const char* op, const Tiling& t) {
+  if (t.groups > 0x7fffffff || t.tiles > 65535) fail(op, ": tensor too large for one launch");
+}
+
+}  // namespace
+
+size_t batchnorm_workspace_bytes(int64_t count, int c) {
+  if (count <= 0 || c <= 0) return 0;
+  const Tiling t = tiling_for(count, c);
+  const size_t bytes = 2 * size_t(t.groups) * size_t(c) * sizeof(double) + 3 * size_t(c) * sizeof(float);
+  return detail::round_up(bytes, 256);
+}
+
+void batchnorm_forward_train(int64_t count, int c, const float* x, const float* gamma,
+                             const float* beta, float* y, float* save_mean, float* save_invstd,
+                             float* running_mean, float* running_var, double momentum, double eps,
+                             void* workspace, cudaStream_t stream) {
+  const char* op = "batchnorm_forward_train";
+  check_sizes(op, count, c, true);
+  if (!(eps >= 0)) fail(op, ": eps must be >= 0, got ", eps);
+  check_not_null(op, {{"x", x}, {"gamma", gamma}, {"beta", beta}, {"y", y},
+                      {"save_mean", save_mean}, {"save_invstd", save_invstd}});
+  check_workspace(op, workspace, batchnorm_workspace_bytes(count, c));
+  const Tiling t = tiling_for(count, c);
+  check_grid(op, t);
+  const Workspace w = carve(workspace, t, c);
+
+  stats_partial_kernel<<<dim3(unsigned(t.groups), unsigned(t.tiles)), kThreads, 0, stream>>>(
+      x, count, c, t.tc, t.rs, t.rows, w.part_a, w.part_b);
+  RPP_CUDA_CHECK_LAUNCH(op);
+  stats_finalize_kernel<<<unsigned(c), kThreads, 0, stream>>>(
+      w.part_a, w.part_b, t.groups, t.rows, count, c, gamma, save_mean, save_invstd, running_mean,
+      running_var, momentum, eps, w.k1);
+  RPP_CUDA_CHECK_LAUNCH(op);
+  launch_apply<false>(op, count, c, x, save_mean, w.k1, nullptr, beta, nullptr, eps, y, stream);
+}
+
+void batchnorm_forward_eval(int64_t count, int c, const float* x, const float* gamma,
+                            const float* beta, const float* running_mean, const float* running_var,
+                            double eps, float* y, cudaStream_t stream) {
+  const char* op = "batchnorm_forward_eval";
+  check_sizes(op, count, c, false);
+  if (!(eps >= 0)) fail(op, ": eps must be >= 0, got ", eps);
+  if (count == 0) return;
+  check_not_null(op, {{"x", x}, {"gamma", gamma}, {"beta", beta}, {"running_mean", running_mean},
+                      {"running_var", running_var}, {"y", y}});
+  launch_apply<true>(op, count, c, x, running_mean, nullptr, gamma, beta, running_var, eps, y,
+                     stream);
+}
+
+void batchnorm_backward(int64_t count, int c, const float* x, const float* dy, const float* gamma,
+                        const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                        float* dbeta, void* workspace, cudaStream_t stream) {
+  const char* op = "batchnorm_backward";
+  check_sizes(op, count, c, true);
+  check_not_null(op, {{"x", x}, {"dy", dy}, {"gamma", gamma}, {"save_mean", save_mean},
+                      {"save_invstd", save_invstd}, {"dx", dx}, {"dgamma", dgamma},
+                      {"dbeta", dbeta}});
+  check_workspace(op, workspace, batchnorm_workspace_bytes(count, c));
+  const Tiling t = tiling_for(count, c);
+  check_grid(op, t);
+  const Workspace w = carve(workspace, t, c);
+
+  bwd_partial_kernel<<<dim3(unsigned(t.groups), unsigned(t.tiles)), kThreads, 0, stream>>>(
+      x, dy, save_mean, count, c, t.tc, t.rs, t.rows, w.part_a, w.part_b);
+  RPP_CUDA_CHECK_LAUNCH(op);
+  bwd_finalize_kernel<<<unsigned(c), kThreads, 0, stream>>>(
+      w.part_a, w.part_b, t.groups, count, c, gamma, save_invstd, dgamma, dbeta, w.k1, w.k2, w.k3);
+  RPP_CUDA_CHECK_LAUNCH(op);
+  const int64_t total = count * c;
+  const size_t shmem = 4 * size_t(c) * sizeof(float);
+  if (index_fits_32(total))
+    bwd_dx_kernel<uint32_t><<<flat_blocks(total), kThreads, shmem, stream>>>(
+        uint32_t(total), c, x, dy, save_mean, w.k1, w.k2, w.k3, dx);
+  else
+    bwd_dx_kernel<uint64_t><<<flat_blocks(total), kThreads, shmem, stream>>>(
+        uint64_t(total), c, x, dy, save_mean, w.k1, w.k2, w.k3, dx);
+  RPP_CUDA_CHECK_LAUNCH(op);
+}
+
+void batchnorm_count_batch(int64_t* num_batches_tracked, cudaStream_t stream) {
+  check_not_null("batchnorm_count_batch", {{"num_batches_tracked", num_batches_tracked}});
+  count_kernel<<<1, 1, 0, stream>>>(num_batches_tracked);
+  RPP_CUDA_CHECK_LAUNCH("batchnorm_count_batch");
+}
+
+}  // namespace rpp::cuda

@@ -1,0 +1,43 @@
+// kernels/cuda/batchnorm.cuh — BatchNorm over NHWC fp32 buffers on the GPU (count = N*H*W rows
+// of c channels): training forward, eval forward, training-mode backward. Same semantics and
+// argument order as rpp::cpu::batchnorm_* (kernels/cpu/ops.h), plus a workspace and a stream.
+// Implemented in batchnorm.cu; tested against the CPU reference by tests/gpu/test_ops_gpu.cpp.
+//
+// Launchers take device pointers, never synchronise and never allocate. Per-channel sums are
+// deterministic (fixed partition and combine order, no float atomics): the same inputs give the
+// same bits on every run. Limits: 1 <= c <= 2048 (per-channel tables live in shared memory).
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace rpp::cuda {
+
+// Device workspace (bytes, a multiple of 256) needed by batchnorm_forward_train and
+// batchnorm_backward for these sizes; 16-byte alignment required. Its contents need no
+// initialisation and are scratch only.
+size_t batchnorm_workspace_bytes(int64_t count, int c);
+
+// Training mode: y from batch statistics; writes save_mean and save_invstd (1/sqrt(var + eps),
+// length c) and updates running_mean/var in place (either may be null: no update). count > 1.
+void batchnorm_forward_train(int64_t count, int c, const float* x, const float* gamma,
+                             const float* beta, float* y, float* save_mean, float* save_invstd,
+                             float* running_mean, float* running_var, double momentum, double eps,
+                             void* workspace, cudaStream_t stream);
+
+// Eval mode: normalises with the running statistics. Needs no workspace.
+void batchnorm_forward_eval(int64_t count, int c, const float* x, const float* gamma,
+                            const float* beta, const float* running_mean, const float* running_var,
+                            double eps, float* y, cudaStream_t stream);
+
+// Backward of the training-mode forward: dx, dgamma, dbeta (all overwritten).
+void batchnorm_backward(int64_t count, int c, const float* x, const float* dy, const float* gamma,
+                        const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                        float* dbeta, void* workspace, cudaStream_t stream);
+
+// ++*num_batches_tracked on the device (PyTorch's counter, incremented by every training-mode
+// step), so that a captured CUDA graph keeps counting when replayed.
+void batchnorm_count_batch(int64_t* num_batches_tracked, cudaStream_t stream);
+
+}  // namespace rpp::cuda

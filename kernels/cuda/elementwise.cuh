@@ -1,0 +1,66 @@
+// kernels/cuda/elementwise.cuh — the GPU versions of the elementwise, per-channel, pooling,
+// resampling, concat and bias-free linear ops of kernels/cpu/ops.h, forward and backward, fp32
+// NHWC. Same semantics and argument order as rpp::cpu::*, plus (where a reduction needs one) a
+// workspace, and a stream. Implemented in elementwise.cu; tested against the CPU reference by
+// tests/gpu/test_ops_gpu.cpp.
+//
+// Launchers take device pointers, never synchronise and never allocate. Reductions are
+// deterministic (fixed partition and order, no float atomics). Empty sizes launch nothing.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace rpp::cuda {
+
+// ---- Elementwise over n values (outputs may alias inputs) ----
+void relu_forward(int64_t n, const float* x, float* y, cudaStream_t stream);
+// dx = dy where x > 0, else 0.
+void relu_backward(int64_t n, const float* x, const float* dy, float* dx, cudaStream_t stream);
+void add(int64_t n, const float* a, const float* b, float* y, cudaStream_t stream);
+void mul(int64_t n, const float* a, const float* b, float* y, cudaStream_t stream);
+void sigmoid_forward(int64_t n, const float* x, float* y, cudaStream_t stream);
+// dx = dy * y * (1 - y), y the forward output.
+void sigmoid_backward(int64_t n, const float* y, const float* dy, float* dx, cudaStream_t stream);
+
+// ---- Per-channel scale: x (N, HW, C), s (N, C) -> y ----
+void scale_channels(int n, int64_t hw, int c, const float* x, const float* s, float* y,
+                    cudaStream_t stream);
+// ds[n, c] = sum_p dy[n, p, c] * x[n, p, c]. Workspace: scale_channels_workspace_bytes.
+size_t scale_channels_workspace_bytes(int n, int64_t hw, int c);
+void scale_channels_backward_scale(int n, int64_t hw, int c, const float* x, const float* dy,
+                                   float* ds, void* workspace, cudaStream_t stream);
+
+// ---- Global average pool: x (N, HW, C) -> y (N, C) ----
+// Workspace: global_avg_pool_workspace_bytes (the same as scale_channels_workspace_bytes).
+size_t global_avg_pool_workspace_bytes(int n, int64_t hw, int c);
+void global_avg_pool_forward(int n, int64_t hw, int c, const float* x, float* y, void* workspace,
+                             cudaStream_t stream);
+void global_avg_pool_backward(int n, int64_t hw, int c, const float* dy, float* dx,
+                              cudaStream_t stream);
+
+// ---- Linear without bias: x (N, I), w (O, I), y (N, O); sized for SE layers (small) ----
+void linear_forward(int n, int in, int out, const float* x, const float* w, float* y,
+                    cudaStream_t stream);
+void linear_backward(int n, int in, int out, const float* x, const float* w, const float* dy,
+                     float* dx, float* dw, cudaStream_t stream);
+
+// ---- 2x2 max pool, stride 2: x (N, H, W, C) -> y (N, H/2, W/2, C); H, W even ----
+void maxpool2_forward(int n, int h, int w, int c, const float* x, float* y, cudaStream_t stream);
+// The gradient goes to the first maximum of each window in the order (0,0), (0,1), (1,0), (1,1).
+void maxpool2_backward(int n, int h, int w, int c, const float* x, const float* dy, float* dx,
+                       cudaStream_t stream);
+
+// ---- 2x nearest upsample: x (N, H, W, C) -> y (N, 2H, 2W, C); h, w are the input sizes ----
+void upsample2_forward(int n, int h, int w, int c, const float* x, float* y, cudaStream_t stream);
+void upsample2_backward(int n, int h, int w, int c, const float* dy, float* dx,
+                        cudaStream_t stream);
+
+// ---- Channel concat: a (count, ca), b (count, cb) -> y (count, ca + cb), a first ----
+void concat_forward(int64_t count, int ca, int cb, const float* a, const float* b, float* y,
+                    cudaStream_t stream);
+void concat_backward(int64_t count, int ca, int cb, const float* dy, float* da, float* db,
+                     cudaStream_t stream);
+
+}  // namespace rpp::cuda
