@@ -77,6 +77,17 @@ TEST(Cli, ErrorsNameTheProblem) {
   EXPECT_TRUE(has(r.out, "--lr expects a number")) << r.out;
 }
 
+TEST(Cli, TrainIntoAnUnwritableFolderNamesIt) {
+  const std::string data = tmpdir("unwritable_data"), file = tmpdir("a_file");
+  ASSERT_EQ(run("synth --out " + data + " --count 12 --size 16").code, 0);
+  write_file_atomic(file, std::string("not a folder"));
+  Result r = run("train --data " + data + " --out " + file + "/run --size 16 --batch 4 --epochs 1 --filters 8,8,16,16,32");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(has(r.out, file)) << r.out;
+  EXPECT_EQ(read_file(file), "not a folder");  // nothing overwritten
+  std::system(("rm -rf " + data + " " + file).c_str());
+}
+
 TEST(Cli, SummaryReportsParametersFlopsAndPlans) {
   Result r = run("summary --size 64 --batch 2");
   ASSERT_EQ(r.code, 0) << r.out;
