@@ -5,6 +5,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -28,6 +29,8 @@ class Pool {
   }
   int size() const { return n_; }
 
+  // Exceptions: the first one thrown by any index (caller or worker) is rethrown on the caller
+  // after every index has finished, and the pool stays usable.
   void run(FunctionRef<void(int, int)> fn) {
     if (n_ == 1) {
       fn(0, 1);
@@ -39,18 +42,31 @@ class Pool {
       for (int t = 0; t < n_; ++t) fn(t, n_);
       return;
     }
+    struct Release {
+      std::atomic<bool>& flag;
+      ~Release() { flag = false; }
+    } release{in_run_};
     {
       std::lock_guard<std::mutex> lk(mu_);
       fn_ = &fn;
+      error_ = nullptr;
       pending_ = n_ - 1;
       ++generation_;
     }
     cv_.notify_all();
-    fn(0, n_);
+    std::exception_ptr mine;
+    try {
+      fn(0, n_);
+    } catch (...) {
+      mine = std::current_exception();
+    }
     std::unique_lock<std::mutex> lk(mu_);
     done_cv_.wait(lk, [this] { return pending_ == 0; });
     fn_ = nullptr;
-    in_run_ = false;
+    std::exception_ptr err = mine ? mine : error_;
+    error_ = nullptr;
+    lk.unlock();
+    if (err) std::rethrow_exception(err);
   }
 
  private:
@@ -65,8 +81,14 @@ class Pool {
         if (stop_) return;
         fn = fn_;
       }
-      (*fn)(t, n_);
+      std::exception_ptr err;
+      try {
+        (*fn)(t, n_);
+      } catch (...) {
+        err = std::current_exception();
+      }
       std::lock_guard<std::mutex> lk(mu_);
+      if (err && !error_) error_ = err;
       if (--pending_ == 0) done_cv_.notify_one();
     }
   }
@@ -76,6 +98,7 @@ class Pool {
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
   const FunctionRef<void(int, int)>* fn_ = nullptr;
+  std::exception_ptr error_;  // first exception of a worker in the current run
   int pending_ = 0;
   uint64_t generation_ = 0;
   bool stop_ = false;
