@@ -93,7 +93,9 @@ double sigmoid(double x) {
 
 // ---------------------------------------------------------------------------------------------
 
-Predictor::Predictor(const std::string& checkpoint, int size, int batch) : batch_(batch), source_(checkpoint) {
+Predictor::Predictor(const std::string& checkpoint, int size, int batch, const std::string& device,
+                     const ExecOptions& options)
+    : batch_(batch), source_(checkpoint) {
   if (batch < 1) fail("batch size must be at least 1, got ", batch);
   const std::string bytes = read_file(checkpoint);
   const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
@@ -104,21 +106,25 @@ Predictor::Predictor(const std::string& checkpoint, int size, int batch) : batch
   size_ = size > 0 ? size : m.size;
   check_size(size_, size > 0 ? "--size" : checkpoint + " (metadata 'size')");
   f = StFile();  // the file is parsed again by the loader; free this copy first
-  build();
+  build(device, options);
   load_checkpoint_from_memory(data, bytes.size(), checkpoint, mg_.graph, store_, false);
+  params_changed_ = true;
 }
 
-Predictor::Predictor(const ModelConfig& cfg, int size, int batch) : cfg_(cfg), size_(size), batch_(batch) {
+Predictor::Predictor(const ModelConfig& cfg, int size, int batch, const std::string& device,
+                     const ExecOptions& options)
+    : cfg_(cfg), size_(size), batch_(batch) {
   if (batch < 1) fail("batch size must be at least 1, got ", batch);
   check_size(size, "Predictor");
-  build();
+  build(device, options);
 }
 
 Predictor::~Predictor() = default;
 
-void Predictor::build() {
+void Predictor::build(const std::string& device, const ExecOptions& options) {
   mg_ = build_resunetpp(cfg_, batch_, size_, size_, /*training=*/false);
-  exec_ = std::make_unique<CpuExecutor>(mg_.graph, store_);
+  exec_ = make_executor(mg_.graph, store_, device, options);
+  logits_.resize(size_t(batch_) * size_t(size_) * size_t(size_));
 }
 
 std::vector<float> Predictor::preprocess(const Image& img) const {
@@ -134,12 +140,18 @@ std::vector<float> Predictor::preprocess(const Image& img) const {
 
 void Predictor::run_variant(const float* images, int start, int count, Flip flip) {
   const size_t per = size_t(size_) * size_t(size_) * 3;
-  float* in = exec_->data(mg_.image);
+  if (params_changed_) {
+    exec_->upload_params();
+    params_changed_ = false;
+  }
+  float* in = exec_->input_buffer(mg_.image);
   for (int i = 0; i < batch_; ++i) {
     const float* src = images + size_t(start + (i < count ? i : 0)) * per;  // pad with a repeat
     flip_image(src, in + size_t(i) * per, size_, size_, 3, flip);
   }
+  exec_->set_input(mg_.image, in);
   exec_->run();
+  exec_->read_output(mg_.logits, logits_.data());
 }
 
 void Predictor::logits(const float* images, int n, bool tta, float* out) {
@@ -151,7 +163,7 @@ void Predictor::logits(const float* images, int n, bool tta, float* out) {
     const int count = std::min(batch_, n - start);
     if (!tta) {
       run_variant(images, start, count, Flip::None);
-      const float* lg = exec_->data(mg_.logits);
+      const float* lg = logits_.data();
       std::copy(lg, lg + size_t(count) * plane, out + size_t(start) * plane);
       continue;
     }
@@ -159,7 +171,7 @@ void Predictor::logits(const float* images, int n, bool tta, float* out) {
     qsum.assign(size_t(count) * plane, 0.0);
     for (Flip f : {Flip::None, Flip::Horizontal, Flip::Vertical}) {
       run_variant(images, start, count, f);
-      const float* lg = exec_->data(mg_.logits);
+      const float* lg = logits_.data();
       for (int i = 0; i < count; ++i) {
         flip_image(lg + size_t(i) * plane, back.data(), size_, size_, 1, f);
         double* p = psum.data() + size_t(i) * plane;

@@ -18,7 +18,7 @@
 #include "model/metrics.h"
 #include "model/resunetpp.h"
 #include "runtime/checkpoint.h"
-#include "runtime/executor_cpu.h"
+#include "runtime/executor.h"
 
 namespace rpp {
 
@@ -49,17 +49,20 @@ void flip_image(const float* src, float* dst, int h, int w, int c, Flip flip);
 // The numerically stable logistic function, in double.
 double sigmoid(double x);
 
-// Owns an inference graph (running BatchNorm statistics), its parameters and a CPU executor.
-// Not copyable or movable (the executor holds pointers into the graph and the store).
+// Owns an inference graph (running BatchNorm statistics), its parameters and an executor on
+// `device` ("cpu", "cuda", "cuda:N"; runtime/executor.h). Not copyable or movable (the executor
+// holds pointers into the graph and the store).
 class Predictor {
  public:
   // Reads `checkpoint` once: the model's filters come from its metadata, and the resolution too
   // unless `size` > 0 overrides it (a positive multiple of 8). `batch` images run per forward
   // pass. rpp::Error naming the file for an unreadable, truncated or mismatched checkpoint.
-  explicit Predictor(const std::string& checkpoint, int size = 0, int batch = 1);
+  explicit Predictor(const std::string& checkpoint, int size = 0, int batch = 1, const std::string& device = "cpu",
+                     const ExecOptions& options = ExecOptions());
   // A model with zeroed parameters (tests, or load them yourself): e.g. init_params(graph(),
   // store(), seed) or load_checkpoint(path, graph(), store(), false).
-  Predictor(const ModelConfig& cfg, int size, int batch);
+  Predictor(const ModelConfig& cfg, int size, int batch, const std::string& device = "cpu",
+            const ExecOptions& options = ExecOptions());
   ~Predictor();
   Predictor(const Predictor&) = delete;
   Predictor& operator=(const Predictor&) = delete;
@@ -68,7 +71,12 @@ class Predictor {
   int batch() const { return batch_; }
   const ModelConfig& config() const { return cfg_; }
   const Graph& graph() const { return mg_.graph; }
-  ParamStore& store() { return store_; }
+  // Mutable access marks the parameters as changed: the next run uploads them to the device
+  // (nothing to do on the CPU, whose executor works on the store itself).
+  ParamStore& store() {
+    params_changed_ = true;
+    return store_;
+  }
   const Metadata& metadata() const { return metadata_; }  // empty for the tests' constructor
   const std::string& source() const { return source_; }   // the checkpoint path, or ""
 
@@ -88,7 +96,8 @@ class Predictor {
   std::vector<float> predict_logits(const Image& img, bool tta);
 
  private:
-  void build();
+  void build(const std::string& device, const ExecOptions& options);
+  // Runs one padded batch; its logits end up in logits_.
   void run_variant(const float* images, int start, int count, Flip flip);
 
   ModelConfig cfg_;
@@ -97,7 +106,9 @@ class Predictor {
   std::string source_;
   ModelGraph mg_;
   ParamStore store_;
-  std::unique_ptr<CpuExecutor> exec_;
+  std::unique_ptr<Executor> exec_;
+  bool params_changed_ = false;
+  std::vector<float> logits_;  // (batch, size, size, 1) of the last run, on the host
 };
 
 // sigmoid of each logit, as float.

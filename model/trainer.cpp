@@ -14,6 +14,7 @@
 #include "model/plot.h"
 #include "runtime/autodiff.h"
 #include "runtime/checkpoint.h"
+#include "runtime/executor_cuda.h"
 #include "runtime/fileio.h"
 #include "runtime/json.h"
 #include "runtime/rng.h"
@@ -144,6 +145,8 @@ json::Value options_json(const TrainOptions& o) {
   v.set("test_fraction", o.test_fraction);
   v.set("device", o.device);
   v.set("precision", o.precision);
+  v.set("deterministic", o.deterministic);
+  v.set("allow_tf32", o.allow_tf32);
   v.set("weights", o.weights);
   return v;
 }
@@ -242,9 +245,11 @@ std::vector<EpochRecord> records_from_jsonl(const std::string& path, int before_
 
 // ---------------------------------------------------------------------------------------------
 
-Evaluator::Evaluator(const ModelConfig& cfg, int size, int batch, ParamStore& store)
+Evaluator::Evaluator(const ModelConfig& cfg, int size, int batch, ParamStore& store, const std::string& device,
+                     const ExecOptions& options)
     : mg_(build_resunetpp(cfg, batch, size, size, /*training=*/false)), batch_(batch), size_(size) {
-  exec_ = std::make_unique<CpuExecutor>(mg_.graph, store);
+  exec_ = make_executor(mg_.graph, store, device, options);
+  logits_.resize(size_t(batch) * size_t(size) * size_t(size));
 }
 
 template <class F>
@@ -255,9 +260,12 @@ void Evaluator::for_batches(const LoadedDataset& ds, F&& f) {
   for (int start = 0; start < ds.n; start += batch_) {
     const int count = std::min(batch_, ds.n - start);
     for (int i = 0; i < batch_; ++i) idx[size_t(i)] = start + (i < count ? i : 0);  // pad with a repeat
-    gather_batch(ds, idx.data(), batch_, exec_->data(mg_.image), dummy_mask.data());
+    float* images = exec_->input_buffer(mg_.image);
+    gather_batch(ds, idx.data(), batch_, images, dummy_mask.data());
+    exec_->set_input(mg_.image, images);
     exec_->run();
-    f(start, count, exec_->data(mg_.logits));
+    exec_->read_output(mg_.logits, logits_.data());
+    f(start, count, static_cast<const float*>(logits_.data()));
   }
 }
 
@@ -326,10 +334,13 @@ bool PlateauState::update(double metric, const TrainOptions& o) {
 // ---------------------------------------------------------------------------------------------
 
 TrainResult train_model(const TrainOptions& o, std::ostream& log, const ProgressFn& progress) {
-  if (o.device != "cpu")
-    fail("--device ", o.device, ": the CUDA backend is not built yet in this version; use --device cpu");
-  if (o.precision != "fp32")
-    fail("--precision ", o.precision, ": only fp32 is available on the CPU backend");
+  const DeviceSpec dev = parse_device(o.device);
+  if (dev.cuda && !kHaveCudaExecutor)
+    fail("--device ", o.device, ": this resunetpp was built without CUDA/cuDNN, so only --device cpu is available");
+  if (dev.cuda && dev.index >= cuda_executor_device_count())
+    fail("--device ", o.device, ": ", cuda_executor_device_count() == 0 ? std::string("no CUDA device is visible")
+         : "this machine has " + std::to_string(cuda_executor_device_count()) + " CUDA device(s)", "; use --device cpu");
+  if (o.precision != "fp32") fail("--precision ", o.precision, ": only fp32 is available in this version");
   if (o.batch < 1) fail("--batch must be at least 1, got ", o.batch);
   if (o.epochs < 1) fail("--epochs must be at least 1, got ", o.epochs);
   if (!(o.lr > 0)) fail("--lr must be positive, got ", o.lr);
@@ -371,8 +382,13 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
   append_backward_and_update(mg.graph, mg.loss, o.optimizer);
   ParamStore store;
   init_params(mg.graph, store, o.seed);
-  CpuExecutor exec(mg.graph, store);
-  Evaluator evaluator(o.model, o.size, o.batch, store);
+  ExecOptions eo;
+  eo.deterministic = o.deterministic;
+  eo.allow_tf32 = o.allow_tf32;
+  // On a GPU each executor holds its own device copy of the store: the training executor's is
+  // downloaded before checkpoints and validation, the evaluator's uploaded before validation.
+  std::unique_ptr<Executor> exec = make_executor(mg.graph, store, o.device, eo);
+  Evaluator evaluator(o.model, o.size, o.batch, store, o.device, eo);
   const int64_t steps_per_epoch = train_ds.n / o.batch;
   // The schedule spans --epochs; --max-steps only stops early, so a run cut by it and resumed
   // follows the same learning rates as one that never stopped.
@@ -392,6 +408,8 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
     load_checkpoint(o.weights, mg.graph, store, /*optimizer=*/false);
     log << "initial weights: " << o.weights << "\n";
   }
+  exec->upload_params();  // the store may have been loaded after the executors were built
+  evaluator.upload_params();
   res.best_dice = std::max(0.0, st.best_dice);
   res.best_epoch = st.best_epoch;
 
@@ -399,11 +417,11 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
       << " at " << o.size << "x" << o.size << " (loaded in " << fmt(t_data, 3) << " s); augmentation: "
       << describe(aug) << "\n"
       << "model: " << count_params(mg.graph) << " parameters; training plan arena "
-      << fmt(exec.plan().arena_bytes / 1048576.0, 4) << " MiB (naive " << fmt(exec.plan().naive_bytes / 1048576.0, 4)
-      << " MiB), workspace " << fmt(exec.plan().workspace_bytes / 1048576.0, 4) << " MiB\n"
+      << fmt(exec->plan().arena_bytes / 1048576.0, 4) << " MiB (naive " << fmt(exec->plan().naive_bytes / 1048576.0, 4)
+      << " MiB), workspace " << fmt(exec->plan().workspace_bytes / 1048576.0, 4) << " MiB\n"
       << "training: " << optimizer_name(o.optimizer) << " lr " << o.lr << " (" << o.schedule << "), batch "
-      << o.batch << ", " << steps_per_epoch << " steps per epoch, loss " << loss_name(o.loss) << ", device cpu ("
-      << cpu::num_threads() << " threads)\n";
+      << o.batch << ", " << steps_per_epoch << " steps per epoch, loss " << loss_name(o.loss) << ", device "
+      << exec->describe() << "\n";
   log.flush();
 
   if (!o.out_dir.empty() && !o.resume) {
@@ -417,8 +435,9 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
     write_file_atomic(o.out_dir + "/config.json", json::dump(cfg, 2) + "\n");
   }
   auto save_last = [&] {
-    if (!o.out_dir.empty())
-      save_checkpoint(last_path, mg.graph, store, /*optimizer=*/true, run_metadata(o, st));
+    if (o.out_dir.empty()) return;
+    exec->download_params();
+    save_checkpoint(last_path, mg.graph, store, /*optimizer=*/true, run_metadata(o, st));
   };
 
   // ---- loop ----
@@ -447,7 +466,11 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
         res.interrupted = o.stop && o.stop->load();
         break;
       }
-      loader.next(exec.data(mg.image), exec.data(mg.target));
+      float* images = exec->input_buffer(mg.image);
+      float* targets = exec->input_buffer(mg.target);
+      loader.next(images, targets);
+      exec->set_input(mg.image, images);
+      exec->set_input(mg.target, targets);
       cpu::OptimStep os;
       os.lr = scheduled_lr(o, st.step, total_steps, o.schedule == "plateau" ? st.plateau.lr : o.lr);
       os.momentum = o.momentum;
@@ -459,10 +482,12 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
         cpu::nadam_schedule(os, mu_product);
         mu_product = os.nadam_mu_product;
       }
-      exec.run(&os);
-      const double loss = *exec.data(mg.loss);
-      if (!std::isfinite(loss) || !std::isfinite(exec.last_grad_norm()))
-        fail("training diverged: the loss is ", loss, " (gradient norm ", exec.last_grad_norm(), ") at step ",
+      exec->run(&os);
+      // On a GPU, reading the loss is the step's one synchronisation (runtime/executor_cuda.h).
+      const double loss = exec->last_loss();
+      const double grad_norm = exec->last_grad_norm();
+      if (!std::isfinite(loss) || !std::isfinite(grad_norm))
+        fail("training diverged: the loss is ", loss, " (gradient norm ", grad_norm, ") at step ",
              st.step + 1, " of epoch ", epoch, "; try a lower --lr or --clip-grad",
              o.out_dir.empty() ? std::string() : "; the last good checkpoint is " + last_path + " (--resume)");
       st.mu_product = mu_product;
@@ -483,6 +508,8 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
       break;
     }
     const double train_seconds = now_seconds() - te;
+    exec->download_params();     // the trained parameters and BN statistics into the store,
+    evaluator.upload_params();   // and from there into the evaluator (both no-ops on the CPU)
     EvalResult ev = evaluator.evaluate(val_ds, o.loss);
     EpochRecord r;
     r.epoch = epoch;
@@ -526,7 +553,7 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
     if (o.max_steps > 0 && st.step >= o.max_steps) stop = true;
     if (!o.out_dir.empty()) {
       save_last();
-      if (r.best)
+      if (r.best)  // the store is current: save_last downloaded it
         save_checkpoint(o.out_dir + "/checkpoint_best.safetensors", mg.graph, store, false, run_metadata(o, st));
       write_file_atomic(o.out_dir + "/log.csv", csv_of(res.epochs));
       std::string jsonl;

@@ -19,7 +19,7 @@
 #include "model/dataset.h"
 #include "model/metrics.h"
 #include "model/resunetpp.h"
-#include "runtime/executor_cpu.h"
+#include "runtime/executor.h"
 
 namespace rpp {
 
@@ -49,8 +49,12 @@ struct TrainOptions {
   uint64_t seed = 1;
   bool shuffle = true;
   double val_fraction = 0.1, test_fraction = 0.1;  // used without split_dir
+  // "cpu", or "cuda" / "cuda:N" in a build with CUDA and cuDNN. The default stays "cpu" until the
+  // CUDA executor has been verified on a GPU; then "cuda" becomes the default where one is present.
   std::string device = "cpu";
   std::string precision = "fp32";
+  bool deterministic = true;  // CUDA: only deterministic cuDNN algorithms (exact --resume)
+  bool allow_tf32 = false;    // CUDA: TF32 tensor-core convolutions (faster, ~1e-3 relative)
   std::string weights;   // start from this checkpoint's model tensors (ours or PyTorch's)
   bool resume = false;   // continue the run in out_dir from checkpoint_last.safetensors
   // Set asynchronously (Ctrl-C): the current step finishes, checkpoint_last is written, and
@@ -84,10 +88,14 @@ struct EvalResult {
   double mean_dice = 0, mean_iou = 0;
 };
 
-// Runs the inference graph over a loaded dataset in batches (the last batch padded).
+// Runs the inference graph over a loaded dataset in batches (the last batch padded), on the
+// given device (runtime/executor.h). On a device with its own memory, call upload_params after
+// the store's parameters or buffers changed (on the CPU it does nothing).
 class Evaluator {
  public:
-  Evaluator(const ModelConfig& cfg, int size, int batch, ParamStore& store);
+  Evaluator(const ModelConfig& cfg, int size, int batch, ParamStore& store, const std::string& device = "cpu",
+            const ExecOptions& options = ExecOptions());
+  void upload_params() { exec_->upload_params(); }
   EvalResult evaluate(const LoadedDataset& ds, LossKind loss);
   // Logits (n, size, size, 1) for ds's images.
   std::vector<float> logits(const LoadedDataset& ds);
@@ -96,8 +104,9 @@ class Evaluator {
  private:
   template <class F> void for_batches(const LoadedDataset& ds, F&& f);
   ModelGraph mg_;
-  std::unique_ptr<CpuExecutor> exec_;
+  std::unique_ptr<Executor> exec_;
   int batch_, size_;
+  std::vector<float> logits_;  // (batch, size, size, 1): the last batch's logits on the host
 };
 
 // Learning rate of the step-based part of the schedule at 0-based step `step` of `total`:

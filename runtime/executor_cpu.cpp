@@ -1,11 +1,16 @@
-// runtime/executor_cpu.cpp — one switch over the op set, calling kernels/cpu.
+// runtime/executor_cpu.cpp — one switch over the op set, calling kernels/cpu; also the device
+// factory of runtime/executor.h (make_executor), which every build has.
 #include "runtime/executor_cpu.h"
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #include "kernels/cpu/conv2d.h"
+#include "kernels/cpu/parallel.h"
+#include "runtime/executor_cuda.h"
 
 namespace rpp {
 
@@ -32,6 +37,26 @@ CpuExecutor::CpuExecutor(const Graph& g, ParamStore& store, PlanMode mode)
     else if (plan_.offset[size_t(t)] >= 0)
       ptr_[size_t(t)] = reinterpret_cast<char*>(arena_.data()) + plan_.offset[size_t(t)];
   }
+  for (const Node& n : g_.nodes())
+    if (n.op == OpKind::Loss) loss_tensor_ = n.out[0];
+}
+
+std::string CpuExecutor::describe() const {
+  return "cpu (" + std::to_string(cpu::num_threads()) + " threads)";
+}
+
+void CpuExecutor::set_input(int t, const float* host) {
+  float* d = data(t);
+  if (host != d) std::memcpy(d, host, size_t(numel(g_.tensor(t).shape)) * sizeof(float));
+}
+
+void CpuExecutor::read_output(int t, float* host) {
+  const float* d = data(t);
+  if (host != d) std::memcpy(host, d, size_t(numel(g_.tensor(t).shape)) * sizeof(float));
+}
+
+double CpuExecutor::last_loss() {
+  return loss_tensor_ >= 0 ? double(*data(loss_tensor_)) : std::numeric_limits<double>::quiet_NaN();
 }
 
 float* CpuExecutor::data(int t) {
@@ -217,6 +242,35 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
       break;
     }
   }
+}
+
+// ---- the device factory ----
+
+DeviceSpec parse_device(const std::string& device) {
+  DeviceSpec d;
+  if (device == "cpu") return d;
+  if (device == "cuda") {
+    d.cuda = true;
+    return d;
+  }
+  if (device.rfind("cuda:", 0) == 0 && device.size() > 5 && device.size() <= 8) {
+    const std::string num = device.substr(5);
+    bool digits = true;
+    for (char c : num) digits = digits && c >= '0' && c <= '9';
+    if (digits) {
+      d.cuda = true;
+      d.index = std::atoi(num.c_str());
+      return d;
+    }
+  }
+  fail("device must be cpu, cuda or cuda:N, got '", device, "'");
+}
+
+std::unique_ptr<Executor> make_executor(const Graph& g, ParamStore& store, const std::string& device,
+                                        const ExecOptions& options) {
+  const DeviceSpec d = parse_device(device);
+  if (!d.cuda) return std::make_unique<CpuExecutor>(g, store, options.plan_mode);
+  return make_cuda_executor(g, store, d.index, options);
 }
 
 }  // namespace rpp

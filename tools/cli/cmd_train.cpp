@@ -67,11 +67,17 @@ int cmd_train(int argc, char** argv) {
   f.add("filters", &filters, "channel counts of stem, encoders and bridge", "LIST");
   f.add("weights", &o.weights, "start from this checkpoint's weights (resunetpp or PyTorch safetensors)", "FILE");
   f.add("resume", &o.resume, "continue the run in --out from its checkpoint_last");
-  f.add("device", &o.device, "cpu (cuda comes with the CUDA backend)", "DEV");
-  f.add("precision", &o.precision, "fp32 (bf16 comes with the CUDA backend)", "NAME");
+  f.add("device", &o.device,
+        "cpu, cuda or cuda:N (cuda needs a build with CUDA and cuDNN; new, not yet verified on a GPU)", "DEV");
+  f.add("precision", &o.precision, "fp32 (bf16 comes later)", "NAME");
+  bool nondeterministic = false;
+  f.add("nondeterministic", &nondeterministic,
+        "cuda: allow cuDNN algorithms whose results vary between runs (--resume is then no longer exact)");
+  f.add("allow-tf32", &o.allow_tf32, "cuda: TF32 tensor-core convolutions (faster, about 1e-3 relative error)");
   f.require("data");
   if (!f.parse(argc, argv, 2, std::cout)) return 0;
   o.shuffle = !no_shuffle;
+  o.deterministic = !nondeterministic;
   o.model.filters = parse_filters(filters);
   const std::map<std::string, OptimizerKind> opts = {{"sgd", OptimizerKind::SGD}, {"adam", OptimizerKind::Adam},
                                                      {"adamw", OptimizerKind::AdamW}, {"nadam", OptimizerKind::Nadam}};

@@ -1,0 +1,85 @@
+// runtime/executor.h — what every backend's executor offers the trainer, the evaluator and the
+// predictor: inputs in, a run, outputs and two scalars out, and the parameter synchronisation
+// that a device with its own memory needs. Implemented by CpuExecutor (runtime/executor_cpu.h)
+// and CudaExecutor (runtime/executor_cuda.h); make_executor picks one from a device string.
+//
+//   auto ex = make_executor(graph, store, "cuda:0", ExecOptions{});
+//   ex->set_input(image, host_images);      // (N, H, W, C) floats
+//   ex->run(&step);                         // forward, loss, backward, clipping, update
+//   double loss = ex->last_loss();          // CUDA: the one host synchronisation of a step
+//   ex->download_params();                  // device -> ParamStore, e.g. before a checkpoint
+//
+// Data always crosses this interface in the engine's layouts (NHWC, HWIO conv weights), whatever
+// a device keeps internally.
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "kernels/cpu/ops.h"
+#include "runtime/graph.h"
+#include "runtime/param_store.h"
+#include "runtime/planner.h"
+
+namespace rpp {
+
+struct ExecOptions {
+  PlanMode plan_mode = PlanMode::BestFit;
+  // CUDA only (the CPU backend is always deterministic and has no other choice):
+  bool deterministic = true;   // cuDNN algorithms whose results do not vary between runs
+  bool allow_tf32 = false;     // TF32 tensor-core convolutions (off: fp32 FMA, close to the CPU)
+  bool use_graphs = true;      // capture the node sequence once as a CUDA graph, then replay it
+                               // (the environment variable RPP_CUDA_GRAPHS=0 switches it off)
+  bool debug_sync = false;     // eager, synchronise and check after every node (names the node);
+                               // also switched on by the environment variable RPP_CUDA_DEBUG_SYNC=1
+  size_t conv_workspace_limit = size_t(1) << 30;  // cuDNN workspace cap per convolution (bytes)
+};
+
+// A parsed device string: "cpu", "cuda" (= "cuda:0") or "cuda:N".
+struct DeviceSpec {
+  bool cuda = false;
+  int index = 0;
+};
+// rpp::Error naming the string for anything else.
+DeviceSpec parse_device(const std::string& device);
+
+class Executor {
+ public:
+  virtual ~Executor() = default;
+
+  virtual const Graph& graph() const = 0;
+  virtual const Plan& plan() const = 0;
+  // "cpu (2 threads)", "cuda:0 (NVIDIA H100 ..., sm_90, ...)".
+  virtual std::string describe() const = 0;
+
+  // Host memory for an Input tensor that the caller may fill in place and then pass to
+  // set_input (which then copies nothing on the CPU and nothing host-side on the GPU). Valid
+  // for the executor's lifetime.
+  virtual float* input_buffer(int tensor) = 0;
+  // Copies numel(tensor) floats from host into an Input tensor for the next run().
+  virtual void set_input(int tensor, const float* host) = 0;
+  // Copies a tensor's numel floats to host after run() (waits for the run to finish). The
+  // tensor must be an output, an input or a persistent tensor (others may share bytes).
+  virtual void read_output(int tensor, float* host) = 0;
+  // Runs every node in order. `opt` is required when the graph has optimiser updates.
+  virtual void run(const cpu::OptimStep* opt = nullptr) = 0;
+  // The graph's loss after the last run (NaN when the graph has no Loss node).
+  virtual double last_loss() = 0;
+  // Global L2 norm of the parameter gradients in the last run, before clipping (0 when the
+  // graph has no ClipGradNorm node).
+  virtual double last_grad_norm() = 0;
+  // ParamStore -> executor: after the store was changed from outside (a checkpoint loaded,
+  // weights copied in). No-op on the CPU, whose executor works on the store itself.
+  virtual void upload_params() = 0;
+  // Executor -> ParamStore: before reading the store (checkpoints, another executor over the
+  // same store). No-op on the CPU; on a GPU skipped when no run has changed the device copy
+  // since the last upload or download.
+  virtual void download_params() = 0;
+};
+
+// "cpu" -> CpuExecutor; "cuda[:N]" -> CudaExecutor on device N, or rpp::Error when this build has
+// no CUDA/cuDNN backend or there is no such device.
+std::unique_ptr<Executor> make_executor(const Graph& g, ParamStore& store, const std::string& device,
+                                        const ExecOptions& options = ExecOptions());
+
+}  // namespace rpp

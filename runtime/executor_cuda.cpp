@@ -1,0 +1,761 @@
+// runtime/executor_cuda.cpp — the CUDA executor (runtime/executor_cuda.h): one switch over the op
+// set calling the launchers of kernels/cuda and the cuDNN convolutions, plus the memory, transfer
+// and CUDA-graph bookkeeping around it. Host code only (compiled by the C++ compiler): every
+// kernel lives in kernels/cuda. Compiled to nothing without CUDA and cuDNN.
+//
+// Exercised by tests/gpu/test_executor_gpu.cpp (against the CPU executor, graph replay against
+// eager launches, save/load/continue, no allocation per step). To debug a failing node, run with
+// RPP_CUDA_DEBUG_SYNC=1: eager launches, a synchronisation after every node, errors name the node;
+// RPP_CUDA_GRAPHS=0 keeps eager launches without the synchronisations (graph vs kernel problems).
+#include "runtime/executor_cuda.h"
+
+#if defined(RESUNETPP_HAVE_CUDA) && defined(RESUNETPP_HAVE_CUDNN)
+
+#include <cuda_runtime_api.h>
+#include <cudnn.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <sstream>
+
+#include "kernels/cuda/batchnorm.cuh"
+#include "kernels/cuda/check.cuh"
+#include "kernels/cuda/cudnn/conv_cudnn.cuh"
+#include "kernels/cuda/device.cuh"
+#include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/loss.cuh"
+#include "kernels/cuda/optim.cuh"
+
+namespace rpp {
+
+namespace {
+
+constexpr size_t kAlign = Plan::kAlign;  // 256: every device and pinned sub-buffer starts aligned
+
+size_t align_up(size_t b) { return (b + kAlign - 1) / kAlign * kAlign; }
+
+cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+cudaEvent_t as_event(void* e) { return static_cast<cudaEvent_t>(e); }
+
+// Makes `device` current for the scope and restores the caller's device afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    int cur = -1;
+    RPP_CUDA_CHECK(cudaGetDevice(&cur));
+    if (cur != device) {
+      RPP_CUDA_CHECK(cudaSetDevice(device));
+      prev_ = cur;
+    }
+  }
+  ~DeviceGuard() {
+    if (prev_ >= 0) (void)cudaSetDevice(prev_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = -1;
+};
+
+using ConvKey = std::array<int, 10>;
+ConvKey conv_key(const cpu::Conv2dShape& s) {
+  return {s.n, s.h, s.w, s.cin, s.cout, s.kh, s.kw, s.stride, s.pad, s.dil};
+}
+
+bool is_conv_op(OpKind k) {
+  return k == OpKind::Conv2d || k == OpKind::Conv2dBwdData || k == OpKind::Conv2dBwdFilter;
+}
+
+bool env_on(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v && std::strcmp(v, "0") != 0;
+}
+
+}  // namespace
+
+// The cuDNN side: the handle and one CudnnConv per distinct shape, shared by every node of it.
+struct CudaExecutor::Impl {
+  cudnnHandle_t handle = nullptr;
+  std::map<ConvKey, std::unique_ptr<cuda::CudnnConv>> convs;
+  std::map<ConvKey, int> conv_users;            // nodes per shape (diagnostics)
+  std::vector<const cuda::CudnnConv*> node_conv;  // per node, null for non-conv nodes
+
+  const cuda::CudnnConv& conv_for(const cpu::Conv2dShape& s) const {
+    auto it = convs.find(conv_key(s));
+    if (it == convs.end()) fail("CUDA executor: no cuDNN convolution prepared for this shape");
+    return *it->second;
+  }
+};
+
+CudaExecutor::CudaExecutor(const Graph& g, ParamStore& store, int device, const ExecOptions& options)
+    : g_(g), store_(store), opt_(options), device_(device), impl_(std::make_unique<Impl>()) {
+  const int count = cuda::device_count();
+  if (count == 0) fail("device cuda:", device, ": no CUDA device is visible (no driver or no GPU)");
+  if (device < 0 || device >= count)
+    fail("device cuda:", device, ": this machine has ", count, " CUDA device(s) (cuda:0 to cuda:", count - 1, ")");
+  debug_sync_ = opt_.debug_sync || env_on("RPP_CUDA_DEBUG_SYNC");
+  const char* graphs_env = std::getenv("RPP_CUDA_GRAPHS");  // "0": eager launches, for bisecting
+  use_graphs_ = opt_.use_graphs && !debug_sync_ && !(graphs_env && std::strcmp(graphs_env, "0") == 0);
+  try {
+    init();
+  } catch (...) {
+    release();
+    throw;
+  }
+}
+
+CudaExecutor::~CudaExecutor() { release(); }
+
+void CudaExecutor::init() {
+  DeviceGuard guard(device_);
+  const int nt = g_.num_tensors(), nn = g_.num_nodes();
+
+  cudaStream_t s = nullptr;
+  RPP_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  stream_ = s;
+  RPP_CUDNN_CHECK(cudnnCreate(&impl_->handle));
+  RPP_CUDNN_CHECK(cudnnSetStream(impl_->handle, s));
+
+  store_.ensure(g_);
+  ohwi_ = cuda_ohwi_tensors(g_);
+
+  // One CudnnConv per distinct shape, algorithms chosen once (cuDNN's heuristics, no timing).
+  impl_->node_conv.assign(size_t(nn), nullptr);
+  for (int i = 0; i < nn; ++i) {
+    const Node& n = g_.node(i);
+    if (!is_conv_op(n.op)) continue;
+    const ConvKey key = conv_key(n.conv.shape);
+    auto it = impl_->convs.find(key);
+    if (it == impl_->convs.end()) {
+      std::unique_ptr<cuda::CudnnConv> conv;
+      try {
+        conv = std::make_unique<cuda::CudnnConv>(n.conv.shape);
+        conv->choose_algorithms(impl_->handle, opt_.deterministic, opt_.allow_tf32, nullptr,
+                                opt_.conv_workspace_limit);
+      } catch (const Error& e) {
+        fail("CUDA executor: convolution ", n.name, ": ", e.what());
+      }
+      it = impl_->convs.emplace(key, std::move(conv)).first;
+    }
+    ++impl_->conv_users[key];
+    impl_->node_conv[size_t(i)] = it->second.get();
+  }
+
+  plan_ = make_plan(g_, opt_.plan_mode, [this](const Graph&, const Node& n) { return workspace_need(n); });
+
+  // Persistent block: the graph's persistent tensors, then the executor's device scalars.
+  poffset_.assign(size_t(nt), -1);
+  size_t off = 0;
+  for (int t = 0; t < nt; ++t) {
+    const TensorInfo& ti = g_.tensor(t);
+    if (!is_persistent(ti.kind)) continue;
+    poffset_[size_t(t)] = int64_t(off);
+    off += align_up(std::max<size_t>(1, size_t(numel(ti.shape)) * dtype_size(ti.dtype)));
+  }
+  tensors_bytes_ = off;
+  const size_t step_off = off;
+  off += align_up(sizeof(cuda::OptimStepDevice));
+  const size_t scalars_off = off;
+  off += align_up(3 * sizeof(double));
+  persistent_bytes_ = off;
+  arena_bytes_ = std::max<size_t>(kAlign, plan_.arena_bytes);
+  workspace_bytes_ = std::max<size_t>(kAlign, plan_.workspace_bytes);
+
+  void* p = nullptr;
+  RPP_CUDA_CHECK(cudaMalloc(&p, arena_bytes_));
+  arena_ = static_cast<char*>(p);
+  RPP_CUDA_CHECK(cudaMalloc(&p, persistent_bytes_));
+  persistent_ = static_cast<char*>(p);
+  RPP_CUDA_CHECK(cudaMalloc(&p, workspace_bytes_));
+  workspace_ = static_cast<char*>(p);
+  d_step_ = persistent_ + step_off;
+  d_sumsq_ = reinterpret_cast<double*>(persistent_ + scalars_off);
+  d_norm_ = d_sumsq_ + 1;
+  d_factor_ = d_sumsq_ + 2;
+
+  dptr_.assign(size_t(nt), nullptr);
+  for (int t = 0; t < nt; ++t) {
+    if (poffset_[size_t(t)] >= 0)
+      dptr_[size_t(t)] = persistent_ + poffset_[size_t(t)];
+    else if (plan_.offset[size_t(t)] >= 0)
+      dptr_[size_t(t)] = arena_ + plan_.offset[size_t(t)];
+  }
+
+  // Pinned host block: parameter staging, input staging, the step ring, the read-back scalars.
+  size_t hoff = 0;
+  const size_t param_off = hoff;
+  hoff += align_up(std::max<size_t>(1, tensors_bytes_));
+  std::vector<int64_t> input_off(size_t(nt), -1);
+  for (int t = 0; t < nt; ++t) {
+    const TensorInfo& ti = g_.tensor(t);
+    if (ti.kind != TensorKind::Input || !dptr_[size_t(t)]) continue;
+    if (ti.dtype != DType::F32) fail("CUDA executor: input ", ti.name, " is not F32");
+    input_off[size_t(t)] = int64_t(hoff);
+    hoff += align_up(size_t(numel(ti.shape)) * sizeof(float));
+  }
+  const size_t ring_off = hoff;
+  hoff += kStepRing * align_up(sizeof(cuda::OptimStepDevice));
+  const size_t readback_off = hoff;
+  hoff += align_up(sizeof(float) + sizeof(double) * 2);
+  RPP_CUDA_CHECK(cudaMallocHost(&p, hoff));
+  pinned_ = static_cast<char*>(p);
+  param_staging_ = pinned_ + param_off;
+  step_ring_ = pinned_ + ring_off;
+  h_norm_ = reinterpret_cast<double*>(pinned_ + readback_off);
+  h_loss_ = reinterpret_cast<float*>(pinned_ + readback_off + sizeof(double));
+  input_staging_.assign(size_t(nt), nullptr);
+  input_events_.assign(size_t(nt), nullptr);
+  for (int t = 0; t < nt; ++t) {
+    if (input_off[size_t(t)] < 0) continue;
+    input_staging_[size_t(t)] = reinterpret_cast<float*>(pinned_ + input_off[size_t(t)]);
+    cudaEvent_t e = nullptr;
+    RPP_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    input_events_[size_t(t)] = e;
+  }
+  for (void*& ev : step_events_) {
+    cudaEvent_t e = nullptr;
+    RPP_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    ev = e;
+  }
+
+  for (const Node& n : g_.nodes()) {
+    if (n.op == OpKind::Loss) loss_tensor_ = n.out[0];
+    if (n.op == OpKind::ClipGradNorm) has_clip_ = true;
+    if (n.op == OpKind::OptimizerUpdate) has_update_ = true;
+    if (n.op == OpKind::BatchNorm && n.bn.training) writes_persistent_ = true;
+  }
+  writes_persistent_ = writes_persistent_ || has_update_;
+
+  // Defined contents everywhere (a node reading an unwritten tensor reads zeros, not garbage;
+  // tests use poison() to make such a read visible instead).
+  RPP_CUDA_CHECK(cudaMemsetAsync(arena_, 0, arena_bytes_, s));
+  RPP_CUDA_CHECK(cudaMemsetAsync(persistent_, 0, persistent_bytes_, s));
+  upload_params();  // synchronises
+}
+
+// Frees everything; safe on a partly built executor and never throws.
+void CudaExecutor::release() noexcept {
+  int cur = -1;
+  const bool switched = cudaGetDevice(&cur) == cudaSuccess && cur != device_ && cudaSetDevice(device_) == cudaSuccess;
+  if (stream_) (void)cudaStreamSynchronize(as_stream(stream_));
+  if (graph_exec_) (void)cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(graph_exec_));
+  if (graph_) (void)cudaGraphDestroy(static_cast<cudaGraph_t>(graph_));
+  graph_exec_ = graph_ = nullptr;
+  if (impl_) {
+    impl_->convs.clear();
+    if (impl_->handle) (void)cudnnDestroy(impl_->handle);
+    impl_->handle = nullptr;
+  }
+  for (void*& e : input_events_) {
+    if (e) (void)cudaEventDestroy(as_event(e));
+    e = nullptr;
+  }
+  for (void*& e : step_events_) {
+    if (e) (void)cudaEventDestroy(as_event(e));
+    e = nullptr;
+  }
+  if (pinned_) (void)cudaFreeHost(pinned_);
+  if (workspace_) (void)cudaFree(workspace_);
+  if (persistent_) (void)cudaFree(persistent_);
+  if (arena_) (void)cudaFree(arena_);
+  pinned_ = workspace_ = persistent_ = arena_ = nullptr;
+  if (stream_) (void)cudaStreamDestroy(as_stream(stream_));
+  stream_ = nullptr;
+  if (switched) (void)cudaSetDevice(cur);
+}
+
+std::string CudaExecutor::describe() const {
+  std::string d;
+  try {
+    d = cuda::device_description(device_);
+  } catch (const Error& e) {
+    d = e.what();
+  }
+  return "cuda:" + std::to_string(device_) + " (" + d + ")" + (use_graphs_ ? ", CUDA graph" : ", eager") +
+         (opt_.allow_tf32 ? ", TF32 convolutions" : ", fp32 convolutions") +
+         (opt_.deterministic ? ", deterministic" : "");
+}
+
+// ---- weight layouts ----
+
+// Conv weights (parameters), the weight gradients Conv2dBwdFilter writes, their sums and the
+// optimiser state of those weights live in OHWI on the device. Any other op touching one of
+// them would read the wrong layout, so the graph is checked here, once.
+std::vector<char> cuda_ohwi_tensors(const Graph& g) {
+  const int nt = g.num_tensors();
+  std::vector<char> ohwi(size_t(nt), 0);
+  auto name = [&](int t) { return g.tensor(t).name; };
+  for (const Node& n : g.nodes()) {
+    if (n.op != OpKind::Conv2d && n.op != OpKind::Conv2dBwdData) continue;
+    const int w = n.in.size() > 1 ? n.in[1] : -1;
+    if (w < 0 || g.tensor(w).kind != TensorKind::Param)
+      fail("CUDA executor: convolution ", n.name, " takes its weight from ",
+           w < 0 ? std::string("nowhere") : "tensor " + name(w),
+           "; this backend needs convolution weights to be parameters (kept in OHWI on the device)");
+    ohwi[size_t(w)] = 1;
+  }
+  for (const Node& n : g.nodes()) {
+    auto marked = [&](int t) { return t >= 0 && ohwi[size_t(t)]; };
+    auto refuse = [&](int t) {
+      fail("CUDA executor: ", op_name(n.op), " node ", n.name, " uses ", name(t),
+           ", which the device keeps in OHWI (a convolution weight, its gradient or its optimiser state); "
+           "only convolutions, gradient sums, clipping and optimiser updates may");
+    };
+    switch (n.op) {
+      case OpKind::Conv2d:
+        if (marked(n.in[0])) refuse(n.in[0]);
+        if (n.in.size() > 2 && marked(n.in[2])) refuse(n.in[2]);
+        break;
+      case OpKind::Conv2dBwdData:
+        if (marked(n.in[0])) refuse(n.in[0]);
+        break;
+      case OpKind::Conv2dBwdFilter:
+        for (int t : n.in)
+          if (marked(t)) refuse(t);
+        if (!n.out.empty() && n.out[0] >= 0) {
+          if (g.tensor(n.out[0]).shape.size() != 4) fail("CUDA executor: weight gradient of ", n.name, " is not 4-D");
+          ohwi[size_t(n.out[0])] = 1;
+        }
+        break;
+      case OpKind::Add: {
+        const bool a = marked(n.in[0]), b = marked(n.in[1]);
+        if (a != b) refuse(a ? n.in[0] : n.in[1]);
+        if (a) ohwi[size_t(n.out[0])] = 1;
+        break;
+      }
+      case OpKind::ClipGradNorm:
+        break;  // layout-free: sums of squares and a uniform scale
+      case OpKind::OptimizerUpdate: {
+        const bool p = marked(n.in[0]), gr = marked(n.in[1]);
+        if (p != gr)
+          fail("CUDA executor: the update of ", name(n.in[0]), " pairs a ", p ? "OHWI" : "plain", " parameter with a ",
+               gr ? "OHWI" : "plain", " gradient ", name(n.in[1]));
+        for (size_t i = 2; i < n.in.size(); ++i)
+          if (n.in[i] >= 0) ohwi[size_t(n.in[i])] = p ? 1 : 0;
+        break;
+      }
+      default:
+        for (int t : n.in)
+          if (marked(t)) refuse(t);
+        for (int t : n.out)
+          if (marked(t)) refuse(t);
+        break;
+    }
+  }
+  return ohwi;
+}
+
+// ---- planning ----
+
+size_t CudaExecutor::workspace_need(const Node& n) const {
+  auto sh = [&](int t) -> const Shape& { return g_.tensor(t).shape; };
+  switch (n.op) {
+    case OpKind::Conv2d: return impl_->conv_for(n.conv.shape).forward_workspace_bytes();
+    case OpKind::Conv2dBwdData: return impl_->conv_for(n.conv.shape).backward_data_workspace_bytes();
+    case OpKind::Conv2dBwdFilter: return impl_->conv_for(n.conv.shape).backward_filter_workspace_bytes();
+    case OpKind::BatchNorm:
+    case OpKind::BatchNormBwd: {
+      if (n.op == OpKind::BatchNorm && !n.bn.training) return 0;
+      const Shape& xs = sh(n.in[0]);
+      const int c = int(xs.back());
+      return cuda::batchnorm_workspace_bytes(numel(xs) / c, c);
+    }
+    case OpKind::ScaleChannelsBwd: {
+      const Shape& xs = sh(n.in[0]);
+      return cuda::scale_channels_workspace_bytes(int(xs[0]), xs[1] * xs[2], int(xs[3]));
+    }
+    case OpKind::GlobalAvgPool: {
+      const Shape& xs = sh(n.in[0]);
+      return cuda::global_avg_pool_workspace_bytes(int(xs[0]), xs[1] * xs[2], int(xs[3]));
+    }
+    case OpKind::Loss:
+    case OpKind::LossBwd: return cuda::loss_workspace_bytes(numel(sh(n.in[0])));
+    case OpKind::ClipGradNorm: {
+      size_t need = 0;
+      for (int t : n.in) need = std::max(need, cuda::sum_squares_workspace_bytes(numel(sh(t))));
+      return need;
+    }
+    default: return 0;
+  }
+}
+
+void* CudaExecutor::ptr(int t) const {
+  if (t < 0) return nullptr;
+  void* p = dptr_.at(size_t(t));
+  if (!p) fail("CUDA executor: tensor ", g_.tensor(t).name, " has no storage in this plan");
+  return p;
+}
+
+// ---- inputs, outputs, parameters ----
+
+float* CudaExecutor::input_buffer(int t) {
+  if (t < 0 || t >= g_.num_tensors() || !input_staging_[size_t(t)])
+    fail("CUDA executor: input_buffer: tensor ", t < 0 || t >= g_.num_tensors() ? std::to_string(t) : g_.tensor(t).name,
+         " is not an input of this graph");
+  DeviceGuard guard(device_);
+  // The previous upload from this staging must have left before the caller writes it again.
+  RPP_CUDA_CHECK(cudaEventSynchronize(as_event(input_events_[size_t(t)])));
+  return input_staging_[size_t(t)];
+}
+
+void CudaExecutor::set_input(int t, const float* host) {
+  float* staging = input_buffer(t);  // checks t, waits for the staging to be free
+  const size_t bytes = size_t(numel(g_.tensor(t).shape)) * sizeof(float);
+  if (host != staging) std::memcpy(staging, host, bytes);
+  DeviceGuard guard(device_);
+  RPP_CUDA_CHECK(cudaMemcpyAsync(ptr(t), staging, bytes, cudaMemcpyHostToDevice, as_stream(stream_)));
+  RPP_CUDA_CHECK(cudaEventRecord(as_event(input_events_[size_t(t)]), as_stream(stream_)));
+}
+
+void CudaExecutor::read_output(int t, float* host) {
+  if (t < 0 || t >= g_.num_tensors()) fail("CUDA executor: read_output: no tensor ", t);
+  const TensorInfo& ti = g_.tensor(t);
+  if (ti.dtype != DType::F32) fail("CUDA executor: read_output: ", ti.name, " is not F32");
+  const size_t n = size_t(numel(ti.shape));
+  DeviceGuard guard(device_);
+  if (!ohwi_[size_t(t)]) {
+    RPP_CUDA_CHECK(cudaMemcpyAsync(host, ptr(t), n * sizeof(float), cudaMemcpyDeviceToHost, as_stream(stream_)));
+    RPP_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_)));
+    return;
+  }
+  std::vector<float> dev(n);  // OHWI on the device, HWIO for the caller
+  RPP_CUDA_CHECK(cudaMemcpyAsync(dev.data(), ptr(t), n * sizeof(float), cudaMemcpyDeviceToHost, as_stream(stream_)));
+  RPP_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_)));
+  const Shape& s = ti.shape;  // (KH, KW, Cin, Cout)
+  cuda::repack_ohwi_to_hwio_host(int(s[0]), int(s[1]), int(s[2]), int(s[3]), dev.data(), host);
+}
+
+void CudaExecutor::upload_params() {
+  DeviceGuard guard(device_);
+  wait_readback();
+  RPP_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_)));  // the staging is free
+  for (int t = 0; t < g_.num_tensors(); ++t) {
+    if (poffset_[size_t(t)] < 0) continue;
+    const TensorInfo& ti = g_.tensor(t);
+    const Tensor& src = store_.get(ti.name);
+    if (src.nbytes() != size_t(numel(ti.shape)) * dtype_size(ti.dtype))
+      fail("CUDA executor: store tensor ", ti.name, " has ", src.nbytes(), " bytes, the graph expects ",
+           size_t(numel(ti.shape)) * dtype_size(ti.dtype));
+    char* dst = param_staging_ + poffset_[size_t(t)];
+    if (ohwi_[size_t(t)]) {
+      const Shape& s = ti.shape;  // HWIO in the store
+      cuda::repack_hwio_to_ohwi_host(int(s[0]), int(s[1]), int(s[2]), int(s[3]), src.data<float>(),
+                                     reinterpret_cast<float*>(dst));
+    } else {
+      std::memcpy(dst, src.raw(), src.nbytes());
+    }
+  }
+  if (tensors_bytes_ > 0)
+    RPP_CUDA_CHECK(cudaMemcpyAsync(persistent_, param_staging_, tensors_bytes_, cudaMemcpyHostToDevice,
+                                   as_stream(stream_)));
+  RPP_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_)));
+  params_dirty_ = false;
+}
+
+void CudaExecutor::download_params() {
+  if (!params_dirty_) return;  // the store already holds what the device holds
+  DeviceGuard guard(device_);
+  wait_readback();
+  if (tensors_bytes_ > 0)
+    RPP_CUDA_CHECK(cudaMemcpyAsync(param_staging_, persistent_, tensors_bytes_, cudaMemcpyDeviceToHost,
+                                   as_stream(stream_)));
+  RPP_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_)));
+  for (int t = 0; t < g_.num_tensors(); ++t) {
+    if (poffset_[size_t(t)] < 0) continue;
+    const TensorInfo& ti = g_.tensor(t);
+    Tensor& dst = store_.get(ti.name);
+    const char* src = param_staging_ + poffset_[size_t(t)];
+    if (ohwi_[size_t(t)]) {
+      const Shape& s = ti.shape;
+      cuda::repack_ohwi_to_hwio_host(int(s[0]), int(s[1]), int(s[2]), int(s[3]),
+                                     reinterpret_cast<const float*>(src), dst.data<float>());
+    } else {
+      std::memcpy(dst.raw(), src, dst.nbytes());
+    }
+  }
+  params_dirty_ = false;
+}
+
+// ---- running ----
+
+void CudaExecutor::run(const cpu::OptimStep* opt) {
+  if (has_update_ && !opt) fail("graph has optimiser updates but run() got no optimiser step");
+  DeviceGuard guard(device_);
+  cudaStream_t s = as_stream(stream_);
+  if (has_update_ || has_clip_) {
+    // Without a step (a clipping node but no updates) the struct only says "do not clip".
+    const cpu::OptimStep no_step{};
+    const cuda::OptimStepDevice h = cuda::make_optim_step_device(opt ? *opt : no_step);
+    const int slot = step_slot_;
+    step_slot_ = (step_slot_ + 1) % kStepRing;
+    // The copy out of this slot was queued kStepRing runs ago; in a trainer, which reads the
+    // loss every step, it finished long since and this returns at once.
+    RPP_CUDA_CHECK(cudaEventSynchronize(as_event(step_events_[slot])));
+    auto* src = reinterpret_cast<cuda::OptimStepDevice*>(static_cast<char*>(step_ring_) +
+                                                         size_t(slot) * align_up(sizeof(cuda::OptimStepDevice)));
+    *src = h;
+    RPP_CUDA_CHECK(cudaMemcpyAsync(d_step_, src, sizeof h, cudaMemcpyHostToDevice, s));
+    RPP_CUDA_CHECK(cudaEventRecord(as_event(step_events_[slot]), s));
+  }
+  if (use_graphs_ && runs_ > 0) {  // the first run is eager: a warm-up outside any capture
+    if (!graph_exec_) capture_graph();
+    RPP_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph_exec_), s));
+  } else {
+    launch_all();
+  }
+  ++runs_;
+  if (loss_tensor_ >= 0)
+    RPP_CUDA_CHECK(cudaMemcpyAsync(h_loss_, ptr(loss_tensor_), sizeof(float), cudaMemcpyDeviceToHost, s));
+  if (has_clip_) RPP_CUDA_CHECK(cudaMemcpyAsync(h_norm_, d_norm_, sizeof(double), cudaMemcpyDeviceToHost, s));
+  readback_pending_ = true;
+  if (writes_persistent_) params_dirty_ = true;
+}
+
+void CudaExecutor::wait_readback() {
+  if (!readback_pending_) return;
+  RPP_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_)));
+  last_loss_ = loss_tensor_ >= 0 ? double(*h_loss_) : std::numeric_limits<double>::quiet_NaN();
+  last_norm_ = has_clip_ ? *h_norm_ : 0.0;
+  readback_pending_ = false;
+}
+
+double CudaExecutor::last_loss() {
+  DeviceGuard guard(device_);
+  wait_readback();
+  return loss_tensor_ >= 0 ? last_loss_ : std::numeric_limits<double>::quiet_NaN();
+}
+
+double CudaExecutor::last_grad_norm() {
+  DeviceGuard guard(device_);
+  wait_readback();
+  return last_norm_;
+}
+
+void CudaExecutor::synchronize() {
+  DeviceGuard guard(device_);
+  RPP_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_)));
+}
+
+void CudaExecutor::poison() {
+  DeviceGuard guard(device_);
+  RPP_CUDA_CHECK(cudaMemsetAsync(arena_, 0xFF, arena_bytes_, as_stream(stream_)));  // 0xFFFFFFFF is a NaN
+  RPP_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_)));
+}
+
+// Captures launch_all() once. The pointers it bakes in never change (one arena, one persistent
+// block, one workspace, one step struct), so the graph stays valid for the executor's lifetime.
+void CudaExecutor::capture_graph() {
+  cudaStream_t s = as_stream(stream_);
+  RPP_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  try {
+    launch_all();
+  } catch (...) {
+    cudaGraph_t partial = nullptr;
+    (void)cudaStreamEndCapture(s, &partial);
+    if (partial) (void)cudaGraphDestroy(partial);
+    (void)cudaGetLastError();  // leave no sticky launch error behind
+    throw;
+  }
+  cudaGraph_t graph = nullptr;
+  RPP_CUDA_CHECK(cudaStreamEndCapture(s, &graph));
+  graph_ = graph;
+  cudaGraphExec_t exec = nullptr;
+  RPP_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  graph_exec_ = exec;
+}
+
+void CudaExecutor::launch_all() {
+  for (int i = 0; i < g_.num_nodes(); ++i) {
+    try {
+      launch(i);
+      if (debug_sync_) {
+        RPP_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_)));
+        RPP_CUDA_CHECK(cudaGetLastError());
+      }
+    } catch (const Error& e) {
+      const Node& n = g_.node(i);
+      fail("CUDA executor: node ", i, " (", op_name(n.op), " ", n.name, "): ", e.what());
+    }
+  }
+}
+
+void CudaExecutor::launch(int index) {
+  const Node& n = g_.node(index);
+  cudaStream_t s = as_stream(stream_);
+  cudnnHandle_t h = impl_->handle;
+  void* ws = workspace_;
+  auto in = [&](size_t i) { return i < n.in.size() ? fptr(n.in[i]) : nullptr; };
+  auto out = [&](size_t i) { return i < n.out.size() ? fptr(n.out[i]) : nullptr; };
+  auto sh = [&](int t) -> const Shape& { return g_.tensor(t).shape; };
+  auto count = [&](int t) { return numel(sh(t)); };
+  const auto* step = static_cast<const cuda::OptimStepDevice*>(d_step_);
+  switch (n.op) {
+    case OpKind::Conv2d:
+      impl_->node_conv[size_t(index)]->forward(h, in(0), in(1), in(2), out(0), ws);
+      break;
+    case OpKind::BatchNorm: {
+      const Shape& xs = sh(n.in[0]);
+      const int c = int(xs.back());
+      const int64_t cnt = numel(xs) / c;
+      if (n.bn.training) {
+        cuda::batchnorm_forward_train(cnt, c, in(0), in(1), in(2), out(0), out(1), out(2), in(3), in(4),
+                                      n.bn.momentum, n.bn.eps, ws, s);
+        if (n.in.size() > 5 && n.in[5] >= 0) cuda::batchnorm_count_batch(static_cast<int64_t*>(ptr(n.in[5])), s);
+      } else {
+        cuda::batchnorm_forward_eval(cnt, c, in(0), in(1), in(2), in(3), in(4), n.bn.eps, out(0), s);
+      }
+      break;
+    }
+    case OpKind::Relu: cuda::relu_forward(count(n.in[0]), in(0), out(0), s); break;
+    case OpKind::Add: cuda::add(count(n.in[0]), in(0), in(1), out(0), s); break;
+    case OpKind::Mul: cuda::mul(count(n.in[0]), in(0), in(1), out(0), s); break;
+    case OpKind::ScaleChannels: {
+      const Shape& xs = sh(n.in[0]);
+      cuda::scale_channels(int(xs[0]), xs[1] * xs[2], int(xs[3]), in(0), in(1), out(0), s);
+      break;
+    }
+    case OpKind::GlobalAvgPool: {
+      const Shape& xs = sh(n.in[0]);
+      cuda::global_avg_pool_forward(int(xs[0]), xs[1] * xs[2], int(xs[3]), in(0), out(0), ws, s);
+      break;
+    }
+    case OpKind::Linear: {
+      const Shape& xs = sh(n.in[0]);
+      const Shape& wsh = sh(n.in[1]);  // (O, I)
+      cuda::linear_forward(int(xs[0]), int(wsh[1]), int(wsh[0]), in(0), in(1), out(0), s);
+      break;
+    }
+    case OpKind::Sigmoid: cuda::sigmoid_forward(count(n.in[0]), in(0), out(0), s); break;
+    case OpKind::MaxPool2: {
+      const Shape& xs = sh(n.in[0]);
+      cuda::maxpool2_forward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), in(0), out(0), s);
+      break;
+    }
+    case OpKind::Upsample2: {
+      const Shape& xs = sh(n.in[0]);
+      cuda::upsample2_forward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), in(0), out(0), s);
+      break;
+    }
+    case OpKind::Concat: {
+      const Shape& as = sh(n.in[0]);
+      const Shape& bs = sh(n.in[1]);
+      cuda::concat_forward(as[0] * as[1] * as[2], int(as[3]), int(bs[3]), in(0), in(1), out(0), s);
+      break;
+    }
+    case OpKind::Loss: {
+      const int64_t m = count(n.in[0]);
+      // The loss is one device float; bce + dice accumulates the second term onto the first.
+      if (n.loss.kind == LossKind::BCE || n.loss.kind == LossKind::BCEDice)
+        cuda::bce_with_logits_forward(m, in(0), in(1), out(0), false, ws, s);
+      if (n.loss.kind == LossKind::Dice || n.loss.kind == LossKind::BCEDice)
+        cuda::dice_loss_forward(m, in(0), in(1), out(0), n.loss.kind == LossKind::BCEDice, ws, s);
+      break;
+    }
+    case OpKind::Conv2dBwdData:
+      impl_->node_conv[size_t(index)]->backward_data(h, in(0), in(1), out(0), ws);
+      break;
+    case OpKind::Conv2dBwdFilter:
+      impl_->node_conv[size_t(index)]->backward_filter(h, in(0), in(1), out(0), out(1), ws);
+      break;
+    case OpKind::BatchNormBwd: {
+      const Shape& xs = sh(n.in[0]);
+      const int c = int(xs.back());
+      cuda::batchnorm_backward(numel(xs) / c, c, in(0), in(1), in(2), in(3), in(4), out(0), out(1), out(2), ws, s);
+      break;
+    }
+    case OpKind::ReluBwd: cuda::relu_backward(count(n.in[0]), in(0), in(1), out(0), s); break;
+    case OpKind::SigmoidBwd: cuda::sigmoid_backward(count(n.in[0]), in(0), in(1), out(0), s); break;
+    case OpKind::ScaleChannelsBwd: {
+      const Shape& xs = sh(n.in[0]);
+      cuda::scale_channels_backward_scale(int(xs[0]), xs[1] * xs[2], int(xs[3]), in(0), in(1), out(0), ws, s);
+      break;
+    }
+    case OpKind::GlobalAvgPoolBwd: {
+      const Shape& xs = sh(n.out[0]);
+      cuda::global_avg_pool_backward(int(xs[0]), xs[1] * xs[2], int(xs[3]), in(0), out(0), s);
+      break;
+    }
+    case OpKind::LinearBwd: {
+      const Shape& xs = sh(n.in[0]);
+      const Shape& wsh = sh(n.in[1]);
+      cuda::linear_backward(int(xs[0]), int(wsh[1]), int(wsh[0]), in(0), in(1), in(2), out(0), out(1), s);
+      break;
+    }
+    case OpKind::MaxPool2Bwd: {
+      const Shape& xs = sh(n.in[0]);
+      cuda::maxpool2_backward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), in(0), in(1), out(0), s);
+      break;
+    }
+    case OpKind::Upsample2Bwd: {
+      const Shape& xs = sh(n.out[0]);
+      cuda::upsample2_backward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), in(0), out(0), s);
+      break;
+    }
+    case OpKind::ConcatBwd: {
+      const Shape& as = sh(n.out[0]);
+      const Shape& bs = sh(n.out[1]);
+      cuda::concat_backward(as[0] * as[1] * as[2], int(as[3]), int(bs[3]), in(0), out(0), out(1), s);
+      break;
+    }
+    case OpKind::LossBwd: {
+      const int64_t m = count(n.in[0]);
+      // d(loss)/d(logits) for dloss = 1; bce + dice adds the Dice part onto the BCE part.
+      if (n.loss.kind == LossKind::BCE || n.loss.kind == LossKind::BCEDice)
+        cuda::bce_with_logits_backward(m, in(0), in(1), 1.0, out(0), false, s);
+      if (n.loss.kind == LossKind::Dice || n.loss.kind == LossKind::BCEDice)
+        cuda::dice_loss_backward(m, in(0), in(1), 1.0, out(0), n.loss.kind == LossKind::BCEDice, ws, s);
+      break;
+    }
+    case OpKind::ClipGradNorm: {
+      // Norm, factor and the scaling stay on the device; the norm is copied back after the run.
+      if (n.in.empty()) RPP_CUDA_CHECK(cudaMemsetAsync(d_sumsq_, 0, sizeof(double), s));
+      for (size_t i = 0; i < n.in.size(); ++i) cuda::sum_squares(count(n.in[i]), in(i), d_sumsq_, i > 0, ws, s);
+      cuda::clip_grad_norm_factor(d_sumsq_, step, d_norm_, d_factor_, s);
+      for (size_t i = 0; i < n.in.size(); ++i) cuda::scale_inplace(count(n.in[i]), in(i), d_factor_, s);
+      break;
+    }
+    case OpKind::OptimizerUpdate: {
+      const int64_t m = count(n.in[0]);
+      switch (n.opt.kind) {
+        case OptimizerKind::SGD: cuda::sgd_update(m, in(0), in(1), in(2), step, s); break;
+        case OptimizerKind::Adam: cuda::adam_update(m, in(0), in(1), in(2), in(3), step, s); break;
+        case OptimizerKind::AdamW: cuda::adamw_update(m, in(0), in(1), in(2), in(3), step, s); break;
+        case OptimizerKind::Nadam: cuda::nadam_update(m, in(0), in(1), in(2), in(3), step, s); break;
+      }
+      break;
+    }
+  }
+}
+
+// ---- diagnostics ----
+
+int CudaExecutor::num_conv_shapes() const { return int(impl_->convs.size()); }
+
+std::string CudaExecutor::describe_convolutions() const {
+  std::ostringstream os;
+  for (const auto& [key, conv] : impl_->convs) {
+    const cpu::Conv2dShape& s = conv->shape();
+    os << "n" << s.n << " " << s.h << "x" << s.w << "x" << s.cin << " -> " << s.ho() << "x" << s.wo() << "x" << s.cout
+       << " k" << s.kh << "x" << s.kw << " s" << s.stride << " p" << s.pad << " d" << s.dil << " ("
+       << impl_->conv_users.at(key) << " nodes): " << conv->describe_algorithms() << ", workspace "
+       << conv->workspace_bytes() << " B\n";
+  }
+  return os.str();
+}
+
+int cuda_executor_device_count() { return cuda::device_count(); }
+
+std::unique_ptr<Executor> make_cuda_executor(const Graph& g, ParamStore& store, int device,
+                                             const ExecOptions& options) {
+  return std::make_unique<CudaExecutor>(g, store, device, options);
+}
+
+}  // namespace rpp
+
+#endif  // RESUNETPP_HAVE_CUDA && RESUNETPP_HAVE_CUDNN

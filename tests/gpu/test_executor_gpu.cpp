@@ -1,0 +1,724 @@
+// tests/gpu/test_executor_gpu.cpp — the CUDA executor (runtime/executor_cuda.h) against the CPU
+// executor, and its integration (make_executor, Predictor, train_model):
+//  a) the whole network (default filters) at 64x64, batch 2, fp32 with TF32 off: loss, logits,
+//     every parameter gradient and the updated BN statistics against the CPU, for each loss;
+//     the inference graph (Predictor, with and without TTA) against the CPU;
+//  b) optimiser steps on a sequence of synthetic batches: 20 SGD steps (with clipping) and 8 each
+//     of Adam, AdamW and NAdam give the CPU's losses and gradient norms;
+//  c) CUDA-graph replay equals eager launches (and the per-node synchronising debug mode) bit for
+//     bit over 5 steps, deterministic algorithms; a second eager run repeats the bits;
+//  d) save -> load -> continue equals an uninterrupted run bit for bit, at the executor level and
+//     through train_model --resume; train_model on the GPU follows the CPU's losses;
+//  e) run() allocates nothing: free device memory is unchanged across steps (graph and eager);
+//  plus a small network through every path, quick enough for compute-sanitizer.
+// Tolerances (fp32, cuDNN FMA math vs the CPU's summation order): scaled error
+// max|gpu - cpu| / max|cpu| per tensor <= 1e-4 for the loss and logits, <= 1e-3 for gradients,
+// running statistics and multi-step losses; the tests print the worst errors they saw.
+// The biases of convolutions that feed only a batch norm have a true gradient of exactly zero
+// (BN subtracts every per-channel constant): both sides hold rounding noise there, so those are
+// checked to be negligible (<= 1e-3 of the conv weight gradient's largest element) instead of
+// equal, and left out of the parameter comparisons after Adam-family steps, which turn noise into
+// lr-sized updates (harmless: BN cancels them).
+// Every GPU test skips (GTEST_SKIP) without a CUDA device; the GpuExecutorHost tests run
+// everywhere (device strings, the refusal without a device).
+//   ./build/gpu_test_executor_gpu   (--gtest_filter=GpuExecutor.ForwardAndGradients* for one)
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels/cuda/device.cuh"
+#include "model/inference.h"
+#include "model/resunetpp.h"
+#include "model/synth.h"
+#include "model/trainer.h"
+#include "runtime/autodiff.h"
+#include "runtime/checkpoint.h"
+#include "runtime/executor.h"
+#include "runtime/executor_cpu.h"
+#include "runtime/executor_cuda.h"
+#include "runtime/rng.h"
+
+#if defined(RESUNETPP_HAVE_CUDNN)
+#include <cuda_runtime_api.h>
+#endif
+
+using namespace rpp;
+
+// ---------------------------------------------------------------------------------------------
+// Everywhere (no device needed).
+
+TEST(GpuExecutorHost, DeviceStrings) {
+  EXPECT_FALSE(parse_device("cpu").cuda);
+  EXPECT_TRUE(parse_device("cuda").cuda);
+  EXPECT_EQ(parse_device("cuda").index, 0);
+  EXPECT_EQ(parse_device("cuda:3").index, 3);
+  for (const char* bad : {"gpu", "cuda:", "cuda:x", "cuda:-1", "CPU", ""}) {
+    try {
+      parse_device(bad);
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("cpu, cuda or cuda:N"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(GpuExecutorHost, CudaRefusedClearlyWithoutADeviceOrBackend) {
+  if (kHaveCudaExecutor && cuda::device_count() > 0) GTEST_SKIP() << "a CUDA device is present";
+  ModelGraph mg = build_resunetpp(ModelConfig{{8, 8, 16, 16, 32}, 3}, 1, 16, 16, false);
+  ParamStore store;
+  try {
+    make_executor(mg.graph, store, "cuda:0");
+    FAIL() << "expected the CUDA executor to be refused";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_TRUE(msg.find("without CUDA/cuDNN") != std::string::npos ||
+                msg.find("no CUDA device") != std::string::npos)
+        << msg;
+  }
+  // The CPU through the same factory works.
+  auto cpu = make_executor(mg.graph, store, "cpu");
+  EXPECT_NE(cpu->describe().find("cpu"), std::string::npos);
+}
+
+#if defined(RESUNETPP_HAVE_CUDNN)
+
+namespace {
+
+#define REQUIRE_GPU() \
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device present"
+
+using Floats = std::vector<float>;
+
+// ---- comparisons ----
+
+struct Err {
+  double max_abs = 0, ref_max = 0;
+  bool finite = true;
+  double scaled() const { return ref_max > 0 ? max_abs / ref_max : max_abs; }
+};
+
+Err compare(const float* got, const float* ref, size_t n) {
+  Err e;
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(got[i]) || !std::isfinite(ref[i])) e.finite = false;
+    e.max_abs = std::max(e.max_abs, std::fabs(double(got[i]) - double(ref[i])));
+    e.ref_max = std::max(e.ref_max, std::fabs(double(ref[i])));
+  }
+  return e;
+}
+
+double rel(double got, double ref) { return std::fabs(got - ref) / std::max(std::fabs(ref), 1e-12); }
+
+size_t count_of(const Graph& g, int t) { return size_t(numel(g.tensor(t).shape)); }
+
+// ---- data ----
+
+// A batch of n images (n, size, size, 3) in [0, 1] and binary masks (n, size, size, 1) of a few
+// random discs, seeded.
+void synthetic_batch(uint64_t seed, int n, int size, Floats& images, Floats& masks) {
+  Rng rng(seed, 77);
+  images.resize(size_t(n) * size_t(size) * size_t(size) * 3);
+  masks.assign(size_t(n) * size_t(size) * size_t(size), 0.f);
+  for (float& v : images) v = rng.uniform();
+  for (int b = 0; b < n; ++b)
+    for (int disc = 0; disc < 2; ++disc) {
+      const float cy = rng.uniform(0.f, float(size)), cx = rng.uniform(0.f, float(size));
+      const float r = rng.uniform(float(size) / 10, float(size) / 4);
+      for (int y = 0; y < size; ++y)
+        for (int x = 0; x < size; ++x)
+          if ((float(y) - cy) * (float(y) - cy) + (float(x) - cx) * (float(x) - cx) < r * r) {
+            const size_t p = (size_t(b) * size_t(size) + size_t(y)) * size_t(size) + size_t(x);
+            masks[p] = 1.f;
+            for (int c = 0; c < 3; ++c) images[p * 3 + size_t(c)] = 0.6f * images[p * 3 + size_t(c)] + 0.4f;
+          }
+    }
+}
+
+ExecOptions strict_options(bool graphs = true) {
+  ExecOptions o;
+  o.deterministic = true;
+  o.allow_tf32 = false;
+  o.use_graphs = graphs;
+  return o;
+}
+
+cpu::OptimStep step_for(OptimizerKind k, int64_t step, double* mu_product, double clip = 0) {
+  cpu::OptimStep s;
+  s.step = step;
+  s.lr = k == OptimizerKind::SGD ? 0.01 : 1e-3;
+  s.momentum = 0.9;
+  s.weight_decay = k == OptimizerKind::SGD ? 0.0 : 1e-4;
+  s.clip_grad_norm = clip;
+  if (k == OptimizerKind::Nadam) {
+    cpu::nadam_schedule(s, *mu_product);
+    *mu_product = s.nadam_mu_product;
+  }
+  return s;
+}
+
+// Every persistent tensor of g in two stores, bit for bit.
+::testing::AssertionResult same_store(const Graph& g, const ParamStore& a, const ParamStore& b) {
+  for (const TensorInfo& t : g.tensors()) {
+    if (!is_persistent(t.kind)) continue;
+    const Tensor& x = a.get(t.name);
+    const Tensor& y = b.get(t.name);
+    if (x.nbytes() != y.nbytes() || std::memcmp(x.raw(), y.raw(), x.nbytes()) != 0)
+      return ::testing::AssertionFailure() << "persistent tensor " << t.name << " differs";
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Per tensor: 1 for the bias of a convolution whose output only batch norms read.
+std::vector<char> biases_cancelled_by_bn(const Graph& g) {
+  std::vector<std::vector<OpKind>> users(size_t(g.num_tensors()));
+  for (const Node& n : g.nodes())
+    for (int t : n.in)
+      if (t >= 0) users[size_t(t)].push_back(n.op);
+  std::vector<char> out(size_t(g.num_tensors()), 0);
+  for (const Node& n : g.nodes()) {
+    if (n.op != OpKind::Conv2d || n.in.size() < 3 || n.in[2] < 0) continue;
+    const std::vector<OpKind>& u = users[size_t(n.out[0])];
+    bool only_bn = !u.empty();
+    for (OpKind k : u) only_bn = only_bn && (k == OpKind::BatchNorm || k == OpKind::BatchNormBwd);
+    if (only_bn) out[size_t(n.in[2])] = 1;
+  }
+  return out;
+}
+
+// Conv bias tensor -> its conv's weight tensor.
+std::map<int, int> conv_weight_of_bias(const Graph& g) {
+  std::map<int, int> m;
+  for (const Node& n : g.nodes())
+    if (n.op == OpKind::Conv2d && n.in.size() > 2 && n.in[2] >= 0) m[n.in[2]] = n.in[1];
+  return m;
+}
+
+double max_abs(const float* x, size_t n) {
+  double m = 0;
+  for (size_t i = 0; i < n; ++i) m = std::max(m, std::fabs(double(x[i])));
+  return m;
+}
+
+std::string temp_path(const std::string& name) {
+  return "/tmp/rpp_gpu_exec_" + std::to_string(getpid()) + "_" + name;
+}
+
+}  // namespace
+
+// Host only: which tensors the device keeps in OHWI, on the real training graph.
+TEST(GpuExecutorHost, OhwiLayoutCoversWeightsGradientsAndState) {
+  ModelGraph mg = build_resunetpp(ModelConfig{}, 2, 64, 64, true);
+  append_backward_and_update(mg.graph, mg.loss, OptimizerKind::Adam);
+  const Graph& g = mg.graph;
+  const std::vector<char> ohwi = cuda_ohwi_tensors(g);
+  int weights = 0, states = 0;
+  for (int t = 0; t < g.num_tensors(); ++t) {
+    const TensorInfo& ti = g.tensor(t);
+    if (is_persistent(ti.kind)) {
+      // Exactly the 4-D persistent tensors: conv weights and their Adam moments.
+      EXPECT_EQ(bool(ohwi[size_t(t)]), ti.shape.size() == 4) << ti.name;
+      if (ohwi[size_t(t)]) ++(ti.kind == TensorKind::Param ? weights : states);
+    } else if (ohwi[size_t(t)]) {
+      EXPECT_EQ(ti.shape.size(), 4u) << ti.name;
+      EXPECT_EQ(ti.kind, TensorKind::Gradient) << ti.name;
+    }
+  }
+  EXPECT_GT(weights, 30);
+  EXPECT_EQ(states, 2 * weights);
+  for (const Node& n : g.nodes()) {
+    if (n.op == OpKind::Conv2dBwdFilter) {
+      EXPECT_TRUE(ohwi[size_t(n.out[0])]) << n.name;
+    }
+    if (n.op == OpKind::OptimizerUpdate) {
+      EXPECT_EQ(ohwi[size_t(n.in[0])], ohwi[size_t(n.in[1])]) << n.name;
+    }
+  }
+  // A conv weight read by another op is refused, naming it.
+  Graph bad;
+  GraphBuilder b(bad, false);
+  const int x = b.input("x", {1, 4, 4, 2});
+  const int w = b.param("w", {1, 1, 2, 2});
+  const int bias = b.param("b", {2});
+  const int y = b.conv2d("conv", x, w, bias, 1, 0, 1);
+  b.relu("relu", w);
+  (void)y;
+  try {
+    cuda_ohwi_tensors(bad);
+    FAIL() << "expected a refusal";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("OHWI"), std::string::npos) << e.what();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// a) one training step, no optimiser: loss, logits, parameter gradients and BN statistics.
+
+TEST(GpuExecutor, ForwardAndGradientsMatchCpu) {
+  REQUIRE_GPU();
+  std::cout << "device: " << cuda::device_description(0) << "\n";
+  for (LossKind loss : {LossKind::BCEDice, LossKind::BCE, LossKind::Dice}) {
+    SCOPED_TRACE(loss_name(loss));
+    ModelGraph mg = build_resunetpp(ModelConfig{}, 2, 64, 64, /*training=*/true, loss);
+    const std::vector<int> grads = append_backward(mg.graph, mg.loss);
+    // Keep the logits and the gradients readable after the run (else their bytes are reused).
+    mg.graph.tensor(mg.logits).is_output = true;
+    for (int t : grads) mg.graph.tensor(t).is_output = true;
+    const std::vector<int> params = mg.graph.of_kind(TensorKind::Param);
+
+    ParamStore sc, sg;
+    init_params(mg.graph, sc, 5);
+    init_params(mg.graph, sg, 5);
+    CpuExecutor cpu(mg.graph, sc);
+    CudaExecutor gpu(mg.graph, sg, 0, strict_options());
+    if (loss == LossKind::BCEDice) std::cout << gpu.describe() << "\n" << gpu.describe_convolutions();
+    Floats images, masks;
+    synthetic_batch(11, 2, 64, images, masks);
+    cpu.poison();  // inputs live in the arena too: set them after poisoning
+    gpu.poison();
+    cpu.set_input(mg.image, images.data());
+    cpu.set_input(mg.target, masks.data());
+    gpu.set_input(mg.image, images.data());
+    gpu.set_input(mg.target, masks.data());
+    cpu.run();
+    gpu.run();
+
+    const double lc = cpu.last_loss(), lg = gpu.last_loss();
+    std::cout << loss_name(loss) << ": loss cpu " << std::setprecision(9) << lc << " gpu " << lg << " (rel "
+              << rel(lg, lc) << ")\n";
+    ASSERT_TRUE(std::isfinite(lg));
+    EXPECT_LT(rel(lg, lc), 1e-4);
+
+    Floats host(count_of(mg.graph, mg.logits));
+    gpu.read_output(mg.logits, host.data());
+    const Err el = compare(host.data(), cpu.data(mg.logits), host.size());
+    std::cout << "  logits: max abs " << el.max_abs << ", scaled " << el.scaled() << "\n";
+    EXPECT_TRUE(el.finite);
+    EXPECT_LT(el.scaled(), 1e-4);
+
+    const std::vector<char> cancelled = biases_cancelled_by_bn(mg.graph);
+    const std::map<int, int> weight_of = conv_weight_of_bias(mg.graph);
+    std::map<int, int> grad_of;
+    for (size_t i = 0; i < params.size(); ++i) grad_of[params[i]] = grads[i];
+    double worst = 0, worst_noise = 0;
+    std::string worst_name;
+    int noise_only = 0;
+    for (size_t i = 0; i < params.size(); ++i) {
+      const int t = grads[i];
+      host.resize(count_of(mg.graph, t));
+      gpu.read_output(t, host.data());  // HWIO for conv weight gradients, as on the CPU
+      const Err e = compare(host.data(), cpu.data(t), host.size());
+      const std::string& name = mg.graph.tensor(params[i]).name;
+      EXPECT_TRUE(e.finite) << name;
+      if (cancelled[size_t(params[i])]) {  // true gradient 0: both sides must be negligible
+        const int wg = grad_of.at(weight_of.at(params[i]));
+        const double scale = max_abs(cpu.data(wg), count_of(mg.graph, wg));
+        const double noise = std::max(max_abs(host.data(), host.size()), e.ref_max) / scale;
+        EXPECT_LT(noise, 1e-3) << "gradient of " << name << " should be ~0 (BN follows its conv)";
+        worst_noise = std::max(worst_noise, noise);
+        ++noise_only;
+        continue;
+      }
+      EXPECT_LT(e.scaled(), 1e-3) << "gradient of " << name << ": max abs " << e.max_abs << ", max |ref| "
+                                  << e.ref_max;
+      if (e.scaled() > worst) {
+        worst = e.scaled();
+        worst_name = name;
+      }
+    }
+    std::cout << "  " << params.size() - size_t(noise_only) << " parameter gradients: worst scaled error " << worst
+              << " (" << worst_name << "); " << noise_only << " BN-cancelled conv biases: largest |gradient| "
+              << worst_noise << " of their weight gradient's\n";
+
+    // Training-mode BN updated the running statistics and counters on the device.
+    gpu.download_params();
+    double worst_buf = 0;
+    for (int t : mg.graph.of_kind(TensorKind::Buffer)) {
+      const TensorInfo& ti = mg.graph.tensor(t);
+      if (ti.dtype == DType::I64) {
+        EXPECT_EQ(*sg.get(ti.name).data<int64_t>(), *sc.get(ti.name).data<int64_t>()) << ti.name;
+        EXPECT_EQ(*sg.get(ti.name).data<int64_t>(), 1) << ti.name;
+        continue;
+      }
+      const Err e = compare(sg.get(ti.name).f(), sc.get(ti.name).f(), count_of(mg.graph, t));
+      EXPECT_LT(e.scaled(), 1e-3) << ti.name;
+      worst_buf = std::max(worst_buf, e.scaled());
+    }
+    std::cout << "  BN running statistics: worst scaled error " << worst_buf << "\n";
+  }
+}
+
+TEST(GpuExecutor, Tf32StaysClose) {
+  REQUIRE_GPU();
+  ModelGraph mg = build_resunetpp(ModelConfig{}, 2, 64, 64, true);
+  append_backward(mg.graph, mg.loss);
+  ParamStore sc, sg;
+  init_params(mg.graph, sc, 6);
+  init_params(mg.graph, sg, 6);
+  CpuExecutor cpu(mg.graph, sc);
+  ExecOptions o = strict_options();
+  o.allow_tf32 = true;
+  CudaExecutor gpu(mg.graph, sg, 0, o);
+  Floats images, masks;
+  synthetic_batch(12, 2, 64, images, masks);
+  for (Executor* e : {static_cast<Executor*>(&cpu), static_cast<Executor*>(&gpu)}) {
+    e->set_input(mg.image, images.data());
+    e->set_input(mg.target, masks.data());
+    e->run();
+  }
+  std::cout << "TF32: loss cpu " << cpu.last_loss() << " gpu " << gpu.last_loss() << " (rel "
+            << rel(gpu.last_loss(), cpu.last_loss()) << ")\n";
+  EXPECT_LT(rel(gpu.last_loss(), cpu.last_loss()), 1e-2);
+}
+
+TEST(GpuExecutor, PredictorMatchesCpu) {
+  REQUIRE_GPU();
+  Predictor pc(ModelConfig{}, 64, 2, "cpu"), pg(ModelConfig{}, 64, 2, "cuda", strict_options());
+  Floats images, masks;
+  synthetic_batch(13, 3, 64, images, masks);  // 3 images: one full batch and one padded
+  for (uint64_t seed : {7u, 8u}) {  // re-initialising the store must reach the device
+    init_params(pc.graph(), pc.store(), seed);
+    init_params(pg.graph(), pg.store(), seed);
+    for (bool tta : {false, true}) {
+      const Floats a = pc.logits(images, 3, tta), b = pg.logits(images, 3, tta);
+      const Err e = compare(b.data(), a.data(), a.size());
+      std::cout << "Predictor seed " << seed << (tta ? " tta" : "") << ": logits scaled error " << e.scaled() << "\n";
+      EXPECT_TRUE(e.finite);
+      EXPECT_LT(e.scaled(), 1e-4) << "seed " << seed << " tta " << tta;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// b) steps of every optimiser against the CPU.
+
+TEST(GpuExecutor, OptimiserStepsMatchCpu) {
+  REQUIRE_GPU();
+  for (OptimizerKind k : {OptimizerKind::SGD, OptimizerKind::Adam, OptimizerKind::AdamW, OptimizerKind::Nadam}) {
+    SCOPED_TRACE(optimizer_name(k));
+    const int steps = k == OptimizerKind::SGD ? 20 : 8;
+    ModelGraph mg = build_resunetpp(ModelConfig{}, 2, 64, 64, true);
+    append_backward_and_update(mg.graph, mg.loss, k);
+    ParamStore sc, sg;
+    init_params(mg.graph, sc, 3);
+    init_params(mg.graph, sg, 3);
+    CpuExecutor cpu(mg.graph, sc);
+    CudaExecutor gpu(mg.graph, sg, 0, strict_options());
+    double mu_c = 1, mu_g = 1, worst_loss = 0, worst_norm = 0;
+    Floats images, masks;
+    for (int s = 1; s <= steps; ++s) {
+      synthetic_batch(100 + uint64_t(s), 2, 64, images, masks);
+      // SGD clips at a limit that binds on some steps: exercises the device-side factor.
+      const double clip = k == OptimizerKind::SGD && s % 2 == 0 ? 1.0 : 0.0;
+      const cpu::OptimStep oc = step_for(k, s, &mu_c, clip), og = step_for(k, s, &mu_g, clip);
+      cpu.set_input(mg.image, images.data());
+      cpu.set_input(mg.target, masks.data());
+      gpu.set_input(mg.image, images.data());
+      gpu.set_input(mg.target, masks.data());
+      cpu.run(&oc);
+      gpu.run(&og);
+      const double l = rel(gpu.last_loss(), cpu.last_loss()), n = rel(gpu.last_grad_norm(), cpu.last_grad_norm());
+      worst_loss = std::max(worst_loss, l);
+      worst_norm = std::max(worst_norm, n);
+      ASSERT_TRUE(std::isfinite(gpu.last_loss())) << "step " << s;
+      EXPECT_LT(l, 1e-3) << "step " << s << ": loss cpu " << cpu.last_loss() << " gpu " << gpu.last_loss();
+      EXPECT_LT(n, 1e-3) << "step " << s << ": grad norm cpu " << cpu.last_grad_norm() << " gpu "
+                         << gpu.last_grad_norm();
+    }
+    gpu.download_params();
+    double worst_param = 0;
+    const std::vector<char> cancelled = biases_cancelled_by_bn(mg.graph);
+    for (int t : mg.graph.of_kind(TensorKind::Param)) {
+      if (cancelled[size_t(t)] && k != OptimizerKind::SGD) continue;  // noise-driven, loss-neutral updates
+      const std::string& name = mg.graph.tensor(t).name;
+      const Err e = compare(sg.get(name).f(), sc.get(name).f(), count_of(mg.graph, t));
+      EXPECT_LT(e.scaled(), 1e-3) << name;
+      worst_param = std::max(worst_param, e.scaled());
+    }
+    std::cout << optimizer_name(k) << ", " << steps << " steps: worst relative loss error " << worst_loss
+              << ", grad norm " << worst_norm << "; final parameters worst scaled error " << worst_param << "\n";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// c) graph replay == eager == debug-synchronised eager, bit for bit.
+
+TEST(GpuExecutor, GraphReplayEqualsEagerBitForBit) {
+  REQUIRE_GPU();
+  ModelGraph mg = build_resunetpp(ModelConfig{}, 2, 64, 64, true);
+  append_backward_and_update(mg.graph, mg.loss, OptimizerKind::Adam);
+  ExecOptions debug = strict_options(false);
+  debug.debug_sync = true;
+  const ExecOptions variants[] = {strict_options(true), strict_options(false), strict_options(false), debug};
+  const char* names[] = {"graph", "eager", "eager again", "debug sync"};
+  std::vector<ParamStore> stores(4);
+  std::vector<std::vector<double>> losses(4), norms(4);
+  for (size_t v = 0; v < 4; ++v) {
+    init_params(mg.graph, stores[v], 4);
+    CudaExecutor ex(mg.graph, stores[v], 0, variants[v]);
+    double mu = 1;
+    Floats images, masks;
+    for (int s = 1; s <= 5; ++s) {
+      synthetic_batch(200 + uint64_t(s), 2, 64, images, masks);
+      const cpu::OptimStep o = step_for(OptimizerKind::Adam, s, &mu);
+      ex.set_input(mg.image, images.data());
+      ex.set_input(mg.target, masks.data());
+      ex.run(&o);
+      losses[v].push_back(ex.last_loss());
+      norms[v].push_back(ex.last_grad_norm());
+    }
+    EXPECT_EQ(ex.uses_graphs(), v == 0 && !std::getenv("RPP_CUDA_GRAPHS")) << names[v];
+    EXPECT_EQ(ex.graph_captured(), ex.uses_graphs()) << names[v];
+    ex.download_params();
+  }
+  for (size_t v = 1; v < 4; ++v) {
+    EXPECT_EQ(losses[v], losses[0]) << names[v] << " vs graph";
+    EXPECT_EQ(norms[v], norms[0]) << names[v] << " vs graph";
+    EXPECT_TRUE(same_store(mg.graph, stores[v], stores[0])) << names[v] << " vs graph";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// d) save -> load -> continue == uninterrupted.
+
+TEST(GpuExecutor, SaveLoadContinueEqualsUninterrupted) {
+  REQUIRE_GPU();
+  ModelGraph mg = build_resunetpp(ModelConfig{}, 2, 64, 64, true);
+  append_backward_and_update(mg.graph, mg.loss, OptimizerKind::Adam);
+  auto steps = [&](CudaExecutor& ex, int from, int to, double* mu, std::vector<double>* out) {
+    Floats images, masks;
+    for (int s = from; s <= to; ++s) {
+      synthetic_batch(300 + uint64_t(s), 2, 64, images, masks);
+      const cpu::OptimStep o = step_for(OptimizerKind::Adam, s, mu);
+      ex.set_input(mg.image, images.data());
+      ex.set_input(mg.target, masks.data());
+      ex.run(&o);
+      out->push_back(ex.last_loss());
+    }
+  };
+  ParamStore straight_store;
+  init_params(mg.graph, straight_store, 9);
+  std::vector<double> straight, split;
+  double mu = 1;
+  {
+    CudaExecutor a(mg.graph, straight_store, 0, strict_options());
+    steps(a, 1, 6, &mu, &straight);
+    a.download_params();
+  }
+  const std::string path = temp_path("resume.safetensors");
+  {
+    ParamStore s1;
+    init_params(mg.graph, s1, 9);
+    CudaExecutor b(mg.graph, s1, 0, strict_options());
+    mu = 1;
+    steps(b, 1, 3, &mu, &split);
+    b.download_params();
+    save_checkpoint(path, mg.graph, s1, /*optimizer=*/true, {});
+  }
+  ParamStore s2;
+  s2.ensure(mg.graph);
+  load_checkpoint(path, mg.graph, s2, /*optimizer=*/true);
+  CudaExecutor c(mg.graph, s2, 0, strict_options());
+  steps(c, 4, 6, &mu, &split);  // Adam needs no carried scalar; mu is unused
+  c.download_params();
+  std::remove(path.c_str());
+  EXPECT_EQ(split, straight);
+  EXPECT_TRUE(same_store(mg.graph, s2, straight_store));
+}
+
+class GpuTrainer : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (cuda::device_count() == 0) return;
+    data_ = temp_path("data");
+    generate_synthetic_dataset(data_, 30, 32, 4);  // 24 train, 3 val, 3 test
+  }
+  static void TearDownTestSuite() {
+    if (!data_.empty()) std::system(("rm -rf " + data_ + "*").c_str());
+  }
+  TrainOptions base() const {
+    TrainOptions o;
+    o.data_dir = data_;
+    o.model.filters = {8, 8, 16, 16, 32};
+    o.size = 32;
+    o.batch = 4;  // 6 steps per epoch
+    o.epochs = 2;
+    o.seed = 21;
+    o.lr = 2e-3;
+    o.schedule = "cosine";
+    o.augment = "light";
+    o.device = "cuda";
+    return o;
+  }
+  std::string run_dir(const std::string& name) const {
+    const std::string d = data_ + "_run_" + name;
+    std::system(("rm -rf " + d).c_str());
+    return d;
+  }
+  static std::string data_;
+};
+std::string GpuTrainer::data_;
+
+TEST_F(GpuTrainer, ResumeContinuesExactly) {
+  REQUIRE_GPU();
+  TrainOptions o = base();
+  o.out_dir = run_dir("straight");
+  std::ostringstream l1;
+  const TrainResult straight = train_model(o, l1);
+  ASSERT_EQ(straight.step_losses.size(), 12u) << l1.str();
+  std::cout << l1.str();
+  TrainOptions a = o;
+  a.out_dir = run_dir("split");
+  a.max_steps = 5;
+  std::ostringstream l2;
+  const TrainResult first = train_model(a, l2);
+  ASSERT_EQ(first.step_losses.size(), 5u);
+  TrainOptions b = o;
+  b.out_dir = a.out_dir;
+  b.resume = true;
+  std::ostringstream l3;
+  const TrainResult second = train_model(b, l3);
+  std::vector<double> joined = first.step_losses;
+  joined.insert(joined.end(), second.step_losses.begin(), second.step_losses.end());
+  EXPECT_EQ(joined, straight.step_losses);
+  ASSERT_EQ(second.epochs.size(), 2u);
+  for (size_t e = 0; e < 2; ++e) EXPECT_EQ(second.epochs[e].val_dice, straight.epochs[e].val_dice) << e;
+  // The same final checkpoint, byte for byte apart from nothing: same data, same metadata.
+  ParamStore x, y;
+  ModelGraph mg = build_resunetpp(o.model, o.batch, o.size, o.size, true, o.loss);
+  append_backward_and_update(mg.graph, mg.loss, o.optimizer);
+  x.ensure(mg.graph);
+  y.ensure(mg.graph);
+  load_checkpoint(o.out_dir + "/checkpoint_last.safetensors", mg.graph, x, true);
+  load_checkpoint(b.out_dir + "/checkpoint_last.safetensors", mg.graph, y, true);
+  EXPECT_TRUE(same_store(mg.graph, x, y));
+}
+
+TEST_F(GpuTrainer, FollowsTheCpuTrainer) {
+  REQUIRE_GPU();
+  TrainOptions g = base(), c = base();
+  c.device = "cpu";
+  g.out_dir = run_dir("gpu");
+  c.out_dir = run_dir("cpu");
+  std::ostringstream lg, lc;
+  const TrainResult rg = train_model(g, lg), rc = train_model(c, lc);
+  ASSERT_EQ(rg.step_losses.size(), rc.step_losses.size());
+  double worst = 0;
+  for (size_t i = 0; i < rg.step_losses.size(); ++i) {
+    worst = std::max(worst, rel(rg.step_losses[i], rc.step_losses[i]));
+    EXPECT_LT(rel(rg.step_losses[i], rc.step_losses[i]), 1e-3) << "step " << i + 1;
+  }
+  std::cout << "train_model cuda vs cpu over " << rg.step_losses.size() << " steps: worst relative loss error "
+            << worst << "; val Dice " << rg.best_dice << " vs " << rc.best_dice << "\n";
+  // Eval-mode BN sees the BN-cancelled biases, whose Adam updates are rounding-noise driven.
+  EXPECT_NEAR(rg.best_dice, rc.best_dice, 0.05);
+}
+
+// ---------------------------------------------------------------------------------------------
+// e) no allocation inside run().
+
+TEST(GpuExecutor, RunAllocatesNothing) {
+  REQUIRE_GPU();
+  ModelGraph mg = build_resunetpp(ModelConfig{}, 2, 64, 64, true);
+  append_backward_and_update(mg.graph, mg.loss, OptimizerKind::Adam);
+  for (bool graphs : {true, false}) {
+    SCOPED_TRACE(graphs ? "graph" : "eager");
+    ParamStore store;
+    init_params(mg.graph, store, 2);
+    CudaExecutor ex(mg.graph, store, 0, strict_options(graphs));
+    Floats images, masks;
+    synthetic_batch(400, 2, 64, images, masks);
+    double mu = 1;
+    int64_t s = 0;
+    auto step = [&] {
+      ++s;
+      const cpu::OptimStep o = step_for(OptimizerKind::Adam, s, &mu);
+      ex.set_input(mg.image, images.data());
+      ex.set_input(mg.target, masks.data());
+      ex.run(&o);
+      return ex.last_loss();
+    };
+    step();  // warm-up: graph capture and instantiation, cuDNN's lazy set-up
+    step();
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    size_t free0 = 0, free1 = 0, total = 0;
+    ASSERT_EQ(cudaMemGetInfo(&free0, &total), cudaSuccess);
+    for (int i = 0; i < 10; ++i) EXPECT_TRUE(std::isfinite(step()));
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    ASSERT_EQ(cudaMemGetInfo(&free1, &total), cudaSuccess);
+    EXPECT_EQ(free1, free0) << "device memory changed across 10 steps";
+    std::cout << (graphs ? "graph" : "eager") << ": executor holds " << ex.device_bytes() / 1048576.0
+              << " MiB (arena " << ex.plan().arena_bytes / 1048576.0 << ", workspace "
+              << ex.plan().workspace_bytes / 1048576.0 << "); free " << free1 / 1048576.0 << " of "
+              << total / 1048576.0 << " MiB\n";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small network through every path (graph and eager training with clipping, inference): quick
+// enough for compute-sanitizer (tools/gpu_session.sh runs it under memcheck and racecheck).
+
+TEST(GpuExecutor, SmallNetworkSanitizerSmoke) {
+  REQUIRE_GPU();
+  const ModelConfig cfg{{8, 8, 16, 16, 32}, 3};
+  for (LossKind loss : {LossKind::BCEDice, LossKind::Dice}) {
+    ModelGraph mg = build_resunetpp(cfg, 2, 32, 32, true, loss);
+    append_backward_and_update(mg.graph, mg.loss, loss == LossKind::Dice ? OptimizerKind::SGD : OptimizerKind::Nadam);
+    const OptimizerKind k = loss == LossKind::Dice ? OptimizerKind::SGD : OptimizerKind::Nadam;
+    ParamStore sc, sg, se;
+    init_params(mg.graph, sc, 1);
+    init_params(mg.graph, sg, 1);
+    init_params(mg.graph, se, 1);
+    CpuExecutor cpu(mg.graph, sc);
+    CudaExecutor graph(mg.graph, sg, 0, strict_options(true)), eager(mg.graph, se, 0, strict_options(false));
+    graph.poison();
+    eager.poison();
+    double mu[3] = {1, 1, 1};
+    Floats images, masks;
+    for (int s = 1; s <= 3; ++s) {
+      synthetic_batch(500 + uint64_t(s), 2, 32, images, masks);
+      const double clip = s == 2 ? 0.5 : 0.0;
+      const cpu::OptimStep oc = step_for(k, s, &mu[0], clip), og = step_for(k, s, &mu[1], clip),
+                           oe = step_for(k, s, &mu[2], clip);
+      cpu.set_input(mg.image, images.data());
+      cpu.set_input(mg.target, masks.data());
+      for (CudaExecutor* ex : {&graph, &eager}) {
+        ex->set_input(mg.image, images.data());
+        ex->set_input(mg.target, masks.data());
+      }
+      cpu.run(&oc);
+      graph.run(&og);
+      eager.run(&oe);
+      EXPECT_EQ(graph.last_loss(), eager.last_loss()) << "step " << s;
+      EXPECT_LT(rel(graph.last_loss(), cpu.last_loss()), 1e-3) << "step " << s;
+      EXPECT_LT(rel(graph.last_grad_norm(), cpu.last_grad_norm()), 1e-3) << "step " << s;
+    }
+    EXPECT_EQ(graph.graph_captured(), graph.uses_graphs());
+  }
+  Predictor pc(cfg, 32, 2, "cpu"), pg(cfg, 32, 2, "cuda", strict_options());
+  init_params(pc.graph(), pc.store(), 2);
+  init_params(pg.graph(), pg.store(), 2);
+  Floats images, masks;
+  synthetic_batch(600, 3, 32, images, masks);
+  const Floats a = pc.logits(images, 3, true), b = pg.logits(images, 3, true);
+  EXPECT_LT(compare(b.data(), a.data(), a.size()).scaled(), 1e-4);
+}
+
+#else  // !RESUNETPP_HAVE_CUDNN
+
+TEST(GpuExecutor, NeedsCudnn) { GTEST_SKIP() << "built without cuDNN: the CUDA executor is not compiled"; }
+
+#endif
