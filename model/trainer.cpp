@@ -52,6 +52,7 @@ struct RunState {
   double best_dice = -1;
   int best_epoch = 0;
   int epochs_since_best = 0;
+  bool finished = false;        // all epochs done, or stopped early: --resume has nothing to do
 };
 
 Metadata run_metadata(const TrainOptions& o, const RunState& st) {
@@ -76,7 +77,8 @@ Metadata run_metadata(const TrainOptions& o, const RunState& st) {
           {"plateau_bad_epochs", std::to_string(st.plateau.bad_epochs)},
           {"best_val_dice", fmt(st.best_dice, 17)},
           {"best_epoch", std::to_string(st.best_epoch)},
-          {"epochs_since_best", std::to_string(st.epochs_since_best)}};
+          {"epochs_since_best", std::to_string(st.epochs_since_best)},
+          {"finished", st.finished ? "1" : "0"}};
 }
 
 RunState state_from_metadata(const Metadata& m, const std::string& path) {
@@ -112,6 +114,8 @@ RunState state_from_metadata(const Metadata& m, const std::string& path) {
   s.best_dice = num("best_val_dice");
   s.best_epoch = int(integer("best_epoch"));
   s.epochs_since_best = int(integer("epochs_since_best"));
+  for (auto& [key, v] : m)
+    if (key == "finished") s.finished = v == "1";
   return s;
 }
 
@@ -178,7 +182,8 @@ void check_resume_compatible(const TrainOptions& o, const std::string& config_pa
   std::string diffs;
   for (const char* k : {"data", "split_dir", "filters", "size", "batch", "optimizer", "loss", "seed", "shuffle",
                         "val_fraction", "test_fraction", "augment", "augment_set", "schedule", "warmup", "lr",
-                        "epochs", "momentum", "weight_decay", "clip_grad"}) {
+                        "epochs", "momentum", "weight_decay", "clip_grad", "plateau_factor", "plateau_patience",
+                        "min_lr", "early_stop"}) {
     const json::Value* a = saved.find(k);
     if (!a) continue;
     if (json::dump(*a) != json::dump(now[k])) diffs += std::string("\n  ") + k + ": run has " + json::dump(*a) +
@@ -187,6 +192,29 @@ void check_resume_compatible(const TrainOptions& o, const std::string& config_pa
   if (!diffs.empty())
     fail("--resume: the settings differ from the run in ", config_path, " (start a new --out, or use the same flags):",
          diffs);
+}
+
+// The conv weight gradient sums per-thread partials, so bit-exact continuation needs the same
+// thread count; a different one only changes the last bits, so it is a warning.
+void warn_if_threads_differ(const std::string& config_path, std::ostream& log) {
+  json::Value saved = json::parse(read_file(config_path), config_path);
+  const json::Value* b = saved.find("build");
+  const json::Value* t = b ? b->find("cpu_threads") : nullptr;
+  if (t && t->is_int() && t->as_int() != cpu::num_threads())
+    log << "warning: the run used " << t->as_int() << " CPU threads and this process has " << cpu::num_threads()
+        << " (RESUNETPP_THREADS): the continued losses may differ from an uninterrupted run in the last bits\n";
+}
+
+// checkpoint_last's metadata is not covered by the data checksum: check that the position it
+// names is one this run can be at.
+void check_run_position(const RunState& st, int epochs, int64_t steps_per_epoch, const std::string& path) {
+  const bool ok = st.next_epoch >= 1 && st.next_epoch <= epochs + 1 && st.next_step_in_epoch >= 0 &&
+                  st.next_step_in_epoch <= steps_per_epoch && st.epoch_steps == st.next_step_in_epoch &&
+                  st.step == int64_t(st.next_epoch - 1) * steps_per_epoch + st.next_step_in_epoch;
+  if (!ok)
+    fail(path, ": the run position in its metadata (epoch ", st.next_epoch, ", step ", st.next_step_in_epoch,
+         " of ", steps_per_epoch, ", global step ", st.step, ") does not fit this run (", epochs, " epochs of ",
+         steps_per_epoch, " steps); the file is damaged or from another run");
 }
 
 std::string csv_of(const std::vector<EpochRecord>& rs) {
@@ -351,6 +379,10 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
   if (o.early_stop < 0) fail("--early-stop must not be negative, got ", o.early_stop);
   if (o.resume && o.out_dir.empty()) fail("--resume needs --out (the run folder to continue)");
   if (o.resume && !o.weights.empty()) fail("--resume and --weights exclude each other");
+  if (!o.resume && !o.overwrite && !o.out_dir.empty() &&
+      (file_exists(o.out_dir + "/config.json") || file_exists(o.out_dir + "/checkpoint_last.safetensors")))
+    fail("--out ", o.out_dir, " already holds a training run: continue it with --resume, replace it with --overwrite, "
+         "or choose another --out");
   AugmentConfig aug = augment_preset(o.augment);
   if (!o.augment_set.empty()) apply_augment_overrides(aug, o.augment_set);
   validate_augment(aug);
@@ -362,6 +394,16 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
   if (!o.split_dir.empty()) {
     train_s = read_split_file(o.split_dir + "/train.txt", all);
     val_s = read_split_file(o.split_dir + "/val.txt", all);
+    std::vector<std::string> both;
+    for (const Sample& v : val_s)
+      for (const Sample& t : train_s)
+        if (t.stem == v.stem) both.push_back(v.stem);
+    if (!both.empty()) {
+      std::string list;
+      for (size_t i = 0; i < both.size() && i < 5; ++i) list += (i ? ", " : "") + both[i];
+      fail(o.split_dir, ": ", both.size(), " image(s) are in both train.txt and val.txt (", list,
+           both.size() > 5 ? ", ..." : "", "); validation data must not be trained on");
+    }
   } else {
     SplitFractions fr;
     fr.val = o.val_fraction;
@@ -402,7 +444,18 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
     check_resume_compatible(o, o.out_dir + "/config.json");
     Metadata meta = load_checkpoint(last_path, mg.graph, store, /*optimizer=*/true);
     st = state_from_metadata(meta, last_path);
+    check_run_position(st, o.epochs, steps_per_epoch, last_path);
+    warn_if_threads_differ(o.out_dir + "/config.json", log);
     res.epochs = records_from_jsonl(o.out_dir + "/log.jsonl", st.next_epoch);
+    if (st.finished) {
+      res.best_dice = std::max(0.0, st.best_dice);
+      res.best_epoch = st.best_epoch;
+      res.steps = st.step;
+      log << "the run in " << o.out_dir << " has already finished (" << res.epochs.size()
+          << " epochs, best validation Dice " << fmt(res.best_dice, 4) << " at epoch " << st.best_epoch
+          << "); nothing to do\n";
+      return res;
+    }
     log << "resuming " << o.out_dir << " at epoch " << st.next_epoch << ", step " << st.step << "\n";
   } else if (!o.weights.empty()) {
     load_checkpoint(o.weights, mg.graph, store, /*optimizer=*/false);
@@ -488,7 +541,7 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
       const double grad_norm = exec->last_grad_norm();
       if (!std::isfinite(loss) || !std::isfinite(grad_norm))
         fail("training diverged: the loss is ", loss, " (gradient norm ", grad_norm, ") at step ",
-             st.step + 1, " of epoch ", epoch, "; try a lower --lr or --clip-grad",
+             st.step + 1, " (step ", s + 1, " of epoch ", epoch, "); try a lower --lr or --clip-grad",
              o.out_dir.empty() ? std::string() : "; the last good checkpoint is " + last_path + " (--resume)");
       st.mu_product = mu_product;
       ++st.step;
@@ -501,7 +554,11 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
     }
     loader_busy += loader.busy_seconds();
     loader_images += loader.images_done();
-    if (s < steps_per_epoch) {  // stopped inside the epoch: remember where
+    if (s == steps_per_epoch && o.stop && o.stop->load()) {  // interrupted after the epoch's last step
+      stop = true;
+      res.interrupted = true;
+    }
+    if (s < steps_per_epoch || res.interrupted) {  // stopped inside the epoch: remember where
       st.next_epoch = epoch;
       st.next_step_in_epoch = s;
       save_last();
@@ -511,6 +568,10 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
     exec->download_params();     // the trained parameters and BN statistics into the store,
     evaluator.upload_params();   // and from there into the evaluator (both no-ops on the CPU)
     EvalResult ev = evaluator.evaluate(val_ds, o.loss);
+    if (!std::isfinite(ev.loss))
+      fail("training diverged: the validation loss after epoch ", epoch, " is ", ev.loss,
+           "; nothing of this epoch was saved", o.out_dir.empty() || !file_exists(last_path) ? std::string()
+           : "; the last good checkpoint is " + last_path + " (--resume)", "; try a lower --lr or --clip-grad");
     EpochRecord r;
     r.epoch = epoch;
     r.step = st.step;
@@ -551,9 +612,11 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
       stop = true;
     }
     if (o.max_steps > 0 && st.step >= o.max_steps) stop = true;
+    st.finished = res.early_stopped || epoch == o.epochs;
     if (!o.out_dir.empty()) {
-      save_last();
-      if (r.best)  // the store is current: save_last downloaded it
+      // checkpoint_last goes last: it marks the epoch as done, so everything else of the epoch
+      // must be on disk first (a crash in between replays the epoch, which is deterministic).
+      if (r.best)  // the store is current: downloaded before validation
         save_checkpoint(o.out_dir + "/checkpoint_best.safetensors", mg.graph, store, false, run_metadata(o, st));
       write_file_atomic(o.out_dir + "/log.csv", csv_of(res.epochs));
       std::string jsonl;
@@ -566,6 +629,7 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
         vd.push_back(e.val_dice);
       }
       save_training_curves(o.out_dir + "/curves.png", tl, vl, vd);
+      save_last();
     }
   }
   res.steps = st.step;

@@ -57,6 +57,7 @@ struct TrainOptions {
   bool allow_tf32 = false;    // CUDA: TF32 tensor-core convolutions (faster, ~1e-3 relative)
   std::string weights;   // start from this checkpoint's model tensors (ours or PyTorch's)
   bool resume = false;   // continue the run in out_dir from checkpoint_last.safetensors
+  bool overwrite = false;  // allow out_dir to hold an earlier run, which is replaced
   // Set asynchronously (Ctrl-C): the current step finishes, checkpoint_last is written, and
   // train_model returns with interrupted = true.
   const std::atomic<bool>* stop = nullptr;

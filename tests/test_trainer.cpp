@@ -151,6 +151,7 @@ TEST_F(TrainerTest, DivergenceStopsAndKeepsTheLastGoodCheckpoint) {
   bad.optimizer = OptimizerKind::SGD;
   bad.weights = o.out_dir + "/checkpoint_last.safetensors";
   bad.out_dir = o.out_dir;
+  bad.overwrite = true;
   try {
     train_model(bad, l);
     FAIL() << "expected divergence to be reported";
@@ -275,4 +276,123 @@ TEST_F(TrainerTest, LoaderIsDeterministicWithAugmentation) {
   gather_batch(ds, order.data(), 4, ref_img.data(), ref_msk.data());
   EXPECT_EQ(a_img, ref_img);
   EXPECT_EQ(a_msk, ref_msk);
+}
+
+TEST_F(TrainerTest, AnExistingRunIsNotOverwrittenByAccident) {
+  TrainOptions o = base();
+  o.out_dir = run_dir("exists");
+  o.epochs = 1;
+  std::ostringstream l;
+  train_model(o, l);
+  const std::string before = read_file(o.out_dir + "/checkpoint_last.safetensors");
+  try {
+    train_model(o, l);
+    FAIL() << "expected a refusal";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--overwrite"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(read_file(o.out_dir + "/checkpoint_last.safetensors"), before);
+  o.overwrite = true;
+  EXPECT_NO_THROW(train_model(o, l));
+}
+
+TEST_F(TrainerTest, ResumingAFinishedOrEarlyStoppedRunDoesNothing) {
+  for (bool early : {false, true}) {
+    TrainOptions o = base();
+    o.out_dir = run_dir(early ? "early_done" : "done");
+    o.epochs = early ? 20 : 2;
+    if (early) {
+      o.early_stop = 1;
+      o.lr = 1e-9;
+      o.augment = "none";
+    }
+    std::ostringstream l;
+    TrainResult first = train_model(o, l);
+    if (early) {
+      ASSERT_TRUE(first.early_stopped);
+    }
+    const std::string ckpt = read_file(o.out_dir + "/checkpoint_last.safetensors");
+    const std::string log = read_file(o.out_dir + "/log.csv");
+    o.resume = true;
+    std::ostringstream l2;
+    TrainResult again = train_model(o, l2);
+    EXPECT_TRUE(again.step_losses.empty()) << l2.str();
+    EXPECT_NE(l2.str().find("already finished"), std::string::npos) << l2.str();
+    EXPECT_EQ(read_file(o.out_dir + "/checkpoint_last.safetensors"), ckpt);
+    EXPECT_EQ(read_file(o.out_dir + "/log.csv"), log);
+    EXPECT_EQ(again.epochs.size(), first.epochs.size());
+  }
+}
+
+TEST_F(TrainerTest, DamagedRunPositionIsRefused) {
+  TrainOptions o = base();
+  o.out_dir = run_dir("damaged");
+  o.max_steps = 3;
+  std::ostringstream l;
+  train_model(o, l);
+  const std::string path = o.out_dir + "/checkpoint_last.safetensors";
+  StFile f = read_safetensors(path);
+  std::vector<StTensorView> views;
+  for (const StTensor& t : f.tensors) views.push_back({t.name, t.dtype, t.shape, t.bytes.data()});
+  auto meta = f.metadata;
+  for (auto& [k, v] : meta)
+    if (k == "next_step_in_epoch") v = "-100000000";
+  write_safetensors(path, views, meta);
+  o.max_steps = 0;
+  o.resume = true;
+  try {
+    train_model(o, l);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("does not fit this run"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(TrainerTest, StopAfterTheLastStepOfAnEpochResumesExactly) {
+  TrainOptions o = base();
+  o.out_dir = run_dir("edge_straight");
+  o.epochs = 2;
+  std::ostringstream l;
+  TrainResult straight = train_model(o, l);
+  TrainOptions a = o;
+  a.out_dir = run_dir("edge_split");
+  std::atomic<bool> stop{false};
+  a.stop = &stop;
+  int calls = 0;
+  TrainResult first = train_model(a, l, [&](int, int64_t s, int64_t per, double, double) {
+    if (++calls == 6) {
+      EXPECT_EQ(s, per);  // the epoch's last step
+      stop = true;
+    }
+  });
+  EXPECT_TRUE(first.interrupted);
+  EXPECT_TRUE(first.epochs.empty());  // stopped before validating epoch 1
+  TrainOptions b = o;
+  b.out_dir = a.out_dir;
+  b.resume = true;
+  TrainResult second = train_model(b, l);
+  std::vector<double> joined = first.step_losses;
+  joined.insert(joined.end(), second.step_losses.begin(), second.step_losses.end());
+  EXPECT_EQ(joined, straight.step_losses);
+  ASSERT_EQ(second.epochs.size(), 2u);
+  EXPECT_EQ(second.epochs[0].val_dice, straight.epochs[0].val_dice);
+  EXPECT_EQ(second.epochs[0].train_loss, straight.epochs[0].train_loss);
+}
+
+TEST_F(TrainerTest, SplitFilesThatOverlapAreRefused) {
+  const std::string splits = run_dir("splits");
+  make_dirs(splits);
+  std::vector<Sample> all = scan_dataset(data_);
+  write_split_file(splits + "/train.txt", std::vector<Sample>(all.begin(), all.begin() + 20));
+  write_split_file(splits + "/val.txt", std::vector<Sample>(all.begin() + 18, all.end()));
+  TrainOptions o = base();
+  o.split_dir = splits;
+  std::ostringstream l;
+  try {
+    train_model(o, l);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("in both train.txt and val.txt"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(all[18].stem), std::string::npos) << e.what();
+  }
 }

@@ -24,7 +24,7 @@ echo "== synthetic dataset: $count images at ${size}x${size} in $data =="
 
 echo "== train (cpu) =="
 ./build/resunetpp train --data "$data" --out "$out" --size "$size" --batch 8 --epochs "$epochs" \
-  --lr 2e-3 --schedule cosine --seed 1 --device cpu
+  --lr 2e-3 --schedule cosine --seed 1 --device cpu --overwrite
 
 echo "== evaluate the best checkpoint on the test split =="
 ./build/resunetpp eval --checkpoint "$out/checkpoint_best.safetensors" --data "$data" --split test \

@@ -67,6 +67,7 @@ int cmd_train(int argc, char** argv) {
   f.add("filters", &filters, "channel counts of stem, encoders and bridge", "LIST");
   f.add("weights", &o.weights, "start from this checkpoint's weights (resunetpp or PyTorch safetensors)", "FILE");
   f.add("resume", &o.resume, "continue the run in --out from its checkpoint_last");
+  f.add("overwrite", &o.overwrite, "replace an earlier run in --out (without it, an existing run is refused)");
   f.add("device", &o.device,
         "cpu, cuda or cuda:N (cuda needs a build with CUDA and cuDNN; new, not yet verified on a GPU)", "DEV");
   f.add("precision", &o.precision, "fp32 (bf16 comes later)", "NAME");
