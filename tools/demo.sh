@@ -2,7 +2,7 @@
 # tools/demo.sh — the README's main job: build resunetpp, write a synthetic polyp dataset, train
 # ResUNet++ on it and evaluate the best checkpoint on the held-out test split.
 # Installs what the build needs if it is missing (tools/install_deps.sh).
-# The CUDA backend is not built yet, so training runs on the CPU (all cores).
+# The CUDA backend has not been verified on a GPU yet, so the demo trains on the CPU (all cores).
 # Environment overrides: DEMO_SIZE (48), DEMO_COUNT (600), DEMO_EPOCHS (16), DEMO_OUT (runs/demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
