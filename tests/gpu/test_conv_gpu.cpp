@@ -49,132 +49,19 @@
 #include "runtime/error.h"
 #include "runtime/rng.h"
 
+#include "gpu_test_util.h"
+
 namespace cpu = rpp::cpu;
 namespace gpu = rpp::cuda;
 
 namespace {
 
-#define REQUIRE_GPU() \
-  if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device present"
-
-using Floats = std::vector<float>;
+using namespace rpp::gputest;
 
 constexpr double kFp32Rtol = 1e-4;  // fp32, TF32 off: summation order differs from the CPU's
 constexpr double kTf32Rtol = 1e-2;  // TF32 tensor cores: 10-bit mantissa products
 constexpr size_t kWsLimit = size_t(256) << 20;       // heuristic choice: cuDNN workspace cap
 constexpr size_t kFindWsBytes = size_t(64) << 20;    // cudnnFind*Ex: the workspace it may use
-
-void cuda_check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-#define CU(call) cuda_check((call), #call)
-
-// ---- data ----
-
-uint64_t next_seed() {
-  static const uint64_t base = [] {
-    const char* s = std::getenv("RPP_GPU_TEST_SEED");
-    return s ? std::strtoull(s, nullptr, 10) : uint64_t(20250704);
-  }();
-  static uint64_t k = 0;
-  return base * 0x9E3779B97F4A7C15ull + ++k;
-}
-
-Floats normal(size_t n, float sd = 1.f) {
-  rpp::Rng rng(next_seed());
-  Floats v(n);
-  for (float& x : v) x = sd * rng.normal();
-  return v;
-}
-
-Floats uniform(size_t n, float lo, float hi) {
-  rpp::Rng rng(next_seed());
-  Floats v(n);
-  for (float& x : v) x = rng.uniform(lo, hi);
-  return v;
-}
-
-// Integers in [-k, k].
-Floats ints(size_t n, int k) {
-  rpp::Rng rng(next_seed());
-  Floats v(n);
-  for (float& x : v) x = float(int(rng.below(uint32_t(2 * k + 1))) - k);
-  return v;
-}
-
-// ---- device buffers: guard bytes around each, NaN poison ----
-
-constexpr size_t kGuard = 512;  // keeps the 256-byte alignment of cudaMalloc
-constexpr unsigned char kGuardFill = 0x5C;
-
-class DevBuf {
- public:
-  explicit DevBuf(size_t bytes) : bytes_(bytes) {
-    CU(cudaMalloc(&base_, bytes_ + 2 * kGuard));
-    CU(cudaMemset(base_, kGuardFill, bytes_ + 2 * kGuard));
-    poison();
-  }
-  ~DevBuf() { cudaFree(base_); }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-
-  void* data() const { return static_cast<unsigned char*>(base_) + kGuard; }
-  size_t bytes() const { return bytes_; }
-  // NaN as float and double. cudaMemset and pageable cudaMemcpy run on the legacy default
-  // stream, which does not order with the tests' non-blocking streams: wait for them.
-  void poison() {
-    CU(cudaMemset(data(), 0xFF, bytes_));
-    CU(cudaDeviceSynchronize());
-  }
-  std::string guard_damage() const {
-    std::vector<unsigned char> lo(kGuard), hi(kGuard);
-    CU(cudaMemcpy(lo.data(), base_, kGuard, cudaMemcpyDeviceToHost));
-    CU(cudaMemcpy(hi.data(), static_cast<unsigned char*>(data()) + bytes_, kGuard,
-                  cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < kGuard; ++i) {
-      if (lo[i] != kGuardFill) return "overwritten " + std::to_string(kGuard - i) + " bytes before";
-      if (hi[i] != kGuardFill) return "overwritten " + std::to_string(i) + " bytes past the end";
-    }
-    return "";
-  }
-
- private:
-  void* base_ = nullptr;
-  size_t bytes_;
-};
-
-class DevFloats : public DevBuf {
- public:
-  explicit DevFloats(size_t n) : DevBuf(std::max<size_t>(n, 1) * sizeof(float)), n_(n) {}
-  explicit DevFloats(const Floats& h) : DevFloats(h.size()) { set(h); }
-  float* p() const { return static_cast<float*>(data()); }
-  void set(const Floats& h) {
-    if (h.size() != n_) throw std::runtime_error("DevFloats::set: size mismatch");
-    CU(cudaMemcpy(data(), h.data(), n_ * sizeof(float), cudaMemcpyHostToDevice));
-    CU(cudaDeviceSynchronize());
-  }
-  Floats get() const {
-    Floats h(n_);
-    CU(cudaMemcpy(h.data(), data(), n_ * sizeof(float), cudaMemcpyDeviceToHost));
-    return h;
-  }
-
- private:
-  size_t n_;
-};
-
-class Stream {
- public:
-  Stream() { CU(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
-  ~Stream() { cudaStreamDestroy(s_); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  operator cudaStream_t() const { return s_; }
-  void sync() const { CU(cudaStreamSynchronize(s_)); }
-
- private:
-  cudaStream_t s_ = nullptr;
-};
 
 // A cuDNN handle bound to a stream.
 class Handle {
@@ -191,14 +78,6 @@ class Handle {
  private:
   cudnnHandle_t h_ = nullptr;
 };
-
-void expect_guards(std::initializer_list<const DevBuf*> bufs) {
-  int k = 0;
-  for (const DevBuf* b : bufs) {
-    EXPECT_EQ("", b->guard_damage()) << "device buffer #" << k;
-    ++k;
-  }
-}
 
 // ---- comparisons ----
 
@@ -230,33 +109,6 @@ void expect_guards(std::initializer_list<const DevBuf*> bufs) {
   return ::testing::AssertionFailure() << bad << " of " << ref.size() << " values off (rtol "
                                        << rtol << ", rms " << rms << ", worst/limit " << worst
                                        << ")" << msg.str();
-}
-
-bool same_bits(const Floats& a, const Floats& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
-}
-
-// Poisons `outs` (and resets), launches, waits; twice. Returns the first run's outputs and
-// requires the second run to repeat them bit for bit.
-std::vector<Floats> run_twice(const Stream& stream, std::initializer_list<DevFloats*> outs,
-                              const std::function<void()>& reset,
-                              const std::function<void()>& launch) {
-  std::vector<Floats> first;
-  for (int run = 0; run < 2; ++run) {
-    for (DevFloats* o : outs) o->poison();
-    if (reset) reset();
-    launch();
-    stream.sync();
-    std::vector<Floats> got;
-    for (DevFloats* o : outs) got.push_back(o->get());
-    if (run == 0) {
-      first = std::move(got);
-    } else {
-      for (size_t k = 0; k < got.size(); ++k)
-        EXPECT_TRUE(same_bits(first[k], got[k])) << "output #" << k << " differs between runs";
-    }
-  }
-  return first;
 }
 
 // ---- shapes ----
@@ -369,7 +221,8 @@ ConvData make_data(const cpu::Conv2dShape& s, bool integers) {
   const size_t nx = size_t(s.n) * s.h * s.w * s.cin;
   const size_t ny = size_t(s.n) * s.ho() * s.wo() * s.cout;
   const size_t nw = size_t(s.kh) * s.kw * s.cin * s.cout;
-  if (integers) return {ints(nx, 2), ints(nw, 2), ints(size_t(s.cout), 3), ints(ny, 2)};
+  if (integers)
+    return {small_ints(nx, 2), small_ints(nw, 2), small_ints(size_t(s.cout), 3), small_ints(ny, 2)};
   const float bound = 1.f / std::sqrt(float(s.kh * s.kw * s.cin));  // PyTorch's init range
   return {normal(nx), uniform(nw, -bound, bound), uniform(size_t(s.cout), -bound, bound),
           normal(ny)};

@@ -54,6 +54,8 @@
 
 #if defined(RESUNETPP_HAVE_CUDNN)
 #include <cuda_runtime_api.h>
+
+#include "gpu_test_util.h"
 #endif
 
 using namespace rpp;
@@ -98,10 +100,7 @@ TEST(GpuExecutorHost, CudaRefusedClearlyWithoutADeviceOrBackend) {
 
 namespace {
 
-#define REQUIRE_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device present"
-
-using Floats = std::vector<float>;
+using gputest::Floats;
 
 // ---- comparisons ----
 

@@ -39,15 +39,14 @@
 #include "runtime/error.h"
 #include "runtime/rng.h"
 
+#include "gpu_test_util.h"
+
 namespace cpu = rpp::cpu;
 namespace gpu = rpp::cuda;
 
 namespace {
 
-#define REQUIRE_GPU() \
-  if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device present"
-
-using Floats = std::vector<float>;
+using namespace rpp::gputest;
 
 size_t sz(int64_t v) { return static_cast<size_t>(v); }
 
@@ -55,152 +54,18 @@ constexpr double kExact = 0;     // same bits
 constexpr double kElem = 1e-6;   // libm differences, dot products rounded from double
 constexpr double kReduce = 1e-5; // reductions, per-element math in float vs the CPU's double
 
-void cuda_check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-#define CU(call) cuda_check((call), #call)
-
-// ---- Seeds and data ----
-
-uint64_t base_seed() {
-  static const uint64_t b = [] {
-    const char* s = std::getenv("RPP_GPU_TEST_SEED");
-    return s ? std::strtoull(s, nullptr, 10) : uint64_t(20250611);
-  }();
-  return b;
-}
-
-uint64_t fresh_seed() {
-  static uint64_t counter = 0;
-  return base_seed() * 1000003ull + ++counter;
-}
-
-Floats normal(size_t n, float mean = 0.f, float sd = 1.f) {
-  rpp::Rng rng(fresh_seed());
-  Floats v(n);
-  for (float& x : v) x = mean + sd * rng.normal();
-  return v;
-}
-
-Floats uniform(size_t n, float lo, float hi) {
-  rpp::Rng rng(fresh_seed());
-  Floats v(n);
-  for (float& x : v) x = rng.uniform(lo, hi);
-  return v;
-}
-
-// Values in {-k, ..., k}: many exact ties (max pool's first-maximum rule).
-Floats small_ints(size_t n, int k) {
-  rpp::Rng rng(fresh_seed());
-  Floats v(n);
-  for (float& x : v) x = float(int(rng.below(uint32_t(2 * k + 1))) - k);
-  return v;
-}
-
 // Binary targets, one with probability p.
 Floats targets(size_t n, float p = 0.3f) {
-  rpp::Rng rng(fresh_seed());
+  rpp::Rng rng(next_seed());
   Floats v(n);
   for (float& x : v) x = rng.uniform() < p ? 1.f : 0.f;
   return v;
 }
 
-// ---- Device buffers with guard bytes ----
-
-constexpr size_t kGuardBytes = 512;       // before and after every buffer (keeps 256-byte alignment)
-constexpr unsigned char kGuardByte = 0xA7;
-
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
-    CU(cudaMalloc(&base_, bytes_ + 2 * kGuardBytes));
-    CU(cudaMemset(base_, kGuardByte, bytes_ + 2 * kGuardBytes));
-  }
-  ~DeviceBuffer() { cudaFree(base_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-  void* data() const { return static_cast<unsigned char*>(base_) + kGuardBytes; }
-  size_t bytes() const { return bytes_; }
-  // All bits set: NaN as a float and as a double.
-  void poison() { CU(cudaMemset(data(), 0xFF, bytes_)); }
-  void upload(const void* src, size_t bytes) {
-    if (bytes) CU(cudaMemcpy(data(), src, bytes, cudaMemcpyHostToDevice));
-  }
-  void download(void* dst, size_t bytes) const {
-    if (bytes) CU(cudaMemcpy(dst, data(), bytes, cudaMemcpyDeviceToHost));
-  }
-  // Empty when both guard regions still hold the pattern, else where they were overwritten.
-  std::string guard_damage() const {
-    std::vector<unsigned char> before(kGuardBytes), after(kGuardBytes);
-    CU(cudaMemcpy(before.data(), base_, kGuardBytes, cudaMemcpyDeviceToHost));
-    CU(cudaMemcpy(after.data(), static_cast<unsigned char*>(data()) + bytes_, kGuardBytes,
-                  cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < kGuardBytes; ++i) {
-      if (before[i] != kGuardByte)
-        return "written " + std::to_string(kGuardBytes - i) + " bytes before the buffer";
-      if (after[i] != kGuardByte) return "written " + std::to_string(i) + " bytes past the end";
-    }
-    return "";
-  }
-
- private:
-  void* base_ = nullptr;
-  size_t bytes_;
-};
-
-class DevFloats : public DeviceBuffer {
- public:
-  explicit DevFloats(size_t n) : DeviceBuffer(n * sizeof(float)), n_(n) { poison(); }
-  explicit DevFloats(const Floats& h) : DevFloats(h.size()) { set(h); }
-  float* p() const { return static_cast<float*>(data()); }
-  size_t size() const { return n_; }
-  void set(const Floats& h) {
-    if (h.size() != n_) throw std::runtime_error("DevFloats::set: size mismatch");
-    upload(h.data(), n_ * sizeof(float));
-  }
-  Floats get() const {
-    Floats h(n_);
-    download(h.data(), n_ * sizeof(float));
-    return h;
-  }
-
- private:
-  size_t n_;
-};
-
-// A workspace of the size a launcher asked for, poisoned so that nothing can rely on zeros.
-class Workspace : public DeviceBuffer {
- public:
-  explicit Workspace(size_t bytes) : DeviceBuffer(bytes) { poison(); }
-};
-
-class Stream {
- public:
-  Stream() { CU(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
-  ~Stream() { cudaStreamDestroy(s_); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  operator cudaStream_t() const { return s_; }
-  void sync() const { CU(cudaStreamSynchronize(s_)); }
-
- private:
-  cudaStream_t s_ = nullptr;
-};
-
-void expect_guards(std::initializer_list<const DeviceBuffer*> bufs) {
-  int k = 0;
-  for (const DeviceBuffer* b : bufs) {
-    EXPECT_EQ("", b->guard_damage()) << "buffer #" << k << " of the checked list";
-    ++k;
-  }
-}
+// Workspaces: DevBuf poisons on creation, so nothing can rely on zeros.
+using Workspace = DevBuf;
 
 // ---- Comparisons ----
-
-bool same_bits(const Floats& a, const Floats& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
-}
 
 // Every got[i] within rtol * (|ref[i]| + rms(ref)) of ref[i] (rtol 0: the same bits). A NaN or
 // infinity where the reference is finite always fails.
@@ -244,30 +109,6 @@ bool same_bits(const Floats& a, const Floats& b) {
     return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << std::setprecision(17) << "got " << got << ", want " << ref
                                        << " (rtol " << rtol << ")";
-}
-
-// Runs `launch` twice on fresh poison (reset, if given, then restores inputs that the op updates
-// in place) and returns the outputs of the first run; the second run must give the same bits.
-std::vector<Floats> run_twice(const Stream& stream, std::initializer_list<DevFloats*> outs,
-                              const std::function<void()>& reset,
-                              const std::function<void()>& launch) {
-  std::vector<Floats> first;
-  for (int run = 0; run < 2; ++run) {
-    for (DevFloats* o : outs) o->poison();
-    if (reset) reset();
-    launch();
-    stream.sync();
-    std::vector<Floats> got;
-    for (DevFloats* o : outs) got.push_back(o->get());
-    if (run == 0) {
-      first = std::move(got);
-    } else {
-      for (size_t k = 0; k < got.size(); ++k)
-        EXPECT_TRUE(same_bits(first[k], got[k]))
-            << "output #" << k << " differs between two identical runs";
-    }
-  }
-  return first;
 }
 
 // ---- ResUNet++ shapes ----
@@ -460,7 +301,7 @@ TEST(GpuBatchNorm, BackwardMatchesCpu) {
 TEST(GpuBatchNorm, CountBatchIncrementsOnDevice) {
   REQUIRE_GPU();
   Stream st;
-  DeviceBuffer counter(sizeof(int64_t));
+  DevBuf counter(sizeof(int64_t));
   const int64_t start = 41;
   counter.upload(&start, sizeof start);
   for (int i = 0; i < 3; ++i) gpu::batchnorm_count_batch(static_cast<int64_t*>(counter.data()), st);
@@ -872,7 +713,7 @@ TEST(GpuOptim, UpdatesMatchCpuOverThreeSteps) {
       // GPU trajectory, twice; the step struct lives on the device.
       Stream st;
       DevFloats dw(w0), dg(sz(n)), ds1(sz(n)), ds2(sz(n));
-      DeviceBuffer dstep(sizeof(gpu::OptimStepDevice));
+      DevBuf dstep(sizeof(gpu::OptimStepDevice));
       std::vector<Floats> first;
       for (int run = 0; run < 2; ++run) {
         dw.set(w0);
@@ -927,8 +768,8 @@ TEST(GpuOptim, SumSquaresClipFactorAndScale) {
   Stream st;
   std::vector<std::unique_ptr<DevFloats>> dev;
   for (const Floats& h : host) dev.push_back(std::make_unique<DevFloats>(h));
-  DeviceBuffer dsum(sizeof(double)), dnorm(sizeof(double)), dfactor(sizeof(double));
-  DeviceBuffer dstep(sizeof(gpu::OptimStepDevice));
+  DevBuf dsum(sizeof(double)), dnorm(sizeof(double)), dfactor(sizeof(double));
+  DevBuf dstep(sizeof(gpu::OptimStepDevice));
   size_t ws_bytes = 0;
   for (int64_t n : sizes) ws_bytes = std::max(ws_bytes, gpu::sum_squares_workspace_bytes(n));
   Workspace ws(ws_bytes);
@@ -1002,7 +843,7 @@ TEST(GpuOptim, CapturedGraphReplaysWithNewStepValues) {
   Stream st;
   DevFloats dw1(w1), dw2(w2), dg1(sz(n1)), dg2(sz(n2));
   DevFloats dm1(sz(n1)), dv1(sz(n1)), dm2(sz(n2)), dv2(sz(n2));
-  DeviceBuffer dstep(sizeof(gpu::OptimStepDevice)), dsum(sizeof(double)), dnorm(sizeof(double)),
+  DevBuf dstep(sizeof(gpu::OptimStepDevice)), dsum(sizeof(double)), dnorm(sizeof(double)),
       dfactor(sizeof(double));
   Workspace ws(std::max(gpu::sum_squares_workspace_bytes(n1), gpu::sum_squares_workspace_bytes(n2)));
   auto* step = static_cast<const gpu::OptimStepDevice*>(dstep.data());
