@@ -133,6 +133,14 @@ TEST(Cli, SynthTrainEvalEndToEnd) {
   EXPECT_GE(d, 0.0);
   EXPECT_LE(d, 1.0);
   EXPECT_GE(ev["images"].as_int(), 1);
+  // --device: cpu works; an unknown device is refused before anything is written.
+  r = run("eval --checkpoint " + run_dir + "/checkpoint_best.safetensors --data " + data + " --split test --device cpu");
+  EXPECT_EQ(r.code, 0) << r.out;
+  r = run("predict --checkpoint " + run_dir + "/checkpoint_best.safetensors --input " + data +
+          "/images --out " + run_dir + "/pred_tpu --device tpu");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(has(r.out, "device must be cpu, cuda or cuda:N, got 'tpu'")) << r.out;
+  EXPECT_FALSE(file_exists(run_dir + "/pred_tpu"));
   // A missing checkpoint is named.
   r = run("eval --checkpoint " + run_dir + "/nope.safetensors --data " + data);
   EXPECT_EQ(r.code, 1);

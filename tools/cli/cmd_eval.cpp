@@ -65,6 +65,8 @@ int cmd_eval(int argc, char** argv) {
   f.add("size", &size, "evaluation resolution, a multiple of 8 (0: the checkpoint's training size)");
   f.add("batch", &batch, "images per forward pass");
   f.add("tta", &tta, "average the probabilities of the image and its horizontal and vertical flips");
+  std::string device = "cpu";
+  f.add("device", &device, "cpu, cuda or cuda:N (cuda needs a build with CUDA and cuDNN; not yet verified on a GPU)", "DEV");
   f.add("native", &native, "metrics at each image's original size instead of the evaluation resolution");
   f.add("out", &out, "output folder (metrics.json, per_image.csv) or a .json file path", "DIR|FILE");
   f.require("checkpoint");
@@ -75,7 +77,7 @@ int cmd_eval(int argc, char** argv) {
   if (batch < 1) fail("--batch must be at least 1, got ", batch);
   if (size != 0 && (size < 8 || size % 8 != 0)) fail("--size must be a positive multiple of 8, got ", size);
 
-  Predictor pred(checkpoint, size, batch);
+  Predictor pred(checkpoint, size, batch, device);
   size = pred.size();
   // Output paths before the data, so that an unwritable --out fails before the long part.
   std::string json_path, csv_path;

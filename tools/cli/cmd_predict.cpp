@@ -37,6 +37,8 @@ int cmd_predict(int argc, char** argv) {
   f.add("size", &size, "model resolution, a multiple of 8 (0: the checkpoint's training size)");
   f.add("threshold", &threshold, "probability threshold of the masks and overlays");
   f.add("tta", &tta, "average the probabilities of the image and its horizontal and vertical flips");
+  std::string device = "cpu";
+  f.add("device", &device, "cpu, cuda or cuda:N (cuda needs a build with CUDA and cuDNN; not yet verified on a GPU)", "DEV");
   f.add("logits", &want_logits, "also write the logits as OUT/logits/STEM.npy");
   f.require("checkpoint");
   f.require("input");
@@ -65,7 +67,7 @@ int cmd_predict(int argc, char** argv) {
       fail("'", it->second, "' and '", p, "' share the stem '", stem, "', so their outputs would collide");
   }
 
-  Predictor pred(checkpoint, size, 1);  // before creating --out: a bad checkpoint leaves nothing behind
+  Predictor pred(checkpoint, size, 1, device);  // before creating --out: a bad checkpoint leaves nothing behind
   const std::string mask_dir = out + "/masks", overlay_dir = out + "/overlays", logit_dir = out + "/logits";
   try {
     make_dirs(mask_dir);
