@@ -46,18 +46,7 @@ CheckpointModel model_from_metadata(const Metadata& md, const std::string& label
   CheckpointModel m;
   const std::string fl = metadata_get(md, "filters");
   if (!fl.empty()) {
-    std::vector<int> v;
-    size_t b = 0;
-    for (;;) {
-      const size_t e = fl.find(',', b);
-      const long x = parse_positive(fl.substr(b, e == std::string::npos ? std::string::npos : e - b));
-      if (x < 0) fail(label, ": metadata 'filters' must be five comma-separated positive integers, got '", fl, "'");
-      v.push_back(int(x));
-      if (e == std::string::npos) break;
-      b = e + 1;
-    }
-    if (v.size() != 5) fail(label, ": metadata 'filters' must be five comma-separated positive integers, got '", fl, "'");
-    m.config.filters = v;
+    m.config.filters = parse_filters(fl, label + ": metadata 'filters'");
     m.filters_from_metadata = true;
   }
   const std::string sz = metadata_get(md, "size");

@@ -4,6 +4,7 @@
 #include "model/resunetpp.h"
 
 #include <cmath>
+#include <cstdlib>
 
 #include "runtime/rng.h"
 
@@ -37,6 +38,30 @@ ModelGraph build_resunetpp(const ModelConfig& cfg, int n, int h, int w, bool tra
     m.graph.tensor(m.logits).is_output = true;
   }
   return m;
+}
+
+std::vector<int> parse_filters(const std::string& text, const std::string& what) {
+  std::vector<int> v;
+  size_t b = 0;
+  for (;;) {
+    const size_t e = text.find(',', b);
+    const std::string item = text.substr(b, e == std::string::npos ? std::string::npos : e - b);
+    char* end = nullptr;
+    const long x = std::strtol(item.c_str(), &end, 10);
+    if (item.empty() || *end || x <= 0 || x > 65536)
+      fail(what, " must be five comma-separated positive integers, got '", text, "'");
+    v.push_back(int(x));
+    if (e == std::string::npos) break;
+    b = e + 1;
+  }
+  if (v.size() != 5) fail(what, " must be five comma-separated positive integers, got '", text, "'");
+  return v;
+}
+
+std::string filters_string(const std::vector<int>& filters) {
+  std::string s;
+  for (size_t i = 0; i < filters.size(); ++i) s += (i ? "," : "") + std::to_string(filters[i]);
+  return s;
 }
 
 int64_t count_params(const Graph& g) {

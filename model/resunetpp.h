@@ -119,6 +119,11 @@ ModelGraph build_resunetpp(const ModelConfig& cfg, int n, int h, int w, bool tra
 // conv biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)); BN weight 1, bias 0, running mean 0, var 1.
 void init_params(const Graph& g, ParamStore& store, uint64_t seed);
 
+// Filter counts as text, "16,32,64,128,256" (checkpoint metadata, --filters): exactly five
+// positive integers. `what` names the source in the error message.
+std::vector<int> parse_filters(const std::string& text, const std::string& what);
+std::string filters_string(const std::vector<int>& filters);
+
 // Number of trainable scalars in g.
 int64_t count_params(const Graph& g);
 

@@ -28,12 +28,6 @@ double now_seconds() {
   return duration<double>(steady_clock::now().time_since_epoch()).count();
 }
 
-std::string join_ints(const std::vector<int>& v) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
-  return s;
-}
-
 std::string fmt(double v, int prec = 6) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.*g", prec, v);
@@ -57,7 +51,7 @@ struct RunState {
 
 Metadata run_metadata(const TrainOptions& o, const RunState& st) {
   return {{"model", "resunetpp"},
-          {"filters", join_ints(o.model.filters)},
+          {"filters", filters_string(o.model.filters)},
           {"in_channels", std::to_string(o.model.in_channels)},
           {"size", std::to_string(o.size)},
           {"optimizer", optimizer_name(o.optimizer)},
@@ -124,7 +118,7 @@ json::Value options_json(const TrainOptions& o) {
   v.set("data", o.data_dir);
   v.set("split_dir", o.split_dir);
   v.set("out", o.out_dir);
-  v.set("filters", join_ints(o.model.filters));
+  v.set("filters", filters_string(o.model.filters));
   v.set("size", o.size);
   v.set("batch", o.batch);
   v.set("epochs", o.epochs);
@@ -176,8 +170,7 @@ json::Value build_json() {
 }
 
 // Settings that must match for --resume to continue the same run.
-void check_resume_compatible(const TrainOptions& o, const std::string& config_path) {
-  json::Value saved = json::parse(read_file(config_path), config_path);
+void check_resume_compatible(const TrainOptions& o, const json::Value& saved, const std::string& config_path) {
   const json::Value now = options_json(o);
   std::string diffs;
   for (const char* k : {"data", "split_dir", "filters", "size", "batch", "optimizer", "loss", "seed", "shuffle",
@@ -196,8 +189,7 @@ void check_resume_compatible(const TrainOptions& o, const std::string& config_pa
 
 // The conv weight gradient sums per-thread partials, so bit-exact continuation needs the same
 // thread count; a different one only changes the last bits, so it is a warning.
-void warn_if_threads_differ(const std::string& config_path, std::ostream& log) {
-  json::Value saved = json::parse(read_file(config_path), config_path);
+void warn_if_threads_differ(const json::Value& saved, std::ostream& log) {
   const json::Value* b = saved.find("build");
   const json::Value* t = b ? b->find("cpu_threads") : nullptr;
   if (t && t->is_int() && t->as_int() != cpu::num_threads())
@@ -284,26 +276,16 @@ template <class F>
 void Evaluator::for_batches(const LoadedDataset& ds, F&& f) {
   if (ds.size != size_) fail("evaluator built for ", size_, "x", size_, " images, dataset is ", ds.size);
   std::vector<int> idx(static_cast<size_t>(batch_));
-  std::vector<float> dummy_mask(static_cast<size_t>(batch_) * size_ * size_);
   for (int start = 0; start < ds.n; start += batch_) {
     const int count = std::min(batch_, ds.n - start);
     for (int i = 0; i < batch_; ++i) idx[size_t(i)] = start + (i < count ? i : 0);  // pad with a repeat
     float* images = exec_->input_buffer(mg_.image);
-    gather_batch(ds, idx.data(), batch_, images, dummy_mask.data());
+    gather_batch(ds, idx.data(), batch_, images, nullptr);
     exec_->set_input(mg_.image, images);
     exec_->run();
     exec_->read_output(mg_.logits, logits_.data());
     f(start, count, static_cast<const float*>(logits_.data()));
   }
-}
-
-std::vector<float> Evaluator::logits(const LoadedDataset& ds) {
-  const int64_t per = int64_t(size_) * size_;
-  std::vector<float> out(size_t(ds.n) * size_t(per));
-  for_batches(ds, [&](int start, int count, const float* lg) {
-    std::copy(lg, lg + count * per, out.begin() + start * per);
-  });
-  return out;
 }
 
 EvalResult Evaluator::evaluate(const LoadedDataset& ds, LossKind loss) {
@@ -441,11 +423,13 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
   TrainResult res;
   const std::string last_path = o.out_dir + "/checkpoint_last.safetensors";
   if (o.resume) {
-    check_resume_compatible(o, o.out_dir + "/config.json");
+    const std::string config_path = o.out_dir + "/config.json";
+    const json::Value saved_config = json::parse(read_file(config_path), config_path);
+    check_resume_compatible(o, saved_config, config_path);
     Metadata meta = load_checkpoint(last_path, mg.graph, store, /*optimizer=*/true);
     st = state_from_metadata(meta, last_path);
     check_run_position(st, o.epochs, steps_per_epoch, last_path);
-    warn_if_threads_differ(o.out_dir + "/config.json", log);
+    warn_if_threads_differ(saved_config, log);
     res.epochs = records_from_jsonl(o.out_dir + "/log.jsonl", st.next_epoch);
     if (st.finished) {
       res.best_dice = std::max(0.0, st.best_dice);

@@ -98,8 +98,6 @@ class Evaluator {
             const ExecOptions& options = ExecOptions());
   void upload_params() { exec_->upload_params(); }
   EvalResult evaluate(const LoadedDataset& ds, LossKind loss);
-  // Logits (n, size, size, 1) for ds's images.
-  std::vector<float> logits(const LoadedDataset& ds);
   const Graph& graph() const { return mg_.graph; }
 
  private:

@@ -25,7 +25,7 @@ int cmd_summary(int argc, char** argv) {
   f.add("filters", &filters, "channel counts of stem, encoders and bridge", "LIST");
   if (!f.parse(argc, argv, 2, std::cout)) return 0;
   ModelConfig cfg;
-  cfg.filters = parse_filters(filters);
+  cfg.filters = parse_filters(filters, "--filters");
   ModelGraph train = build_resunetpp(cfg, batch, size, size, true);
   ModelGraph infer = build_resunetpp(cfg, batch, size, size, false);
   const int64_t fwd_flops = infer.graph.forward_flops();

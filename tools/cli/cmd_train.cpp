@@ -79,7 +79,7 @@ int cmd_train(int argc, char** argv) {
   if (!f.parse(argc, argv, 2, std::cout)) return 0;
   o.shuffle = !no_shuffle;
   o.deterministic = !nondeterministic;
-  o.model.filters = parse_filters(filters);
+  o.model.filters = parse_filters(filters, "--filters");
   const std::map<std::string, OptimizerKind> opts = {{"sgd", OptimizerKind::SGD}, {"adam", OptimizerKind::Adam},
                                                      {"adamw", OptimizerKind::AdamW}, {"nadam", OptimizerKind::Nadam}};
   const std::map<std::string, LossKind> losses = {{"bce", LossKind::BCE}, {"dice", LossKind::Dice},

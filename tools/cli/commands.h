@@ -14,8 +14,6 @@ int cmd_eval(int argc, char** argv);
 int cmd_predict(int, char**);
 int cmd_check_data(int, char**);
 
-// "16,32,64,128,256" -> {16, 32, 64, 128, 256}; exactly five values.
-std::vector<int> parse_filters(const std::string& s);
 std::string mib(size_t bytes);         // "12.3 MiB"
 std::string thousands(int64_t v);      // "4,062,993"
 
