@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "runtime/fusion.h"
 #include "runtime/rng.h"
 
 namespace rpp {
@@ -37,6 +38,7 @@ ModelGraph build_resunetpp(const ModelConfig& cfg, int n, int h, int w, bool tra
   } else {
     m.graph.tensor(m.logits).is_output = true;
   }
+  if (cfg.fuse) fuse_bn_relu_conv(m.graph);
   return m;
 }
 

@@ -98,6 +98,9 @@ class ResUNetBlocks {
 struct ModelConfig {
   std::vector<int> filters{16, 32, 64, 128, 256};  // stem, encoder 1..3, bridge (ASPP)
   int in_channels = 3;
+  // Graph construction, not architecture (not stored in checkpoints): rewrite BN -> ReLU -> Conv
+  // chains into fused nodes (runtime/fusion.h). Same numbers on the CPU, less memory.
+  bool fuse = true;
 };
 
 struct ModelGraph {
@@ -110,7 +113,8 @@ struct ModelGraph {
 
 // Forward graph for a batch of n images of h x w (multiples of 8). A training graph uses batch
 // statistics in BatchNorm and ends in the loss; an inference graph uses running statistics and
-// marks the logits as output. Autodiff and the optimiser are appended by the caller.
+// marks the logits as output. With cfg.fuse the BN -> ReLU -> Conv chains are fused. Autodiff and
+// the optimiser are appended by the caller.
 ModelGraph build_resunetpp(const ModelConfig& cfg, int n, int h, int w, bool training,
                            LossKind loss = LossKind::BCEDice);
 

@@ -32,7 +32,7 @@ class Autodiff {
         g_.add_node(std::move(b));
         continue;
       }
-      if (n.op > OpKind::Loss || n.out.empty() || !has_grad(n.out[0])) continue;
+      if (!is_forward(n.op) || n.out.empty() || !has_grad(n.out[0])) continue;
       backward(n);
     }
     std::vector<int> grads;
@@ -120,6 +120,29 @@ class Autodiff {
         const int x = n.in[0], gamma = n.in[1], beta = n.in[2];
         emit(OpKind::BatchNormBwd, {x, dy, gamma, n.out[1], n.out[2]},
              {out_for(x), out_for(gamma), out_for(beta)}, n, 2 * n.flops, {x, gamma, beta});
+        break;
+      }
+      case OpKind::BnReluConv2d: {
+        RPP_CHECK(n.bn.training, "backward through an eval-mode batchnorm at ", n.name);
+        // in: x, gamma, beta, mean, invstd, w, b
+        const int x = n.in[0], gamma = n.in[1], beta = n.in[2], mean = n.in[3], invstd = n.in[4];
+        const int w = n.in[5], b = n.in[6];
+        if (needs(x) || needs(gamma) || needs(beta)) {
+          // d(bn output): conv dgrad with the ReLU mask, then the BN backward proper.
+          TensorInfo t;
+          t.name = "grad(" + n.name + ".bn_relu_in)";
+          t.shape = g_.tensor(x).shape;
+          t.kind = TensorKind::Gradient;
+          const int dbn = g_.add_tensor(std::move(t));
+          emit(OpKind::BnReluConv2dBwdData, {dy, w, x, gamma, beta, mean, invstd}, {dbn}, n,
+               n.flops, {});
+          emit(OpKind::BatchNormBwd, {x, dbn, gamma, mean, invstd},
+               {out_for(x), out_for(gamma), out_for(beta)}, n, 2 * 4 * numel(g_.tensor(x).shape),
+               {x, gamma, beta});
+        }
+        if (needs(w) || needs(b))
+          emit(OpKind::BnReluConv2dBwdFilter, {x, gamma, beta, mean, invstd, dy}, {out_for(w), out_for(b)},
+               n, n.flops, {w, b});
         break;
       }
       case OpKind::Relu:

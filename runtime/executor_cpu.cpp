@@ -14,12 +14,28 @@
 
 namespace rpp {
 
+namespace {
+// Floats of the staged BN-ReLU input of a fused node (its x, in[0]), rounded to 64 floats so the
+// conv workspace after it stays aligned.
+size_t bn_relu_staging_floats(const Graph& g, const Node& n) {
+  return (size_t(numel(g.tensor(n.in[0]).shape)) + 63) / 64 * 64;
+}
+}  // namespace
+
 size_t cpu_workspace_bytes(const Graph& g, const Node& n) {
   switch (n.op) {
     case OpKind::Conv2d: return cpu::conv2d_forward_workspace(n.conv.shape) * sizeof(float);
     case OpKind::Conv2dBwdData: return cpu::conv2d_backward_data_workspace(n.conv.shape) * sizeof(float);
     case OpKind::Conv2dBwdFilter: return cpu::conv2d_backward_filter_workspace(n.conv.shape) * sizeof(float);
     case OpKind::LossBwd: return size_t(numel(g.tensor(n.in[0]).shape)) * sizeof(float);  // Dice part of BCE + Dice
+    // The BN-ReLU input is materialised in the workspace, followed by the conv's own workspace.
+    case OpKind::BnReluConv2d:
+      return bn_relu_staging_floats(g, n) * sizeof(float) +
+             cpu::conv2d_forward_workspace(n.conv.shape) * sizeof(float);
+    case OpKind::BnReluConv2dBwdData: return cpu::conv2d_backward_data_workspace(n.conv.shape) * sizeof(float);
+    case OpKind::BnReluConv2dBwdFilter:
+      return bn_relu_staging_floats(g, n) * sizeof(float) +
+             cpu::conv2d_backward_filter_workspace(n.conv.shape) * sizeof(float);
     default: return 0;
   }
 }
@@ -110,6 +126,35 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
       } else {
         cpu::batchnorm_forward_eval(cnt, c, in(0), in(1), in(2), in(3), in(4), n.bn.eps, out(0));
       }
+      break;
+    }
+    case OpKind::BatchNormStats: {
+      const int c = int(sh(n.in[0]).back());
+      if (n.bn.training) {
+        cpu::batchnorm_stats_train(count(n.in[0]) / c, c, in(0), out(0), out(1), in(1), in(2), n.bn.momentum,
+                                   n.bn.eps);
+        if (n.in.size() > 3 && n.in[3] >= 0) ++*static_cast<int64_t*>(ptr_[size_t(n.in[3])]);
+      } else {
+        cpu::batchnorm_stats_eval(c, in(1), in(2), n.bn.eps, out(0), out(1));
+      }
+      break;
+    }
+    case OpKind::BnReluConv2d: {  // in: x, gamma, beta, mean, invstd, w, b
+      const int c = int(sh(n.in[0]).back());
+      cpu::batchnorm_apply(count(n.in[0]) / c, c, in(0), in(1), in(2), in(3), in(4), /*relu=*/true, ws);
+      cpu::conv2d_forward(n.conv.shape, ws, in(5), in(6), out(0), ws + bn_relu_staging_floats(g_, n));
+      break;
+    }
+    case OpKind::BnReluConv2dBwdData: {  // in: dz, w, x, gamma, beta, mean, invstd
+      const int c = int(sh(n.in[2]).back());
+      cpu::conv2d_backward_data(n.conv.shape, in(0), in(1), out(0), ws);
+      cpu::bn_relu_mask_inplace(count(n.in[2]) / c, c, in(2), in(3), in(4), in(5), in(6), out(0));
+      break;
+    }
+    case OpKind::BnReluConv2dBwdFilter: {  // in: x, gamma, beta, mean, invstd, dz
+      const int c = int(sh(n.in[0]).back());
+      cpu::batchnorm_apply(count(n.in[0]) / c, c, in(0), in(1), in(2), in(3), in(4), /*relu=*/true, ws);
+      cpu::conv2d_backward_filter(n.conv.shape, ws, in(5), out(0), out(1), ws + bn_relu_staging_floats(g_, n));
       break;
     }
     case OpKind::Relu: cpu::relu_forward(count(n.in[0]), in(0), out(0)); break;

@@ -69,7 +69,14 @@ ConvKey conv_key(const cpu::Conv2dShape& s) {
 }
 
 bool is_conv_op(OpKind k) {
-  return k == OpKind::Conv2d || k == OpKind::Conv2dBwdData || k == OpKind::Conv2dBwdFilter;
+  return k == OpKind::Conv2d || k == OpKind::Conv2dBwdData || k == OpKind::Conv2dBwdFilter ||
+         k == OpKind::BnReluConv2d || k == OpKind::BnReluConv2dBwdData || k == OpKind::BnReluConv2dBwdFilter;
+}
+
+// The fused BN-ReLU-conv nodes run as the cuDNN fallback composition: the BN-ReLU input is
+// staged in the first part of the workspace, the convolution's own workspace follows.
+size_t staging_bytes(const Graph& g, const Node& n) {
+  return (size_t(numel(g.tensor(n.in[0]).shape)) * sizeof(float) + 255) / 256 * 256;
 }
 
 bool env_on(const char* name) {
@@ -292,8 +299,13 @@ std::vector<char> cuda_ohwi_tensors(const Graph& g) {
   std::vector<char> ohwi(size_t(nt), 0);
   auto name = [&](int t) { return g.tensor(t).name; };
   for (const Node& n : g.nodes()) {
-    if (n.op != OpKind::Conv2d && n.op != OpKind::Conv2dBwdData) continue;
-    const int w = n.in.size() > 1 ? n.in[1] : -1;
+    int w = -1;
+    if (n.op == OpKind::Conv2d || n.op == OpKind::Conv2dBwdData || n.op == OpKind::BnReluConv2dBwdData)
+      w = n.in.size() > 1 ? n.in[1] : -1;
+    else if (n.op == OpKind::BnReluConv2d)
+      w = n.in.size() > 5 ? n.in[5] : -1;
+    else
+      continue;
     if (w < 0 || g.tensor(w).kind != TensorKind::Param)
       fail("CUDA executor: convolution ", n.name, " takes its weight from ",
            w < 0 ? std::string("nowhere") : "tensor " + name(w),
@@ -315,6 +327,15 @@ std::vector<char> cuda_ohwi_tensors(const Graph& g) {
       case OpKind::Conv2dBwdData:
         if (marked(n.in[0])) refuse(n.in[0]);
         break;
+      case OpKind::BnReluConv2d:  // x, gamma, beta, mean, invstd, w, b: only w is OHWI
+        for (size_t i = 0; i < n.in.size(); ++i)
+          if (i != 5 && marked(n.in[i])) refuse(n.in[i]);
+        break;
+      case OpKind::BnReluConv2dBwdData:  // dz, w, x, gamma, beta, mean, invstd: only w is OHWI
+        for (size_t i = 0; i < n.in.size(); ++i)
+          if (i != 1 && marked(n.in[i])) refuse(n.in[i]);
+        break;
+      case OpKind::BnReluConv2dBwdFilter:
       case OpKind::Conv2dBwdFilter:
         for (int t : n.in)
           if (marked(t)) refuse(t);
@@ -359,6 +380,17 @@ size_t CudaExecutor::workspace_need(const Node& n) const {
     case OpKind::Conv2d: return impl_->conv_for(n.conv.shape).forward_workspace_bytes();
     case OpKind::Conv2dBwdData: return impl_->conv_for(n.conv.shape).backward_data_workspace_bytes();
     case OpKind::Conv2dBwdFilter: return impl_->conv_for(n.conv.shape).backward_filter_workspace_bytes();
+    case OpKind::BnReluConv2d:
+      return staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).forward_workspace_bytes();
+    case OpKind::BnReluConv2dBwdData: return impl_->conv_for(n.conv.shape).backward_data_workspace_bytes();
+    case OpKind::BnReluConv2dBwdFilter:
+      return staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).backward_filter_workspace_bytes();
+    case OpKind::BatchNormStats: {
+      if (!n.bn.training) return 0;
+      const Shape& xs = sh(n.in[0]);
+      const int c = int(xs.back());
+      return cuda::batchnorm_workspace_bytes(numel(xs) / c, c);
+    }
     case OpKind::BatchNorm:
     case OpKind::BatchNormBwd: {
       if (n.op == OpKind::BatchNorm && !n.bn.training) return 0;
@@ -610,6 +642,39 @@ void CudaExecutor::launch(int index) {
       } else {
         cuda::batchnorm_forward_eval(cnt, c, in(0), in(1), in(2), in(3), in(4), n.bn.eps, out(0), s);
       }
+      break;
+    }
+    case OpKind::BatchNormStats: {  // in: x, running_mean, running_var, nbt   out: mean, invstd
+      const int c = int(sh(n.in[0]).back());
+      if (n.bn.training) {
+        cuda::batchnorm_stats_train(count(n.in[0]) / c, c, in(0), out(0), out(1), in(1), in(2), n.bn.momentum,
+                                    n.bn.eps, ws, s);
+        if (n.in.size() > 3 && n.in[3] >= 0) cuda::batchnorm_count_batch(static_cast<int64_t*>(ptr(n.in[3])), s);
+      } else {
+        cuda::batchnorm_stats_eval(c, in(1), in(2), n.bn.eps, out(0), out(1), s);
+      }
+      break;
+    }
+    case OpKind::BnReluConv2d: {  // in: x, gamma, beta, mean, invstd, w, b
+      const int c = int(sh(n.in[0]).back());
+      float* staged = static_cast<float*>(ws);
+      cuda::batchnorm_apply(count(n.in[0]) / c, c, in(0), in(1), in(2), in(3), in(4), /*relu=*/true, staged, s);
+      impl_->node_conv[size_t(index)]->forward(h, staged, in(5), in(6), out(0),
+                                              static_cast<char*>(ws) + staging_bytes(g_, n));
+      break;
+    }
+    case OpKind::BnReluConv2dBwdData: {  // in: dz, w, x, gamma, beta, mean, invstd
+      const int c = int(sh(n.in[2]).back());
+      impl_->node_conv[size_t(index)]->backward_data(h, in(0), in(1), out(0), ws);
+      cuda::bn_relu_mask_inplace(count(n.in[2]) / c, c, in(2), in(3), in(4), in(5), in(6), out(0), s);
+      break;
+    }
+    case OpKind::BnReluConv2dBwdFilter: {  // in: x, gamma, beta, mean, invstd, dz
+      const int c = int(sh(n.in[0]).back());
+      float* staged = static_cast<float*>(ws);
+      cuda::batchnorm_apply(count(n.in[0]) / c, c, in(0), in(1), in(2), in(3), in(4), /*relu=*/true, staged, s);
+      impl_->node_conv[size_t(index)]->backward_filter(h, staged, in(5), out(0), out(1),
+                                                      static_cast<char*>(ws) + staging_bytes(g_, n));
       break;
     }
     case OpKind::Relu: cuda::relu_forward(count(n.in[0]), in(0), out(0), s); break;

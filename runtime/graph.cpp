@@ -17,6 +17,8 @@ const char* op_name(OpKind k) {
     case OpKind::MaxPool2: return "maxpool2";
     case OpKind::Upsample2: return "upsample2";
     case OpKind::Concat: return "concat";
+    case OpKind::BatchNormStats: return "batchnorm_stats";
+    case OpKind::BnReluConv2d: return "bn_relu_conv2d";
     case OpKind::Loss: return "loss";
     case OpKind::Conv2dBwdData: return "conv2d_bwd_data";
     case OpKind::Conv2dBwdFilter: return "conv2d_bwd_filter";
@@ -30,6 +32,8 @@ const char* op_name(OpKind k) {
     case OpKind::Upsample2Bwd: return "upsample2_bwd";
     case OpKind::ConcatBwd: return "concat_bwd";
     case OpKind::LossBwd: return "loss_bwd";
+    case OpKind::BnReluConv2dBwdData: return "bn_relu_conv2d_bwd_data";
+    case OpKind::BnReluConv2dBwdFilter: return "bn_relu_conv2d_bwd_filter";
     case OpKind::ClipGradNorm: return "clip_grad_norm";
     case OpKind::OptimizerUpdate: return "optimizer_update";
   }
@@ -67,6 +71,14 @@ int Graph::add_node(Node n) {
   return int(nodes_.size()) - 1;
 }
 
+void Graph::set_nodes(std::vector<Node> nodes) {
+  for (const Node& n : nodes) {
+    for (int id : n.in) RPP_CHECK(id >= 0 && id < num_tensors(), "node ", n.name, " reads tensor ", id);
+    for (int id : n.out) RPP_CHECK(id >= 0 && id < num_tensors(), "node ", n.name, " writes tensor ", id);
+  }
+  nodes_ = std::move(nodes);
+}
+
 int Graph::find(const std::string& name) const {
   for (size_t i = 0; i < tensors_.size(); ++i)
     if (is_persistent(tensors_[i].kind) && tensors_[i].name == name) return int(i);
@@ -83,7 +95,7 @@ std::vector<int> Graph::of_kind(TensorKind k) const {
 int64_t Graph::forward_flops() const {
   int64_t f = 0;
   for (const Node& n : nodes_)
-    if (n.op <= OpKind::Loss) f += n.flops;
+    if (is_forward(n.op)) f += n.flops;
   return f;
 }
 

@@ -29,6 +29,10 @@ enum class OpKind : uint8_t {
   MaxPool2,       // in: x                      out: y
   Upsample2,      // in: x                      out: y
   Concat,         // in: a, b                   out: y (channels of a, then b)
+  // fused forward ops (written by runtime/fusion.h, never by the builder)
+  BatchNormStats, // in: x, running_mean, running_var, num_batches_tracked   out: mean, invstd
+                  // (training: batch statistics, running update; eval: from the running ones)
+  BnReluConv2d,   // in: x, gamma, beta, mean, invstd, w(HWIO), b   out: conv(relu(bn(x)))
   Loss,           // in: logits, target         out: loss (scalar)
   // backward
   Conv2dBwdData,    // in: dy, w              out: dx
@@ -43,11 +47,15 @@ enum class OpKind : uint8_t {
   Upsample2Bwd,     // in: dy                 out: dx
   ConcatBwd,        // in: dy                 out: da, db
   LossBwd,          // in: logits, target     out: dlogits (for dloss = 1)
+  BnReluConv2dBwdData,   // in: dz, w, x, gamma, beta, mean, invstd   out: d(bn output), ReLU-masked
+  BnReluConv2dBwdFilter, // in: x, gamma, beta, mean, invstd, dz      out: dw, db
   // optimiser
   ClipGradNorm,     // in: every parameter gradient (scaled in place when over the limit)  out: none
   OptimizerUpdate,  // in: param, grad, state... (updated in place)   out: none
 };
 const char* op_name(OpKind k);
+// Forward ops (including the loss) come before every backward and optimiser op in OpKind.
+inline bool is_forward(OpKind k) { return k <= OpKind::Loss; }
 
 enum class TensorKind : uint8_t {
   Input,       // fed by the caller before each run (images, masks)
@@ -108,6 +116,9 @@ class Graph {
   // Ids of all tensors of a kind, in creation order.
   std::vector<int> of_kind(TensorKind k) const;
   int64_t forward_flops() const;  // sum over forward nodes
+  // Replaces the node list (graph rewrites such as runtime/fusion.h). Tensors stay; one that no
+  // node writes any more gets no storage in a plan.
+  void set_nodes(std::vector<Node> nodes);
 
  private:
   std::vector<TensorInfo> tensors_;

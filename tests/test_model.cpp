@@ -144,13 +144,20 @@ TEST(Model, ForwardShapes) {
 TEST(Model, ForwardFlopsMatchTheArchitecture) {
   // 31.4 GFLOP of convolution per 256x256 image (multiply-add = 2), per the architecture guide;
   // the elementwise ops (BN, ReLU, adds, SE) add a little on top.
-  ModelGraph m = build_resunetpp(ModelConfig{}, 1, 256, 256, false);
-  int64_t conv = 0;
-  for (const Node& n : m.graph.nodes())
-    if (n.op == OpKind::Conv2d) conv += n.flops;
-  EXPECT_NEAR(double(conv) / 1e9, 31.4, 0.1);  // 31.34 counted here
-  EXPECT_GT(m.graph.forward_flops(), conv);
-  EXPECT_LT(double(m.graph.forward_flops()), 1.01 * double(conv));
+  for (bool fuse : {false, true}) {
+    ModelConfig cfg;
+    cfg.fuse = fuse;
+    ModelGraph m = build_resunetpp(cfg, 1, 256, 256, false);
+    int64_t conv = 0;
+    for (const Node& n : m.graph.nodes())
+      if (n.op == OpKind::Conv2d || n.op == OpKind::BnReluConv2d) {
+        const cpu::Conv2dShape& s = n.conv.shape;
+        conv += 2ll * s.n * s.ho() * s.wo() * s.cout * s.kh * s.kw * s.cin;
+      }
+    EXPECT_NEAR(double(conv) / 1e9, 31.4, 0.1) << "fuse " << fuse;  // 31.34 counted here
+    EXPECT_GT(m.graph.forward_flops(), conv);
+    EXPECT_LT(double(m.graph.forward_flops()), 1.01 * double(conv));
+  }
 }
 
 TEST(Model, RejectsBadConfig) {

@@ -14,10 +14,12 @@ namespace rpp::cpu {
 
 using detail::kChannelRun;
 
+// The statistics are rounded to T (save_mean, save_invstd) before they are used, so a
+// normalisation recomputed later from the saved values (batchnorm_apply, bn_relu_mask_inplace:
+// the fused BN-ReLU-conv path) gives the same bits as the forward pass did.
 template <class T>
-void batchnorm_forward_train(int64_t count, int c, const T* x, const T* gamma, const T* beta, T* y,
-                             T* save_mean, T* save_invstd, T* running_mean, T* running_var,
-                             double momentum, double eps) {
+void batchnorm_stats_train(int64_t count, int c, const T* x, T* save_mean, T* save_invstd,
+                           T* running_mean, T* running_var, double momentum, double eps) {
   RPP_CHECK(count > 1, "batchnorm training needs more than one value per channel, got count ",
             count);
   RPP_CHECK(c > 0, "batchnorm needs at least one channel, got ", c);
@@ -25,7 +27,7 @@ void batchnorm_forward_train(int64_t count, int c, const T* x, const T* gamma, c
   const double unbias = double(count) / double(count - 1);
   detail::for_channel_runs(1, c, count, [&](int64_t, int c0, int c1) {
     const int k = c1 - c0;
-    double mean[kChannelRun], scale[kChannelRun], shift[kChannelRun];
+    double mean[kChannelRun];
     double acc[kChannelRun] = {};
     for (int64_t i = 0; i < count; ++i)
       for (int j = 0; j < k; ++j) acc[j] += double(x[i * c + c0 + j]);
@@ -42,22 +44,78 @@ void batchnorm_forward_train(int64_t count, int c, const T* x, const T* gamma, c
     for (int j = 0; j < k; ++j) {
       const int ch = c0 + j;
       const double var = acc[j] / double(count);  // biased: used to normalise
-      const double invstd = 1.0 / std::sqrt(var + eps);
       save_mean[ch] = T(mean[j]);
-      save_invstd[ch] = T(invstd);
+      save_invstd[ch] = T(1.0 / std::sqrt(var + eps));
       if (running_mean)
         running_mean[ch] = T((1.0 - momentum) * double(running_mean[ch]) + momentum * mean[j]);
       if (running_var)
         running_var[ch] = T((1.0 - momentum) * double(running_var[ch]) + momentum * var * unbias);
-      scale[j] = double(gamma[ch]) * invstd;
-      shift[j] = double(beta[ch]);
+    }
+  });
+}
+
+template <class T>
+void batchnorm_stats_eval(int c, const T* running_mean, const T* running_var, double eps, T* mean,
+                          T* invstd) {
+  RPP_CHECK(c > 0, "batchnorm needs at least one channel, got ", c);
+  RPP_CHECK(eps >= 0, "batchnorm eps must be >= 0, got ", eps);
+  for (int ch = 0; ch < c; ++ch) {
+    mean[ch] = running_mean[ch];
+    invstd[ch] = T(1.0 / std::sqrt(double(running_var[ch]) + eps));
+  }
+}
+
+template <class T>
+void batchnorm_apply(int64_t count, int c, const T* x, const T* gamma, const T* beta,
+                     const T* mean, const T* invstd, bool relu, T* y) {
+  RPP_CHECK(count >= 0, "batchnorm count must be >= 0, got ", count);
+  RPP_CHECK(c > 0, "batchnorm needs at least one channel, got ", c);
+  detail::for_channel_runs(1, c, count, [&](int64_t, int c0, int c1) {
+    const int k = c1 - c0;
+    double m[kChannelRun], scale[kChannelRun], shift[kChannelRun];
+    for (int j = 0; j < k; ++j) {
+      m[j] = double(mean[c0 + j]);
+      scale[j] = double(gamma[c0 + j]) * double(invstd[c0 + j]);
+      shift[j] = double(beta[c0 + j]);
     }
     for (int64_t i = 0; i < count; ++i)
       for (int j = 0; j < k; ++j) {
         const int64_t idx = i * c + c0 + j;
-        y[idx] = T((double(x[idx]) - mean[j]) * scale[j] + shift[j]);
+        const T v = T((double(x[idx]) - m[j]) * scale[j] + shift[j]);
+        y[idx] = relu && !(v > T(0) || v != v) ? T(0) : v;  // NaN propagates, as relu_forward
       }
   });
+}
+
+template <class T>
+void bn_relu_mask_inplace(int64_t count, int c, const T* x, const T* gamma, const T* beta,
+                          const T* mean, const T* invstd, T* dy) {
+  RPP_CHECK(count >= 0, "batchnorm count must be >= 0, got ", count);
+  RPP_CHECK(c > 0, "batchnorm needs at least one channel, got ", c);
+  detail::for_channel_runs(1, c, count, [&](int64_t, int c0, int c1) {
+    const int k = c1 - c0;
+    double m[kChannelRun], scale[kChannelRun], shift[kChannelRun];
+    for (int j = 0; j < k; ++j) {
+      m[j] = double(mean[c0 + j]);
+      scale[j] = double(gamma[c0 + j]) * double(invstd[c0 + j]);
+      shift[j] = double(beta[c0 + j]);
+    }
+    for (int64_t i = 0; i < count; ++i)
+      for (int j = 0; j < k; ++j) {
+        const int64_t idx = i * c + c0 + j;
+        const T v = T((double(x[idx]) - m[j]) * scale[j] + shift[j]);
+        if (!(v > T(0))) dy[idx] = T(0);
+      }
+  });
+}
+
+template <class T>
+void batchnorm_forward_train(int64_t count, int c, const T* x, const T* gamma, const T* beta, T* y,
+                             T* save_mean, T* save_invstd, T* running_mean, T* running_var,
+                             double momentum, double eps) {
+  batchnorm_stats_train(count, c, x, save_mean, save_invstd, running_mean, running_var, momentum,
+                        eps);
+  batchnorm_apply(count, c, x, gamma, beta, save_mean, save_invstd, /*relu=*/false, y);
 }
 
 template <class T>
@@ -66,19 +124,20 @@ void batchnorm_forward_eval(int64_t count, int c, const T* x, const T* gamma, co
   RPP_CHECK(count >= 0, "batchnorm count must be >= 0, got ", count);
   RPP_CHECK(c > 0, "batchnorm needs at least one channel, got ", c);
   RPP_CHECK(eps >= 0, "batchnorm eps must be >= 0, got ", eps);
+  // batchnorm_stats_eval followed by batchnorm_apply, without a buffer for the statistics.
   detail::for_channel_runs(1, c, count, [&](int64_t, int c0, int c1) {
     const int k = c1 - c0;
-    double mean[kChannelRun], scale[kChannelRun], shift[kChannelRun];
+    double m[kChannelRun], scale[kChannelRun], shift[kChannelRun];
     for (int j = 0; j < k; ++j) {
       const int ch = c0 + j;
-      mean[j] = double(running_mean[ch]);
-      scale[j] = double(gamma[ch]) / std::sqrt(double(running_var[ch]) + eps);
+      m[j] = double(running_mean[ch]);
+      scale[j] = double(gamma[ch]) * double(T(1.0 / std::sqrt(double(running_var[ch]) + eps)));
       shift[j] = double(beta[ch]);
     }
     for (int64_t i = 0; i < count; ++i)
       for (int j = 0; j < k; ++j) {
         const int64_t idx = i * c + c0 + j;
-        y[idx] = T((double(x[idx]) - mean[j]) * scale[j] + shift[j]);
+        y[idx] = T((double(x[idx]) - m[j]) * scale[j] + shift[j]);
       }
   });
 }
@@ -124,6 +183,12 @@ void batchnorm_backward(int64_t count, int c, const T* x, const T* dy, const T* 
 }
 
 #define RPP_INSTANTIATE(T)                                                                       \
+  template void batchnorm_stats_train<T>(int64_t, int, const T*, T*, T*, T*, T*, double, double); \
+  template void batchnorm_stats_eval<T>(int, const T*, const T*, double, T*, T*);                 \
+  template void batchnorm_apply<T>(int64_t, int, const T*, const T*, const T*, const T*,          \
+                                   const T*, bool, T*);                                           \
+  template void bn_relu_mask_inplace<T>(int64_t, int, const T*, const T*, const T*, const T*,     \
+                                        const T*, T*);                                            \
   template void batchnorm_forward_train<T>(int64_t, int, const T*, const T*, const T*, T*, T*,   \
                                            T*, T*, T*, double, double);                          \
   template void batchnorm_forward_eval<T>(int64_t, int, const T*, const T*, const T*, const T*,  \

@@ -28,6 +28,26 @@ void batchnorm_forward_train(int64_t count, int c, const T* x, const T* gamma, c
 template <class T>
 void batchnorm_forward_eval(int64_t count, int c, const T* x, const T* gamma, const T* beta,
                             const T* running_mean, const T* running_var, double eps, T* y);
+// The two halves of the forward, as the fused BN-ReLU-conv path uses them (batchnorm_forward_*
+// is stats followed by apply, so both paths give the same bits):
+// batch statistics (and the running-statistics update) without normalising;
+template <class T>
+void batchnorm_stats_train(int64_t count, int c, const T* x, T* save_mean, T* save_invstd,
+                           T* running_mean, T* running_var, double momentum, double eps);
+// eval-mode statistics: mean = running_mean, invstd = 1/sqrt(running_var + eps);
+template <class T>
+void batchnorm_stats_eval(int c, const T* running_mean, const T* running_var, double eps, T* mean,
+                          T* invstd);
+// y = (x - mean) * (gamma * invstd) + beta, then relu_forward's max(y, 0) when relu is set
+// (NaN propagates either way).
+template <class T>
+void batchnorm_apply(int64_t count, int c, const T* x, const T* gamma, const T* beta,
+                     const T* mean, const T* invstd, bool relu, T* y);
+// Backward of the ReLU after a BN, without the stored ReLU output: zeroes dy wherever the
+// recomputed batchnorm_apply value is not > 0 (the same mask relu_backward derives from it).
+template <class T>
+void bn_relu_mask_inplace(int64_t count, int c, const T* x, const T* gamma, const T* beta,
+                          const T* mean, const T* invstd, T* dy);
 // Backward of the training-mode forward: dx, dgamma, dbeta.
 template <class T>
 void batchnorm_backward(int64_t count, int c, const T* x, const T* dy, const T* gamma,

@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(kThreads)
       running_mean[ch] = float((1.0 - momentum) * double(running_mean[ch]) + momentum * mean);
     if (running_var)
       running_var[ch] = float((1.0 - momentum) * double(running_var[ch]) + momentum * var * unbias);
-    scale[ch] = float(double(gamma[ch]) * invstd);
+    if (scale) scale[ch] = float(double(gamma[ch]) * invstd);
   }
 }
 
@@ -322,6 +322,61 @@ __global__ void __launch_bounds__(kThreads)
 
 __global__ void count_kernel(int64_t* n) { *n += 1; }
 
+__global__ void stats_eval_kernel(int c, const float* __restrict__ running_mean,
+                                  const float* __restrict__ running_var, double eps,
+                                  float* __restrict__ mean, float* __restrict__ invstd) {
+  const int ch = int(blockIdx.x) * int(blockDim.x) + int(threadIdx.x);
+  if (ch >= c) return;
+  mean[ch] = running_mean[ch];
+  invstd[ch] = float(1.0 / sqrt(double(running_var[ch]) + eps));
+}
+
+// v = (x - mean) * (gamma * invstd) + beta from saved statistics, per element. kMask: zero
+// out[i] (a gradient, in place) where v is not > 0; otherwise write v, rectified when relu is
+// set (NaN propagates, as relu_forward). Dynamic shared memory: 3 c floats.
+template <class Idx, bool kMask>
+__global__ void __launch_bounds__(kThreads)
+    bn_relu_kernel(Idx total, int c, const float* x, const float* __restrict__ gamma,
+                   const float* __restrict__ beta, const float* __restrict__ mean,
+                   const float* __restrict__ invstd, bool relu, float* out) {
+  extern __shared__ float table[];
+  float* t_mean = table;
+  float* t_scale = table + c;
+  float* t_shift = table + 2 * c;
+  for (int ch = int(threadIdx.x); ch < c; ch += kThreads) {
+    t_mean[ch] = mean[ch];
+    t_scale[ch] = float(double(gamma[ch]) * double(invstd[ch]));
+    t_shift[ch] = beta[ch];
+  }
+  __syncthreads();
+  const Idx stride = Idx(gridDim.x) * Idx(kThreads);
+  for (Idx i = Idx(blockIdx.x) * Idx(kThreads) + Idx(threadIdx.x); i < total; i += stride) {
+    const int ch = int(i % Idx(c));
+    const float v = fmaf(x[i] - t_mean[ch], t_scale[ch], t_shift[ch]);
+    if constexpr (kMask) {
+      if (!(v > 0.f)) out[i] = 0.f;
+    } else {
+      out[i] = (relu && !(v > 0.f || v != v)) ? 0.f : v;
+    }
+  }
+}
+
+template <bool kMask>
+void launch_bn_relu(const char* op, int64_t count, int c, const float* x, const float* gamma,
+                    const float* beta, const float* mean, const float* invstd, bool relu, float* out,
+                    cudaStream_t stream) {
+  const int64_t total = count * c;
+  if (total == 0) return;
+  const size_t shmem = 3 * size_t(c) * sizeof(float);
+  if (index_fits_32(total))
+    bn_relu_kernel<uint32_t, kMask><<<flat_blocks(total), kThreads, shmem, stream>>>(
+        uint32_t(total), c, x, gamma, beta, mean, invstd, relu, out);
+  else
+    bn_relu_kernel<uint64_t, kMask><<<flat_blocks(total), kThreads, shmem, stream>>>(
+        uint64_t(total), c, x, gamma, beta, mean, invstd, relu, out);
+  RPP_CUDA_CHECK_LAUNCH(op);
+}
+
 template <bool kEval>
 void launch_apply(const char* op, int64_t count, int c, const float* x, const float* mean,
                   const float* scale, const float* gamma, const float* beta,
@@ -416,6 +471,58 @@ void batchnorm_backward(int64_t count, int c, const float* x, const float* dy, c
     bwd_dx_kernel<uint64_t><<<flat_blocks(total), kThreads, shmem, stream>>>(
         uint64_t(total), c, x, dy, save_mean, w.k1, w.k2, w.k3, dx);
   RPP_CUDA_CHECK_LAUNCH(op);
+}
+
+void batchnorm_stats_train(int64_t count, int c, const float* x, float* save_mean,
+                           float* save_invstd, float* running_mean, float* running_var,
+                           double momentum, double eps, void* workspace, cudaStream_t stream) {
+  const char* op = "batchnorm_stats_train";
+  check_sizes(op, count, c, true);
+  if (!(eps >= 0)) fail(op, ": eps must be >= 0, got ", eps);
+  check_not_null(op, {{"x", x}, {"save_mean", save_mean}, {"save_invstd", save_invstd}});
+  check_workspace(op, workspace, batchnorm_workspace_bytes(count, c));
+  const Tiling t = tiling_for(count, c);
+  check_grid(op, t);
+  const Workspace w = carve(workspace, t, c);
+  stats_partial_kernel<<<dim3(unsigned(t.groups), unsigned(t.tiles)), kThreads, 0, stream>>>(
+      x, count, c, t.tc, t.rs, t.rows, w.part_a, w.part_b);
+  RPP_CUDA_CHECK_LAUNCH(op);
+  stats_finalize_kernel<<<unsigned(c), kThreads, 0, stream>>>(
+      w.part_a, w.part_b, t.groups, t.rows, count, c, nullptr, save_mean, save_invstd,
+      running_mean, running_var, momentum, eps, nullptr);
+  RPP_CUDA_CHECK_LAUNCH(op);
+}
+
+void batchnorm_stats_eval(int c, const float* running_mean, const float* running_var, double eps,
+                          float* mean, float* invstd, cudaStream_t stream) {
+  const char* op = "batchnorm_stats_eval";
+  check_sizes(op, 0, c, false);
+  if (!(eps >= 0)) fail(op, ": eps must be >= 0, got ", eps);
+  check_not_null(op, {{"running_mean", running_mean}, {"running_var", running_var}, {"mean", mean},
+                      {"invstd", invstd}});
+  stats_eval_kernel<<<unsigned((c + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+      c, running_mean, running_var, eps, mean, invstd);
+  RPP_CUDA_CHECK_LAUNCH(op);
+}
+
+void batchnorm_apply(int64_t count, int c, const float* x, const float* gamma, const float* beta,
+                     const float* mean, const float* invstd, bool relu, float* y,
+                     cudaStream_t stream) {
+  const char* op = "batchnorm_apply";
+  check_sizes(op, count, c, false);
+  check_not_null(op, {{"x", x}, {"gamma", gamma}, {"beta", beta}, {"mean", mean}, {"invstd", invstd},
+                      {"y", y}});
+  launch_bn_relu<false>(op, count, c, x, gamma, beta, mean, invstd, relu, y, stream);
+}
+
+void bn_relu_mask_inplace(int64_t count, int c, const float* x, const float* gamma,
+                          const float* beta, const float* mean, const float* invstd, float* dy,
+                          cudaStream_t stream) {
+  const char* op = "bn_relu_mask_inplace";
+  check_sizes(op, count, c, false);
+  check_not_null(op, {{"x", x}, {"gamma", gamma}, {"beta", beta}, {"mean", mean}, {"invstd", invstd},
+                      {"dy", dy}});
+  launch_bn_relu<true>(op, count, c, x, gamma, beta, mean, invstd, false, dy, stream);
 }
 
 void batchnorm_count_batch(int64_t* num_batches_tracked, cudaStream_t stream) {

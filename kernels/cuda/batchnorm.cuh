@@ -36,6 +36,22 @@ void batchnorm_backward(int64_t count, int c, const float* x, const float* dy, c
                         const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
                         float* dbeta, void* workspace, cudaStream_t stream);
 
+// The halves of the forward for the fused BN-ReLU-conv path (cpu::batchnorm_stats_train,
+// batchnorm_stats_eval, batchnorm_apply, bn_relu_mask_inplace): statistics only (same workspace
+// as the training forward); eval statistics from the running ones; the normalisation from saved
+// statistics, optionally rectified, into y; and the ReLU mask recomputed from x applied to dy.
+void batchnorm_stats_train(int64_t count, int c, const float* x, float* save_mean,
+                           float* save_invstd, float* running_mean, float* running_var,
+                           double momentum, double eps, void* workspace, cudaStream_t stream);
+void batchnorm_stats_eval(int c, const float* running_mean, const float* running_var, double eps,
+                          float* mean, float* invstd, cudaStream_t stream);
+void batchnorm_apply(int64_t count, int c, const float* x, const float* gamma, const float* beta,
+                     const float* mean, const float* invstd, bool relu, float* y,
+                     cudaStream_t stream);
+void bn_relu_mask_inplace(int64_t count, int c, const float* x, const float* gamma,
+                          const float* beta, const float* mean, const float* invstd, float* dy,
+                          cudaStream_t stream);
+
 // ++*num_batches_tracked on the device (PyTorch's counter, incremented by every training-mode
 // step), so that a captured CUDA graph keeps counting when replayed.
 void batchnorm_count_batch(int64_t* num_batches_tracked, cudaStream_t stream);

@@ -192,7 +192,11 @@ std::vector<char> biases_cancelled_by_bn(const Graph& g) {
     if (n.op != OpKind::Conv2d || n.in.size() < 3 || n.in[2] < 0) continue;
     const std::vector<OpKind>& u = users[size_t(n.out[0])];
     bool only_bn = !u.empty();
-    for (OpKind k : u) only_bn = only_bn && (k == OpKind::BatchNorm || k == OpKind::BatchNormBwd);
+    // A fused BN-ReLU-conv reads the BN's input itself (runtime/fusion.h).
+    for (OpKind k : u)
+      only_bn = only_bn && (k == OpKind::BatchNorm || k == OpKind::BatchNormBwd || k == OpKind::BatchNormStats ||
+                            k == OpKind::BnReluConv2d || k == OpKind::BnReluConv2dBwdData ||
+                            k == OpKind::BnReluConv2dBwdFilter);
     if (only_bn) out[size_t(n.in[2])] = 1;
   }
   return out;
@@ -203,6 +207,7 @@ std::map<int, int> conv_weight_of_bias(const Graph& g) {
   std::map<int, int> m;
   for (const Node& n : g.nodes())
     if (n.op == OpKind::Conv2d && n.in.size() > 2 && n.in[2] >= 0) m[n.in[2]] = n.in[1];
+    else if (n.op == OpKind::BnReluConv2d && n.in.size() > 6 && n.in[6] >= 0) m[n.in[6]] = n.in[5];
   return m;
 }
 
@@ -406,10 +411,18 @@ TEST(GpuExecutor, PredictorMatchesCpu) {
 
 TEST(GpuExecutor, OptimiserStepsMatchCpu) {
   REQUIRE_GPU();
-  for (OptimizerKind k : {OptimizerKind::SGD, OptimizerKind::Adam, OptimizerKind::AdamW, OptimizerKind::Nadam}) {
-    SCOPED_TRACE(optimizer_name(k));
+  // SGD runs twice: on the fused graph (the default) and on the unfused one (runtime/fusion.h).
+  const std::pair<OptimizerKind, bool> runs[] = {{OptimizerKind::SGD, true},
+                                                 {OptimizerKind::SGD, false},
+                                                 {OptimizerKind::Adam, true},
+                                                 {OptimizerKind::AdamW, true},
+                                                 {OptimizerKind::Nadam, true}};
+  for (const auto& [k, fuse] : runs) {
+    SCOPED_TRACE(std::string(optimizer_name(k)) + (fuse ? ", fused graph" : ", unfused graph"));
     const int steps = k == OptimizerKind::SGD ? 20 : 8;
-    ModelGraph mg = build_resunetpp(ModelConfig{}, 2, 64, 64, true);
+    ModelConfig cfg;
+    cfg.fuse = fuse;
+    ModelGraph mg = build_resunetpp(cfg, 2, 64, 64, true);
     append_backward_and_update(mg.graph, mg.loss, k);
     ParamStore sc, sg;
     init_params(mg.graph, sc, 3);
@@ -447,7 +460,8 @@ TEST(GpuExecutor, OptimiserStepsMatchCpu) {
       EXPECT_LT(e.scaled(), 1e-3) << name;
       worst_param = std::max(worst_param, e.scaled());
     }
-    std::cout << optimizer_name(k) << ", " << steps << " steps: worst relative loss error " << worst_loss
+    std::cout << optimizer_name(k) << (fuse ? " (fused)" : " (unfused)") << ", " << steps
+              << " steps: worst relative loss error " << worst_loss
               << ", grad norm " << worst_norm << "; final parameters worst scaled error " << worst_param << "\n";
   }
 }

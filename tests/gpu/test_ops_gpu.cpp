@@ -298,6 +298,77 @@ TEST(GpuBatchNorm, BackwardMatchesCpu) {
   }
 }
 
+// The pieces of the fused BN-ReLU-conv fallback: statistics alone, eval statistics, the
+// normalisation from saved statistics (with and without ReLU) and the recomputed ReLU mask.
+TEST(GpuBatchNorm, FusedPathPiecesMatchCpu) {
+  REQUIRE_GPU();
+  for (const Nhwc& s : bn_shapes()) {
+    SCOPED_TRACE(s.str());
+    const int64_t count = s.count();
+    const int c = s.c;
+    Floats x = normal(s.size(), 0.3f, 1.5f);
+    const BnParams p = bn_params(c);
+
+    // Statistics only (and the running update), against the CPU.
+    Floats sm(sz(c)), si(sz(c)), rm = p.running_mean, rv = p.running_var;
+    cpu::batchnorm_stats_train(count, c, x.data(), sm.data(), si.data(), rm.data(), rv.data(), 0.1, 1e-5);
+    Stream st;
+    DevFloats dx(x), dsm(sz(c)), dsi(sz(c)), drm(p.running_mean), drv(p.running_var);
+    Workspace ws(gpu::batchnorm_workspace_bytes(count, c));
+    auto out = run_twice(
+        st, {&dsm, &dsi, &drm, &drv},
+        [&] {
+          drm.set(p.running_mean);
+          drv.set(p.running_var);
+          ws.poison();
+        },
+        [&] {
+          gpu::batchnorm_stats_train(count, c, dx.p(), dsm.p(), dsi.p(), drm.p(), drv.p(), 0.1, 1e-5, ws.data(),
+                                     st);
+        });
+    EXPECT_TRUE(near(out[0], sm, kReduce)) << "save_mean";
+    EXPECT_TRUE(near(out[1], si, kReduce)) << "save_invstd";
+    EXPECT_TRUE(near(out[2], rm, kReduce)) << "running_mean";
+    EXPECT_TRUE(near(out[3], rv, kReduce)) << "running_var";
+
+    // Eval statistics.
+    Floats em(sz(c)), ei(sz(c));
+    cpu::batchnorm_stats_eval(c, p.running_mean.data(), p.running_var.data(), 1e-5, em.data(), ei.data());
+    DevFloats drm0(p.running_mean), drv0(p.running_var), dem(sz(c)), dei(sz(c));
+    out = run_twice(st, {&dem, &dei}, nullptr, [&] {
+      gpu::batchnorm_stats_eval(c, drm0.p(), drv0.p(), 1e-5, dem.p(), dei.p(), st);
+    });
+    EXPECT_TRUE(near(out[0], em, kExact)) << "eval mean";
+    EXPECT_TRUE(near(out[1], ei, kReduce)) << "eval invstd";
+
+    // Keep every normalised value at least 1e-3 away from 0, so that the GPU's float FMA and the
+    // CPU's double arithmetic cannot disagree about the ReLU mask.
+    Floats v(s.size());
+    cpu::batchnorm_apply(count, c, x.data(), p.gamma.data(), p.beta.data(), sm.data(), si.data(), false, v.data());
+    for (size_t i = 0; i < x.size(); ++i) {
+      const size_t ch = i % size_t(c);
+      if (std::fabs(v[i]) < 1e-3f) x[i] += 0.01f / (p.gamma[ch] * si[ch]);
+    }
+    Floats y(s.size()), yr(s.size()), g = normal(s.size()), gm = g;
+    cpu::batchnorm_apply(count, c, x.data(), p.gamma.data(), p.beta.data(), sm.data(), si.data(), false, y.data());
+    cpu::batchnorm_apply(count, c, x.data(), p.gamma.data(), p.beta.data(), sm.data(), si.data(), true, yr.data());
+    cpu::bn_relu_mask_inplace(count, c, x.data(), p.gamma.data(), p.beta.data(), sm.data(), si.data(), gm.data());
+    DevFloats dx2(x), dg(p.gamma), db(p.beta), dsm2(sm), dsi2(si), dy(s.size()), dyr(s.size()), dgm(g);
+    out = run_twice(
+        st, {&dy, &dyr, &dgm}, [&] { dgm.set(g); },
+        [&] {
+          gpu::batchnorm_apply(count, c, dx2.p(), dg.p(), db.p(), dsm2.p(), dsi2.p(), false, dy.p(), st);
+          gpu::batchnorm_apply(count, c, dx2.p(), dg.p(), db.p(), dsm2.p(), dsi2.p(), true, dyr.p(), st);
+          gpu::bn_relu_mask_inplace(count, c, dx2.p(), dg.p(), db.p(), dsm2.p(), dsi2.p(), dgm.p(), st);
+        });
+    EXPECT_TRUE(near(out[0], y, kReduce)) << "apply";
+    EXPECT_TRUE(near(out[1], yr, kReduce)) << "apply + relu";
+    EXPECT_TRUE(near(out[2], gm, kExact)) << "relu mask";
+    expect_guards({&dx, &dsm, &dsi, &drm, &drv, &ws, &drm0, &drv0, &dem, &dei, &dx2, &dg, &db, &dsm2, &dsi2, &dy,
+                   &dyr, &dgm});
+  }
+}
+
 TEST(GpuBatchNorm, CountBatchIncrementsOnDevice) {
   REQUIRE_GPU();
   Stream st;

@@ -15,6 +15,17 @@
 
 namespace rpp::cli {
 
+namespace {
+// The unfused training plan's arena, for comparison with the fused one.
+std::string unfused_line(ModelConfig cfg, int batch, int size) {
+  cfg.fuse = false;
+  ModelGraph m = build_resunetpp(cfg, batch, size, size, true);
+  append_backward_and_update(m.graph, m.loss, OptimizerKind::Adam);
+  const Plan p = make_plan(m.graph, PlanMode::BestFit, cpu_workspace_bytes);
+  return "  unfused graph: arena " + mib(p.arena_bytes) + " (" + std::to_string(p.arena_bytes) + " bytes)\n";
+}
+}  // namespace
+
 int cmd_summary(int argc, char** argv) {
   int size = 256, batch = 16;
   std::string filters = "16,32,64,128,256";
@@ -23,9 +34,12 @@ int cmd_summary(int argc, char** argv) {
   f.add("size", &size, "input height and width (multiple of 8)");
   f.add("batch", &batch, "batch size of the plans");
   f.add("filters", &filters, "channel counts of stem, encoders and bridge", "LIST");
+  bool no_fuse = false;
+  f.add("no-fuse", &no_fuse, "plan the unfused graph (no BN-ReLU-conv fusion)");
   if (!f.parse(argc, argv, 2, std::cout)) return 0;
   ModelConfig cfg;
   cfg.filters = parse_filters(filters, "--filters");
+  cfg.fuse = !no_fuse;
   ModelGraph train = build_resunetpp(cfg, batch, size, size, true);
   ModelGraph infer = build_resunetpp(cfg, batch, size, size, false);
   const int64_t fwd_flops = infer.graph.forward_flops();
@@ -70,9 +84,16 @@ int cmd_summary(int argc, char** argv) {
             << " GFLOP forward + backward ";
   int64_t bwd = 0;
   for (const Node& n : train.graph.nodes())
-    if (n.op > OpKind::Loss) bwd += n.flops;
+    if (!is_forward(n.op)) bwd += n.flops;
   std::cout << double(bwd) / batch / 1e9 << " = " << double(train.graph.forward_flops() + bwd) / batch / 1e9
-            << " GFLOP per image (multiply-add = 2)\n\n";
+            << " GFLOP per image (multiply-add = 2)\n";
+  int fused = 0;
+  for (const Node& n : g.nodes()) fused += n.op == OpKind::BnReluConv2d;
+  if (cfg.fuse)
+    std::cout << "fusion: " << fused << " BN-ReLU-conv chains fused (only their pre-BN inputs are kept for "
+                 "backward)\n\n";
+  else
+    std::cout << "fusion: off\n\n";
   for (auto* mg : {&train, &infer}) {
     Plan p = make_plan(mg->graph, PlanMode::BestFit, cpu_workspace_bytes);
     const bool tr = mg == &train;
@@ -81,6 +102,7 @@ int cmd_summary(int argc, char** argv) {
               << "  arena " << mib(p.arena_bytes) << " (" << p.arena_bytes << " bytes) vs naive sum "
               << mib(p.naive_bytes) << " (" << p.naive_bytes << " bytes): " << std::setprecision(3)
               << 100.0 * (1.0 - double(p.arena_bytes) / double(p.naive_bytes)) << "% saved\n"
+              << (tr && cfg.fuse ? unfused_line(cfg, batch, size) : std::string())
               << "  workspace " << mib(p.workspace_bytes) << ", parameters" << (tr ? " + optimiser state " : " ")
               << mib(p.persistent_bytes) << "\n";
   }

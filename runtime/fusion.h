@@ -1,0 +1,31 @@
+// runtime/fusion.h — graph rewrites that fuse op chains into single nodes before autodiff.
+//
+// BN -> ReLU -> Conv becomes BatchNormStats (the BN's batch or running statistics) followed by
+// BnReluConv2d, which normalises, rectifies and zero-pads its input on the fly. Autodiff then emits
+// BnReluConv2dBwdData (conv dgrad with the ReLU mask recomputed from the pre-BN input),
+// BatchNormBwd and BnReluConv2dBwdFilter (wgrad on the recomputed BN-ReLU input). Neither the BN
+// output nor the ReLU output is stored: only the pre-BN tensor is kept for backward, which is
+// where the memory saving comes from.
+//
+// On the CPU the fused nodes give the same bits as the unfused chain (kernels/cpu/ops.h: the
+// forward BN is batchnorm_stats_* followed by batchnorm_apply). Executors run them with whatever
+// kernels they have; the planner's kernel choice (docs/design.md) picks among them per node.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "runtime/graph.h"
+
+namespace rpp {
+
+struct FusionReport {
+  int bn_relu_conv = 0;            // chains fused
+  std::vector<std::string> names;  // "bn scope -> conv scope" of each fused chain
+};
+
+// Rewrites every BN -> ReLU -> Conv chain of the forward graph g whose BN output feeds only the
+// ReLU and whose ReLU output feeds only the conv (as its input, not as a weight), and neither is a
+// graph output. Must run before autodiff (throws if g already has backward nodes).
+FusionReport fuse_bn_relu_conv(Graph& g);
+
+}  // namespace rpp

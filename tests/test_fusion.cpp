@@ -1,0 +1,268 @@
+// tests/test_fusion.cpp — the BN -> ReLU -> Conv fusion pass (runtime/fusion.h): which chains it
+// rewrites, and that the fused graph trains and infers to the same bits as the unfused one on the
+// CPU while planning less memory.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+#include "model/resunetpp.h"
+#include "runtime/autodiff.h"
+#include "runtime/executor_cpu.h"
+#include "runtime/fusion.h"
+#include "runtime/rng.h"
+
+using namespace rpp;
+
+namespace {
+
+ModelConfig small_model(bool fuse) {
+  ModelConfig c;
+  c.filters = {8, 8, 16, 16, 32};
+  c.fuse = fuse;
+  return c;
+}
+
+int count_ops(const Graph& g, OpKind k) {
+  int c = 0;
+  for (const Node& n : g.nodes()) c += n.op == k;
+  return c;
+}
+
+// Random BN statistics and affine parameters, so that eval-mode BN is not the identity and some
+// shifts are positive (a fused kernel that pads with relu(shift) instead of 0 would differ).
+void randomise_bn(const Graph& g, ParamStore& s, uint64_t seed) {
+  Rng r{seed};
+  for (int t = 0; t < g.num_tensors(); ++t) {
+    const TensorInfo& ti = g.tensor(t);
+    if (!is_persistent(ti.kind) || ti.dtype != DType::F32) continue;
+    const std::string& n = ti.name;
+    auto ends = [&](const char* suf) {
+      const size_t k = std::strlen(suf);
+      return n.size() >= k && n.compare(n.size() - k, k, suf) == 0;
+    };
+    float* p = s.get(n).data<float>();
+    const int64_t m = numel(ti.shape);
+    if (ends(".running_mean")) for (int64_t i = 0; i < m; ++i) p[i] = r.uniform(-0.2f, 0.2f);
+    if (ends(".running_var")) for (int64_t i = 0; i < m; ++i) p[i] = r.uniform(0.5f, 2.f);
+    // BN affine parameters have shape [C] and names ending in .weight/.bias like convs: only
+    // change the one-dimensional ones whose module also has a running mean.
+    if (ti.shape.size() == 1 && (ends(".weight") || ends(".bias"))) {
+      const std::string mod = n.substr(0, n.rfind('.'));
+      if (g.find(mod + ".running_mean") >= 0)
+        for (int64_t i = 0; i < m; ++i) p[i] = ends(".weight") ? r.uniform(0.5f, 1.5f) : r.uniform(-0.5f, 0.5f);
+    }
+  }
+}
+
+void fill_batch(CpuExecutor& e, const ModelGraph& m, uint64_t seed) {
+  Rng r{seed};
+  float* img = e.data(m.image);
+  for (int64_t i = 0; i < numel(m.graph.tensor(m.image).shape); ++i) img[i] = r.uniform();
+  if (m.target >= 0) {
+    float* tgt = e.data(m.target);
+    for (int64_t i = 0; i < numel(m.graph.tensor(m.target).shape); ++i) tgt[i] = r.uniform() < 0.3f ? 1.f : 0.f;
+  }
+}
+
+}  // namespace
+
+TEST(Fusion, RewritesEveryBnReluConvChainOfTheNetwork) {
+  // Stem: 1 chain; six residual blocks: 2 each; three attention gates: 3 each.
+  for (bool training : {true, false}) {
+    ModelGraph plain = build_resunetpp(small_model(false), 2, 32, 32, training);
+    ModelGraph fused = build_resunetpp(small_model(true), 2, 32, 32, training);
+    EXPECT_EQ(count_ops(fused.graph, OpKind::BnReluConv2d), 22);
+    EXPECT_EQ(count_ops(fused.graph, OpKind::BatchNormStats), 22);
+    EXPECT_EQ(count_ops(plain.graph, OpKind::BnReluConv2d), 0);
+    EXPECT_EQ(count_ops(fused.graph, OpKind::BatchNorm), count_ops(plain.graph, OpKind::BatchNorm) - 22);
+    EXPECT_EQ(count_ops(fused.graph, OpKind::Conv2d), count_ops(plain.graph, OpKind::Conv2d) - 22);
+    // The ReLUs left are the SE layers' (one per SE block: stem + 6 residual blocks).
+    EXPECT_EQ(count_ops(fused.graph, OpKind::Relu), 7);
+    EXPECT_EQ(count_params(fused.graph), count_params(plain.graph));
+  }
+  Graph g = build_resunetpp(small_model(false), 1, 16, 16, true).graph;
+  const FusionReport r = fuse_bn_relu_conv(g);
+  ASSERT_EQ(r.bn_relu_conv, 22);
+  EXPECT_EQ(r.names.front(), "c1.c1.1 -> c1.c1.3");
+  bool saw_gate = false;
+  for (const std::string& s : r.names) saw_gate = saw_gate || s == "d2.a1.gc_conv.0 -> d2.a1.gc_conv.2";
+  EXPECT_TRUE(saw_gate);
+}
+
+TEST(Fusion, LeavesChainsWithOtherReadersAlone) {
+  Graph g;
+  GraphBuilder b(g, true);
+  const int x = b.input("x", {2, 4, 4, 3});
+  auto bn = [&](const std::string& s, int in) {
+    return b.batchnorm(s, in, b.param(s + ".weight", {3}), b.param(s + ".bias", {3}),
+                       b.buffer(s + ".running_mean", {3}), b.buffer(s + ".running_var", {3}),
+                       b.buffer(s + ".num_batches_tracked", {}, DType::I64));
+  };
+  auto conv = [&](const std::string& s, int in) {
+    return b.conv2d(s, in, b.param(s + ".weight", {3, 3, 3, 3}), b.param(s + ".bias", {3}), 1, 1, 1);
+  };
+  // BN output read twice: by the ReLU and by an add.
+  const int y0 = bn("a", x);
+  const int c0 = conv("a.conv", b.relu("a.relu", y0));
+  const int s0 = b.add("a.sum", c0, y0);
+  // ReLU output read by two convs.
+  const int r1 = b.relu("b.relu", bn("b", s0));
+  const int s1 = b.add("b.sum", conv("b.conv1", r1), conv("b.conv2", r1));
+  // A clean chain.
+  const int out = conv("c.conv", b.relu("c.relu", bn("c", s1)));
+  b.loss("loss", out, b.input("t", {2, 4, 4, 3}), LossKind::BCE);
+  const FusionReport r = fuse_bn_relu_conv(g);
+  ASSERT_EQ(r.bn_relu_conv, 1);
+  EXPECT_EQ(r.names[0], "c -> c.conv");
+  EXPECT_EQ(count_ops(g, OpKind::BatchNorm), 2);
+}
+
+TEST(Fusion, RefusesAGraphWithBackwardNodes) {
+  ModelGraph m = build_resunetpp(small_model(false), 1, 16, 16, true);
+  append_backward_and_update(m.graph, m.loss, OptimizerKind::SGD);
+  EXPECT_THROW(fuse_bn_relu_conv(m.graph), Error);
+}
+
+TEST(Fusion, TrainingIsBitIdenticalToTheUnfusedGraph) {
+  const int n = 2, size = 32;
+  for (OptimizerKind opt : {OptimizerKind::SGD, OptimizerKind::Adam}) {
+    ModelGraph mp = build_resunetpp(small_model(false), n, size, size, true);
+    ModelGraph mf = build_resunetpp(small_model(true), n, size, size, true);
+    append_backward_and_update(mp.graph, mp.loss, opt);
+    append_backward_and_update(mf.graph, mf.loss, opt);
+    ParamStore sp, sf;
+    init_params(mp.graph, sp, 7);
+    init_params(mf.graph, sf, 7);
+    randomise_bn(mp.graph, sp, 8);
+    randomise_bn(mf.graph, sf, 8);
+    CpuExecutor p(mp.graph, sp, PlanMode::BestFit), f(mf.graph, sf, PlanMode::BestFit);
+    for (int step = 1; step <= 3; ++step) {
+      p.poison();
+      f.poison();
+      fill_batch(p, mp, uint64_t(step));
+      fill_batch(f, mf, uint64_t(step));
+      cpu::OptimStep os;
+      os.step = step;
+      os.lr = 1e-2;
+      p.run(&os);
+      f.run(&os);
+      const float lp = *p.data(mp.loss), lf = *f.data(mf.loss);
+      ASSERT_TRUE(std::isfinite(lp));
+      ASSERT_EQ(std::memcmp(&lp, &lf, sizeof lp), 0) << "step " << step << ": " << lp << " vs " << lf;
+      EXPECT_EQ(p.last_grad_norm(), f.last_grad_norm()) << "step " << step;
+    }
+    // Parameters, BN running statistics and counters, optimiser state.
+    ASSERT_EQ(sp.names().size(), sf.names().size());
+    for (const std::string& name : sp.names())
+      ASSERT_EQ(0, std::memcmp(sp.get(name).raw(), sf.get(name).raw(), sp.get(name).nbytes())) << name;
+  }
+}
+
+TEST(Fusion, InferenceIsBitIdenticalToTheUnfusedGraph) {
+  const int n = 2, size = 32;
+  ModelGraph mp = build_resunetpp(small_model(false), n, size, size, false);
+  ModelGraph mf = build_resunetpp(small_model(true), n, size, size, false);
+  ParamStore sp, sf;
+  init_params(mp.graph, sp, 3);
+  init_params(mf.graph, sf, 3);
+  randomise_bn(mp.graph, sp, 4);
+  randomise_bn(mf.graph, sf, 4);
+  CpuExecutor p(mp.graph, sp, PlanMode::BestFit), f(mf.graph, sf, PlanMode::BestFit);
+  p.poison();
+  f.poison();
+  fill_batch(p, mp, 11);
+  fill_batch(f, mf, 11);
+  p.run();
+  f.run();
+  const int64_t m = numel(mp.graph.tensor(mp.logits).shape);
+  const float* a = p.data(mp.logits);
+  const float* b = f.data(mf.logits);
+  for (int64_t i = 0; i < m; ++i) ASSERT_TRUE(std::isfinite(a[i])) << i;
+  EXPECT_EQ(0, std::memcmp(a, b, size_t(m) * sizeof(float)));
+}
+
+TEST(Fusion, FusedTrainingPlanNeedsLessMemory) {
+  for (int size : {64, 256}) {
+    ModelConfig plain_cfg, fused_cfg;
+    plain_cfg.fuse = false;
+    ModelGraph mp = build_resunetpp(plain_cfg, 16, size, size, true);
+    ModelGraph mf = build_resunetpp(fused_cfg, 16, size, size, true);
+    append_backward_and_update(mp.graph, mp.loss, OptimizerKind::Adam);
+    append_backward_and_update(mf.graph, mf.loss, OptimizerKind::Adam);
+    const Plan pp = make_plan(mp.graph, PlanMode::BestFit, cpu_workspace_bytes);
+    const Plan pf = make_plan(mf.graph, PlanMode::BestFit, cpu_workspace_bytes);
+    EXPECT_NO_THROW(verify_plan(mf.graph, pf));
+    // The fused graph keeps neither the BN outputs nor the ReLU outputs of the 22 chains.
+    EXPECT_LT(double(pf.arena_bytes), 0.85 * double(pp.arena_bytes)) << size;
+    EXPECT_LT(pf.naive_bytes, pp.naive_bytes) << size;
+    EXPECT_EQ(pf.persistent_bytes, pp.persistent_bytes) << size;
+    RecordProperty("arena_bytes_unfused_" + std::to_string(size), std::to_string(pp.arena_bytes));
+    RecordProperty("arena_bytes_fused_" + std::to_string(size), std::to_string(pf.arena_bytes));
+  }
+}
+
+TEST(FusionKernels, StatsThenApplyEqualsTheBatchNormForward) {
+  const int64_t count = 37;
+  const int c = 5;
+  Rng r{21};
+  std::vector<float> x(static_cast<size_t>(count * c)), gamma(static_cast<size_t>(c)), beta(static_cast<size_t>(c));
+  for (float& v : x) v = r.uniform(-2.f, 3.f);
+  for (int i = 0; i < c; ++i) {
+    gamma[size_t(i)] = r.uniform(0.5f, 1.5f);
+    beta[size_t(i)] = r.uniform(-0.5f, 0.5f);
+  }
+  std::vector<float> rm1(size_t(c), 0.1f), rv1(size_t(c), 2.f), rm2 = rm1, rv2 = rv1;
+  std::vector<float> y(x.size()), relu_y(x.size()), mean1(static_cast<size_t>(c)), inv1(static_cast<size_t>(c)), mean2(static_cast<size_t>(c)),
+      inv2(static_cast<size_t>(c)), fused(x.size());
+  cpu::batchnorm_forward_train<float>(count, c, x.data(), gamma.data(), beta.data(), y.data(), mean1.data(),
+                                      inv1.data(), rm1.data(), rv1.data(), 0.1, 1e-5);
+  cpu::relu_forward<float>(int64_t(y.size()), y.data(), relu_y.data());
+  cpu::batchnorm_stats_train<float>(count, c, x.data(), mean2.data(), inv2.data(), rm2.data(), rv2.data(), 0.1,
+                                    1e-5);
+  cpu::batchnorm_apply<float>(count, c, x.data(), gamma.data(), beta.data(), mean2.data(), inv2.data(), true,
+                              fused.data());
+  auto same = [](const std::vector<float>& a, const std::vector<float>& b) {
+    return std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  };
+  EXPECT_TRUE(same(mean1, mean2));
+  EXPECT_TRUE(same(inv1, inv2));
+  EXPECT_TRUE(same(rm1, rm2));
+  EXPECT_TRUE(same(rv1, rv2));
+  EXPECT_TRUE(same(relu_y, fused));
+  // Some values must be clipped, some kept, for the mask check to mean anything.
+  int zeros = 0;
+  for (float v : fused) zeros += v == 0.f;
+  EXPECT_GT(zeros, 10);
+  EXPECT_LT(zeros, int(fused.size()) - 10);
+
+  // The recomputed mask equals relu_backward on the stored ReLU output.
+  std::vector<float> dy(x.size()), expect(x.size());
+  for (float& v : dy) v = r.uniform(-1.f, 1.f);
+  cpu::relu_backward<float>(int64_t(dy.size()), relu_y.data(), dy.data(), expect.data());
+  cpu::bn_relu_mask_inplace<float>(count, c, x.data(), gamma.data(), beta.data(), mean2.data(), inv2.data(),
+                                   dy.data());
+  EXPECT_TRUE(same(expect, dy));
+
+  // Eval mode: stats_eval + apply equals batchnorm_forward_eval.
+  std::vector<float> ye(x.size()), ya(x.size()), me(static_cast<size_t>(c)), ie(static_cast<size_t>(c));
+  cpu::batchnorm_forward_eval<float>(count, c, x.data(), gamma.data(), beta.data(), rm1.data(), rv1.data(), 1e-5,
+                                     ye.data());
+  cpu::batchnorm_stats_eval<float>(c, rm1.data(), rv1.data(), 1e-5, me.data(), ie.data());
+  cpu::batchnorm_apply<float>(count, c, x.data(), gamma.data(), beta.data(), me.data(), ie.data(), false,
+                              ya.data());
+  EXPECT_TRUE(same(ye, ya));
+
+  // A NaN input stays NaN through BN-ReLU (as relu_forward keeps it), and its gradient is masked.
+  x[7] = std::numeric_limits<float>::quiet_NaN();
+  cpu::batchnorm_apply<float>(count, c, x.data(), gamma.data(), beta.data(), mean2.data(), inv2.data(), true,
+                              fused.data());
+  EXPECT_TRUE(std::isnan(fused[7]));
+  dy.assign(dy.size(), 1.f);
+  cpu::bn_relu_mask_inplace<float>(count, c, x.data(), gamma.data(), beta.data(), mean2.data(), inv2.data(),
+                                   dy.data());
+  EXPECT_EQ(dy[7], 0.f);
+}
