@@ -49,8 +49,8 @@ struct TrainOptions {
   uint64_t seed = 1;
   bool shuffle = true;
   double val_fraction = 0.1, test_fraction = 0.1;  // used without split_dir
-  // "cpu", or "cuda" / "cuda:N" in a build with CUDA and cuDNN. The default stays "cpu" until the
-  // CUDA executor has been verified on a GPU; then "cuda" becomes the default where one is present.
+  // "cpu", "cuda" / "cuda:N" in a build with CUDA and cuDNN, or "auto" (runtime/executor.h:
+  // resolve_device). The command line defaults to "auto"; the library to "cpu".
   std::string device = "cpu";
   std::string precision = "fp32";
   bool deterministic = true;  // CUDA: only deterministic cuDNN algorithms (exact --resume)

@@ -40,8 +40,11 @@ struct DeviceSpec {
   bool cuda = false;
   int index = 0;
 };
-// rpp::Error naming the string for anything else.
+// rpp::Error naming the string for anything else. "auto" is resolved first (resolve_device).
 DeviceSpec parse_device(const std::string& device);
+// "auto" -> "cuda:0" when this build has the CUDA executor and a CUDA device is visible, else
+// "cpu". Any other string is returned unchanged.
+std::string resolve_device(const std::string& device);
 
 class Executor {
  public:

@@ -291,7 +291,13 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
 
 // ---- the device factory ----
 
-DeviceSpec parse_device(const std::string& device) {
+std::string resolve_device(const std::string& device) {
+  if (device != "auto") return device;
+  return kHaveCudaExecutor && cuda_executor_device_count() > 0 ? "cuda:0" : "cpu";
+}
+
+DeviceSpec parse_device(const std::string& name) {
+  const std::string device = resolve_device(name);
   DeviceSpec d;
   if (device == "cpu") return d;
   if (device == "cuda") {
@@ -308,7 +314,7 @@ DeviceSpec parse_device(const std::string& device) {
       return d;
     }
   }
-  fail("device must be cpu, cuda or cuda:N, got '", device, "'");
+  fail("device must be auto, cpu, cuda or cuda:N, got '", device, "'");
 }
 
 std::unique_ptr<Executor> make_executor(const Graph& g, ParamStore& store, const std::string& device,

@@ -139,7 +139,7 @@ TEST(Cli, SynthTrainEvalEndToEnd) {
   r = run("predict --checkpoint " + run_dir + "/checkpoint_best.safetensors --input " + data +
           "/images --out " + run_dir + "/pred_tpu --device tpu");
   EXPECT_EQ(r.code, 1);
-  EXPECT_TRUE(has(r.out, "device must be cpu, cuda or cuda:N, got 'tpu'")) << r.out;
+  EXPECT_TRUE(has(r.out, "device must be auto, cpu, cuda or cuda:N, got 'tpu'")) << r.out;
   EXPECT_FALSE(file_exists(run_dir + "/pred_tpu"));
   // A missing checkpoint is named.
   r = run("eval --checkpoint " + run_dir + "/nope.safetensors --data " + data);

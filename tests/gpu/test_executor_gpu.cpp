@@ -76,6 +76,11 @@ TEST(GpuExecutorHost, DeviceStrings) {
       EXPECT_NE(std::string(e.what()).find("cpu, cuda or cuda:N"), std::string::npos) << e.what();
     }
   }
+  // "auto" picks the GPU exactly when this build can use one and one is visible.
+  const bool gpu = kHaveCudaExecutor && cuda_executor_device_count() > 0;
+  EXPECT_EQ(resolve_device("auto"), gpu ? "cuda:0" : "cpu");
+  EXPECT_EQ(parse_device("auto").cuda, gpu);
+  for (const char* other : {"cpu", "cuda", "cuda:1", "bogus"}) EXPECT_EQ(resolve_device(other), other);
 }
 
 TEST(GpuExecutorHost, CudaRefusedClearlyWithoutADeviceOrBackend) {

@@ -13,6 +13,7 @@
 #include "model/metrics.h"
 #include "runtime/fileio.h"
 #include "runtime/json.h"
+#include "runtime/executor.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/flags.h"
 
@@ -65,13 +66,14 @@ int cmd_eval(int argc, char** argv) {
   f.add("size", &size, "evaluation resolution, a multiple of 8 (0: the checkpoint's training size)");
   f.add("batch", &batch, "images per forward pass");
   f.add("tta", &tta, "average the probabilities of the image and its horizontal and vertical flips");
-  std::string device = "cpu";
-  f.add("device", &device, "cpu, cuda or cuda:N (cuda needs a build with CUDA and cuDNN; not yet verified on a GPU)", "DEV");
+  std::string device = "auto";
+  f.add("device", &device, "auto (cuda:0 when this build has CUDA and a GPU is visible, else cpu), cpu, cuda or cuda:N; the CUDA path is new and not yet verified on a GPU", "DEV");
   f.add("native", &native, "metrics at each image's original size instead of the evaluation resolution");
   f.add("out", &out, "output folder (metrics.json, per_image.csv) or a .json file path", "DIR|FILE");
   f.require("checkpoint");
   f.require("data");
   if (!f.parse(argc, argv, 2, std::cout)) return 0;
+  device = resolve_device(device);
   if (split != "test" && split != "val" && split != "train" && split != "all")
     fail("--split must be test, val, train or all, got '", split, "'");
   if (batch < 1) fail("--batch must be at least 1, got ", batch);

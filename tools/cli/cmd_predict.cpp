@@ -11,6 +11,7 @@
 #include "model/npy.h"
 #include "model/overlay.h"
 #include "runtime/fileio.h"
+#include "runtime/executor.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/flags.h"
 
@@ -37,13 +38,14 @@ int cmd_predict(int argc, char** argv) {
   f.add("size", &size, "model resolution, a multiple of 8 (0: the checkpoint's training size)");
   f.add("threshold", &threshold, "probability threshold of the masks and overlays");
   f.add("tta", &tta, "average the probabilities of the image and its horizontal and vertical flips");
-  std::string device = "cpu";
-  f.add("device", &device, "cpu, cuda or cuda:N (cuda needs a build with CUDA and cuDNN; not yet verified on a GPU)", "DEV");
+  std::string device = "auto";
+  f.add("device", &device, "auto (cuda:0 when this build has CUDA and a GPU is visible, else cpu), cpu, cuda or cuda:N; the CUDA path is new and not yet verified on a GPU", "DEV");
   f.add("logits", &want_logits, "also write the logits as OUT/logits/STEM.npy");
   f.require("checkpoint");
   f.require("input");
   f.require("out");
   if (!f.parse(argc, argv, 2, std::cout)) return 0;
+  device = resolve_device(device);
   if (!(threshold > 0.0 && threshold < 1.0)) fail("--threshold must be between 0 and 1 (exclusive), got ", threshold);
   if (size != 0 && (size < 8 || size % 8 != 0)) fail("--size must be a positive multiple of 8, got ", size);
 

@@ -9,6 +9,8 @@
 
 #include "model/resunetpp.h"
 #include "runtime/autodiff.h"
+#include "runtime/executor.h"
+#include "runtime/executor_cuda.h"
 #include "runtime/executor_cpu.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/flags.h"
@@ -24,6 +26,29 @@ std::string unfused_line(ModelConfig cfg, int batch, int size) {
   const Plan p = make_plan(m.graph, PlanMode::BestFit, cpu_workspace_bytes);
   return "  unfused graph: arena " + mib(p.arena_bytes) + " (" + std::to_string(p.arena_bytes) + " bytes)\n";
 }
+
+// The CUDA executor's own plans: device bytes and cuDNN algorithm choices (needs a GPU).
+void print_cuda_plans(const Graph& train, const Graph& infer, int device, int batch) {
+#if defined(RESUNETPP_HAVE_CUDA) && defined(RESUNETPP_HAVE_CUDNN)
+  for (const Graph* g : {&train, &infer}) {
+    ParamStore store;
+    init_params(*g, store, 1);
+    CudaExecutor ex(*g, store, device, ExecOptions{});
+    const Plan& p = ex.plan();
+    std::cout << "\n" << (g == &train ? "training" : "inference") << " on " << ex.describe() << ", batch " << batch
+              << ":\n  arena " << mib(p.arena_bytes) << " (" << p.arena_bytes << " bytes), workspace "
+              << mib(p.workspace_bytes) << ", device memory held " << mib(ex.device_bytes()) << "\n"
+              << "  convolutions (" << ex.num_conv_shapes() << " distinct shapes):\n"
+              << ex.describe_convolutions();
+  }
+#else
+  (void)train;
+  (void)infer;
+  (void)batch;
+  fail("--device cuda:", device, ": this resunetpp was built without CUDA/cuDNN");
+#endif
+}
+
 }  // namespace
 
 int cmd_summary(int argc, char** argv) {
@@ -34,12 +59,21 @@ int cmd_summary(int argc, char** argv) {
   f.add("size", &size, "input height and width (multiple of 8)");
   f.add("batch", &batch, "batch size of the plans");
   f.add("filters", &filters, "channel counts of stem, encoders and bridge", "LIST");
+  std::string device = "cpu";
+  f.add("device", &device,
+        "cpu: plans with the CPU's workspace needs; cuda[:N] or auto: also builds the CUDA executor for both "
+        "graphs and prints its device memory and the cuDNN algorithms chosen per convolution shape",
+        "DEV");
   bool no_fuse = false;
   f.add("no-fuse", &no_fuse, "plan the unfused graph (no BN-ReLU-conv fusion)");
   if (!f.parse(argc, argv, 2, std::cout)) return 0;
   ModelConfig cfg;
   cfg.filters = parse_filters(filters, "--filters");
   cfg.fuse = !no_fuse;
+  const DeviceSpec dev = parse_device(device);
+  if (dev.cuda && !kHaveCudaExecutor) fail("--device ", device, ": this resunetpp was built without CUDA/cuDNN");
+  if (dev.cuda && dev.index >= cuda_executor_device_count())
+    fail("--device ", device, ": ", cuda_executor_device_count(), " CUDA device(s) visible");
   ModelGraph train = build_resunetpp(cfg, batch, size, size, true);
   ModelGraph infer = build_resunetpp(cfg, batch, size, size, false);
   const int64_t fwd_flops = infer.graph.forward_flops();
@@ -106,6 +140,7 @@ int cmd_summary(int argc, char** argv) {
               << "  workspace " << mib(p.workspace_bytes) << ", parameters" << (tr ? " + optimiser state " : " ")
               << mib(p.persistent_bytes) << "\n";
   }
+  if (dev.cuda) print_cuda_plans(train.graph, infer.graph, dev.index, batch);
   return 0;
 }
 

@@ -12,6 +12,7 @@
 
 #include "model/augment.h"
 #include "model/trainer.h"
+#include "runtime/executor.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/flags.h"
 
@@ -68,8 +69,8 @@ int cmd_train(int argc, char** argv) {
   f.add("weights", &o.weights, "start from this checkpoint's weights (resunetpp or PyTorch safetensors)", "FILE");
   f.add("resume", &o.resume, "continue the run in --out from its checkpoint_last");
   f.add("overwrite", &o.overwrite, "replace an earlier run in --out (without it, an existing run is refused)");
-  f.add("device", &o.device,
-        "cpu, cuda or cuda:N (cuda needs a build with CUDA and cuDNN; new, not yet verified on a GPU)", "DEV");
+  o.device = "auto";
+  f.add("device", &o.device, "auto (cuda:0 when this build has CUDA and a GPU is visible, else cpu), cpu, cuda or cuda:N; the CUDA path is new and not yet verified on a GPU", "DEV");
   f.add("precision", &o.precision, "fp32 (bf16 comes later)", "NAME");
   bool nondeterministic = false;
   f.add("nondeterministic", &nondeterministic,
@@ -77,6 +78,7 @@ int cmd_train(int argc, char** argv) {
   f.add("allow-tf32", &o.allow_tf32, "cuda: TF32 tensor-core convolutions (faster, about 1e-3 relative error)");
   f.require("data");
   if (!f.parse(argc, argv, 2, std::cout)) return 0;
+  o.device = resolve_device(o.device);  // config.json records the device actually used
   o.shuffle = !no_shuffle;
   o.deterministic = !nondeterministic;
   o.model.filters = parse_filters(filters, "--filters");
