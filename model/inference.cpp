@@ -111,7 +111,7 @@ Predictor::Predictor(const ModelConfig& cfg, int size, int batch, const std::str
 Predictor::~Predictor() = default;
 
 void Predictor::build(const std::string& device, const ExecOptions& options) {
-  mg_ = build_resunetpp(cfg_, batch_, size_, size_, /*training=*/false);
+  mg_ = build_resunetpp(config_for_device(cfg_, device), batch_, size_, size_, /*training=*/false);
   exec_ = make_executor(mg_.graph, store_, device, options);
   logits_.resize(size_t(batch_) * size_t(size_) * size_t(size_));
 }

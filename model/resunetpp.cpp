@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "runtime/executor.h"
 #include "runtime/fusion.h"
 #include "runtime/rng.h"
 
@@ -40,6 +41,11 @@ ModelGraph build_resunetpp(const ModelConfig& cfg, int n, int h, int w, bool tra
   }
   if (cfg.fuse) fuse_bn_relu_conv(m.graph);
   return m;
+}
+
+ModelConfig config_for_device(ModelConfig cfg, const std::string& device) {
+  cfg.fuse = parse_device(device).cuda;
+  return cfg;
 }
 
 std::vector<int> parse_filters(const std::string& text, const std::string& what) {

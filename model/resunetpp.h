@@ -128,6 +128,12 @@ void init_params(const Graph& g, ParamStore& store, uint64_t seed);
 std::vector<int> parse_filters(const std::string& text, const std::string& what);
 std::string filters_string(const std::vector<int>& filters);
 
+// cfg with `fuse` set for the executor of `device` (runtime/executor.h device strings): on for
+// CUDA, whose fused nodes are meant to apply BN-ReLU while loading, off for the CPU, whose fused
+// nodes stage BN-ReLU in the workspace and recompute it in backward (slower there; see
+// docs/design.md, "Fusion"). Both graphs give the same results.
+ModelConfig config_for_device(ModelConfig cfg, const std::string& device);
+
 // Number of trainable scalars in g.
 int64_t count_params(const Graph& g);
 

@@ -267,7 +267,9 @@ std::vector<EpochRecord> records_from_jsonl(const std::string& path, int before_
 
 Evaluator::Evaluator(const ModelConfig& cfg, int size, int batch, ParamStore& store, const std::string& device,
                      const ExecOptions& options)
-    : mg_(build_resunetpp(cfg, batch, size, size, /*training=*/false)), batch_(batch), size_(size) {
+    : mg_(build_resunetpp(config_for_device(cfg, device), batch, size, size, /*training=*/false)),
+      batch_(batch),
+      size_(size) {
   exec_ = make_executor(mg_.graph, store, device, options);
   logits_.resize(size_t(batch) * size_t(size) * size_t(size));
 }
@@ -402,7 +404,8 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
   const double t_data = now_seconds() - t0;
 
   // ---- graphs, plans, parameters ----
-  ModelGraph mg = build_resunetpp(o.model, o.batch, o.size, o.size, /*training=*/true, o.loss);
+  ModelGraph mg = build_resunetpp(config_for_device(o.model, o.device), o.batch, o.size, o.size, /*training=*/true,
+                                  o.loss);
   append_backward_and_update(mg.graph, mg.loss, o.optimizer);
   ParamStore store;
   init_params(mg.graph, store, o.seed);

@@ -18,13 +18,14 @@
 namespace rpp::cli {
 
 namespace {
-// The unfused training plan's arena, for comparison with the fused one.
-std::string unfused_line(ModelConfig cfg, int batch, int size) {
-  cfg.fuse = false;
+// The training arena of the graph with the other fusion setting, for comparison.
+std::string other_graph_line(ModelConfig cfg, int batch, int size) {
+  cfg.fuse = !cfg.fuse;
   ModelGraph m = build_resunetpp(cfg, batch, size, size, true);
   append_backward_and_update(m.graph, m.loss, OptimizerKind::Adam);
   const Plan p = make_plan(m.graph, PlanMode::BestFit, cpu_workspace_bytes);
-  return "  unfused graph: arena " + mib(p.arena_bytes) + " (" + std::to_string(p.arena_bytes) + " bytes)\n";
+  return std::string("  ") + (cfg.fuse ? "fused" : "unfused") + " graph: arena " + mib(p.arena_bytes) + " (" +
+         std::to_string(p.arena_bytes) + " bytes)\n";
 }
 
 // The CUDA executor's own plans: device bytes and cuDNN algorithm choices (needs a GPU).
@@ -64,13 +65,15 @@ int cmd_summary(int argc, char** argv) {
         "cpu: plans with the CPU's workspace needs; cuda[:N] or auto: also builds the CUDA executor for both "
         "graphs and prints its device memory and the cuDNN algorithms chosen per convolution shape",
         "DEV");
-  bool no_fuse = false;
-  f.add("no-fuse", &no_fuse, "plan the unfused graph (no BN-ReLU-conv fusion)");
+  std::string fuse = "auto";
+  f.add("fuse", &fuse,
+        "BN-ReLU-conv fusion: auto (as the device runs it: on for cuda, off for cpu), on or off", "MODE");
   if (!f.parse(argc, argv, 2, std::cout)) return 0;
   ModelConfig cfg;
   cfg.filters = parse_filters(filters, "--filters");
-  cfg.fuse = !no_fuse;
   const DeviceSpec dev = parse_device(device);
+  if (fuse != "auto" && fuse != "on" && fuse != "off") fail("--fuse must be auto, on or off, got '", fuse, "'");
+  cfg.fuse = fuse == "auto" ? dev.cuda : fuse == "on";
   if (dev.cuda && !kHaveCudaExecutor) fail("--device ", device, ": this resunetpp was built without CUDA/cuDNN");
   if (dev.cuda && dev.index >= cuda_executor_device_count())
     fail("--device ", device, ": ", cuda_executor_device_count(), " CUDA device(s) visible");
@@ -127,7 +130,7 @@ int cmd_summary(int argc, char** argv) {
     std::cout << "fusion: " << fused << " BN-ReLU-conv chains fused (only their pre-BN inputs are kept for "
                  "backward)\n\n";
   else
-    std::cout << "fusion: off\n\n";
+    std::cout << "fusion: off (--fuse on shows the fused graph the CUDA executor runs)\n\n";
   for (auto* mg : {&train, &infer}) {
     Plan p = make_plan(mg->graph, PlanMode::BestFit, cpu_workspace_bytes);
     const bool tr = mg == &train;
@@ -136,7 +139,7 @@ int cmd_summary(int argc, char** argv) {
               << "  arena " << mib(p.arena_bytes) << " (" << p.arena_bytes << " bytes) vs naive sum "
               << mib(p.naive_bytes) << " (" << p.naive_bytes << " bytes): " << std::setprecision(3)
               << 100.0 * (1.0 - double(p.arena_bytes) / double(p.naive_bytes)) << "% saved\n"
-              << (tr && cfg.fuse ? unfused_line(cfg, batch, size) : std::string())
+              << (tr ? other_graph_line(cfg, batch, size) : std::string())
               << "  workspace " << mib(p.workspace_bytes) << ", parameters" << (tr ? " + optimiser state " : " ")
               << mib(p.persistent_bytes) << "\n";
   }
