@@ -145,6 +145,7 @@ json::Value options_json(const TrainOptions& o) {
   v.set("precision", o.precision);
   v.set("deterministic", o.deterministic);
   v.set("allow_tf32", o.allow_tf32);
+  v.set("kernels", o.kernels);
   v.set("weights", o.weights);
   return v;
 }
@@ -352,6 +353,7 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
   if (dev.cuda && dev.index >= cuda_executor_device_count())
     fail("--device ", o.device, ": ", cuda_executor_device_count() == 0 ? std::string("no CUDA device is visible")
          : "this machine has " + std::to_string(cuda_executor_device_count()) + " CUDA device(s)", "; use --device cpu");
+  parse_kernel_choice(o.kernels);  // rejects a bad --kernels before any data is read
   if (o.precision != "fp32") fail("--precision ", o.precision, ": only fp32 is available in this version");
   if (o.batch < 1) fail("--batch must be at least 1, got ", o.batch);
   if (o.epochs < 1) fail("--epochs must be at least 1, got ", o.epochs);
@@ -412,6 +414,7 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
   ExecOptions eo;
   eo.deterministic = o.deterministic;
   eo.allow_tf32 = o.allow_tf32;
+  eo.kernels = parse_kernel_choice(o.kernels);
   // On a GPU each executor holds its own device copy of the store: the training executor's is
   // downloaded before checkpoints and validation, the evaluator's uploaded before validation.
   std::unique_ptr<Executor> exec = make_executor(mg.graph, store, o.device, eo);

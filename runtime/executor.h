@@ -23,6 +23,14 @@
 
 namespace rpp {
 
+// Which implementation runs the fused BN-ReLU-conv forward nodes on CUDA: the cuDNN composition
+// (BN-ReLU kernel into the workspace, then cuDNN), the hand-written kernel, or the faster of the
+// two timed once per shape at plan time. The CPU has one implementation and ignores this.
+enum class KernelChoice { Cudnn, Handwritten, Auto };
+// "cudnn", "handwritten", "auto"; rpp::Error naming the string otherwise.
+KernelChoice parse_kernel_choice(const std::string& name);
+const char* kernel_choice_name(KernelChoice k);
+
 struct ExecOptions {
   PlanMode plan_mode = PlanMode::BestFit;
   // CUDA only (the CPU backend is always deterministic and has no other choice):
@@ -33,6 +41,8 @@ struct ExecOptions {
   bool debug_sync = false;     // eager, synchronise and check after every node (names the node);
                                // also switched on by the environment variable RPP_CUDA_DEBUG_SYNC=1
   size_t conv_workspace_limit = size_t(1) << 30;  // cuDNN workspace cap per convolution (bytes)
+  // The hand-written kernel has not run on a GPU yet: the cuDNN path stays the default.
+  KernelChoice kernels = KernelChoice::Cudnn;
 };
 
 // A parsed device string: "cpu", "cuda" (= "cuda:0") or "cuda:N".

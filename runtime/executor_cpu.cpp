@@ -291,6 +291,22 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
 
 // ---- the device factory ----
 
+KernelChoice parse_kernel_choice(const std::string& name) {
+  if (name == "cudnn") return KernelChoice::Cudnn;
+  if (name == "handwritten") return KernelChoice::Handwritten;
+  if (name == "auto") return KernelChoice::Auto;
+  fail("kernels must be cudnn, handwritten or auto, got '", name, "'");
+}
+
+const char* kernel_choice_name(KernelChoice k) {
+  switch (k) {
+    case KernelChoice::Cudnn: return "cudnn";
+    case KernelChoice::Handwritten: return "handwritten";
+    case KernelChoice::Auto: return "auto";
+  }
+  return "?";
+}
+
 std::string resolve_device(const std::string& device) {
   if (device != "auto") return device;
   return kHaveCudaExecutor && cuda_executor_device_count() > 0 ? "cuda:0" : "cpu";

@@ -19,11 +19,13 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <iomanip>
 #include <limits>
 #include <map>
 #include <sstream>
 
 #include "kernels/cuda/batchnorm.cuh"
+#include "kernels/cuda/bn_relu_conv.cuh"
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/cudnn/conv_cudnn.cuh"
 #include "kernels/cuda/device.cuh"
@@ -92,6 +94,10 @@ struct CudaExecutor::Impl {
   std::map<ConvKey, std::unique_ptr<cuda::CudnnConv>> convs;
   std::map<ConvKey, int> conv_users;            // nodes per shape (diagnostics)
   std::vector<const cuda::CudnnConv*> node_conv;  // per node, null for non-conv nodes
+  // Per node: the fused forward runs the hand-written kernel (else the cuDNN composition), and
+  // why, for describe_kernels().
+  std::vector<char> handwritten;
+  std::vector<std::string> kernel_reason;
 
   const cuda::CudnnConv& conv_for(const cpu::Conv2dShape& s) const {
     auto it = convs.find(conv_key(s));
@@ -235,7 +241,7 @@ void CudaExecutor::init() {
     if (n.op == OpKind::Loss) loss_tensor_ = n.out[0];
     if (n.op == OpKind::ClipGradNorm) has_clip_ = true;
     if (n.op == OpKind::OptimizerUpdate) has_update_ = true;
-    if (n.op == OpKind::BatchNorm && n.bn.training) writes_persistent_ = true;
+    if ((n.op == OpKind::BatchNorm || n.op == OpKind::BatchNormStats) && n.bn.training) writes_persistent_ = true;
   }
   writes_persistent_ = writes_persistent_ || has_update_;
 
@@ -244,6 +250,98 @@ void CudaExecutor::init() {
   RPP_CUDA_CHECK(cudaMemsetAsync(arena_, 0, arena_bytes_, s));
   RPP_CUDA_CHECK(cudaMemsetAsync(persistent_, 0, persistent_bytes_, s));
   upload_params();  // synchronises
+  choose_kernels();
+}
+
+// Kernel choice for the fused BN-ReLU-conv forward nodes: the hand-written kernel
+// (kernels/cuda/bn_relu_conv.cuh) or the cuDNN composition (BN-ReLU staged, cuDNN conv).
+// Auto times both on the node's own tensors, once per distinct shape, before any run.
+void CudaExecutor::choose_kernels() {
+  const int nn = g_.num_nodes();
+  impl_->handwritten.assign(size_t(nn), 0);
+  impl_->kernel_reason.assign(size_t(nn), std::string());
+  std::map<ConvKey, std::pair<bool, std::string>> decided;
+  for (int i = 0; i < nn; ++i) {
+    const Node& n = g_.node(i);
+    if (n.op != OpKind::BnReluConv2d) continue;
+    const bool can = cuda::bn_relu_conv_can_run(n.conv.shape);
+    std::pair<bool, std::string> choice;
+    switch (opt_.kernels) {
+      case KernelChoice::Cudnn: choice = {false, "forced (--kernels cudnn)"}; break;
+      case KernelChoice::Handwritten:
+        if (!can) fail("CUDA executor: --kernels handwritten, but node ", n.name, " has a shape the hand-written "
+                       "BN-ReLU-conv kernel cannot run");
+        choice = {true, "forced (--kernels handwritten)"};
+        break;
+      case KernelChoice::Auto: {
+        if (!can) {
+          choice = {false, "auto: the hand-written kernel cannot run this shape"};
+          break;
+        }
+        auto it = decided.find(conv_key(n.conv.shape));
+        if (it != decided.end()) {
+          choice = it->second;
+          break;
+        }
+        impl_->handwritten[size_t(i)] = 0;
+        const double t_cudnn = time_node(i);
+        impl_->handwritten[size_t(i)] = 1;
+        const double t_hand = time_node(i);
+        std::ostringstream why;
+        why << "auto: hand-written " << std::fixed << std::setprecision(1) << t_hand * 1e3 << " us, cuDNN path "
+            << t_cudnn * 1e3 << " us";
+        // A 10% margin, so that timing noise does not flip the choice between two processes (the
+        // paths round differently; a flip would break exact --resume). Auto is still not
+        // reproducible across machines: --kernels cudnn|handwritten is.
+        choice = {t_hand < 0.9 * t_cudnn, why.str()};
+        decided[conv_key(n.conv.shape)] = choice;
+        break;
+      }
+    }
+    impl_->handwritten[size_t(i)] = choice.first ? 1 : 0;
+    impl_->kernel_reason[size_t(i)] = choice.second;
+  }
+}
+
+// Median milliseconds of one node launched alone (3 warm-up launches, then 7 timed), with the
+// node's current kernel choice. Only before the first run: it writes the node's outputs and the
+// workspace, which hold nothing yet.
+double CudaExecutor::time_node(int index) {
+  cudaStream_t s = as_stream(stream_);
+  cudaEvent_t a = nullptr, b = nullptr;
+  RPP_CUDA_CHECK(cudaEventCreate(&a));
+  RPP_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<float> ms;
+  try {
+    for (int r = 0; r < 10; ++r) {
+      RPP_CUDA_CHECK(cudaEventRecord(a, s));
+      launch(index);
+      RPP_CUDA_CHECK(cudaEventRecord(b, s));
+      RPP_CUDA_CHECK(cudaEventSynchronize(b));
+      float t = 0;
+      RPP_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+      if (r >= 3) ms.push_back(t);
+    }
+  } catch (...) {
+    (void)cudaEventDestroy(a);
+    (void)cudaEventDestroy(b);
+    throw;
+  }
+  (void)cudaEventDestroy(a);
+  (void)cudaEventDestroy(b);
+  std::sort(ms.begin(), ms.end());
+  return double(ms[ms.size() / 2]);
+}
+
+std::string CudaExecutor::describe_kernels() const {
+  std::ostringstream os;
+  for (int i = 0; i < g_.num_nodes(); ++i) {
+    const Node& n = g_.node(i);
+    if (n.op != OpKind::BnReluConv2d) continue;
+    os << "  " << n.name << " (bn_relu_conv2d): " << (impl_->handwritten[size_t(i)] ? "hand-written" : "cuDNN path")
+       << ", " << impl_->kernel_reason[size_t(i)] << "\n";
+  }
+  return os.str();
 }
 
 // Frees everything; safe on a partly built executor and never throws.
@@ -656,6 +754,10 @@ void CudaExecutor::launch(int index) {
       break;
     }
     case OpKind::BnReluConv2d: {  // in: x, gamma, beta, mean, invstd, w, b
+      if (impl_->handwritten[size_t(index)]) {
+        cuda::bn_relu_conv_forward(n.conv.shape, in(0), in(1), in(2), in(3), in(4), in(5), in(6), out(0), s);
+        break;
+      }
       const int c = int(sh(n.in[0]).back());
       float* staged = static_cast<float*>(ws);
       cuda::batchnorm_apply(count(n.in[0]) / c, c, in(0), in(1), in(2), in(3), in(4), /*relu=*/true, staged, s);

@@ -3,7 +3,8 @@
 #   build   configure and build for sm_90 (RESUNETPP_CUDA=ON, RESUNETPP_CUDNN=ON, warnings as
 #           errors), using the bundled .vendor/googletest and .vendor/stb when present
 #   test    every GPU suite (gpu_test_device, gpu_test_ops_gpu, gpu_test_conv_gpu,
-#           gpu_test_executor_gpu), then the CPU suite without the slow label
+#           gpu_test_bn_relu_conv_gpu, gpu_test_executor_gpu) with RPP_EXPECT_GPU=1 (no device
+#           is a failure, not a skip), then the CPU suite without the slow label
 #   sanitize  compute-sanitizer memcheck and racecheck on gpu_test_ops_gpu and
 #           gpu_test_executor_gpu, with --gtest_filter subsets that finish in minutes
 # and prints a compact summary. Full logs go to ${OUT:-/tmp}/gpu_session/.
@@ -76,7 +77,8 @@ if want build; then
 fi
 
 if want test && [ $build_ok -eq 1 ]; then
-  for t in gpu_test_device gpu_test_ops_gpu gpu_test_conv_gpu gpu_test_executor_gpu; do
+  export RPP_EXPECT_GPU=1  # a missing or unusable device fails the GPU tests instead of skipping them
+  for t in gpu_test_device gpu_test_ops_gpu gpu_test_conv_gpu gpu_test_bn_relu_conv_gpu gpu_test_executor_gpu; do
     exe=$build/$t
     if [ ! -x "$exe" ]; then fail "$t not built"; continue; fi
     t0=$(date +%s)
@@ -133,7 +135,9 @@ if want sanitize && [ $build_ok -eq 1 ]; then
     }
     run_cs memcheck gpu_test_ops_gpu "$ops_filter"
     run_cs memcheck gpu_test_executor_gpu "$exec_filter"
+    run_cs memcheck gpu_test_bn_relu_conv_gpu "*At64*:*Ragged*:*NaN*"
     run_cs racecheck gpu_test_ops_gpu "$race_ops_filter"
+    run_cs racecheck gpu_test_bn_relu_conv_gpu "*Ragged*"
     run_cs racecheck gpu_test_executor_gpu "$race_exec_filter"
   fi
 fi

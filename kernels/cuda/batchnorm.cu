@@ -188,7 +188,8 @@ __global__ void __launch_bounds__(kThreads)
       running_mean[ch] = float((1.0 - momentum) * double(running_mean[ch]) + momentum * mean);
     if (running_var)
       running_var[ch] = float((1.0 - momentum) * double(running_var[ch]) + momentum * var * unbias);
-    if (scale) scale[ch] = float(double(gamma[ch]) * invstd);
+    // From the float-rounded invstd, as batchnorm_apply (the fused path) and the CPU compute it.
+    if (scale) scale[ch] = float(double(gamma[ch]) * double(float(invstd)));
   }
 }
 
@@ -209,7 +210,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int ch = int(threadIdx.x); ch < c; ch += kThreads) {
     t_mean[ch] = mean[ch];
     if constexpr (kEval)
-      t_scale[ch] = float(double(gamma[ch]) / sqrt(double(running_var[ch]) + eps));
+      t_scale[ch] = float(double(gamma[ch]) * double(float(1.0 / sqrt(double(running_var[ch]) + eps))));
     else
       t_scale[ch] = scale[ch];
     t_shift[ch] = beta[ch];

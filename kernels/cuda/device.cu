@@ -24,6 +24,14 @@ int device_count() {
   return n;
 }
 
+std::string device_count_error() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e == cudaSuccess) return n > 0 ? std::string() : std::string("no CUDA device");
+  cudaGetLastError();
+  return std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+}
+
 std::string device_description(int index) {
   cudaDeviceProp p{};
   RPP_CUDA_CHECK(cudaGetDeviceProperties(&p, index));

@@ -23,8 +23,14 @@
 #include "runtime/rng.h"
 
 // Skips the current test when there is no CUDA device.
-#define REQUIRE_GPU() \
-  if (::rpp::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device present"
+// With RPP_EXPECT_GPU=1 in the environment (tools/gpu_session.sh sets it) a missing device is a
+// failure instead, so that a driver problem cannot pass as a run of skipped tests.
+#define REQUIRE_GPU()                                                                          \
+  if (::rpp::cuda::device_count() == 0) {                                                      \
+    if (std::getenv("RPP_EXPECT_GPU")) FAIL() << "RPP_EXPECT_GPU is set but CUDA reports: "   \
+                                              << ::rpp::cuda::device_count_error();            \
+    GTEST_SKIP() << "no usable CUDA device (" << ::rpp::cuda::device_count_error() << ")";     \
+  }
 
 // Throws std::runtime_error naming the call and the CUDA error.
 #define CU(call) ::rpp::gputest::cuda_check((call), #call)

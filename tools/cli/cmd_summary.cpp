@@ -29,23 +29,28 @@ std::string other_graph_line(ModelConfig cfg, int batch, int size) {
 }
 
 // The CUDA executor's own plans: device bytes and cuDNN algorithm choices (needs a GPU).
-void print_cuda_plans(const Graph& train, const Graph& infer, int device, int batch) {
+void print_cuda_plans(const Graph& train, const Graph& infer, int device, int batch, KernelChoice kernels) {
 #if defined(RESUNETPP_HAVE_CUDA) && defined(RESUNETPP_HAVE_CUDNN)
   for (const Graph* g : {&train, &infer}) {
     ParamStore store;
     init_params(*g, store, 1);
-    CudaExecutor ex(*g, store, device, ExecOptions{});
+    ExecOptions eo;
+    eo.kernels = kernels;
+    CudaExecutor ex(*g, store, device, eo);
     const Plan& p = ex.plan();
     std::cout << "\n" << (g == &train ? "training" : "inference") << " on " << ex.describe() << ", batch " << batch
               << ":\n  arena " << mib(p.arena_bytes) << " (" << p.arena_bytes << " bytes), workspace "
               << mib(p.workspace_bytes) << ", device memory held " << mib(ex.device_bytes()) << "\n"
               << "  convolutions (" << ex.num_conv_shapes() << " distinct shapes):\n"
               << ex.describe_convolutions();
+    const std::string k = ex.describe_kernels();
+    if (!k.empty()) std::cout << "  fused BN-ReLU-conv forward nodes:\n" << k;
   }
 #else
   (void)train;
   (void)infer;
   (void)batch;
+  (void)kernels;
   fail("--device cuda:", device, ": this resunetpp was built without CUDA/cuDNN");
 #endif
 }
@@ -65,6 +70,8 @@ int cmd_summary(int argc, char** argv) {
         "cpu: plans with the CPU's workspace needs; cuda[:N] or auto: also builds the CUDA executor for both "
         "graphs and prints its device memory and the cuDNN algorithms chosen per convolution shape",
         "DEV");
+  std::string kernels = "cudnn";
+  f.add("kernels", &kernels, "with --device cuda: cudnn, handwritten or auto (see train --help)", "NAME");
   std::string fuse = "auto";
   f.add("fuse", &fuse,
         "BN-ReLU-conv fusion: auto (as the device runs it: on for cuda, off for cpu), on or off", "MODE");
@@ -72,6 +79,7 @@ int cmd_summary(int argc, char** argv) {
   ModelConfig cfg;
   cfg.filters = parse_filters(filters, "--filters");
   const DeviceSpec dev = parse_device(device);
+  const KernelChoice kernel_choice = parse_kernel_choice(kernels);
   if (fuse != "auto" && fuse != "on" && fuse != "off") fail("--fuse must be auto, on or off, got '", fuse, "'");
   cfg.fuse = fuse == "auto" ? dev.cuda : fuse == "on";
   if (dev.cuda && !kHaveCudaExecutor) fail("--device ", device, ": this resunetpp was built without CUDA/cuDNN");
@@ -143,7 +151,7 @@ int cmd_summary(int argc, char** argv) {
               << "  workspace " << mib(p.workspace_bytes) << ", parameters" << (tr ? " + optimiser state " : " ")
               << mib(p.persistent_bytes) << "\n";
   }
-  if (dev.cuda) print_cuda_plans(train.graph, infer.graph, dev.index, batch);
+  if (dev.cuda) print_cuda_plans(train.graph, infer.graph, dev.index, batch, kernel_choice);
   return 0;
 }
 

@@ -75,6 +75,10 @@ int cmd_train(int argc, char** argv) {
   bool nondeterministic = false;
   f.add("nondeterministic", &nondeterministic,
         "cuda: allow cuDNN algorithms whose results vary between runs (--resume is then no longer exact)");
+  f.add("kernels", &o.kernels,
+        "cuda: fused BN-ReLU-conv forward: cudnn (BN-ReLU kernel + cuDNN), handwritten (new, not yet run on a "
+        "GPU) or auto (the faster of the two per shape, timed at start-up)",
+        "NAME");
   f.add("allow-tf32", &o.allow_tf32, "cuda: TF32 tensor-core convolutions (faster, about 1e-3 relative error)");
   f.require("data");
   if (!f.parse(argc, argv, 2, std::cout)) return 0;
