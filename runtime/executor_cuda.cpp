@@ -614,9 +614,8 @@ void CudaExecutor::download_params() {
 
 // ---- running ----
 
-void CudaExecutor::run(const cpu::OptimStep* opt) {
+void CudaExecutor::upload_step(const cpu::OptimStep* opt) {
   if (has_update_ && !opt) fail("graph has optimiser updates but run() got no optimiser step");
-  DeviceGuard guard(device_);
   cudaStream_t s = as_stream(stream_);
   if (has_update_ || has_clip_) {
     // Without a step (a clipping node but no updates) the struct only says "do not clip".
@@ -633,18 +632,65 @@ void CudaExecutor::run(const cpu::OptimStep* opt) {
     RPP_CUDA_CHECK(cudaMemcpyAsync(d_step_, src, sizeof h, cudaMemcpyHostToDevice, s));
     RPP_CUDA_CHECK(cudaEventRecord(as_event(step_events_[slot]), s));
   }
-  if (use_graphs_ && runs_ > 0) {  // the first run is eager: a warm-up outside any capture
-    if (!graph_exec_) capture_graph();
-    RPP_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph_exec_), s));
-  } else {
-    launch_all();
-  }
+}
+
+void CudaExecutor::queue_readback() {
+  cudaStream_t s = as_stream(stream_);
   ++runs_;
   if (loss_tensor_ >= 0)
     RPP_CUDA_CHECK(cudaMemcpyAsync(h_loss_, ptr(loss_tensor_), sizeof(float), cudaMemcpyDeviceToHost, s));
   if (has_clip_) RPP_CUDA_CHECK(cudaMemcpyAsync(h_norm_, d_norm_, sizeof(double), cudaMemcpyDeviceToHost, s));
   readback_pending_ = true;
   if (writes_persistent_) params_dirty_ = true;
+}
+
+void CudaExecutor::run(const cpu::OptimStep* opt) {
+  DeviceGuard guard(device_);
+  upload_step(opt);
+  if (use_graphs_ && runs_ > 0) {  // the first run is eager: a warm-up outside any capture
+    if (!graph_exec_) capture_graph();
+    RPP_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph_exec_), as_stream(stream_)));
+  } else {
+    launch_all();
+  }
+  queue_readback();
+}
+
+std::vector<double> CudaExecutor::profile_run(const cpu::OptimStep* opt) {
+  DeviceGuard guard(device_);
+  const int nn = g_.num_nodes();
+  cudaStream_t s = as_stream(stream_);
+  std::vector<cudaEvent_t> ev(size_t(nn) + 1, nullptr);
+  auto destroy = [&] {
+    for (cudaEvent_t& e : ev)
+      if (e) (void)cudaEventDestroy(e);
+  };
+  std::vector<double> ms(size_t(nn), 0.0);
+  try {
+    for (cudaEvent_t& e : ev) RPP_CUDA_CHECK(cudaEventCreate(&e));
+    upload_step(opt);
+    RPP_CUDA_CHECK(cudaEventRecord(ev[0], s));
+    for (int i = 0; i < nn; ++i) {
+      try {
+        launch(i);
+      } catch (const Error& e) {
+        fail("CUDA executor: node ", i, " (", op_name(g_.node(i).op), " ", g_.node(i).name, "): ", e.what());
+      }
+      RPP_CUDA_CHECK(cudaEventRecord(ev[size_t(i) + 1], s));
+    }
+    queue_readback();
+    RPP_CUDA_CHECK(cudaEventSynchronize(ev[size_t(nn)]));
+    for (int i = 0; i < nn; ++i) {
+      float t = 0;
+      RPP_CUDA_CHECK(cudaEventElapsedTime(&t, ev[size_t(i)], ev[size_t(i) + 1]));
+      ms[size_t(i)] = double(t);
+    }
+  } catch (...) {
+    destroy();
+    throw;
+  }
+  destroy();
+  return ms;
 }
 
 void CudaExecutor::wait_readback() {

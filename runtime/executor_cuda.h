@@ -97,6 +97,9 @@ class CudaExecutor final : public Executor {
   size_t device_bytes() const { return arena_bytes_ + persistent_bytes_ + workspace_bytes_; }
   // One line per distinct convolution shape: the shape, the nodes using it, the algorithms.
   std::string describe_convolutions() const;
+  // One run launched eagerly (no graph) with an event after every node; returns each node's
+  // milliseconds (index = node index) after waiting for the run. Same effects as run(opt).
+  std::vector<double> profile_run(const cpu::OptimStep* opt = nullptr);
   // One line per fused BN-ReLU-conv node: the kernel chosen and why (ExecOptions::kernels).
   std::string describe_kernels() const;
   int num_conv_shapes() const;
@@ -109,6 +112,8 @@ class CudaExecutor final : public Executor {
   void launch(int node_index);
   size_t workspace_need(const Node& n) const;
   void choose_kernels();
+  void upload_step(const cpu::OptimStep* opt);
+  void queue_readback();
   double time_node(int node_index);
   void* ptr(int tensor) const;           // device address, or null for -1
   float* fptr(int tensor) const { return static_cast<float*>(ptr(tensor)); }
