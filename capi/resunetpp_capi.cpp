@@ -39,12 +39,22 @@
 #include "runtime/checkpoint.h"
 #include "runtime/error.h"
 #include "runtime/executor_cpu.h"
+#include "runtime/executor_cuda.h"
 #include "runtime/fileio.h"
 #include "runtime/planner.h"
 #include "runtime/safetensors.h"
 
 #ifndef RESUNETPP_VERSION
 #define RESUNETPP_VERSION "unknown"
+#endif
+
+#if defined(RESUNETPP_HAVE_CUDA) && defined(RESUNETPP_HAVE_CUDNN)
+#include <cuda_runtime_api.h>
+
+#include "kernels/cuda/image_ops.cuh"
+#define RPP_BACKENDS_ ", cpu, cuda"
+#else
+#define RPP_BACKENDS_ ", cpu"
 #endif
 
 #define RPP_STR2_(x) #x
@@ -55,7 +65,7 @@ namespace {
 constexpr int kMaxImageSide = 16384;  // the same limit as the image decoder's
 constexpr int kMaxBatch = 4096;
 constexpr const char* kNoCuda =
-    "the CUDA backend is not built yet: this libresunetpp runs on the CPU only (use device \"cpu\")";
+    "this libresunetpp was built without CUDA and cuDNN: it runs on the CPU only (use device \"cpu\")";
 
 // ---- errors --------------------------------------------------------------------------------
 
@@ -143,6 +153,8 @@ struct Settings {
   int input_size = 0, batch = 1, max_contexts = 0;
   bool tta = false;
   double threshold = 0.5;
+  std::string device = "cpu";  // "cpu" or "cuda:N"
+  void* stream = nullptr;      // cudaStream_t default of the _device calls
 };
 
 void check_api_version(uint32_t v) {
@@ -171,12 +183,21 @@ Settings settings_from(const rpp_model_options* o) {
   // Every field below exists since API 1.0; a field added in 1.x is read only when
   // (o->api_version & 0xFFFF) >= x, so an older caller's smaller struct is never over-read.
   const std::string device = o->device ? o->device : "cpu";
-  if (is_cuda_device(device)) api_fail(RPP_STATUS_UNSUPPORTED, "device '", device, "': ", kNoCuda);
-  if (device != "cpu")
+  if (is_cuda_device(device)) {
+    if (!rpp::kHaveCudaExecutor) api_fail(RPP_STATUS_UNSUPPORTED, "device '", device, "': ", kNoCuda);
+    const int index = rpp::parse_device(device).index, count = rpp::cuda_executor_device_count();
+    if (index >= count)
+      api_fail(RPP_STATUS_UNSUPPORTED, "device '", device, "': ",
+               count == 0 ? std::string("no usable CUDA device is visible")
+                          : "this machine has " + std::to_string(count) + " CUDA device(s)");
+    s.device = "cuda:" + std::to_string(index);
+  } else if (device != "cpu") {
     api_fail(RPP_STATUS_INVALID_ARGUMENT, "device must be \"cpu\" or \"cuda:N\", got '", device, "'");
+  }
+  s.stream = o->cuda_stream;
   const std::string precision = o->precision ? o->precision : "fp32";
   if (precision == "bf16")
-    api_fail(RPP_STATUS_UNSUPPORTED, "precision 'bf16' needs the CUDA backend, which is not built yet (use \"fp32\")");
+    api_fail(RPP_STATUS_UNSUPPORTED, "precision 'bf16' is not implemented yet (use \"fp32\")");
   if (precision != "fp32")
     api_fail(RPP_STATUS_INVALID_ARGUMENT, "precision must be \"fp32\" or \"bf16\", got '", precision, "'");
   if (o->input_size != 0 && (o->input_size < 8 || o->input_size > kMaxImageSide || o->input_size % 8 != 0))
@@ -287,7 +308,7 @@ struct rpp_model {
   // A new context holding a copy of the weights. Written in place: the executor keeps pointers
   // to the store's tensors.
   std::unique_ptr<rpp::Predictor> make_context() const {
-    auto p = std::make_unique<rpp::Predictor>(cfg, size, settings.batch);
+    auto p = std::make_unique<rpp::Predictor>(cfg, size, settings.batch, settings.device);
     for (const std::string& name : weights.names()) {
       const rpp::Tensor& src = weights.get(name);
       rpp::Tensor& dst = p->store().get(name);
@@ -403,6 +424,55 @@ void run_batch(rpp_model& m, const rpp_image* images, size_t count, float* const
   }
 }
 
+// The device-pointer path: every step queued on the context's executor stream, joined with the
+// caller's stream by events on both sides, so the host never waits. Same arithmetic as run_batch
+// (kernels/cuda/image_ops.cuh). The context goes back to the pool while its work may still be
+// queued: the next call on it queues behind that work on the same stream.
+void run_batch_device(rpp_model& m, const rpp_image* images, size_t count, float* const* probabilities,
+                      uint8_t* const* masks, void* stream) {
+  if (count == 0) return;
+  if (m.settings.device == "cpu")
+    api_fail(RPP_STATUS_UNSUPPORTED, "the _device calls need a model created with device \"cuda:N\"; this one runs on "
+             "the CPU (use rpp_segment with host memory)");
+  if (m.settings.tta)
+    api_fail(RPP_STATUS_UNSUPPORTED, "tta is not available in the _device calls yet (use rpp_segment, or tta = 0)");
+#if defined(RESUNETPP_HAVE_CUDA) && defined(RESUNETPP_HAVE_CUDNN)
+  Lease lease(m);
+  rpp::Predictor& p = *lease;
+  auto* ex = dynamic_cast<rpp::CudaExecutor*>(&p.ready_executor());
+  if (!ex) api_fail(RPP_STATUS_INTERNAL, "the model's context has no CUDA executor");
+  void* caller = stream ? stream : m.settings.stream;
+  const cudaStream_t s = static_cast<cudaStream_t>(ex->stream());
+  const int size = m.size;
+  const size_t plane = size_t(size) * size_t(size), per = plane * 3;
+  const size_t batch = size_t(m.settings.batch);
+  auto* in = static_cast<float*>(ex->device_tensor(p.image_tensor()));
+  auto* lg = static_cast<const float*>(ex->device_tensor(p.logits_tensor()));
+  ex->wait_for(caller);
+  for (size_t start = 0; start < count; start += batch) {
+    const size_t k = std::min(batch, count - start);
+    for (size_t i = 0; i < k; ++i) {
+      const rpp_image& im = images[start + i];
+      rpp::cuda::rgb8_to_model_input(im.data, im.width, im.height, im.stride ? im.stride : size_t(im.width) * 3, size,
+                                     in + i * per, s);
+    }
+    ex->run();
+    for (size_t i = 0; i < k; ++i) {
+      const size_t j = start + i;
+      rpp::cuda::logits_to_outputs(lg + i * plane, size, images[j].width, images[j].height, m.settings.threshold,
+                                   probabilities ? probabilities[j] : nullptr, masks ? masks[j] : nullptr, s);
+    }
+  }
+  ex->signal_to(caller);
+#else
+  (void)images;
+  (void)probabilities;
+  (void)masks;
+  (void)stream;
+  api_fail(RPP_STATUS_UNSUPPORTED, kNoCuda);
+#endif
+}
+
 }  // namespace
 
 // ---- the C entry points ----------------------------------------------------------------------
@@ -411,7 +481,7 @@ extern "C" {
 
 RPP_API const char* rpp_version(void) {
   return "resunetpp " RESUNETPP_VERSION " (C API " RPP_STR_(RPP_API_VERSION_MAJOR) "." RPP_STR_(
-      RPP_API_VERSION_MINOR) ", cpu)";
+      RPP_API_VERSION_MINOR) RPP_BACKENDS_ ")";
 }
 
 RPP_API uint32_t rpp_api_version(void) { return RPP_API_VERSION; }
@@ -526,21 +596,19 @@ RPP_API rpp_status rpp_segment_batch(rpp_model* model, const rpp_image* images, 
 RPP_API rpp_status rpp_segment_device(rpp_model* model, const rpp_image* image, float* probability, uint8_t* mask,
                                       void* cuda_stream) {
   return guarded("rpp_segment_device", [&] {
-    (void)cuda_stream;
     if (!model) api_fail(RPP_STATUS_INVALID_ARGUMENT, "model is NULL");
     check_image(image, "image");
     if (!probability && !mask)
       api_fail(RPP_STATUS_INVALID_ARGUMENT, "probability and mask are both NULL: give at least one output buffer");
-    api_fail(RPP_STATUS_UNSUPPORTED, kNoCuda, "; copy the image to host memory and call rpp_segment");
+    run_batch_device(*model, image, 1, &probability, &mask, cuda_stream);
   });
 }
 
 RPP_API rpp_status rpp_segment_batch_device(rpp_model* model, const rpp_image* images, size_t count,
                                             float* const* probabilities, uint8_t* const* masks, void* cuda_stream) {
   return guarded("rpp_segment_batch_device", [&] {
-    (void)cuda_stream;
     check_batch(model, images, count, probabilities, masks);
-    api_fail(RPP_STATUS_UNSUPPORTED, kNoCuda, "; copy the images to host memory and call rpp_segment_batch");
+    run_batch_device(*model, images, count, probabilities, masks, cuda_stream);
   });
 }
 

@@ -127,6 +127,14 @@ std::vector<float> Predictor::preprocess(const Image& img) const {
   return out;
 }
 
+Executor& Predictor::ready_executor() {
+  if (params_changed_) {
+    exec_->upload_params();
+    params_changed_ = false;
+  }
+  return *exec_;
+}
+
 void Predictor::run_variant(const float* images, int start, int count, Flip flip) {
   const size_t per = size_t(size_) * size_t(size_) * 3;
   if (params_changed_) {

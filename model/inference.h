@@ -95,6 +95,13 @@ class Predictor {
   // One image end to end: preprocess, run, return logits at (size, size).
   std::vector<float> predict_logits(const Image& img, bool tta);
 
+  // For callers that drive the executor themselves (the C API's device-pointer calls): the
+  // executor with the parameters uploaded, and the graph's image input (batch, size, size, 3)
+  // and logits output (batch, size, size, 1) tensors.
+  Executor& ready_executor();
+  int image_tensor() const { return mg_.image; }
+  int logits_tensor() const { return mg_.logits; }
+
  private:
   void build(const std::string& device, const ExecOptions& options);
   // Runs one padded batch; its logits end up in logits_.

@@ -236,6 +236,11 @@ void CudaExecutor::init() {
     RPP_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     ev = e;
   }
+  for (void** ev : {&join_in_, &join_out_}) {
+    cudaEvent_t e = nullptr;
+    RPP_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    *ev = e;
+  }
 
   for (const Node& n : g_.nodes()) {
     if (n.op == OpKind::Loss) loss_tensor_ = n.out[0];
@@ -364,6 +369,10 @@ void CudaExecutor::release() noexcept {
   for (void*& e : step_events_) {
     if (e) (void)cudaEventDestroy(as_event(e));
     e = nullptr;
+  }
+  for (void** e : {&join_in_, &join_out_}) {
+    if (*e) (void)cudaEventDestroy(as_event(*e));
+    *e = nullptr;
   }
   if (pinned_) (void)cudaFreeHost(pinned_);
   if (workspace_) (void)cudaFree(workspace_);
@@ -691,6 +700,20 @@ std::vector<double> CudaExecutor::profile_run(const cpu::OptimStep* opt) {
   }
   destroy();
   return ms;
+}
+
+void* CudaExecutor::device_tensor(int t) const { return ptr(t); }
+
+void CudaExecutor::wait_for(void* stream) {
+  DeviceGuard guard(device_);
+  RPP_CUDA_CHECK(cudaEventRecord(as_event(join_in_), as_stream(stream)));
+  RPP_CUDA_CHECK(cudaStreamWaitEvent(as_stream(stream_), as_event(join_in_), 0));
+}
+
+void CudaExecutor::signal_to(void* stream) {
+  DeviceGuard guard(device_);
+  RPP_CUDA_CHECK(cudaEventRecord(as_event(join_out_), as_stream(stream_)));
+  RPP_CUDA_CHECK(cudaStreamWaitEvent(as_stream(stream), as_event(join_out_), 0));
 }
 
 void CudaExecutor::wait_readback() {

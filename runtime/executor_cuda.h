@@ -97,6 +97,14 @@ class CudaExecutor final : public Executor {
   size_t device_bytes() const { return arena_bytes_ + persistent_bytes_ + workspace_bytes_; }
   // One line per distinct convolution shape: the shape, the nodes using it, the algorithms.
   std::string describe_convolutions() const;
+  // Device address of a tensor that has storage (rpp::Error otherwise): inputs may be written
+  // and outputs read there by kernels queued on stream() between runs.
+  void* device_tensor(int tensor) const;
+  // Joins with a caller's cudaStream_t (null: the legacy default stream) without blocking the
+  // host: wait_for makes this executor's stream wait for the work queued on `stream` so far;
+  // signal_to makes `stream` wait for the work queued on this executor's stream so far.
+  void wait_for(void* stream);
+  void signal_to(void* stream);
   // One run launched eagerly (no graph) with an event after every node; returns each node's
   // milliseconds (index = node index) after waiting for the run. Same effects as run(opt).
   std::vector<double> profile_run(const cpu::OptimStep* opt = nullptr);
@@ -151,6 +159,8 @@ class CudaExecutor final : public Executor {
   static constexpr int kStepRing = 4;
   void* step_events_[kStepRing] = {};  // cudaEvent_t: the copy out of each ring slot has run
   int step_slot_ = 0;
+  void* join_in_ = nullptr;   // cudaEvent_t for wait_for
+  void* join_out_ = nullptr;  // cudaEvent_t for signal_to
 
   // Per tensor: device address (null: no storage in this plan), persistent block offset (-1:
   // not persistent), whether the device holds it in OHWI, its input staging (host) and the event

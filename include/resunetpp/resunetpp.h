@@ -133,10 +133,13 @@ typedef struct rpp_model_options {
   /* The header version the caller was built against, written by rpp_model_options_init. A
    * struct not initialised by it (api_version 0) is refused. */
   uint32_t api_version;
-  /* "cpu" (default; NULL means "cpu") or "cuda" / "cuda:N" (the CUDA backend is not built yet:
-   * refused with RPP_STATUS_UNSUPPORTED). Read during create only. */
+  /* "cpu" (default; NULL means "cpu") or "cuda" / "cuda:N". A CUDA device needs a library built
+   * with CUDA and cuDNN (rpp_version() then lists "cuda") and a visible GPU; otherwise create
+   * returns RPP_STATUS_UNSUPPORTED naming the reason. Each context of a CUDA model holds its own
+   * device memory and stream. The CUDA path is new and has not yet been verified on a GPU.
+   * Read during create only. */
   const char* device;
-  /* "fp32" (default; NULL means "fp32") or "bf16" (needs the CUDA backend: refused with
+  /* "fp32" (default; NULL means "fp32") or "bf16" (not implemented yet: refused with
    * RPP_STATUS_UNSUPPORTED). */
   const char* precision;
   /* The model's square input resolution: 0 (default) takes the checkpoint's metadata "size"
@@ -227,9 +230,17 @@ RPP_API rpp_status rpp_segment(rpp_model* model, const rpp_image* image, float* 
 RPP_API rpp_status rpp_segment_batch(rpp_model* model, const rpp_image* images, size_t count,
                                      float* const* probabilities, uint8_t* const* masks);
 
-/* The CUDA device-pointer variants: image data and outputs in device memory, work queued on
- * cuda_stream (NULL: the model's options.cuda_stream). The CUDA backend is not built yet: these
- * return RPP_STATUS_UNSUPPORTED (after checking their arguments as rpp_segment does). */
+/* The CUDA device-pointer variants, for a model created with device "cuda:N": image data
+ * (rpp_image.data) and the probability / mask outputs are device memory on that GPU, allocated
+ * and owned by the caller, sized as for rpp_segment. The work is ordered after everything queued
+ * on cuda_stream before the call (NULL: the model's options.cuda_stream; NULL there too: the
+ * legacy default stream), and everything queued on that stream after the call runs after it;
+ * the host never waits. So the outputs are ready once the caller's stream reaches that point,
+ * e.g. after cudaStreamSynchronize(cuda_stream); the images must stay valid until then. Same
+ * arithmetic as rpp_segment, so the results equal rpp_segment's on the same model (probabilities
+ * to about 1e-6: the sigmoid runs on the GPU). Arguments are checked as rpp_segment checks them;
+ * a CPU model returns RPP_STATUS_UNSUPPORTED, as does a model with tta = 1 (not available on
+ * this path yet). Thread safety as for rpp_segment. */
 RPP_API rpp_status rpp_segment_device(rpp_model* model, const rpp_image* image, float* probability, uint8_t* mask,
                                       void* cuda_stream);
 RPP_API rpp_status rpp_segment_batch_device(rpp_model* model, const rpp_image* images, size_t count,
