@@ -503,17 +503,24 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
     BatchLoader loader(train_ds, order, o.batch, first, steps_per_epoch, augmenting ? &aug : nullptr, o.seed, epoch);
     int64_t s = first;
     int64_t steps_now = 0;
+    // The next batch is assembled and its upload queued while the current step runs (on a GPU
+    // the step is asynchronous until last_loss()); the batches and their order are unchanged.
+    auto fetch = [&] {
+      float* images = exec->input_buffer(mg.image);
+      float* targets = exec->input_buffer(mg.target);
+      loader.next(images, targets);
+      exec->set_input(mg.image, images);
+      exec->set_input(mg.target, targets);
+    };
+    bool fetched = false;
     for (; s < steps_per_epoch; ++s) {
       if ((o.max_steps > 0 && st.step >= o.max_steps) || (o.stop && o.stop->load())) {
         stop = true;
         res.interrupted = o.stop && o.stop->load();
         break;
       }
-      float* images = exec->input_buffer(mg.image);
-      float* targets = exec->input_buffer(mg.target);
-      loader.next(images, targets);
-      exec->set_input(mg.image, images);
-      exec->set_input(mg.target, targets);
+      if (!fetched) fetch();
+      fetched = false;
       cpu::OptimStep os;
       os.lr = scheduled_lr(o, st.step, total_steps, o.schedule == "plateau" ? st.plateau.lr : o.lr);
       os.momentum = o.momentum;
@@ -526,6 +533,10 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
         mu_product = os.nadam_mu_product;
       }
       exec->run(&os);
+      if (s + 1 < steps_per_epoch && (o.max_steps <= 0 || st.step + 1 < o.max_steps) && !(o.stop && o.stop->load())) {
+        fetch();
+        fetched = true;
+      }
       // On a GPU, reading the loss is the step's one synchronisation (runtime/executor_cuda.h).
       const double loss = exec->last_loss();
       const double grad_norm = exec->last_grad_norm();

@@ -236,7 +236,7 @@ void CudaExecutor::init() {
     RPP_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     ev = e;
   }
-  for (void** ev : {&join_in_, &join_out_}) {
+  for (void** ev : {&join_in_, &join_out_, &readback_event_}) {
     cudaEvent_t e = nullptr;
     RPP_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     *ev = e;
@@ -370,7 +370,7 @@ void CudaExecutor::release() noexcept {
     if (e) (void)cudaEventDestroy(as_event(e));
     e = nullptr;
   }
-  for (void** e : {&join_in_, &join_out_}) {
+  for (void** e : {&join_in_, &join_out_, &readback_event_}) {
     if (*e) (void)cudaEventDestroy(as_event(*e));
     *e = nullptr;
   }
@@ -649,6 +649,9 @@ void CudaExecutor::queue_readback() {
   if (loss_tensor_ >= 0)
     RPP_CUDA_CHECK(cudaMemcpyAsync(h_loss_, ptr(loss_tensor_), sizeof(float), cudaMemcpyDeviceToHost, s));
   if (has_clip_) RPP_CUDA_CHECK(cudaMemcpyAsync(h_norm_, d_norm_, sizeof(double), cudaMemcpyDeviceToHost, s));
+  // wait_readback waits for this event, not for the stream: work queued after the run (the next
+  // batch's upload) does not delay it.
+  RPP_CUDA_CHECK(cudaEventRecord(as_event(readback_event_), s));
   readback_pending_ = true;
   if (writes_persistent_) params_dirty_ = true;
 }
@@ -718,7 +721,7 @@ void CudaExecutor::signal_to(void* stream) {
 
 void CudaExecutor::wait_readback() {
   if (!readback_pending_) return;
-  RPP_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_)));
+  RPP_CUDA_CHECK(cudaEventSynchronize(as_event(readback_event_)));
   last_loss_ = loss_tensor_ >= 0 ? double(*h_loss_) : std::numeric_limits<double>::quiet_NaN();
   last_norm_ = has_clip_ ? *h_norm_ : 0.0;
   readback_pending_ = false;

@@ -161,6 +161,7 @@ class CudaExecutor final : public Executor {
   int step_slot_ = 0;
   void* join_in_ = nullptr;   // cudaEvent_t for wait_for
   void* join_out_ = nullptr;  // cudaEvent_t for signal_to
+  void* readback_event_ = nullptr;  // cudaEvent_t after the last run's scalar read-back
 
   // Per tensor: device address (null: no storage in this plan), persistent block offset (-1:
   // not persistent), whether the device holds it in OHWI, its input staging (host) and the event
