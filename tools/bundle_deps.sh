@@ -8,6 +8,9 @@
 #   cmake --build build && ctest --test-dir build
 # cuDNN is looked for in the toolkit, under CUDNN_ROOT (a tarball layout) or in a Python
 # nvidia-cudnn wheel (see cmake/FindCUDNN.cmake).
+# With BUNDLE_DATA=DIR it also copies a dataset folder (images/, masks/, splits/) to
+# .vendor/data/<name of DIR>, for accuracy runs on a server that cannot reach it (Kvasir-SEG is
+# about 55 MB; check what your transfer allows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gtest_src=${GTEST_SRC:-/usr/src/googletest}
@@ -18,4 +21,11 @@ rm -rf .vendor/googletest .vendor/stb
 mkdir -p .vendor/stb
 cp -r "$gtest_src" .vendor/googletest
 cp "$stb_src/stb_image.h" "$stb_src/stb_image_write.h" .vendor/stb/
+if [ -n "${BUNDLE_DATA:-}" ]; then
+  [ -d "$BUNDLE_DATA/images" ] && [ -d "$BUNDLE_DATA/masks" ] || { echo "error: $BUNDLE_DATA has no images/ and masks/" >&2; exit 1; }
+  name=$(basename "$BUNDLE_DATA")
+  rm -rf ".vendor/data/$name"
+  mkdir -p .vendor/data
+  cp -r "$BUNDLE_DATA" ".vendor/data/$name"
+fi
 echo "bundled $(du -sh .vendor | cut -f1) into .vendor/ (googletest from $gtest_src, stb from $stb_src)"

@@ -157,13 +157,64 @@ def count_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def load_resunetpp_checkpoint(path, filters=None):
-    """(model, tensors_without_optim, metadata). strict load; dtype stays float32."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+# safetensors files: through the `safetensors` package when it is installed, else through the small
+# reader/writer below (the format is an 8-byte little-endian header length, a JSON header with
+# dtype, shape and data_offsets per tensor plus an optional __metadata__ map, then the raw data),
+# so that a GPU server with PyTorch but without that package can still run everything.
+_ST_DTYPES = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8}
+
+
+def st_load(path):
+    """(dict name -> CPU tensor, metadata dict)."""
+    try:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+    except ImportError:
+        with open(path, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(n))
+            data = fh.read()
+        meta = header.pop("__metadata__", None) or {}
+        tensors = {}
+        for name, info in header.items():
+            b, e = info["data_offsets"]
+            t = torch.frombuffer(bytearray(data[b:e]), dtype=_ST_DTYPES[info["dtype"]]) if e > b else \
+                torch.zeros(0, dtype=_ST_DTYPES[info["dtype"]])
+            tensors[name] = t.reshape(info["shape"])
+        return tensors, meta
     with safe_open(path, framework="pt") as fh:
         meta = fh.metadata() or {}
-    tensors = {k: v for k, v in load_file(path).items() if not k.startswith("optim.")}
+    return load_file(path), meta
+
+
+def st_save(tensors, path):
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        names = {v: k for k, v in _ST_DTYPES.items()}
+        header, blobs, off = {}, [], 0
+        for name in sorted(tensors):
+            t = tensors[name].detach().contiguous().cpu()
+            raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
+            blobs.append(raw)
+            off += len(raw)
+        h = json.dumps(header, separators=(",", ":")).encode()
+        h += b" " * (-len(h) % 8)
+        with open(path, "wb") as fh:
+            fh.write(struct.pack("<Q", len(h)))
+            fh.write(h)
+            for raw in blobs:
+                fh.write(raw)
+        return
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+
+
+def load_resunetpp_checkpoint(path, filters=None):
+    """(model, tensors_without_optim, metadata). strict load; dtype stays float32."""
+    all_tensors, meta = st_load(path)
+    tensors = {k: v for k, v in all_tensors.items() if not k.startswith("optim.")}
     if filters is None:
         filters = tuple(int(v) for v in meta.get("filters", ",".join(map(str, FILTERS))).split(","))
     in_ch = int(meta.get("in_channels", "3"))
@@ -602,7 +653,6 @@ def print_gradient_table(recs, log, count=8):
 
 
 def cmd_train_step(a):
-    from safetensors.torch import load_file
     torch.manual_seed(0)
     log = print
     stems = sorted(os.path.splitext(n)[0] for n in os.listdir(os.path.join(a.data, "images"))
@@ -653,8 +703,8 @@ def cmd_train_step(a):
     x = np.stack([preprocess(read_image(find("images", s)), a.size) for s in train_stems])
     t = np.stack([mask_target(read_image(find("masks", s)), a.size) for s in train_stems])
 
-    before = {k: v for k, v in load_file(a.weights).items() if not k.startswith("optim.")}
-    after = {k: v for k, v in load_file(after_path).items() if not k.startswith("optim.")}
+    before = {k: v for k, v in st_load(a.weights)[0].items() if not k.startswith("optim.")}
+    after = {k: v for k, v in st_load(after_path)[0].items() if not k.startswith("optim.")}
     model, _, meta = load_resunetpp_checkpoint(a.weights)
 
     def torch_step(dtype):
@@ -835,7 +885,11 @@ def bench_mode(mode, a, device, timer):
     set_tf32(tf32)
     torch.manual_seed(0)
     fmt_mem = torch.channels_last if cl else torch.contiguous_format
-    model = ResUNetPP().to(device).to(memory_format=fmt_mem)
+    if a.weights:
+        model = load_resunetpp_checkpoint(a.weights)[0]
+    else:
+        model = ResUNetPP()
+    model = model.to(device).to(memory_format=fmt_mem)
     res = {"channels_last": cl, "autocast": str(amp) if amp else None, "compiled": compiled, "tf32": tf32}
     cuda = device.type == "cuda"
     train_model, infer_model = model, model
@@ -934,6 +988,7 @@ def cmd_bench(a):
            "settings": {"device": a.device, "size": a.size, "batch": a.batch, "infer_batch": a.infer_batch,
                         "iters": a.iters, "warmup": a.warmup, "modes": modes, "compile_mode": a.compile_mode,
                         "loss": "bce+dice", "optimizer": "Adam lr 1e-3",
+                        "weights": a.weights or "PyTorch default initialisation (seed 0)",
                         "cudnn_benchmark": device.type == "cuda", "threads": torch.get_num_threads(),
                         "data": "random tensors already on the device (no data loading)",
                         "timing": ("CUDA events around each repeat, synchronised" if device.type == "cuda"
@@ -1026,7 +1081,6 @@ def cmd_summary(a):
         for k, v in sd.items():
             print(k, tuple(v.shape), str(v.dtype).replace("torch.", ""))
     if a.save:
-        from safetensors.torch import save_file
         if a.randomize is not None:
             # PyTorch's default initialisation, then BatchNorm parameters and statistics away from
             # their defaults, so that an eval-mode forward exercises all of them.
@@ -1043,7 +1097,7 @@ def cmd_summary(a):
                         mod.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
                         mod.num_batches_tracked.fill_(7)
             sd = m.state_dict()
-        save_file({k: v.contiguous() for k, v in sd.items()}, a.save)
+        st_save(sd, a.save)
         print(f"wrote {a.save} (PyTorch state_dict, no metadata)")
     return 0 if (n == EXPECTED_PARAMS and stats == EXPECTED_BN_STATS) else 1
 
@@ -1104,6 +1158,7 @@ def main(argv=None):
                    help=f"comma-separated, from: {', '.join(MODES)}")
     s.add_argument("--compile-mode", default="max-autotune")
     s.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    s.add_argument("--weights", help="start every mode from this resunetpp checkpoint (default: PyTorch's init)")
     s.add_argument("--json", help="write the results here")
 
     s = sub.add_parser("summary", help="parameter count and state_dict names")
