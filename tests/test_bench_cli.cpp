@@ -63,7 +63,7 @@ std::pair<size_t, size_t> fused_shapes(int batch, int size) {
 TEST(BenchCli, CpuRunVerifiesEveryShapeAndWritesJson) {
   const std::string path = "/tmp/rpp_test_bench_cli_" + std::to_string(getpid()) + ".json";
   std::remove(path.c_str());
-  const Result r = run("--device cpu --size 32 --batch 2 --repeats 2 --json " + path);
+  const Result r = run("--device cpu --size 32 --batch 2 --repeats 2 --infer-batch 3 --json " + path);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(has(r.out, "median µs")) << r.out;
   EXPECT_TRUE(has(r.out, "top 10 nodes")) << r.out;
@@ -131,6 +131,19 @@ TEST(BenchCli, CpuRunVerifiesEveryShapeAndWritesJson) {
   EXPECT_EQ(count, n_nodes);
   EXPECT_NEAR(ms, tl["profiled_step_ms"].as_double(), 1e-6 * ms + 1e-9);
   EXPECT_EQ(tl["top_nodes"].size(), std::min<size_t>(10, size_t(n_nodes)));
+
+  // Inference: batch 1 (latency) and --infer-batch (throughput), finite logits, consistent rates.
+  const json::Value& inf = v["inference"];
+  ASSERT_EQ(inf.size(), 2u);
+  const int64_t batches[2] = {1, 3};
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(inf[i]["batch"].as_int(), batches[i]);
+    EXPECT_TRUE(inf[i]["logits_finite"].as_bool());
+    const double ms = inf[i]["latency_ms"].as_double();
+    EXPECT_GT(ms, 0.0);
+    EXPECT_NEAR(inf[i]["images_per_s"].as_double(), double(batches[i]) / (ms * 1e-3),
+                1e-6 * inf[i]["images_per_s"].as_double());
+  }
 }
 
 // A row whose output fails its check is reported FAILED, without any timing, and the exit status
@@ -175,7 +188,8 @@ TEST(BenchCli, HelpListsEveryFlag) {
   const Result r = run("--help");
   EXPECT_EQ(r.code, 0) << r.out;
   for (const char* f : {"--device", "--size", "--batch", "--repeats", "--warmup", "--filter", "--json",
-                        "--no-timeline", "--kernels", "--seed", "--help"})
+                        "--no-timeline", "--no-inference", "--infer-batch", "--tf32", "--kernels", "--seed",
+                        "--help"})
     EXPECT_TRUE(has(r.out, f)) << f;
 }
 

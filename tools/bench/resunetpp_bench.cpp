@@ -20,7 +20,12 @@
 //      step time and images/s. cpu: CpuExecutor, one warm-up step, then one profiled step
 //      (set_profiling). cuda: CudaExecutor, one warm-up run(), then profile_run() (eager, an event
 //      after every node), then replays of the captured CUDA graph timed on the host for the step
-//      time.
+//      time. cuda also reports the executor's device bytes and the growth of cudaMemGetInfo's used
+//      memory across the executor's life (cuDNN, the CUDA graph); --tf32 allows TF32.
+//   3. Inference (unless --no-inference): the inference graph at batch 1 (latency) and
+//      --infer-batch (throughput), each call set_input from host memory + run + read_output to
+//      host memory as the Predictor does, median of --repeats after --warmup calls (the first
+//      CUDA call is eager, the second captures the graph); the logits must be finite.
 //
 // Verification comes before any timing; no number is reported for an output that was not checked.
 //   * Reference: a naive direct convolution written here, BN-ReLU and the sum of products in
@@ -143,6 +148,9 @@ struct Options {
   std::string json_path;
   std::string kernels = "cudnn";
   bool timeline = true;
+  bool inference = true;
+  int infer_batch = 32;
+  bool tf32 = false;
   int64_t seed = 1;
   bool repeats_given = false, warmup_given = false;
 };
@@ -171,6 +179,10 @@ const FlagHelp kFlags[] = {
      "cuda timeline: how the executor runs the fused nodes: cudnn, handwritten or auto "
      "(default: cudnn, the executor's default; the kernel rows always time both)"},
     {"no-timeline", "", "skip the whole-step timeline"},
+    {"no-inference", "", "skip the inference section"},
+    {"infer-batch", "N",
+     "inference section: the throughput batch (default: 32); batch 1 gives the latency"},
+    {"tf32", "", "cuda timeline and inference: allow TF32 tensor-core convolutions (default: off, fp32)"},
     {"seed", "N", "seed of the random data, parameters and inputs (default: 1)"},
     {"help", "", "print this help"},
 };
@@ -260,6 +272,9 @@ bool parse_args(int argc, char** argv, Options& o) {
     else if (name == "json") o.json_path = value;
     else if (name == "kernels") o.kernels = value;
     else if (name == "no-timeline") o.timeline = false;
+    else if (name == "no-inference") o.inference = false;
+    else if (name == "infer-batch") o.infer_batch = parse_int(name, value);
+    else if (name == "tf32") o.tf32 = true;
     else if (name == "seed") o.seed = parse_int(name, value);
   }
   if (o.size < 8 || o.size % 8 != 0)
@@ -270,6 +285,7 @@ bool parse_args(int argc, char** argv, Options& o) {
   if (o.warmup_given && o.warmup < 0)
     throw UsageError("--warmup must not be negative, got " + std::to_string(o.warmup));
   if (o.seed < 0) throw UsageError("--seed must not be negative");
+  if (o.infer_batch < 1) throw UsageError("--infer-batch must be at least 1, got " + std::to_string(o.infer_batch));
   try {
     (void)parse_kernel_choice(o.kernels);
   } catch (const Error& e) {
@@ -530,6 +546,17 @@ struct TimelineResult {
   double images_per_s = 0;
   std::vector<double> losses;
   bool loss_finite = false;
+  size_t device_bytes = 0;  // cuda: what the executor holds (arena, persistent block, workspace)
+  size_t device_used_delta = 0;  // cuda: cudaMemGetInfo's used memory after the runs minus before the executor
+};
+
+// Inference: set_input (host) + run + read_output (host) per call, as the Predictor does.
+struct InferenceResult {
+  int batch = 0;
+  Stats call;               // µs per call
+  double images_per_s = 0;
+  bool finite = false;
+  size_t device_bytes = 0, device_used_delta = 0;  // cuda
 };
 
 struct Environment {
@@ -843,6 +870,64 @@ void fill_inputs(const ModelGraph& m, Executor& ex, uint64_t seed) {
   ex.set_input(m.target, t);
 }
 
+// Device memory in use (total - free), 0 without CUDA.
+size_t device_used_bytes() {
+#ifdef RPP_BENCH_CUDA
+  size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return 0;
+  return total_b - free_b;
+#else
+  return 0;
+#endif
+}
+
+InferenceResult run_inference(const Options& o, const std::string& device, const DeviceSpec& dev,
+                              const Environment& env, int batch) {
+  InferenceResult r;
+  r.batch = batch;
+  const ModelConfig cfg = config_for_device(ModelConfig{}, device);
+  ModelGraph m = build_resunetpp(cfg, batch, o.size, o.size, /*training=*/false);
+  ParamStore store;
+  init_params(m.graph, store, uint64_t(o.seed));
+  ExecOptions eo;
+  eo.kernels = parse_kernel_choice(o.kernels);
+  eo.allow_tf32 = o.tf32;
+  const size_t used0 = device_used_bytes();
+  std::unique_ptr<Executor> ex = make_executor(m.graph, store, device, eo);
+  Rng rng(uint64_t(o.seed), 77);
+  std::vector<float> img(size_t(numel(m.graph.tensor(m.image).shape)));
+  for (float& v : img) v = rng.uniform();
+  std::vector<float> logits(size_t(numel(m.graph.tensor(m.logits).shape)));
+  auto call = [&] {
+    ex->set_input(m.image, img.data());
+    ex->run();
+    ex->read_output(m.logits, logits.data());
+  };
+  const int warm = std::max(1, env.warmup);
+  for (int i = 0; i < warm; ++i) call();  // the first CUDA run is eager, the second captures the graph
+  std::vector<double> us;
+  for (int i = 0; i < env.repeats; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    call();
+    us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+  }
+  r.call = stats_of(us);
+  r.images_per_s = double(batch) / (r.call.median_us * 1e-6);
+  r.finite = true;
+  for (float v : logits) r.finite = r.finite && std::isfinite(v);
+#ifdef RPP_BENCH_CUDA
+  if (dev.cuda) {
+    r.device_bytes = static_cast<CudaExecutor*>(ex.get())->device_bytes();
+    const size_t used1 = device_used_bytes();
+    r.device_used_delta = used1 > used0 ? used1 - used0 : 0;
+  }
+#else
+  (void)dev;
+  (void)used0;
+#endif
+  return r;
+}
+
 TimelineResult run_timeline(const Options& o, const std::string& device, const DeviceSpec& dev,
                             const Environment& env) {
   TimelineResult tr;
@@ -879,8 +964,11 @@ TimelineResult run_timeline(const Options& o, const std::string& device, const D
 #ifdef RPP_BENCH_CUDA
     ExecOptions eo;
     eo.kernels = parse_kernel_choice(o.kernels);
+    eo.allow_tf32 = o.tf32;
+    const size_t used0 = device_used_bytes();
     CudaExecutor ex(m.graph, store, dev.index, eo);
-    tr.executor = ex.describe() + "; fused nodes: " + kernel_choice_name(eo.kernels);
+    tr.executor = ex.describe() + "; fused nodes: " + kernel_choice_name(eo.kernels) + (o.tf32 ? "; TF32" : "; fp32");
+    tr.device_bytes = ex.device_bytes();
     fill_inputs(m, ex, uint64_t(o.seed));
     os.step = 1;
     ex.run(&os);  // warm-up (eager)
@@ -902,6 +990,8 @@ TimelineResult run_timeline(const Options& o, const std::string& device, const D
     }
     tr.replay = stats_of(us);
     tr.images_per_s = double(o.batch) / (tr.replay.median_us * 1e-6);
+    const size_t used1 = device_used_bytes();
+    tr.device_used_delta = used1 > used0 ? used1 - used0 : 0;
 #else
     (void)env;
     fail("--device ", device, ": this resunetpp-bench was built without CUDA/cuDNN");
@@ -1012,7 +1102,10 @@ void print_timeline(const TimelineResult& tr, const Options& o, bool cuda) {
     std::cout << "  profiled step (eager, an event after every node): " << fmt("%.3f", total) << " ms\n"
               << "  step time (run() + loss read-back, median of " << tr.replay.repeats
               << "): " << fmt("%.3f", tr.replay.median_us * 1e-3) << " ms, " << fmt("%.1f", tr.images_per_s)
-              << " images/s\n";
+              << " images/s\n"
+              << "  device memory: executor holds " << fmt("%.1f", double(tr.device_bytes) / 1048576.0)
+              << " MiB; in use grew by " << fmt("%.1f", double(tr.device_used_delta) / 1048576.0)
+              << " MiB (cudaMemGetInfo, includes cuDNN and the CUDA graph)\n";
   } else {
     std::cout << "  profiled step: " << fmt("%.1f", tr.wall_ms) << " ms wall (" << fmt("%.1f", total)
               << " ms in nodes), " << fmt("%.2f", tr.images_per_s) << " images/s\n";
@@ -1038,7 +1131,8 @@ json::Value stats_json(const Stats& st) {
 }
 
 json::Value report_json(const Options& o, const Environment& env, bool cuda, const std::vector<KernelRow>& rows,
-                        size_t total_shapes, const TimelineResult& tr, int failures) {
+                        size_t total_shapes, const TimelineResult& tr, const std::vector<InferenceResult>& inf,
+                        int failures) {
   json::Value root = json::Value::object();
   root.set("tool", "resunetpp-bench");
 #ifdef RESUNETPP_VERSION
@@ -1061,6 +1155,7 @@ json::Value report_json(const Options& o, const Environment& env, bool cuda, con
   json::Value set = json::Value::object();
   set.set("size", o.size).set("batch", o.batch).set("repeats", env.repeats).set("warmup", env.warmup);
   set.set("filter", o.filter).set("seed", o.seed).set("timeline", o.timeline).set("kernels", o.kernels);
+  set.set("inference", o.inference).set("infer_batch", o.infer_batch).set("tf32", o.tf32);
   set.set("tolerance", kTolerance).set("verify_budget_macs", kVerifyBudgetMacs);
   set.set("l2_flush", cuda).set("timer", cuda ? "cuda events" : "steady_clock");
   root.set("settings", set);
@@ -1112,6 +1207,7 @@ json::Value report_json(const Options& o, const Environment& env, bool cuda, con
       json::Value rep = stats_json(tr.replay);
       rep.set("what", "run() + last_loss() per step, host wall clock (CUDA-graph replay when used)");
       t.set("step", rep);
+      t.set("device_bytes_held", int64_t(tr.device_bytes)).set("device_used_delta_bytes", int64_t(tr.device_used_delta));
     } else {
       t.set("step_wall_ms", tr.wall_ms);
     }
@@ -1143,6 +1239,18 @@ json::Value report_json(const Options& o, const Environment& env, bool cuda, con
     }
     t.set("per_node", all);
     root.set("timeline", t);
+  }
+  if (!inf.empty()) {
+    json::Value arr = json::Value::array();
+    for (const InferenceResult& r : inf) {
+      json::Value j = stats_json(r.call);
+      j.set("batch", r.batch).set("images_per_s", r.images_per_s).set("latency_ms", r.call.median_us * 1e-3);
+      j.set("logits_finite", r.finite);
+      j.set("what", "set_input (host) + run + read_output (host) per call, host wall clock");
+      if (cuda) j.set("device_bytes_held", int64_t(r.device_bytes)).set("device_used_delta_bytes", int64_t(r.device_used_delta));
+      arr.push_back(j);
+    }
+    root.set("inference", arr);
   }
   root.set("failures", failures);
   root.set("passed", failures == 0);
@@ -1238,8 +1346,28 @@ int run(int argc, char** argv) {
     if (!tr.loss_finite) ++failures;
   }
 
+  std::vector<InferenceResult> inf;
+  if (o.inference) {
+#ifdef RPP_BENCH_CUDA
+    gpu.reset();
+#endif
+    std::cout << "\n== inference: set_input + run + read_output per call, median of " << env.repeats << ", "
+              << o.size << "x" << o.size << (cuda ? (o.tf32 ? ", TF32" : ", fp32 (TF32 off)") : "") << " ==\n";
+    for (int b : {1, o.infer_batch}) {
+      inf.push_back(run_inference(o, device, dev, env, b));
+      const InferenceResult& r = inf.back();
+      std::cout << "  batch " << lpad(std::to_string(b), 3) << ": " << fmt("%.3f", r.call.median_us * 1e-3)
+                << " ms per call, " << fmt("%.1f", r.images_per_s) << " images/s"
+                << (cuda ? ", executor holds " + fmt("%.1f", double(r.device_bytes) / 1048576.0) + " MiB" : "")
+                << (r.finite ? "" : "  LOGITS NOT FINITE") << "\n";
+      if (!r.finite) ++failures;
+      if (o.infer_batch == 1) break;
+    }
+  }
+
   if (!o.json_path.empty()) {
-    write_file_atomic(o.json_path, json::dump(report_json(o, env, cuda, rows, total_shapes, tr, failures), 2) + "\n");
+    write_file_atomic(o.json_path,
+                      json::dump(report_json(o, env, cuda, rows, total_shapes, tr, inf, failures), 2) + "\n");
     std::cout << "\nwrote " << o.json_path << "\n";
   }
   if (failures) {
