@@ -5,11 +5,22 @@
 #   test    every GPU suite (gpu_test_device, gpu_test_ops_gpu, gpu_test_conv_gpu,
 #           gpu_test_bn_relu_conv_gpu, gpu_test_executor_gpu) with RPP_EXPECT_GPU=1 (no device
 #           is a failure, not a skip), then the CPU suite without the slow label
-#   sanitize  compute-sanitizer memcheck and racecheck on gpu_test_ops_gpu and
-#           gpu_test_executor_gpu, with --gtest_filter subsets that finish in minutes
+#   sanitize  compute-sanitizer memcheck and racecheck on gpu_test_ops_gpu,
+#           gpu_test_bn_relu_conv_gpu and gpu_test_executor_gpu, with --gtest_filter subsets that
+#           finish in minutes
+#   bench   resunetpp-bench at 256x256 batch 16 (kernel rows verified then timed, the training
+#           step timeline, inference batch 1 and 32) in fp32, and the timeline and inference with
+#           TF32; JSON to the log folder
+#   torch   tools/bench/torch_resunetpp.py on the GPU: logits parity against resunetpp predict
+#           for the same checkpoint, then its benchmark (eager fp32, AMP bf16 channels_last,
+#           torch.compile), each mode under its own time limit
+#   kvasir  the accuracy run, when .vendor/data/kvasir-seg exists (tools/bundle_deps.sh with
+#           BUNDLE_DATA): train at 256x256 for at most KVASIR_SECONDS (default 420) wall seconds
+#           (then Ctrl-C: the run stops at a step and keeps checkpoint_best), eval --split test
 # and prints a compact summary. Full logs go to ${OUT:-/tmp}/gpu_session/.
 #
-# Usage: bash tools/gpu_session.sh [all|build|test|sanitize]...   (default: all)
+# Usage: bash tools/gpu_session.sh [all|build|test|sanitize|bench|torch|kvasir]...
+#        (default: all = build test sanitize; bench, torch and kvasir run only when named)
 # Environment: BUILD (build folder, default build-gpu), JOBS (default nproc), CUDA_ARCHS (default
 # 90), STEP_TIMEOUT (seconds per test binary, default 540), OPS_FILTER, EXEC_FILTER,
 # RACE_OPS_FILTER, RACE_EXEC_FILTER (gtest filters of the sanitizer runs).
@@ -37,7 +48,10 @@ stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(all)
 want() {
   local s
-  for s in "${stages[@]}"; do [ "$s" = all ] || [ "$s" = "$1" ] && return 0; done
+  for s in "${stages[@]}"; do
+    [ "$s" = "$1" ] && return 0
+    [ "$s" = all ] && case "$1" in build|test|sanitize) return 0 ;; esac
+  done
   return 1
 }
 
@@ -78,7 +92,8 @@ fi
 
 if want test && [ $build_ok -eq 1 ]; then
   export RPP_EXPECT_GPU=1  # a missing or unusable device fails the GPU tests instead of skipping them
-  for t in gpu_test_device gpu_test_ops_gpu gpu_test_conv_gpu gpu_test_bn_relu_conv_gpu gpu_test_executor_gpu; do
+  for t in gpu_test_device gpu_test_ops_gpu gpu_test_conv_gpu gpu_test_bn_relu_conv_gpu gpu_test_executor_gpu \
+           rpp_test_capi_gpu; do
     exe=$build/$t
     if [ ! -x "$exe" ]; then fail "$t not built"; continue; fi
     t0=$(date +%s)
@@ -92,7 +107,7 @@ if want test && [ $build_ok -eq 1 ]; then
     else
       note "$line"
     fi
-    if grep -q 'no CUDA device present' "$logs/$t.log"; then fail "$t skipped tests: no CUDA device visible"; fi
+    if grep -q 'no usable CUDA device' "$logs/$t.log"; then fail "$t skipped tests: no usable CUDA device"; fi
   done
   # The numbers the executor tests print (errors against the CPU, memory).
   grep -E 'device:|loss cpu|scaled error|relative|worst|MiB|^cuda:' "$logs/gpu_test_executor_gpu.log" 2>/dev/null \
@@ -139,6 +154,82 @@ if want sanitize && [ $build_ok -eq 1 ]; then
     run_cs racecheck gpu_test_ops_gpu "$race_ops_filter"
     run_cs racecheck gpu_test_bn_relu_conv_gpu "*Ragged*"
     run_cs racecheck gpu_test_executor_gpu "$race_exec_filter"
+  fi
+fi
+
+# ---- evidence: numbers for docs/performance.md and docs/results/ ----
+bin=$build/resunetpp
+if want bench && [ $build_ok -eq 1 ]; then
+  t0=$(date +%s)
+  if timeout "$step_timeout" "$build/resunetpp-bench" --device cuda --size 256 --batch 16 \
+      --json "$logs/bench_fp32.json" >"$logs/bench_fp32.log" 2>&1; then
+    note "bench fp32: ok in $(( $(date +%s) - t0 )) s"
+  else
+    fail "bench fp32 (see $logs/bench_fp32.log)"
+  fi
+  grep -E 'device:|bandwidth|step time|device memory|batch +[0-9]+:|FAILED|verified' "$logs/bench_fp32.log" \
+    | head -20 | sed 's/^/  /' | tee -a "$summary"
+  t0=$(date +%s)
+  if timeout "$step_timeout" "$build/resunetpp-bench" --device cuda --size 256 --batch 16 --tf32 --filter c2.c1.2 \
+      --json "$logs/bench_tf32.json" >"$logs/bench_tf32.log" 2>&1; then
+    note "bench tf32: ok in $(( $(date +%s) - t0 )) s"
+  else
+    fail "bench tf32 (see $logs/bench_tf32.log)"
+  fi
+  grep -E 'step time|device memory|batch +[0-9]+:' "$logs/bench_tf32.log" | sed 's/^/  tf32 /' | tee -a "$summary"
+fi
+
+if want torch && [ $build_ok -eq 1 ]; then
+  py=${PYTHON:-python3}
+  if ! "$py" -c 'import torch' 2>/dev/null; then
+    fail "torch: $py cannot import torch"
+  else
+    w=$logs/torch_work
+    rm -rf "$w" && mkdir -p "$w"
+    # One checkpoint for both engines: a resunetpp run of one step on synthetic 256x256 data.
+    "$bin" synth --out "$w/data" --count 8 --size 256 --seed 1 >"$w/synth.log" 2>&1
+    "$bin" train --data "$w/data" --out "$w/run" --size 256 --batch 2 --epochs 1 --max-steps 1 --device cuda \
+      >"$w/train.log" 2>&1
+    ck=$w/run/checkpoint_last.safetensors
+    for dev in cpu cuda; do
+      "$bin" predict --checkpoint "$ck" --input "$w/data/images" --out "$w/pred_$dev" --logits --device "$dev" \
+        >"$w/pred_$dev.log" 2>&1
+      if "$py" tools/bench/torch_resunetpp.py parity --checkpoint "$ck" --images "$w/data/images" --max-images 4 \
+          --logits "$w/pred_$dev/logits" --json "$logs/torch_parity_$dev.json" >"$logs/torch_parity_$dev.log" 2>&1; then
+        note "torch parity (resunetpp $dev logits vs PyTorch fp64): ok"
+      else
+        fail "torch parity, resunetpp on $dev (see $logs/torch_parity_$dev.log)"
+      fi
+    done
+    for mode in eager_fp32 amp_bf16_cl compile_fp32 compile_bf16_cl; do
+      t0=$(date +%s)
+      timeout "${TORCH_MODE_SECONDS:-420}" "$py" tools/bench/torch_resunetpp.py bench --device cuda --size 256 \
+        --batch 16 --infer-batch 32 --iters 20 --modes "$mode" --weights "$ck" --json "$logs/torch_$mode.json" \
+        >"$logs/torch_$mode.log" 2>&1
+      note "torch $mode: rc $? in $(( $(date +%s) - t0 )) s: $(grep -E '^  (train|skipped)' "$logs/torch_$mode.log" | head -1)"
+    done
+  fi
+fi
+
+if want kvasir && [ $build_ok -eq 1 ]; then
+  data=.vendor/data/kvasir-seg
+  if [ ! -d "$data/images" ]; then
+    fail "kvasir: no $data (run BUNDLE_DATA=path/to/kvasir-seg bash tools/bundle_deps.sh before the session)"
+  else
+    run=$logs/kvasir_run
+    t0=$(date +%s)
+    timeout -s INT "${KVASIR_SECONDS:-420}" "$bin" train --data "$data" --split-dir "$data/splits" --out "$run" \
+      --size 256 --batch 16 --epochs 200 --lr 1e-3 --schedule cosine --augment light --early-stop 15 \
+      --device cuda --overwrite >"$logs/kvasir_train.log" 2>&1
+    rc=$?
+    note "kvasir train: rc $rc (130: stopped by the time limit) in $(( $(date +%s) - t0 )) s; $(tail -1 "$logs/kvasir_train.log")"
+    if [ -f "$run/checkpoint_best.safetensors" ]; then
+      "$bin" eval --checkpoint "$run/checkpoint_best.safetensors" --data "$data" --split-dir "$data/splits" \
+        --split test --device cuda --out "$run/eval_test.json" >"$logs/kvasir_eval.log" 2>&1
+      note "kvasir eval (test split): $(grep -iE 'dice' "$logs/kvasir_eval.log" | head -2 | tr '\n' ' ')"
+    else
+      fail "kvasir: no checkpoint_best"
+    fi
   fi
 fi
 
