@@ -188,7 +188,7 @@ if want torch && [ $build_ok -eq 1 ]; then
     rm -rf "$w" && mkdir -p "$w"
     # One checkpoint for both engines: a resunetpp run of one step on synthetic 256x256 data.
     "$bin" synth --out "$w/data" --count 8 --size 256 --seed 1 >"$w/synth.log" 2>&1
-    "$bin" train --data "$w/data" --out "$w/run" --size 256 --batch 2 --epochs 1 --max-steps 1 --device cuda \
+    "$bin" train --data "$w/data" --out "$w/run" --size 256 --batch 2 --epochs 1 --max-steps 1 --device cpu \
       >"$w/train.log" 2>&1
     ck=$w/run/checkpoint_last.safetensors
     for dev in cpu cuda; do
