@@ -65,9 +65,13 @@ void batchnorm_stats_eval(int c, const T* running_mean, const T* running_var, do
   }
 }
 
-template <class T>
-void batchnorm_apply(int64_t count, int c, const T* x, const T* gamma, const T* beta,
-                     const T* mean, const T* invstd, bool relu, T* y) {
+namespace {
+// Calls f(idx, v) for every element with v = (x - mean) * (gamma * invstd) + beta, computed in
+// double and rounded to T: the one expression behind batchnorm_apply and bn_relu_mask_inplace,
+// so that the recomputed ReLU mask always matches the forward.
+template <class T, class F>
+void for_bn_values(int64_t count, int c, const T* x, const T* gamma, const T* beta, const T* mean,
+                   const T* invstd, F&& f) {
   RPP_CHECK(count >= 0, "batchnorm count must be >= 0, got ", count);
   RPP_CHECK(c > 0, "batchnorm needs at least one channel, got ", c);
   detail::for_channel_runs(1, c, count, [&](int64_t, int c0, int c1) {
@@ -81,31 +85,25 @@ void batchnorm_apply(int64_t count, int c, const T* x, const T* gamma, const T* 
     for (int64_t i = 0; i < count; ++i)
       for (int j = 0; j < k; ++j) {
         const int64_t idx = i * c + c0 + j;
-        const T v = T((double(x[idx]) - m[j]) * scale[j] + shift[j]);
-        y[idx] = relu && !(v > T(0) || v != v) ? T(0) : v;  // NaN propagates, as relu_forward
+        f(idx, T((double(x[idx]) - m[j]) * scale[j] + shift[j]));
       }
+  });
+}
+}  // namespace
+
+template <class T>
+void batchnorm_apply(int64_t count, int c, const T* x, const T* gamma, const T* beta,
+                     const T* mean, const T* invstd, bool relu, T* y) {
+  for_bn_values(count, c, x, gamma, beta, mean, invstd, [&](int64_t idx, T v) {
+    y[idx] = relu && !(v > T(0) || v != v) ? T(0) : v;  // NaN propagates, as relu_forward
   });
 }
 
 template <class T>
 void bn_relu_mask_inplace(int64_t count, int c, const T* x, const T* gamma, const T* beta,
                           const T* mean, const T* invstd, T* dy) {
-  RPP_CHECK(count >= 0, "batchnorm count must be >= 0, got ", count);
-  RPP_CHECK(c > 0, "batchnorm needs at least one channel, got ", c);
-  detail::for_channel_runs(1, c, count, [&](int64_t, int c0, int c1) {
-    const int k = c1 - c0;
-    double m[kChannelRun], scale[kChannelRun], shift[kChannelRun];
-    for (int j = 0; j < k; ++j) {
-      m[j] = double(mean[c0 + j]);
-      scale[j] = double(gamma[c0 + j]) * double(invstd[c0 + j]);
-      shift[j] = double(beta[c0 + j]);
-    }
-    for (int64_t i = 0; i < count; ++i)
-      for (int j = 0; j < k; ++j) {
-        const int64_t idx = i * c + c0 + j;
-        const T v = T((double(x[idx]) - m[j]) * scale[j] + shift[j]);
-        if (!(v > T(0))) dy[idx] = T(0);
-      }
+  for_bn_values(count, c, x, gamma, beta, mean, invstd, [&](int64_t idx, T v) {
+    if (!(v > T(0))) dy[idx] = T(0);
   });
 }
 

@@ -398,6 +398,26 @@ void check_grid(const char* op, const Tiling& t) {
   if (t.groups > 0x7fffffff || t.tiles > 65535) fail(op, ": tensor too large for one launch");
 }
 
+// The statistics passes shared by the training forward and the statistics-only launcher: the
+// partial sums, then the finalize (save_mean, save_invstd, running update, and gamma * invstd in
+// the workspace's k1 when gamma is given). Returns the carved workspace.
+Workspace launch_stats(const char* op, int64_t count, int c, const float* x, const float* gamma,
+                       float* save_mean, float* save_invstd, float* running_mean, float* running_var,
+                       double momentum, double eps, void* workspace, cudaStream_t stream) {
+  check_workspace(op, workspace, batchnorm_workspace_bytes(count, c));
+  const Tiling t = tiling_for(count, c);
+  check_grid(op, t);
+  const Workspace w = carve(workspace, t, c);
+  stats_partial_kernel<<<dim3(unsigned(t.groups), unsigned(t.tiles)), kThreads, 0, stream>>>(
+      x, count, c, t.tc, t.rs, t.rows, w.part_a, w.part_b);
+  RPP_CUDA_CHECK_LAUNCH(op);
+  stats_finalize_kernel<<<unsigned(c), kThreads, 0, stream>>>(
+      w.part_a, w.part_b, t.groups, t.rows, count, c, gamma, save_mean, save_invstd, running_mean,
+      running_var, momentum, eps, gamma ? w.k1 : nullptr);
+  RPP_CUDA_CHECK_LAUNCH(op);
+  return w;
+}
+
 }  // namespace
 
 size_t batchnorm_workspace_bytes(int64_t count, int c) {
@@ -416,18 +436,8 @@ void batchnorm_forward_train(int64_t count, int c, const float* x, const float* 
   if (!(eps >= 0)) fail(op, ": eps must be >= 0, got ", eps);
   check_not_null(op, {{"x", x}, {"gamma", gamma}, {"beta", beta}, {"y", y},
                       {"save_mean", save_mean}, {"save_invstd", save_invstd}});
-  check_workspace(op, workspace, batchnorm_workspace_bytes(count, c));
-  const Tiling t = tiling_for(count, c);
-  check_grid(op, t);
-  const Workspace w = carve(workspace, t, c);
-
-  stats_partial_kernel<<<dim3(unsigned(t.groups), unsigned(t.tiles)), kThreads, 0, stream>>>(
-      x, count, c, t.tc, t.rs, t.rows, w.part_a, w.part_b);
-  RPP_CUDA_CHECK_LAUNCH(op);
-  stats_finalize_kernel<<<unsigned(c), kThreads, 0, stream>>>(
-      w.part_a, w.part_b, t.groups, t.rows, count, c, gamma, save_mean, save_invstd, running_mean,
-      running_var, momentum, eps, w.k1);
-  RPP_CUDA_CHECK_LAUNCH(op);
+  const Workspace w = launch_stats(op, count, c, x, gamma, save_mean, save_invstd, running_mean, running_var,
+                                   momentum, eps, workspace, stream);
   launch_apply<false>(op, count, c, x, save_mean, w.k1, nullptr, beta, nullptr, eps, y, stream);
 }
 
@@ -481,17 +491,8 @@ void batchnorm_stats_train(int64_t count, int c, const float* x, float* save_mea
   check_sizes(op, count, c, true);
   if (!(eps >= 0)) fail(op, ": eps must be >= 0, got ", eps);
   check_not_null(op, {{"x", x}, {"save_mean", save_mean}, {"save_invstd", save_invstd}});
-  check_workspace(op, workspace, batchnorm_workspace_bytes(count, c));
-  const Tiling t = tiling_for(count, c);
-  check_grid(op, t);
-  const Workspace w = carve(workspace, t, c);
-  stats_partial_kernel<<<dim3(unsigned(t.groups), unsigned(t.tiles)), kThreads, 0, stream>>>(
-      x, count, c, t.tc, t.rs, t.rows, w.part_a, w.part_b);
-  RPP_CUDA_CHECK_LAUNCH(op);
-  stats_finalize_kernel<<<unsigned(c), kThreads, 0, stream>>>(
-      w.part_a, w.part_b, t.groups, t.rows, count, c, nullptr, save_mean, save_invstd,
-      running_mean, running_var, momentum, eps, nullptr);
-  RPP_CUDA_CHECK_LAUNCH(op);
+  launch_stats(op, count, c, x, nullptr, save_mean, save_invstd, running_mean, running_var, momentum, eps,
+               workspace, stream);
 }
 
 void batchnorm_stats_eval(int c, const float* running_mean, const float* running_var, double eps,
