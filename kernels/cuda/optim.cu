@@ -38,20 +38,20 @@ enum AdamKind { kAdam = 0, kAdamW = 1, kNadam = 2 };
 template <class Idx>
 __global__ void __launch_bounds__(kThreads)
     sgd_kernel(Idx n, float* w, const float* g, float* buf, const OptimStepDevice* step) {
-  const float lr = step->lr, mom = step->momentum, wd = step->weight_decay;
+  const double lr = step->lr, mom = step->momentum, wd = step->weight_decay;
   const bool first = step->first_step != 0, nesterov = step->nesterov != 0;
-  const bool use_buf = buf != nullptr && mom != 0.f;
+  const bool use_buf = buf != nullptr && mom != 0.0;
   const Idx stride = Idx(gridDim.x) * Idx(kThreads);
   for (Idx i = Idx(blockIdx.x) * Idx(kThreads) + Idx(threadIdx.x); i < n; i += stride) {
-    const float wi = w[i];
-    const float gi = fmaf(wd, wi, g[i]);
-    float d = gi;
+    const double wi = double(w[i]);
+    const double gi = double(g[i]) + wd * wi;
+    double d = gi;
     if (use_buf) {
-      const float b = first ? gi : fmaf(mom, buf[i], gi);
-      buf[i] = b;
-      d = nesterov ? fmaf(mom, b, gi) : b;
+      const double b = first ? gi : mom * double(buf[i]) + gi;
+      buf[i] = float(b);
+      d = nesterov ? gi + mom * b : b;
     }
-    w[i] = fmaf(-lr, d, wi);
+    w[i] = float(wi - lr * d);
   }
 }
 
@@ -60,41 +60,42 @@ __global__ void __launch_bounds__(kThreads)
 //   AdamW (g' = g, w *= 1 - lr wd first): the same step
 //   NAdam (g' = g + wd w):  denom = sqrt(v / bc2) + eps,
 //                           w -= cg g' / denom + cm m / denom.
+// In double, in the CPU reference's order (kernels/cpu/optim.cpp); m and v are stored as float.
 template <class Idx, int kKind>
 __global__ void __launch_bounds__(kThreads)
     adam_kernel(Idx n, float* w, const float* g, float* m, float* v, const OptimStepDevice* step) {
-  const float b1 = step->beta1, b2 = step->beta2;
-  const float ob1 = step->one_minus_beta1, ob2 = step->one_minus_beta2;
-  const float eps = step->eps, wd = step->weight_decay;
-  const float step_size = step->adam_step_size, bc2_sqrt = step->adam_bc2_sqrt;
-  const float decay = step->adamw_decay, bc2 = step->nadam_bc2;
-  const float cg = step->nadam_grad_coef, cm = step->nadam_momentum_coef;
+  const double b1 = step->beta1, b2 = step->beta2;
+  const double ob1 = step->one_minus_beta1, ob2 = step->one_minus_beta2;
+  const double eps = step->eps, wd = step->weight_decay;
+  const double step_size = step->adam_step_size, bc2_sqrt = step->adam_bc2_sqrt;
+  const double decay = step->adamw_decay, bc2 = step->nadam_bc2;
+  const double cg = step->nadam_grad_coef, cm = step->nadam_momentum_coef;
   const bool first = step->first_step != 0;
   const Idx stride = Idx(gridDim.x) * Idx(kThreads);
   for (Idx i = Idx(blockIdx.x) * Idx(kThreads) + Idx(threadIdx.x); i < n; i += stride) {
-    float wi = w[i];
-    float gi;
+    double wi = double(w[i]);
+    double gi;
     if constexpr (kKind == kAdamW) {
       wi *= decay;
-      gi = g[i];
+      gi = double(g[i]);
     } else {
-      gi = fmaf(wd, wi, g[i]);
+      gi = double(g[i]) + wd * wi;
     }
-    float mp = 0.f, vp = 0.f;
+    double mp = 0, vp = 0;
     if (!first) {
-      mp = m[i];
-      vp = v[i];
+      mp = double(m[i]);
+      vp = double(v[i]);
     }
-    const float mi = fmaf(b1, mp, ob1 * gi);
-    const float vi = fmaf(b2, vp, ob2 * gi * gi);
-    m[i] = mi;
-    v[i] = vi;
+    const double mi = b1 * mp + ob1 * gi;
+    const double vi = b2 * vp + ob2 * gi * gi;
+    m[i] = float(mi);
+    v[i] = float(vi);
     if constexpr (kKind == kNadam) {
-      const float denom = sqrtf(vi / bc2) + eps;
-      w[i] = wi - cg * gi / denom - cm * mi / denom;
+      const double denom = sqrt(vi / bc2) + eps;
+      w[i] = float(wi - cg * gi / denom - cm * mi / denom);
     } else {
-      const float denom = sqrtf(vi) / bc2_sqrt + eps;
-      w[i] = wi - step_size * mi / denom;
+      const double denom = sqrt(vi) / bc2_sqrt + eps;
+      w[i] = float(wi - step_size * mi / denom);
     }
   }
 }
@@ -183,23 +184,23 @@ OptimStepDevice make_optim_step_device(const rpp::cpu::OptimStep& o) {
   const double bc1 = 1.0 - std::pow(o.beta1, t);
   const double bc2 = 1.0 - std::pow(o.beta2, t);
   OptimStepDevice d{};
-  d.lr = float(o.lr);
-  d.momentum = float(o.momentum);
-  d.beta1 = float(o.beta1);
-  d.beta2 = float(o.beta2);
-  d.one_minus_beta1 = float(1.0 - o.beta1);
-  d.one_minus_beta2 = float(1.0 - o.beta2);
-  d.eps = float(o.eps);
-  d.weight_decay = float(o.weight_decay);
-  d.adam_step_size = float(o.lr / bc1);
-  d.adam_bc2_sqrt = float(std::sqrt(bc2));
-  d.adamw_decay = float(1.0 - o.lr * o.weight_decay);
-  d.nadam_bc2 = float(bc2);
+  d.lr = o.lr;
+  d.momentum = o.momentum;
+  d.beta1 = o.beta1;
+  d.beta2 = o.beta2;
+  d.one_minus_beta1 = 1.0 - o.beta1;
+  d.one_minus_beta2 = 1.0 - o.beta2;
+  d.eps = o.eps;
+  d.weight_decay = o.weight_decay;
+  d.adam_step_size = o.lr / bc1;
+  d.adam_bc2_sqrt = std::sqrt(bc2);
+  d.adamw_decay = 1.0 - o.lr * o.weight_decay;
+  d.nadam_bc2 = bc2;
   if (o.nadam_mu_product < 1 && o.nadam_mu_product_next < 1) {
-    d.nadam_grad_coef = float(o.lr * (1.0 - o.nadam_mu) / (1.0 - o.nadam_mu_product));
-    d.nadam_momentum_coef = float(o.lr * o.nadam_mu_next / (1.0 - o.nadam_mu_product_next));
+    d.nadam_grad_coef = o.lr * (1.0 - o.nadam_mu) / (1.0 - o.nadam_mu_product);
+    d.nadam_momentum_coef = o.lr * o.nadam_mu_next / (1.0 - o.nadam_mu_product_next);
   } else {
-    d.nadam_grad_coef = d.nadam_momentum_coef = std::numeric_limits<float>::quiet_NaN();
+    d.nadam_grad_coef = d.nadam_momentum_coef = std::numeric_limits<double>::quiet_NaN();
   }
   d.first_step = o.step == 1 ? 1 : 0;
   d.nesterov = o.nesterov ? 1 : 0;

@@ -28,22 +28,24 @@ namespace rpp::cuda {
 
 // Everything the update kernels read per step (device memory, filled by the host).
 struct OptimStepDevice {
-  float lr;               // learning rate of this step
-  float momentum;         // SGD momentum (0: plain SGD, the buffer is not touched)
-  float beta1, beta2;     // Adam-family moment decays
-  float one_minus_beta1;  // 1 - beta1, rounded from double
-  float one_minus_beta2;  // 1 - beta2
-  float eps;
-  float weight_decay;         // L2 (SGD, Adam, NAdam) or decoupled (AdamW)
-  float adam_step_size;       // lr / (1 - beta1^t)
-  float adam_bc2_sqrt;        // sqrt(1 - beta2^t)
-  float adamw_decay;          // 1 - lr * weight_decay
-  float nadam_bc2;            // 1 - beta2^t
-  float nadam_grad_coef;      // lr (1 - mu_t) / (1 - mu_product); NaN if the schedule is unset
-  float nadam_momentum_coef;  // lr mu_{t+1} / (1 - mu_product mu_{t+1}); NaN if unset
-  int32_t first_step;         // 1 on step 1: state buffers are written, not read
-  int32_t nesterov;           // 1: Nesterov momentum (SGD)
-  double clip_max_norm;       // global gradient-norm limit; 0 disables clipping
+  // Doubles: the kernels compute each element's update in double, as the CPU reference does
+  // (memory-bound kernels: the arithmetic costs nothing), and round only what they store.
+  double lr;               // learning rate of this step
+  double momentum;         // SGD momentum (0: plain SGD, the buffer is not touched)
+  double beta1, beta2;     // Adam-family moment decays
+  double one_minus_beta1;  // 1 - beta1
+  double one_minus_beta2;  // 1 - beta2
+  double eps;
+  double weight_decay;         // L2 (SGD, Adam, NAdam) or decoupled (AdamW)
+  double adam_step_size;       // lr / (1 - beta1^t)
+  double adam_bc2_sqrt;        // sqrt(1 - beta2^t)
+  double adamw_decay;          // 1 - lr * weight_decay
+  double nadam_bc2;            // 1 - beta2^t
+  double nadam_grad_coef;      // lr (1 - mu_t) / (1 - mu_product); NaN if the schedule is unset
+  double nadam_momentum_coef;  // lr mu_{t+1} / (1 - mu_product mu_{t+1}); NaN if unset
+  int32_t first_step;          // 1 on step 1: state buffers are written, not read
+  int32_t nesterov;            // 1: Nesterov momentum (SGD)
+  double clip_max_norm;        // global gradient-norm limit; 0 disables clipping
 };
 
 // Fills the struct from the CPU step description (throws rpp::Error for a step < 1 or Nesterov

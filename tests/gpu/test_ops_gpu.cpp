@@ -69,7 +69,7 @@ using Workspace = DevBuf;
 
 // Every got[i] within rtol * (|ref[i]| + rms(ref)) of ref[i] (rtol 0: the same bits). A NaN or
 // infinity where the reference is finite always fails.
-::testing::AssertionResult near(const Floats& got, const Floats& ref, double rtol) {
+::testing::AssertionResult near(const Floats& got, const Floats& ref, double rtol, double atol = 0) {
   if (got.size() != ref.size())
     return ::testing::AssertionFailure() << "size " << got.size() << " vs " << ref.size();
   double ss = 0;
@@ -91,7 +91,7 @@ using Workspace = DevBuf;
       ok = std::memcmp(&g, &r, 4) == 0;
     } else {
       const double err = std::fabs(double(g) - double(r));
-      const double lim = rtol * (std::fabs(double(r)) + rms);
+      const double lim = rtol * (std::fabs(double(r)) + rms) + atol;
       ok = err <= lim;
       if (lim > 0) worst = std::max(worst, err / lim);
     }
@@ -124,7 +124,12 @@ struct Nhwc {
   }
 };
 
+#ifdef RPP_CUDA_EMULATOR
+// On the CPU emulator (tests/emu) the 64x64 layers only: the same code paths, minutes less.
+const int kSizes[] = {64};
+#else
 const int kSizes[] = {64, 256};
+#endif
 constexpr int kBatch = 2;
 
 // Every BatchNorm input of ResUNet++ at input size s (divisor of s, channels), batch 2: the stem
@@ -291,7 +296,15 @@ TEST(GpuBatchNorm, BackwardMatchesCpu) {
           gpu::batchnorm_backward(count, c, dx.p(), ddy.p(), dgam.p(), dsm.p(), dsi.p(), ddx.p(),
                                   ddg.p(), ddb.p(), ws.data(), st);
         });
-    EXPECT_TRUE(near(out[0], dxr, kReduce)) << "dx";
+    // dx = k1 dy + k2 (x - mean) + k3 cancels to rounding noise when a channel has two values
+    // (count 2: x - mean = +-1/invstd), so its error is measured against the size of the terms,
+    // |gamma invstd dy|, too.
+    double term = 0;
+    for (size_t i = 0; i < g.size(); ++i) {
+      const size_t ch = i % sz(c);
+      term = std::max(term, std::fabs(double(p.gamma[ch]) * double(si[ch]) * double(g[i])));
+    }
+    EXPECT_TRUE(near(out[0], dxr, kReduce, 1e-6 * term)) << "dx";
     EXPECT_TRUE(near(out[1], dgr, kReduce)) << "dgamma";
     EXPECT_TRUE(near(out[2], dbr, kReduce)) << "dbeta";
     expect_guards({&dx, &ddy, &dgam, &dsm, &dsi, &ddx, &ddg, &ddb, &ws});
