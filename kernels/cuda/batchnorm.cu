@@ -12,8 +12,9 @@
 //      M2 = sum_g M2_g + sum_g n_g (mean_g - mean)^2,   mean = sum_g S_g / count,
 //    each sum over the groups taken in a fixed tree. Then a pass writes y.
 //  * Backward: per-group sums of dy and dy * (x - mean) in double, a finalize block per channel,
-//    then a pass writes dx = k1 dy + k2 (x - mean) + k3 with per-channel constants.
-// Workspace layout (batchnorm_workspace_bytes): two (groups, c) double arrays, then 3 c floats.
+//    then a pass writes dx = k1 dy + k2 (x - mean) + k3 with per-channel constants, in double.
+// Workspace layout (batchnorm_workspace_bytes): two (groups, c) double arrays, then 3 c doubles
+// (the backward's dx coefficients).
 #include "kernels/cuda/batchnorm.cuh"
 
 #include <cuda_runtime.h>
@@ -56,9 +57,7 @@ Tiling tiling_for(int64_t count, int c) {
 struct Workspace {
   double* part_a;  // (groups, c)
   double* part_b;  // (groups, c)
-  float* k1;       // (c) forward: gamma * invstd; backward: dx coefficients k1, k2, k3
-  float* k2;
-  float* k3;
+  double* k;       // (3, c) backward: the dx coefficients k1, k2, k3, in double
 };
 
 Workspace carve(void* ws, const Tiling& t, int c) {
@@ -66,9 +65,7 @@ Workspace carve(void* ws, const Tiling& t, int c) {
   const size_t part = size_t(t.groups) * size_t(c);
   w.part_a = static_cast<double*>(ws);
   w.part_b = w.part_a + part;
-  w.k1 = reinterpret_cast<float*>(w.part_b + part);
-  w.k2 = w.k1 + c;
-  w.k3 = w.k2 + c;
+  w.k = w.part_b + part;
   return w;
 }
 
@@ -158,14 +155,13 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// One block per channel: combines the groups, writes save_mean/save_invstd, updates the running
-// statistics and leaves gamma * invstd in scale[ch] for the normalisation pass.
+// One block per channel: combines the groups, writes save_mean/save_invstd and updates the
+// running statistics.
 __global__ void __launch_bounds__(kThreads)
     stats_finalize_kernel(const double* __restrict__ part_sum, const double* __restrict__ part_m2,
                           int64_t groups, int64_t rows, int64_t count, int c,
-                          const float* __restrict__ gamma, float* __restrict__ save_mean,
-                          float* __restrict__ save_invstd, float* running_mean, float* running_var,
-                          double momentum, double eps, float* __restrict__ scale) {
+                          float* __restrict__ save_mean, float* __restrict__ save_invstd,
+                          float* running_mean, float* running_var, double momentum, double eps) {
   __shared__ double red[kThreads];
   const int ch = int(blockIdx.x);
   double s = 0;
@@ -188,38 +184,36 @@ __global__ void __launch_bounds__(kThreads)
       running_mean[ch] = float((1.0 - momentum) * double(running_mean[ch]) + momentum * mean);
     if (running_var)
       running_var[ch] = float((1.0 - momentum) * double(running_var[ch]) + momentum * var * unbias);
-    // From the float-rounded invstd, as batchnorm_apply (the fused path) and the CPU compute it.
-    if (scale) scale[ch] = float(double(gamma[ch]) * double(float(invstd)));
   }
 }
 
-// y = (x - mean[ch]) * scale[ch] + beta[ch] over count * c values. Training: mean = save_mean,
-// scale from the finalize kernel. Eval (kEval): mean = running_mean and
-// scale = gamma / sqrt(running_var + eps), computed per block into shared memory.
-// Dynamic shared memory: 3 c floats.
+// y = (x - mean) * (gamma * invstd) + beta over count * c values, in double and rounded once,
+// exactly as the CPU reference (cpu::batchnorm_apply) computes it, so that the two agree on the
+// sign of every value (and so on every later ReLU decision and max-pool choice). Training:
+// mean = save_mean, invstd = save_invstd. Eval (kEval): mean = running_mean and
+// invstd = float(1 / sqrt(running_var + eps)), as cpu::batchnorm_stats_eval rounds it.
+// Dynamic shared memory: 3 c doubles.
 template <class Idx, bool kEval>
 __global__ void __launch_bounds__(kThreads)
     apply_kernel(Idx total, int c, const float* x, const float* __restrict__ mean,
-                 const float* __restrict__ scale, const float* __restrict__ gamma,
+                 const float* __restrict__ invstd, const float* __restrict__ gamma,
                  const float* __restrict__ beta, const float* __restrict__ running_var, double eps,
                  float* y) {
-  extern __shared__ float table[];
-  float* t_mean = table;
-  float* t_scale = table + c;
-  float* t_shift = table + 2 * c;
+  extern __shared__ double dtable[];
+  double* t_mean = dtable;
+  double* t_scale = dtable + c;
+  double* t_shift = dtable + 2 * c;
   for (int ch = int(threadIdx.x); ch < c; ch += kThreads) {
-    t_mean[ch] = mean[ch];
-    if constexpr (kEval)
-      t_scale[ch] = float(double(gamma[ch]) * double(float(1.0 / sqrt(double(running_var[ch]) + eps))));
-    else
-      t_scale[ch] = scale[ch];
-    t_shift[ch] = beta[ch];
+    t_mean[ch] = double(mean[ch]);
+    const float inv = kEval ? float(1.0 / sqrt(double(running_var[ch]) + eps)) : invstd[ch];
+    t_scale[ch] = double(gamma[ch]) * double(inv);
+    t_shift[ch] = double(beta[ch]);
   }
   __syncthreads();
   const Idx stride = Idx(gridDim.x) * Idx(kThreads);
   for (Idx i = Idx(blockIdx.x) * Idx(kThreads) + Idx(threadIdx.x); i < total; i += stride) {
     const int ch = int(i % Idx(c));
-    y[i] = fmaf(x[i] - t_mean[ch], t_scale[ch], t_shift[ch]);
+    y[i] = float((double(x[i]) - t_mean[ch]) * t_scale[ch] + t_shift[ch]);
   }
 }
 
@@ -272,8 +266,7 @@ __global__ void __launch_bounds__(kThreads)
     bwd_finalize_kernel(const double* __restrict__ part_dy, const double* __restrict__ part_dyx,
                         int64_t groups, int64_t count, int c, const float* __restrict__ gamma,
                         const float* __restrict__ save_invstd, float* __restrict__ dgamma,
-                        float* __restrict__ dbeta, float* __restrict__ k1, float* __restrict__ k2,
-                        float* __restrict__ k3) {
+                        float* __restrict__ dbeta, double* __restrict__ k) {
   __shared__ double red[kThreads];
   const int ch = int(blockIdx.x);
   double a = 0, b = 0;
@@ -290,34 +283,25 @@ __global__ void __launch_bounds__(kThreads)
     const double coef = gi / double(count);
     dbeta[ch] = float(sdy);
     dgamma[ch] = float(sdyx);
-    k1[ch] = float(gi);
-    k2[ch] = float(-coef * sdyx * invstd);
-    k3[ch] = float(-coef * sdy);
+    k[ch] = gi;
+    k[c + ch] = -coef * sdyx * invstd;
+    k[2 * c + ch] = -coef * sdy;
   }
 }
 
-// dx = k1 dy + k2 (x - mean) + k3 per channel. Dynamic shared memory: 4 c floats.
+// dx = k1 dy + k2 (x - mean) + k3 per channel, in double as the CPU reference computes it: the
+// three terms can nearly cancel, and float there cost gradients 1e-3 of accuracy deep in the
+// network (seen on the CPU emulator, tests/emu). The coefficients are read from the workspace
+// (3 c doubles) through the cache; no shared-memory table.
 template <class Idx>
 __global__ void __launch_bounds__(kThreads)
     bwd_dx_kernel(Idx total, int c, const float* x, const float* dy,
-                  const float* __restrict__ save_mean, const float* __restrict__ k1,
-                  const float* __restrict__ k2, const float* __restrict__ k3, float* dx) {
-  extern __shared__ float table[];
-  float* t_mean = table;
-  float* t_k1 = table + c;
-  float* t_k2 = table + 2 * c;
-  float* t_k3 = table + 3 * c;
-  for (int ch = int(threadIdx.x); ch < c; ch += kThreads) {
-    t_mean[ch] = save_mean[ch];
-    t_k1[ch] = k1[ch];
-    t_k2[ch] = k2[ch];
-    t_k3[ch] = k3[ch];
-  }
-  __syncthreads();
+                  const float* __restrict__ save_mean, const double* __restrict__ k, float* dx) {
   const Idx stride = Idx(gridDim.x) * Idx(kThreads);
   for (Idx i = Idx(blockIdx.x) * Idx(kThreads) + Idx(threadIdx.x); i < total; i += stride) {
     const int ch = int(i % Idx(c));
-    dx[i] = fmaf(t_k1[ch], dy[i], fmaf(t_k2[ch], x[i] - t_mean[ch], t_k3[ch]));
+    const double d = double(x[i]) - double(save_mean[ch]);
+    dx[i] = float(k[ch] * double(dy[i]) + (k[c + ch] * d + k[2 * c + ch]));
   }
 }
 
@@ -334,26 +318,27 @@ __global__ void stats_eval_kernel(int c, const float* __restrict__ running_mean,
 
 // v = (x - mean) * (gamma * invstd) + beta from saved statistics, per element. kMask: zero
 // out[i] (a gradient, in place) where v is not > 0; otherwise write v, rectified when relu is
-// set (NaN propagates, as relu_forward). Dynamic shared memory: 3 c floats.
+// set (NaN propagates, as relu_forward). In double, as apply_kernel. Dynamic shared memory: 3 c
+// doubles.
 template <class Idx, bool kMask>
 __global__ void __launch_bounds__(kThreads)
     bn_relu_kernel(Idx total, int c, const float* x, const float* __restrict__ gamma,
                    const float* __restrict__ beta, const float* __restrict__ mean,
                    const float* __restrict__ invstd, bool relu, float* out) {
-  extern __shared__ float table[];
-  float* t_mean = table;
-  float* t_scale = table + c;
-  float* t_shift = table + 2 * c;
+  extern __shared__ double dtable[];
+  double* t_mean = dtable;
+  double* t_scale = dtable + c;
+  double* t_shift = dtable + 2 * c;
   for (int ch = int(threadIdx.x); ch < c; ch += kThreads) {
-    t_mean[ch] = mean[ch];
-    t_scale[ch] = float(double(gamma[ch]) * double(invstd[ch]));
-    t_shift[ch] = beta[ch];
+    t_mean[ch] = double(mean[ch]);
+    t_scale[ch] = double(gamma[ch]) * double(invstd[ch]);
+    t_shift[ch] = double(beta[ch]);
   }
   __syncthreads();
   const Idx stride = Idx(gridDim.x) * Idx(kThreads);
   for (Idx i = Idx(blockIdx.x) * Idx(kThreads) + Idx(threadIdx.x); i < total; i += stride) {
     const int ch = int(i % Idx(c));
-    const float v = fmaf(x[i] - t_mean[ch], t_scale[ch], t_shift[ch]);
+    const float v = float((double(x[i]) - t_mean[ch]) * t_scale[ch] + t_shift[ch]);
     if constexpr (kMask) {
       if (!(v > 0.f)) out[i] = 0.f;
     } else {
@@ -368,7 +353,7 @@ void launch_bn_relu(const char* op, int64_t count, int c, const float* x, const 
                     cudaStream_t stream) {
   const int64_t total = count * c;
   if (total == 0) return;
-  const size_t shmem = 3 * size_t(c) * sizeof(float);
+  const size_t shmem = 3 * size_t(c) * sizeof(double);
   if (index_fits_32(total))
     bn_relu_kernel<uint32_t, kMask><<<flat_blocks(total), kThreads, shmem, stream>>>(
         uint32_t(total), c, x, gamma, beta, mean, invstd, relu, out);
@@ -380,17 +365,17 @@ void launch_bn_relu(const char* op, int64_t count, int c, const float* x, const 
 
 template <bool kEval>
 void launch_apply(const char* op, int64_t count, int c, const float* x, const float* mean,
-                  const float* scale, const float* gamma, const float* beta,
+                  const float* invstd, const float* gamma, const float* beta,
                   const float* running_var, double eps, float* y, cudaStream_t stream) {
   const int64_t total = count * c;
   if (total == 0) return;
-  const size_t shmem = 3 * size_t(c) * sizeof(float);
+  const size_t shmem = 3 * size_t(c) * sizeof(double);
   if (index_fits_32(total))
     apply_kernel<uint32_t, kEval><<<flat_blocks(total), kThreads, shmem, stream>>>(
-        uint32_t(total), c, x, mean, scale, gamma, beta, running_var, eps, y);
+        uint32_t(total), c, x, mean, invstd, gamma, beta, running_var, eps, y);
   else
     apply_kernel<uint64_t, kEval><<<flat_blocks(total), kThreads, shmem, stream>>>(
-        uint64_t(total), c, x, mean, scale, gamma, beta, running_var, eps, y);
+        uint64_t(total), c, x, mean, invstd, gamma, beta, running_var, eps, y);
   RPP_CUDA_CHECK_LAUNCH(op);
 }
 
@@ -399,11 +384,10 @@ void check_grid(const char* op, const Tiling& t) {
 }
 
 // The statistics passes shared by the training forward and the statistics-only launcher: the
-// partial sums, then the finalize (save_mean, save_invstd, running update, and gamma * invstd in
-// the workspace's k1 when gamma is given). Returns the carved workspace.
-Workspace launch_stats(const char* op, int64_t count, int c, const float* x, const float* gamma,
-                       float* save_mean, float* save_invstd, float* running_mean, float* running_var,
-                       double momentum, double eps, void* workspace, cudaStream_t stream) {
+// partial sums, then the finalize (save_mean, save_invstd, running update).
+void launch_stats(const char* op, int64_t count, int c, const float* x, float* save_mean,
+                  float* save_invstd, float* running_mean, float* running_var,
+                  double momentum, double eps, void* workspace, cudaStream_t stream) {
   check_workspace(op, workspace, batchnorm_workspace_bytes(count, c));
   const Tiling t = tiling_for(count, c);
   check_grid(op, t);
@@ -412,10 +396,9 @@ Workspace launch_stats(const char* op, int64_t count, int c, const float* x, con
       x, count, c, t.tc, t.rs, t.rows, w.part_a, w.part_b);
   RPP_CUDA_CHECK_LAUNCH(op);
   stats_finalize_kernel<<<unsigned(c), kThreads, 0, stream>>>(
-      w.part_a, w.part_b, t.groups, t.rows, count, c, gamma, save_mean, save_invstd, running_mean,
-      running_var, momentum, eps, gamma ? w.k1 : nullptr);
+      w.part_a, w.part_b, t.groups, t.rows, count, c, save_mean, save_invstd, running_mean,
+      running_var, momentum, eps);
   RPP_CUDA_CHECK_LAUNCH(op);
-  return w;
 }
 
 }  // namespace
@@ -423,7 +406,7 @@ Workspace launch_stats(const char* op, int64_t count, int c, const float* x, con
 size_t batchnorm_workspace_bytes(int64_t count, int c) {
   if (count <= 0 || c <= 0) return 0;
   const Tiling t = tiling_for(count, c);
-  const size_t bytes = 2 * size_t(t.groups) * size_t(c) * sizeof(double) + 3 * size_t(c) * sizeof(float);
+  const size_t bytes = (2 * size_t(t.groups) + 3) * size_t(c) * sizeof(double);
   return detail::round_up(bytes, 256);
 }
 
@@ -436,9 +419,9 @@ void batchnorm_forward_train(int64_t count, int c, const float* x, const float* 
   if (!(eps >= 0)) fail(op, ": eps must be >= 0, got ", eps);
   check_not_null(op, {{"x", x}, {"gamma", gamma}, {"beta", beta}, {"y", y},
                       {"save_mean", save_mean}, {"save_invstd", save_invstd}});
-  const Workspace w = launch_stats(op, count, c, x, gamma, save_mean, save_invstd, running_mean, running_var,
-                                   momentum, eps, workspace, stream);
-  launch_apply<false>(op, count, c, x, save_mean, w.k1, nullptr, beta, nullptr, eps, y, stream);
+  launch_stats(op, count, c, x, save_mean, save_invstd, running_mean, running_var, momentum, eps, workspace,
+               stream);
+  launch_apply<false>(op, count, c, x, save_mean, save_invstd, gamma, beta, nullptr, eps, y, stream);
 }
 
 void batchnorm_forward_eval(int64_t count, int c, const float* x, const float* gamma,
@@ -471,16 +454,15 @@ void batchnorm_backward(int64_t count, int c, const float* x, const float* dy, c
       x, dy, save_mean, count, c, t.tc, t.rs, t.rows, w.part_a, w.part_b);
   RPP_CUDA_CHECK_LAUNCH(op);
   bwd_finalize_kernel<<<unsigned(c), kThreads, 0, stream>>>(
-      w.part_a, w.part_b, t.groups, count, c, gamma, save_invstd, dgamma, dbeta, w.k1, w.k2, w.k3);
+      w.part_a, w.part_b, t.groups, count, c, gamma, save_invstd, dgamma, dbeta, w.k);
   RPP_CUDA_CHECK_LAUNCH(op);
   const int64_t total = count * c;
-  const size_t shmem = 4 * size_t(c) * sizeof(float);
   if (index_fits_32(total))
-    bwd_dx_kernel<uint32_t><<<flat_blocks(total), kThreads, shmem, stream>>>(
-        uint32_t(total), c, x, dy, save_mean, w.k1, w.k2, w.k3, dx);
+    bwd_dx_kernel<uint32_t><<<flat_blocks(total), kThreads, 0, stream>>>(uint32_t(total), c, x, dy, save_mean,
+                                                                          w.k, dx);
   else
-    bwd_dx_kernel<uint64_t><<<flat_blocks(total), kThreads, shmem, stream>>>(
-        uint64_t(total), c, x, dy, save_mean, w.k1, w.k2, w.k3, dx);
+    bwd_dx_kernel<uint64_t><<<flat_blocks(total), kThreads, 0, stream>>>(uint64_t(total), c, x, dy, save_mean,
+                                                                          w.k, dx);
   RPP_CUDA_CHECK_LAUNCH(op);
 }
 
@@ -491,8 +473,8 @@ void batchnorm_stats_train(int64_t count, int c, const float* x, float* save_mea
   check_sizes(op, count, c, true);
   if (!(eps >= 0)) fail(op, ": eps must be >= 0, got ", eps);
   check_not_null(op, {{"x", x}, {"save_mean", save_mean}, {"save_invstd", save_invstd}});
-  launch_stats(op, count, c, x, nullptr, save_mean, save_invstd, running_mean, running_var, momentum, eps,
-               workspace, stream);
+  launch_stats(op, count, c, x, save_mean, save_invstd, running_mean, running_var, momentum, eps, workspace,
+               stream);
 }
 
 void batchnorm_stats_eval(int c, const float* running_mean, const float* running_var, double eps,

@@ -253,6 +253,8 @@ cudaError_t g_last_error = cudaSuccess;
 
 }  // namespace
 
+void enqueue_on(cudaStream_t stream, std::function<void()> op) { enqueue(stream, std::move(op)); }
+
 void syncthreads() {
   Block* b = g_run;
   if (!b) die("__syncthreads outside a kernel");

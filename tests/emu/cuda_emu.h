@@ -161,6 +161,9 @@ T* dynamic_shared() {
   return static_cast<T*>(dynamic_shared_bytes());
 }
 
+// Runs op now, or records it when `stream` is being captured (work of the emulated libraries).
+void enqueue_on(cudaStream_t stream, std::function<void()> op);
+
 // Runs `thread_body` as every thread of every block (see the file comment).
 void execute(dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, const std::function<void()>& thread_body);
 
