@@ -2,7 +2,8 @@
 // executor, and its integration (make_executor, Predictor, train_model):
 //  a) the whole network (default filters) at 64x64, batch 2, fp32 with TF32 off: loss, logits,
 //     every parameter gradient and the updated BN statistics against the CPU, for each loss;
-//     the inference graph (Predictor, with and without TTA) against the CPU;
+//     the inference graph (Predictor, with and without TTA) against the CPU; the hand-written
+//     fused BN-ReLU-conv forward (--kernels handwritten, and auto) against the CPU the same way;
 //  b) optimiser steps on a sequence of synthetic batches: 20 SGD steps (with clipping, on the fused
 //     and the unfused graph) and 8 each of Adam, AdamW and NAdam give the CPU's losses and
 //     gradient norms;
@@ -409,6 +410,61 @@ TEST(GpuExecutor, PredictorMatchesCpu) {
       std::cout << "Predictor seed " << seed << (tta ? " tta" : "") << ": logits scaled error " << e.scaled() << "\n";
       EXPECT_TRUE(e.finite);
       EXPECT_LT(e.scaled(), 1e-4) << "seed " << seed << " tta " << tta;
+    }
+  }
+}
+
+// The hand-written fused BN-ReLU-conv forward inside the executor (--kernels handwritten)
+// against the cuDNN path, both against the CPU: the same loss, logits and gradients within the
+// tolerances of a), and --kernels auto builds, chooses and describes every fused node.
+TEST(GpuExecutor, HandwrittenKernelsMatchTheCudnnPath) {
+  REQUIRE_GPU();
+  ModelGraph mg = build_resunetpp(ModelConfig{}, 2, 64, 64, true);  // fused (the CUDA graph)
+  const std::vector<int> grads = append_backward(mg.graph, mg.loss);
+  mg.graph.tensor(mg.logits).is_output = true;
+  for (int t : grads) mg.graph.tensor(t).is_output = true;
+  int fused = 0;
+  for (const Node& n : mg.graph.nodes()) fused += n.op == OpKind::BnReluConv2d;
+  ASSERT_EQ(fused, 22);
+  Floats images, masks;
+  synthetic_batch(21, 2, 64, images, masks);
+  ParamStore sc;
+  init_params(mg.graph, sc, 9);
+  CpuExecutor cpu(mg.graph, sc);
+  cpu.set_input(mg.image, images.data());
+  cpu.set_input(mg.target, masks.data());
+  cpu.run();
+  double gmax = 0;
+  for (int t : grads) gmax = std::max(gmax, max_abs(cpu.data(t), count_of(mg.graph, t)));
+  for (KernelChoice k : {KernelChoice::Handwritten, KernelChoice::Auto}) {
+    SCOPED_TRACE(kernel_choice_name(k));
+    ParamStore sg;
+    init_params(mg.graph, sg, 9);
+    ExecOptions o = strict_options();
+    o.kernels = k;
+    CudaExecutor gpu(mg.graph, sg, 0, o);
+    const std::string described = gpu.describe_kernels();
+    std::cout << kernel_choice_name(k) << ":\n" << described;
+    size_t lines = 0;
+    for (char ch : described) lines += ch == '\n';
+    EXPECT_EQ(lines, size_t(fused));
+    if (k == KernelChoice::Handwritten) {
+      EXPECT_EQ(described.find("cuDNN path"), std::string::npos);
+    }
+    gpu.set_input(mg.image, images.data());
+    gpu.set_input(mg.target, masks.data());
+    gpu.run();
+    EXPECT_LT(rel(gpu.last_loss(), cpu.last_loss()), 1e-4);
+    Floats host(count_of(mg.graph, mg.logits));
+    gpu.read_output(mg.logits, host.data());
+    EXPECT_LT(compare(host.data(), cpu.data(mg.logits), host.size()).scaled(), 1e-4);
+    for (int t : grads) {
+      host.resize(count_of(mg.graph, t));
+      gpu.read_output(t, host.data());
+      const Agreement a = agreement(host.data(), cpu.data(t), host.size());
+      EXPECT_TRUE(a.finite) << mg.graph.tensor(t).name;
+      if (a.ref_max < 1e-5 * gmax) continue;  // numerically zero, see a)
+      EXPECT_LT(a.l2, 2e-2) << mg.graph.tensor(t).name;
     }
   }
 }
