@@ -3,7 +3,8 @@
 #   build   configure and build for sm_90 (RESUNETPP_CUDA=ON, RESUNETPP_CUDNN=ON, warnings as
 #           errors), using the bundled .vendor/googletest and .vendor/stb when present
 #   test    every GPU suite (gpu_test_device, gpu_test_ops_gpu, gpu_test_conv_gpu,
-#           gpu_test_bn_relu_conv_gpu, gpu_test_executor_gpu) with RPP_EXPECT_GPU=1 (no device
+#           gpu_test_bn_relu_conv_gpu, gpu_test_image_ops_gpu, gpu_test_executor_gpu,
+#           rpp_test_capi_gpu) with RPP_EXPECT_GPU=1 (no device
 #           is a failure, not a skip), then the CPU suite without the slow label
 #   sanitize  compute-sanitizer memcheck and racecheck on gpu_test_ops_gpu,
 #           gpu_test_bn_relu_conv_gpu and gpu_test_executor_gpu, with --gtest_filter subsets that
@@ -92,7 +93,8 @@ fi
 
 if want test && [ $build_ok -eq 1 ]; then
   export RPP_EXPECT_GPU=1  # a missing or unusable device fails the GPU tests instead of skipping them
-  for t in gpu_test_device gpu_test_ops_gpu gpu_test_conv_gpu gpu_test_bn_relu_conv_gpu gpu_test_executor_gpu \
+  for t in gpu_test_device gpu_test_ops_gpu gpu_test_conv_gpu gpu_test_bn_relu_conv_gpu gpu_test_image_ops_gpu \
+           gpu_test_executor_gpu \
            rpp_test_capi_gpu; do
     exe=$build/$t
     if [ ! -x "$exe" ]; then fail "$t not built"; continue; fi
