@@ -12,26 +12,15 @@
 #include "runtime/json.h"
 #include "runtime/safetensors.h"
 
+#include "tests/run_command.h"
+
 using namespace rpp;
 
 namespace {
 
-struct Result {
-  int code;
-  std::string out;  // stdout and stderr together
-};
+using Result = testing_util::CommandResult;
 
-Result run(const std::string& args) {
-  const std::string cmd = std::string(RESUNETPP_CLI) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return {-1, "popen failed"};
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+Result run(const std::string& args) { return testing_util::run_command(std::string(RESUNETPP_CLI) + " " + args); }
 
 bool has(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
 

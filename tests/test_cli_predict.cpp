@@ -17,27 +17,16 @@
 #include "runtime/fileio.h"
 #include "runtime/json.h"
 
+#include "tests/run_command.h"
+
 using namespace rpp;
 
 namespace {
 
-struct CliResult {
-  int code = -1;
-  std::string out;  // stdout and stderr, interleaved
-};
+using CliResult = testing_util::CommandResult;
 
 CliResult cli(const std::string& args) {
-  CliResult r;
-  FILE* pipe = popen((std::string(RESUNETPP_CLI) + " " + args + " 2>&1").c_str(), "r");
-  if (!pipe) {
-    r.out = "popen failed";
-    return r;
-  }
-  char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) r.out.append(buf, n);
-  const int st = pclose(pipe);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
+  return testing_util::run_command(std::string(RESUNETPP_CLI) + " " + args);
 }
 
 void sh(const std::string& cmd) { ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd; }

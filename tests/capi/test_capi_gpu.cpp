@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "kernels/cuda/device.cuh"
+#include "tests/gpu/gpu_test_util.h"
 #include "resunetpp/resunetpp.h"
 #include "runtime/fileio.h"
 #include "tests/capi/fixture.h"
@@ -30,15 +31,6 @@
 using capi_fixture::test_image;
 
 namespace {
-
-#define REQUIRE_GPU()                                                                             \
-  if (rpp::cuda::device_count() == 0) {                                                           \
-    if (std::getenv("RPP_EXPECT_GPU")) FAIL() << "RPP_EXPECT_GPU is set but CUDA reports: "      \
-                                              << rpp::cuda::device_count_error();                 \
-    GTEST_SKIP() << "no usable CUDA device (" << rpp::cuda::device_count_error() << ")";        \
-  }
-
-#define CU(call) ASSERT_EQ((call), cudaSuccess) << #call
 
 std::string tmp_root() { return "/tmp/rpp_test_capi_gpu_" + std::to_string(getpid()); }
 

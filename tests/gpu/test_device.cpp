@@ -2,16 +2,13 @@
 // Skips (GTEST_SKIP) when no CUDA device is present, so CI without a GPU still passes.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <vector>
 
+#include "gpu_test_util.h"
 #include "kernels/cuda/device.cuh"
 
 TEST(GpuDevice, KernelRoundTrip) {
-  if (rpp::cuda::device_count() == 0) {
-    if (std::getenv("RPP_EXPECT_GPU")) FAIL() << "RPP_EXPECT_GPU is set but CUDA reports: " << rpp::cuda::device_count_error();
-    GTEST_SKIP() << "no usable CUDA device (" << rpp::cuda::device_count_error() << ")";
-  }
+  REQUIRE_GPU();
   std::cout << "device 0: " << rpp::cuda::device_description(0) << "\n";
   const int n = 1000;
   std::vector<float> in(n), out(n, -1.f);
