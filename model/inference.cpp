@@ -137,18 +137,15 @@ Executor& Predictor::ready_executor() {
 
 void Predictor::run_variant(const float* images, int start, int count, Flip flip) {
   const size_t per = size_t(size_) * size_t(size_) * 3;
-  if (params_changed_) {
-    exec_->upload_params();
-    params_changed_ = false;
-  }
-  float* in = exec_->input_buffer(mg_.image);
+  Executor& ex = ready_executor();
+  float* in = ex.input_buffer(mg_.image);
   for (int i = 0; i < batch_; ++i) {
     const float* src = images + size_t(start + (i < count ? i : 0)) * per;  // pad with a repeat
     flip_image(src, in + size_t(i) * per, size_, size_, 3, flip);
   }
-  exec_->set_input(mg_.image, in);
-  exec_->run();
-  exec_->read_output(mg_.logits, logits_.data());
+  ex.set_input(mg_.image, in);
+  ex.run();
+  ex.read_output(mg_.logits, logits_.data());
 }
 
 void Predictor::logits(const float* images, int n, bool tta, float* out) {
