@@ -1,10 +1,12 @@
 // model/trainer.cpp — the training loop, validation, schedules, resume and run-folder outputs.
 #include "model/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <numeric>
 #include <sstream>
 
@@ -38,9 +40,13 @@ std::string fmt(double v, int prec = 6) {
 struct RunState {
   int next_epoch = 1;           // epoch to run next (1-based)
   int64_t next_step_in_epoch = 0;
-  int64_t step = 0;             // global steps done
-  double epoch_loss_sum = 0;    // of the partially done epoch
+  int64_t step = 0;             // global steps done (skipped ones included)
+  int64_t opt_steps = 0;        // optimiser updates applied (the Adam/NAdam step count)
+  int64_t skipped = 0;          // steps skipped for a non-finite loss or gradient, in all
+  int consecutive_skipped = 0;  // of them, in a row up to now
+  double epoch_loss_sum = 0;    // of the partially done epoch (finite steps)
   int64_t epoch_steps = 0;
+  int64_t epoch_skipped = 0;
   double mu_product = 1.0;      // Nadam
   PlateauState plateau;
   double best_dice = -1;
@@ -61,6 +67,10 @@ Metadata run_metadata(const TrainOptions& o, const RunState& st) {
           {"test_fraction", fmt(o.test_fraction, 17)},
           {"epoch", std::to_string(st.next_step_in_epoch == 0 ? st.next_epoch - 1 : st.next_epoch)},
           {"step", std::to_string(st.step)},
+          {"optimizer_steps", std::to_string(st.opt_steps)},
+          {"skipped_steps", std::to_string(st.skipped)},
+          {"consecutive_skipped_steps", std::to_string(st.consecutive_skipped)},
+          {"epoch_skipped_steps", std::to_string(st.epoch_skipped)},
           {"next_epoch", std::to_string(st.next_epoch)},
           {"next_step_in_epoch", std::to_string(st.next_step_in_epoch)},
           {"epoch_loss_sum", fmt(st.epoch_loss_sum, 17)},
@@ -110,6 +120,19 @@ RunState state_from_metadata(const Metadata& m, const std::string& path) {
   s.epochs_since_best = int(integer("epochs_since_best"));
   for (auto& [key, v] : m)
     if (key == "finished") s.finished = v == "1";
+  // Written since non-finite steps are skipped; a checkpoint without them had none.
+  s.opt_steps = s.step;
+  for (auto& [key, v] : m)
+    if (key == "optimizer_steps") {
+      s.opt_steps = integer("optimizer_steps");
+      s.skipped = integer("skipped_steps");
+      s.consecutive_skipped = int(integer("consecutive_skipped_steps"));
+      s.epoch_skipped = integer("epoch_skipped_steps");
+    }
+  if (s.opt_steps < 0 || s.opt_steps > s.step || s.skipped != s.step - s.opt_steps || s.epoch_skipped < 0 ||
+      s.epoch_skipped > s.epoch_steps || s.consecutive_skipped < 0 || s.consecutive_skipped > s.skipped)
+    fail(path, ": inconsistent step counts in its metadata (step ", s.step, ", optimizer_steps ", s.opt_steps,
+         ", skipped_steps ", s.skipped, ")");
   return s;
 }
 
@@ -123,6 +146,7 @@ json::Value options_json(const TrainOptions& o) {
   v.set("batch", o.batch);
   v.set("epochs", o.epochs);
   v.set("max_steps", o.max_steps);
+  v.set("max_skipped_steps", o.max_skipped_steps);
   v.set("lr", o.lr);
   v.set("schedule", o.schedule);
   v.set("warmup", o.warmup);
@@ -231,6 +255,7 @@ json::Value record_json(const EpochRecord& r) {
   row.set("seconds", r.seconds);
   row.set("images_per_s", r.images_per_s);
   row.set("best", r.best);
+  row.set("skipped_steps", r.skipped_steps);
   return row;
 }
 
@@ -257,6 +282,7 @@ std::vector<EpochRecord> records_from_jsonl(const std::string& path, int before_
     r.seconds = num("seconds");
     r.images_per_s = num("images_per_s");
     r.best = v["best"].as_bool();
+    if (v.contains("skipped_steps")) r.skipped_steps = v["skipped_steps"].as_int();
     rs.push_back(r);
   }
   return rs;
@@ -505,10 +531,12 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
     int64_t steps_now = 0;
     // The next batch is assembled and its upload queued while the current step runs (on a GPU
     // the step is asynchronous until last_loss()); the batches and their order are unchanged.
-    auto fetch = [&] {
+    auto fetch = [&](int64_t for_step) {
       float* images = exec->input_buffer(mg.image);
       float* targets = exec->input_buffer(mg.target);
       loader.next(images, targets);
+      if (std::find(o.nonfinite_steps.begin(), o.nonfinite_steps.end(), for_step) != o.nonfinite_steps.end())
+        images[0] = std::numeric_limits<float>::quiet_NaN();
       exec->set_input(mg.image, images);
       exec->set_input(mg.target, targets);
     };
@@ -519,14 +547,14 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
         res.interrupted = o.stop && o.stop->load();
         break;
       }
-      if (!fetched) fetch();
+      if (!fetched) fetch(st.step + 1);
       fetched = false;
       cpu::OptimStep os;
       os.lr = scheduled_lr(o, st.step, total_steps, o.schedule == "plateau" ? st.plateau.lr : o.lr);
       os.momentum = o.momentum;
       os.weight_decay = o.weight_decay;
       os.clip_grad_norm = o.clip_grad;
-      os.step = st.step + 1;
+      os.step = st.opt_steps + 1;  // skipped steps do not advance the Adam-family step count
       double mu_product = st.mu_product;
       if (o.optimizer == OptimizerKind::Nadam) {
         cpu::nadam_schedule(os, mu_product);
@@ -534,20 +562,36 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
       }
       exec->run(&os);
       if (s + 1 < steps_per_epoch && (o.max_steps <= 0 || st.step + 1 < o.max_steps) && !(o.stop && o.stop->load())) {
-        fetch();
+        fetch(st.step + 2);
         fetched = true;
       }
       // On a GPU, reading the loss is the step's one synchronisation (runtime/executor_cuda.h).
       const double loss = exec->last_loss();
       const double grad_norm = exec->last_grad_norm();
-      if (!std::isfinite(loss) || !std::isfinite(grad_norm))
-        fail("training diverged: the loss is ", loss, " (gradient norm ", grad_norm, ") at step ",
-             st.step + 1, " (step ", s + 1, " of epoch ", epoch, "); try a lower --lr or --clip-grad",
-             o.out_dir.empty() ? std::string() : "; the last good checkpoint is " + last_path + " (--resume)");
-      st.mu_product = mu_product;
+      // A non-finite loss or gradient norm: the executor skipped the update (Executor::run).
+      if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
+        ++st.skipped;
+        ++st.epoch_skipped;
+        ++st.consecutive_skipped;
+        auto show = [](double v) { return std::isnan(v) ? std::string("nan") : fmt(v); };  // not "-nan"
+        log << "step " << st.step + 1 << " (step " << s + 1 << " of epoch " << epoch << "): the loss is " << show(loss)
+            << " and the gradient norm " << show(grad_norm) << "; update skipped (" << st.consecutive_skipped
+            << " in a row, " << st.skipped << " in all)\n";
+        log.flush();
+        if (st.consecutive_skipped > o.max_skipped_steps)
+          fail("training diverged: ", st.consecutive_skipped, " steps in a row up to step ", st.step + 1,
+               " (step ", s + 1, " of epoch ", epoch, ") had a non-finite loss or gradient (the last: loss ",
+               show(loss), ", gradient norm ", show(grad_norm), "; --max-skipped-steps ", o.max_skipped_steps,
+               "); try a lower --lr or --clip-grad",
+               o.out_dir.empty() ? std::string() : "; the last good checkpoint is " + last_path + " (--resume)");
+      } else {
+        st.mu_product = mu_product;
+        ++st.opt_steps;
+        st.consecutive_skipped = 0;
+        st.epoch_loss_sum += loss;
+      }
       ++st.step;
       ++steps_now;
-      st.epoch_loss_sum += loss;
       ++st.epoch_steps;
       res.step_losses.push_back(loss);
       if (progress)
@@ -576,7 +620,9 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
     EpochRecord r;
     r.epoch = epoch;
     r.step = st.step;
-    r.train_loss = st.epoch_steps ? st.epoch_loss_sum / double(st.epoch_steps) : NAN;
+    r.skipped_steps = st.epoch_skipped;
+    r.train_loss = st.epoch_steps > st.epoch_skipped ? st.epoch_loss_sum / double(st.epoch_steps - st.epoch_skipped)
+                                                      : NAN;
     r.val_loss = ev.loss;
     r.val_dice = ev.mean_dice;
     r.val_iou = ev.mean_iou;
@@ -600,11 +646,13 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
     st.next_step_in_epoch = 0;
     st.epoch_loss_sum = 0;
     st.epoch_steps = 0;
+    st.epoch_skipped = 0;
     log << "epoch " << epoch << "/" << o.epochs << "  step " << st.step << "  train_loss " << fmt(r.train_loss, 4)
         << "  val_loss " << fmt(r.val_loss, 4) << "  val_dice " << fmt(r.val_dice, 4) << "  val_iou "
         << fmt(r.val_iou, 4) << "  lr " << fmt(r.lr, 3) << "  " << fmt(r.seconds, 3) << " s  "
         << fmt(r.images_per_s, 3) << " img/s" << (r.best ? "  * best" : "")
-        << (lr_cut ? "  (lr reduced to " + fmt(st.plateau.lr, 3) + ")" : "") << "\n";
+        << (lr_cut ? "  (lr reduced to " + fmt(st.plateau.lr, 3) + ")" : "")
+        << (r.skipped_steps ? "  (" + std::to_string(r.skipped_steps) + " steps skipped: non-finite)" : "") << "\n";
     log.flush();
     if (o.early_stop > 0 && st.epochs_since_best >= o.early_stop) {
       log << "early stop: no better validation Dice for " << o.early_stop << " epochs (best " << fmt(st.best_dice, 4)

@@ -40,6 +40,12 @@ struct TrainOptions {
   double min_lr = 1e-6;                //   but never below min_lr
   int early_stop = 0;                  // stop after this many epochs without a better val Dice (0: off)
   double clip_grad = 0;                // global gradient-norm limit (0: off)
+  // A step with a non-finite loss or gradient norm is skipped (no update, logged); this many in a
+  // row are tolerated, one more stops the run with an error (0: the first one stops it).
+  int max_skipped_steps = 20;
+  // Testing aid: the first image value of these global steps (1-based) is set to NaN, so that
+  // the skip path runs. Not a command-line option.
+  std::vector<int64_t> nonfinite_steps;
   OptimizerKind optimizer = OptimizerKind::Adam;
   double momentum = 0.9;   // SGD momentum
   double weight_decay = 0;
@@ -69,6 +75,7 @@ struct EpochRecord {
   int64_t step = 0;
   double train_loss = 0, val_loss = 0, val_dice = 0, val_iou = 0;
   double lr = 0, seconds = 0, images_per_s = 0;
+  int64_t skipped_steps = 0;  // steps of this epoch skipped for a non-finite loss or gradient
   bool best = false;
 };
 

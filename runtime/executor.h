@@ -75,6 +75,11 @@ class Executor {
   // tensor must be an output, an input or a persistent tensor (others may share bytes).
   virtual void read_output(int tensor, float* host) = 0;
   // Runs every node in order. `opt` is required when the graph has optimiser updates.
+  // A training step whose loss or global gradient norm is NaN or infinite is skipped: its
+  // optimiser updates leave parameters and optimiser state unchanged (on a GPU decided on the
+  // device, without a host synchronisation), and BN channels with non-finite batch statistics
+  // keep their running statistics. The caller sees it as a non-finite last_loss() or
+  // last_grad_norm() and should not count the step as an optimiser step.
   virtual void run(const cpu::OptimStep* opt = nullptr) = 0;
   // The graph's loss after the last run (NaN when the graph has no Loss node).
   virtual double last_loss() = 0;

@@ -266,6 +266,8 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
       double ss = 0;
       for (size_t i = 0; i < n.in.size(); ++i) ss += cpu::sum_squares(count(n.in[i]), in(i));
       last_grad_norm_ = std::sqrt(ss);
+      // A non-finite loss or norm skips the updates that follow (Executor::run).
+      skip_update_ = !std::isfinite(ss) || (loss_tensor_ >= 0 && !std::isfinite(*data(loss_tensor_)));
       const double limit = opt ? opt->clip_grad_norm : 0.0;
       if (limit > 0 && last_grad_norm_ > limit) {
         const double f = limit / (last_grad_norm_ + 1e-6);
@@ -275,6 +277,7 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
     }
     case OpKind::OptimizerUpdate: {
       if (!opt) fail("graph has optimiser updates but run() got no optimiser step");
+      if (skip_update_) break;
       const int64_t m = count(n.in[0]);
       float* w = in(0);
       const float* gr = in(1);

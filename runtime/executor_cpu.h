@@ -60,6 +60,7 @@ class CpuExecutor final : public Executor {
   bool profiling_ = false;
   std::vector<double> node_seconds_;
   double last_grad_norm_ = 0;
+  bool skip_update_ = false;  // this run's loss or gradient norm is not finite
   int loss_tensor_ = -1;  // output of the graph's last Loss node, -1 if none
 };
 

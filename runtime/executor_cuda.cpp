@@ -957,6 +957,9 @@ void CudaExecutor::launch(int index) {
       for (size_t i = 0; i < n.in.size(); ++i) cuda::sum_squares(count(n.in[i]), in(i), d_sumsq_, i > 0, ws, s);
       cuda::clip_grad_norm_factor(d_sumsq_, step, d_norm_, d_factor_, s);
       for (size_t i = 0; i < n.in.size(); ++i) cuda::scale_inplace(count(n.in[i]), in(i), d_factor_, s);
+      // A non-finite loss or norm turns the updates that follow into no-ops (Executor::run).
+      cuda::skip_if_nonfinite(d_sumsq_, loss_tensor_ >= 0 ? static_cast<const float*>(ptr(loss_tensor_)) : nullptr,
+                              static_cast<cuda::OptimStepDevice*>(d_step_), s);
       break;
     }
     case OpKind::OptimizerUpdate: {

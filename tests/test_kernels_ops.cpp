@@ -326,6 +326,29 @@ TEST(BatchNorm, TrainingNormalisesAndUpdatesRunningStats) {
   }
 }
 
+// A channel whose batch holds a NaN or Inf keeps its running statistics (a skipped training step
+// must not poison evaluation); the other channels update as usual.
+TEST(BatchNorm, NonFiniteChannelKeepsItsRunningStatistics) {
+  const int64_t count = 50;
+  const int c = 5;
+  std::vector<float> x = random_vecf(size_t(count * c), 41);
+  x[size_t(7 * c + 2)] = std::numeric_limits<float>::quiet_NaN();
+  x[size_t(30 * c + 3)] = -std::numeric_limits<float>::infinity();
+  std::vector<float> mean(c), invstd(c), rm(c, 0.25f), rv(c, 1.5f);
+  cpu::batchnorm_stats_train<float>(count, c, x.data(), mean.data(), invstd.data(), rm.data(), rv.data(), 0.1, 1e-5);
+  for (int j = 0; j < c; ++j) {
+    if (j == 2 || j == 3) {
+      EXPECT_FALSE(std::isfinite(mean[size_t(j)]) && std::isfinite(invstd[size_t(j)])) << j;
+      EXPECT_EQ(rm[size_t(j)], 0.25f) << j;
+      EXPECT_EQ(rv[size_t(j)], 1.5f) << j;
+    } else {
+      EXPECT_TRUE(std::isfinite(mean[size_t(j)])) << j;
+      EXPECT_NE(rm[size_t(j)], 0.25f) << j;
+      EXPECT_NE(rv[size_t(j)], 1.5f) << j;
+    }
+  }
+}
+
 TEST(BatchNorm, AffineAndEvalModeUseTheRightStatistics) {
   const int64_t count = 9;
   const int c = 4;

@@ -164,6 +164,78 @@ TEST_F(TrainerTest, DivergenceStopsAndKeepsTheLastGoodCheckpoint) {
   EXPECT_NO_THROW(read_safetensors(o.out_dir + "/checkpoint_last.safetensors"));
 }
 
+// Steps with a non-finite loss are skipped with a message, do not count as optimiser steps, and
+// a run stopped and resumed around them continues bit for bit.
+TEST_F(TrainerTest, NonFiniteStepsAreSkippedAndResumeStaysExact) {
+  TrainOptions o = base();
+  o.optimizer = OptimizerKind::Adam;
+  o.lr = 2e-3;
+  o.nonfinite_steps = {3, 8, 9};
+  o.out_dir = run_dir("skip_straight");
+  std::ostringstream l1;
+  TrainResult straight = train_model(o, l1);
+  ASSERT_EQ(straight.step_losses.size(), 18u);
+  for (size_t i = 0; i < 18; ++i) {
+    const bool bad = i == 2 || i == 7 || i == 8;
+    EXPECT_EQ(std::isfinite(straight.step_losses[i]), !bad) << "step " << i + 1 << ": " << straight.step_losses[i];
+  }
+  EXPECT_NE(l1.str().find("step 3 (step 3 of epoch 1): the loss is nan"), std::string::npos) << l1.str();
+  EXPECT_NE(l1.str().find("update skipped (2 in a row, 3 in all)"), std::string::npos) << l1.str();
+  ASSERT_EQ(straight.epochs.size(), 3u);
+  EXPECT_EQ(straight.epochs[0].skipped_steps, 1);
+  EXPECT_EQ(straight.epochs[1].skipped_steps, 2);
+  EXPECT_EQ(straight.epochs[2].skipped_steps, 0);
+  for (const EpochRecord& r : straight.epochs) EXPECT_TRUE(std::isfinite(r.train_loss)) << r.epoch;
+  StFile f = read_safetensors(o.out_dir + "/checkpoint_last.safetensors");
+  EXPECT_EQ(f.metadata_value("step"), "18");
+  EXPECT_EQ(f.metadata_value("optimizer_steps"), "15");
+  EXPECT_EQ(f.metadata_value("skipped_steps"), "3");
+  EXPECT_NE(read_file(o.out_dir + "/log.jsonl").find("\"skipped_steps\":2"), std::string::npos);
+
+  // Stopped between the two consecutive bad steps (after step 8), then resumed.
+  TrainOptions a = o;
+  a.out_dir = run_dir("skip_split");
+  a.max_steps = 8;
+  std::ostringstream l2;
+  TrainResult first = train_model(a, l2);
+  ASSERT_EQ(first.steps, 8);
+  StFile fa = read_safetensors(a.out_dir + "/checkpoint_last.safetensors");
+  EXPECT_EQ(fa.metadata_value("consecutive_skipped_steps"), "1");
+  TrainOptions b = o;
+  b.out_dir = a.out_dir;
+  b.resume = true;
+  std::ostringstream l3;
+  TrainResult second = train_model(b, l3);
+  std::vector<double> joined = first.step_losses;
+  joined.insert(joined.end(), second.step_losses.begin(), second.step_losses.end());
+  ASSERT_EQ(joined.size(), straight.step_losses.size());
+  for (size_t i = 0; i < joined.size(); ++i)  // NaN never equals NaN: compare the bits
+    EXPECT_EQ(std::memcmp(&joined[i], &straight.step_losses[i], sizeof(double)), 0) << "step " << i + 1;
+  EXPECT_NE(l3.str().find("update skipped (2 in a row, 3 in all)"), std::string::npos) << l3.str();
+  EXPECT_TRUE(same_checkpoint_data(o.out_dir + "/checkpoint_last.safetensors",
+                                   b.out_dir + "/checkpoint_last.safetensors"));
+}
+
+TEST_F(TrainerTest, TooManySkippedStepsInARowStopTheRun) {
+  TrainOptions o = base();
+  o.epochs = 1;
+  o.max_skipped_steps = 1;
+  o.nonfinite_steps = {2, 4};  // never two in a row: the run finishes
+  std::ostringstream l1;
+  TrainResult r = train_model(o, l1);
+  EXPECT_EQ(r.steps, 6);
+  o.nonfinite_steps = {2, 3};
+  std::ostringstream l2;
+  try {
+    train_model(o, l2);
+    FAIL() << "expected the second skipped step in a row to stop the run";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("diverged: 2 steps in a row up to step 3"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("--max-skipped-steps 1"), std::string::npos) << msg;
+  }
+}
+
 TEST_F(TrainerTest, PlateauCutsTheLearningRate) {
   TrainOptions o;
   o.plateau_patience = 2;

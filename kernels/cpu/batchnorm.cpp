@@ -46,6 +46,7 @@ void batchnorm_stats_train(int64_t count, int c, const T* x, T* save_mean, T* sa
       const double var = acc[j] / double(count);  // biased: used to normalise
       save_mean[ch] = T(mean[j]);
       save_invstd[ch] = T(1.0 / std::sqrt(var + eps));
+      if (!std::isfinite(mean[j]) || !std::isfinite(var)) continue;  // keep the running statistics
       if (running_mean)
         running_mean[ch] = T((1.0 - momentum) * double(running_mean[ch]) + momentum * mean[j]);
       if (running_var)

@@ -19,7 +19,9 @@ namespace rpp::cpu {
 // in the running estimate, running = (1 - momentum) * running + momentum * batch). ----
 // Training mode: normalises with batch statistics, writes save_mean and save_invstd
 // (1/sqrt(var + eps), both length c) for backward, and updates running_mean/var in place
-// (either may be null to skip its update). Needs count > 1.
+// (either may be null to skip its update). A channel whose batch mean or variance is not finite
+// (a NaN or Inf in the batch) leaves its running statistics unchanged, so that a training step
+// skipped for a non-finite loss does not poison the model used for evaluation. Needs count > 1.
 template <class T>
 void batchnorm_forward_train(int64_t count, int c, const T* x, const T* gamma, const T* beta, T* y,
                              T* save_mean, T* save_invstd, T* running_mean, T* running_var,

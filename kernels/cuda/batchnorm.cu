@@ -180,9 +180,11 @@ __global__ void __launch_bounds__(kThreads)
     const double unbias = double(count) / double(count - 1);
     save_mean[ch] = float(mean);
     save_invstd[ch] = float(invstd);
-    if (running_mean)
+    // A non-finite batch statistic leaves the running ones unchanged (as cpu::batchnorm_stats_train).
+    const bool finite = mean - mean == 0.0 && var - var == 0.0;
+    if (running_mean && finite)
       running_mean[ch] = float((1.0 - momentum) * double(running_mean[ch]) + momentum * mean);
-    if (running_var)
+    if (running_var && finite)
       running_var[ch] = float((1.0 - momentum) * double(running_var[ch]) + momentum * var * unbias);
   }
 }

@@ -38,6 +38,7 @@ enum AdamKind { kAdam = 0, kAdamW = 1, kNadam = 2 };
 template <class Idx>
 __global__ void __launch_bounds__(kThreads)
     sgd_kernel(Idx n, float* w, const float* g, float* buf, const OptimStepDevice* step) {
+  if (step->skip) return;
   const double lr = step->lr, mom = step->momentum, wd = step->weight_decay;
   const bool first = step->first_step != 0, nesterov = step->nesterov != 0;
   const bool use_buf = buf != nullptr && mom != 0.0;
@@ -64,6 +65,7 @@ __global__ void __launch_bounds__(kThreads)
 template <class Idx, int kKind>
 __global__ void __launch_bounds__(kThreads)
     adam_kernel(Idx n, float* w, const float* g, float* m, float* v, const OptimStepDevice* step) {
+  if (step->skip) return;
   const double b1 = step->beta1, b2 = step->beta2;
   const double ob1 = step->one_minus_beta1, ob2 = step->one_minus_beta2;
   const double eps = step->eps, wd = step->weight_decay;
@@ -148,6 +150,12 @@ __global__ void clip_factor_kernel(const double* sum_sq, const OptimStepDevice* 
   const double limit = step->clip_max_norm;
   *norm = nrm;
   *factor = (limit > 0 && nrm > limit) ? limit / (nrm + 1e-6) : 1.0;
+}
+
+__global__ void skip_kernel(const double* sum_sq, const float* loss, OptimStepDevice* step) {
+  const double s = *sum_sq;
+  const double l = loss ? double(*loss) : 0.0;
+  step->skip = (s - s == 0.0 && l - l == 0.0) ? 0 : 1;  // x - x is 0 exactly when x is finite
 }
 
 template <class Idx>
@@ -266,6 +274,13 @@ void clip_grad_norm_factor(const double* sum_sq, const OptimStepDevice* step, do
   const char* op = "clip_grad_norm_factor";
   check_not_null(op, {{"sum_sq", sum_sq}, {"step", step}, {"norm", norm}, {"factor", factor}});
   clip_factor_kernel<<<1, 1, 0, stream>>>(sum_sq, step, norm, factor);
+  RPP_CUDA_CHECK_LAUNCH(op);
+}
+
+void skip_if_nonfinite(const double* sum_sq, const float* loss, OptimStepDevice* step, cudaStream_t stream) {
+  const char* op = "skip_if_nonfinite";
+  check_not_null(op, {{"sum_sq", sum_sq}, {"step", step}});
+  skip_kernel<<<1, 1, 0, stream>>>(sum_sq, loss, step);
   RPP_CUDA_CHECK_LAUNCH(op);
 }
 

@@ -46,6 +46,10 @@ struct OptimStepDevice {
   int32_t first_step;          // 1 on step 1: state buffers are written, not read
   int32_t nesterov;            // 1: Nesterov momentum (SGD)
   double clip_max_norm;        // global gradient-norm limit; 0 disables clipping
+  // 0 from the host; set to 1 on the device by skip_if_nonfinite (below) when this step's loss or
+  // gradient norm is not finite. The update kernels then leave weights and state untouched.
+  int32_t skip;
+  int32_t reserved;
 };
 
 // Fills the struct from the CPU step description (throws rpp::Error for a step < 1 or Nesterov
@@ -53,7 +57,8 @@ struct OptimStepDevice {
 OptimStepDevice make_optim_step_device(const rpp::cpu::OptimStep& o);
 
 // w, g, and the state buffers are n floats each. State buffers need no initialisation: they are
-// not read on the first step. sgd_update with buf == null, or momentum 0, is plain SGD.
+// not read on the first step. sgd_update with buf == null, or momentum 0, is plain SGD. With
+// step->skip set, every update returns without touching memory.
 void sgd_update(int64_t n, float* w, const float* g, float* buf, const OptimStepDevice* step,
                 cudaStream_t stream);
 void adam_update(int64_t n, float* w, const float* g, float* m, float* v,
@@ -74,6 +79,12 @@ void sum_squares(int64_t n, const float* x, double* result, bool accumulate, voi
 // the CPU executor applies). norm and factor are device doubles.
 void clip_grad_norm_factor(const double* sum_sq, const OptimStepDevice* step, double* norm,
                            double* factor, cudaStream_t stream);
+
+// One thread: step->skip = 1 when *sum_sq (the squared global gradient norm) or *loss (may be
+// null) is NaN or infinite, else 0. Run it after the norm and before the updates: the updates of
+// a non-finite step then do nothing (weights, momentum and moments unchanged), with no host
+// synchronisation, inside a captured graph too.
+void skip_if_nonfinite(const double* sum_sq, const float* loss, OptimStepDevice* step, cudaStream_t stream);
 
 // x *= float(*factor), factor a device double. A factor of exactly 1 (no clipping this step)
 // returns without touching x.

@@ -36,6 +36,7 @@
 #include <cstring>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -755,6 +756,63 @@ TEST(GpuExecutor, RunAllocatesNothing) {
 // ---------------------------------------------------------------------------------------------
 // A small network through every path (graph and eager training with clipping, inference): quick
 // enough for compute-sanitizer (tools/gpu_session.sh runs it under memcheck and racecheck).
+
+// A poisoned batch inside the captured training graph: the device decides to skip (no host
+// synchronisation), so weights, optimiser state and BN running statistics keep their bits, and
+// the following step equals that of an executor that never saw the bad batch.
+TEST(GpuExecutor, NonFiniteStepIsSkippedOnTheDevice) {
+  REQUIRE_GPU();
+  const ModelConfig cfg{{8, 8, 16, 16, 32}, 3};
+  ModelGraph mg = build_resunetpp(cfg, 2, 32, 32, true);
+  append_backward_and_update(mg.graph, mg.loss, OptimizerKind::Adam);
+  ParamStore sa, sb, snap;
+  init_params(mg.graph, sa, 4);
+  init_params(mg.graph, sb, 4);
+  init_params(mg.graph, snap, 4);
+  CudaExecutor a(mg.graph, sa, 0, strict_options(true)), b(mg.graph, sb, 0, strict_options(true));
+  a.poison();
+  b.poison();
+  double mu = 1;
+  const cpu::OptimStep s1 = step_for(OptimizerKind::Adam, 1, &mu), s2 = step_for(OptimizerKind::Adam, 2, &mu);
+  Floats images, masks;
+  auto feed = [&](CudaExecutor& e, uint64_t seed, float poison) {
+    synthetic_batch(seed, 2, 32, images, masks);
+    if (poison != 0) images[40] = poison;
+    e.set_input(mg.image, images.data());
+    e.set_input(mg.target, masks.data());
+  };
+  feed(a, 1, 0);
+  a.run(&s1);
+  feed(b, 1, 0);
+  b.run(&s1);
+  ASSERT_TRUE(std::isfinite(a.last_loss()));
+  a.download_params();
+  for (const std::string& n : sa.names()) std::memcpy(snap.get(n).raw(), sa.get(n).raw(), sa.get(n).nbytes());
+  for (float poison : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    feed(a, 2, poison);
+    a.run(&s2);
+    EXPECT_FALSE(std::isfinite(a.last_loss()) && std::isfinite(a.last_grad_norm())) << poison;
+    a.download_params();
+    for (const std::string& n : sa.names()) {
+      if (n.find("num_batches_tracked") != std::string::npos) continue;
+      EXPECT_EQ(std::memcmp(sa.get(n).raw(), snap.get(n).raw(), sa.get(n).nbytes()), 0)
+          << n << " changed on a skipped step (poison " << poison << ")";
+    }
+  }
+  feed(a, 3, 0);
+  a.run(&s2);
+  feed(b, 3, 0);
+  b.run(&s2);
+  ASSERT_TRUE(std::isfinite(a.last_loss()));
+  EXPECT_EQ(a.last_loss(), b.last_loss());
+  a.download_params();
+  b.download_params();
+  for (const std::string& n : sa.names()) {
+    if (n.find("num_batches_tracked") != std::string::npos) continue;
+    EXPECT_EQ(std::memcmp(sa.get(n).raw(), sb.get(n).raw(), sa.get(n).nbytes()), 0) << n;
+  }
+  EXPECT_EQ(a.graph_captured(), a.uses_graphs());
+}
 
 TEST(GpuExecutor, SmallNetworkSanitizerSmoke) {
   REQUIRE_GPU();

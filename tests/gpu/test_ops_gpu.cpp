@@ -23,6 +23,7 @@
 #include <functional>
 #include <initializer_list>
 #include <iomanip>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <stdexcept>
@@ -243,6 +244,40 @@ TEST(GpuBatchNorm, TrainForwardMatchesCpu) {
   for (const Nhwc& s : bn_shapes()) check_bn_train(s, 0.1, 1e-5, true);
   check_bn_train({2, 16, 16, 40}, 0.3, 1e-3, false);
   check_bn_train({2, 16, 16, 40}, 0.3, 1e-3, true);
+}
+
+// A channel with a NaN or Inf keeps its running statistics (as on the CPU); the others update.
+TEST(GpuBatchNorm, NonFiniteChannelKeepsItsRunningStatistics) {
+  REQUIRE_GPU();
+  const Nhwc s{2, 8, 8, 6};
+  const int64_t count = s.count();
+  const int c = s.c;
+  Floats x = normal(s.size(), 1.f, 2.f);
+  x[sz(5 * c + 1)] = std::nanf("");
+  x[sz(9 * c + 4)] = std::numeric_limits<float>::infinity();
+  const BnParams p = bn_params(c);
+  Floats sm(sz(c)), si(sz(c)), rm = p.running_mean, rv = p.running_var;
+  cpu::batchnorm_stats_train(count, c, x.data(), sm.data(), si.data(), rm.data(), rv.data(), 0.1, 1e-5);
+  Stream st;
+  DevFloats dx(x), dsm(sz(c)), dsi(sz(c)), drm(p.running_mean), drv(p.running_var);
+  Workspace ws(gpu::batchnorm_workspace_bytes(count, c));
+  gpu::batchnorm_stats_train(count, c, dx.p(), dsm.p(), dsi.p(), drm.p(), drv.p(), 0.1, 1e-5, ws.data(), st);
+  st.sync();
+  const Floats grm = drm.get(), grv = drv.get();
+  for (int ch = 0; ch < c; ++ch) {
+    const bool bad = ch == 1 || ch == 4;
+    SCOPED_TRACE("channel " + std::to_string(ch));
+    if (bad) {
+      EXPECT_TRUE(same_bits(Floats{grm[sz(ch)], grv[sz(ch)]}, Floats{p.running_mean[sz(ch)], p.running_var[sz(ch)]}));
+      EXPECT_TRUE(same_bits(Floats{rm[sz(ch)], rv[sz(ch)]}, Floats{p.running_mean[sz(ch)], p.running_var[sz(ch)]}))
+          << "the CPU reference updated a non-finite channel";
+    } else {
+      EXPECT_NE(grm[sz(ch)], p.running_mean[sz(ch)]);
+    }
+  }
+  EXPECT_TRUE(near(grm, rm, kReduce)) << "running_mean";
+  EXPECT_TRUE(near(grv, rv, kReduce)) << "running_var";
+  expect_guards({&dx, &dsm, &dsi, &drm, &drv, &ws});
 }
 
 TEST(GpuBatchNorm, EvalForwardMatchesCpu) {
@@ -907,6 +942,56 @@ TEST(GpuOptim, SumSquaresClipFactorAndScale) {
   }
   for (const auto& d : dev) expect_guards({d.get()});
   expect_guards({&dsum, &dnorm, &dfactor, &dstep, &ws});
+}
+
+// A non-finite squared norm or loss sets the step's skip flag on the device; every update kernel
+// then leaves weights and state bit for bit as they were. A finite one clears it.
+TEST(GpuOptim, NonFiniteStepSkipsEveryUpdate) {
+  REQUIRE_GPU();
+  const int64_t n = 5000;
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
+  const Floats w0 = normal(sz(n), 0.f, 0.1f), g = normal(sz(n), 0.f, 0.01f);
+  const Floats s10 = normal(sz(n), 0.f, 0.01f), s20 = uniform(sz(n), 0.f, 1e-4f);
+  Stream st;
+  DevFloats dw(w0), dg(g), ds1(s10), ds2(s20), dloss(1);
+  DevBuf dstep(sizeof(gpu::OptimStepDevice)), dsum(sizeof(double));
+  struct Case {
+    double sum_sq;
+    float loss;
+    bool loss_given, skip;
+  };
+  const Case cases[] = {{1.5, 0.7f, true, false},   {1.5, 0.f, false, false}, {double(nan), 0.7f, true, true},
+                        {double(inf), 0.7f, true, true}, {1.5, nan, true, true},    {1.5, -inf, true, true}};
+  for (const OptCase& k : kOptCases) {
+    for (const Case& c : cases) {
+      SCOPED_TRACE(std::string(k.name) + " sum_sq " + std::to_string(c.sum_sq) + " loss " + std::to_string(c.loss));
+      dw.set(w0);
+      ds1.set(s10);
+      ds2.set(s20);
+      dsum.upload(&c.sum_sq, sizeof c.sum_sq);
+      dloss.set(Floats{c.loss});
+      double mu = 1.0;
+      const gpu::OptimStepDevice h = gpu::make_optim_step_device(opt_step(k, 2, mu));
+      ASSERT_EQ(h.skip, 0);
+      dstep.upload(&h, sizeof h);
+      auto* step = static_cast<gpu::OptimStepDevice*>(dstep.data());
+      gpu::skip_if_nonfinite(static_cast<const double*>(dsum.data()), c.loss_given ? dloss.p() : nullptr, step, st);
+      gpu_update(k, n, dw.p(), dg.p(), ds1.p(), ds2.p(), step, st);
+      st.sync();
+      gpu::OptimStepDevice back{};
+      dstep.download(&back, sizeof back);
+      EXPECT_EQ(back.skip, c.skip ? 1 : 0);
+      const Floats w = dw.get(), s1 = ds1.get(), s2 = ds2.get();
+      if (c.skip) {
+        EXPECT_TRUE(same_bits(w, w0)) << "weights changed on a skipped step";
+        EXPECT_TRUE(same_bits(s1, s10)) << "first state changed on a skipped step";
+        EXPECT_TRUE(same_bits(s2, s20)) << "second state changed on a skipped step";
+      } else {
+        EXPECT_FALSE(same_bits(w, w0)) << "a finite step did not update the weights";
+      }
+    }
+  }
+  expect_guards({&dw, &dg, &ds1, &ds2, &dloss, &dstep, &dsum});
 }
 
 // The whole update (norm, clip, Adam on two tensors) captured once as a CUDA graph and replayed

@@ -54,6 +54,9 @@ int cmd_train(int argc, char** argv) {
   f.add("min-lr", &o.min_lr, "plateau: lower bound of the lr");
   f.add("early-stop", &o.early_stop, "stop after this many epochs without a better val Dice (0: off)");
   f.add("clip-grad", &o.clip_grad, "clip the global gradient norm to this (0: off)");
+  f.add("max-skipped-steps", &o.max_skipped_steps,
+        "steps with a non-finite loss or gradient are skipped (no update); stop with an error after this many "
+        "in a row (0: at the first)");
   f.add("optimizer", &optimizer, "sgd | adam | adamw | nadam", "NAME");
   f.add("momentum", &o.momentum, "SGD momentum");
   f.add("weight-decay", &o.weight_decay, "weight decay (L2; decoupled for adamw)");
