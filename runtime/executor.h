@@ -23,9 +23,10 @@
 
 namespace rpp {
 
-// Which implementation runs the fused BN-ReLU-conv forward nodes on CUDA: the cuDNN composition
-// (BN-ReLU kernel into the workspace, then cuDNN), the hand-written kernel, or the faster of the
-// two timed once per shape at plan time. The CPU has one implementation and ignores this.
+// Which implementation runs the fused BN-ReLU-conv nodes (forward, backward-data, backward-filter)
+// on CUDA: the cuDNN composition (BN-ReLU or mask kernels plus cuDNN), the hand-written kernels,
+// or the faster of the two timed once per (node kind, shape) at plan time. The CPU has one
+// implementation and ignores this.
 enum class KernelChoice { Cudnn, Handwritten, Auto };
 // "cudnn", "handwritten", "auto"; rpp::Error naming the string otherwise.
 KernelChoice parse_kernel_choice(const std::string& name);

@@ -26,6 +26,7 @@
 
 #include "kernels/cuda/batchnorm.cuh"
 #include "kernels/cuda/bn_relu_conv.cuh"
+#include "kernels/cuda/bn_relu_conv_bwd.cuh"
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/cudnn/conv_cudnn.cuh"
 #include "kernels/cuda/device.cuh"
@@ -68,6 +69,11 @@ class DeviceGuard {
 using ConvKey = std::array<int, 10>;
 ConvKey conv_key(const cpu::Conv2dShape& s) {
   return {s.n, s.h, s.w, s.cin, s.cout, s.kh, s.kw, s.stride, s.pad, s.dil};
+}
+
+// Node kinds with a hand-written kernel beside the cuDNN composition (choose_kernels).
+bool has_handwritten_kernel(OpKind k) {
+  return k == OpKind::BnReluConv2d || k == OpKind::BnReluConv2dBwdData || k == OpKind::BnReluConv2dBwdFilter;
 }
 
 bool is_conv_op(OpKind k) {
@@ -258,24 +264,27 @@ void CudaExecutor::init() {
   choose_kernels();
 }
 
-// Kernel choice for the fused BN-ReLU-conv forward nodes: the hand-written kernel
-// (kernels/cuda/bn_relu_conv.cuh) or the cuDNN composition (BN-ReLU staged, cuDNN conv).
-// Auto times both on the node's own tensors, once per distinct shape, before any run.
+// Kernel choice for the fused BN-ReLU-conv nodes: the hand-written kernel
+// (kernels/cuda/bn_relu_conv.cuh) or the cuDNN composition (BN-ReLU staged, cuDNN conv); and
+// likewise for their backward-data and backward-filter nodes (kernels/cuda/bn_relu_conv_bwd.cuh
+// against cuDNN plus the mask kernel / staged BN-ReLU). Auto times both on the node's own
+// tensors, once per distinct (op, shape), before any run.
 void CudaExecutor::choose_kernels() {
   const int nn = g_.num_nodes();
   impl_->handwritten.assign(size_t(nn), 0);
   impl_->kernel_reason.assign(size_t(nn), std::string());
-  std::map<ConvKey, std::pair<bool, std::string>> decided;
+  std::map<std::pair<int, ConvKey>, std::pair<bool, std::string>> decided;
   for (int i = 0; i < nn; ++i) {
     const Node& n = g_.node(i);
-    if (n.op != OpKind::BnReluConv2d) continue;
-    const bool can = cuda::bn_relu_conv_can_run(n.conv.shape);
+    if (!has_handwritten_kernel(n.op)) continue;
+    const bool can = n.op == OpKind::BnReluConv2d ? cuda::bn_relu_conv_can_run(n.conv.shape)
+                                                  : cuda::bn_relu_conv_bwd_can_run(n.conv.shape);
     std::pair<bool, std::string> choice;
     switch (opt_.kernels) {
       case KernelChoice::Cudnn: choice = {false, "forced (--kernels cudnn)"}; break;
       case KernelChoice::Handwritten:
-        if (!can) fail("CUDA executor: --kernels handwritten, but node ", n.name, " has a shape the hand-written "
-                       "BN-ReLU-conv kernel cannot run");
+        if (!can) fail("CUDA executor: --kernels handwritten, but node ", n.name, " (", op_name(n.op),
+                       ") has a shape the hand-written kernel cannot run");
         choice = {true, "forced (--kernels handwritten)"};
         break;
       case KernelChoice::Auto: {
@@ -283,7 +292,8 @@ void CudaExecutor::choose_kernels() {
           choice = {false, "auto: the hand-written kernel cannot run this shape"};
           break;
         }
-        auto it = decided.find(conv_key(n.conv.shape));
+        const std::pair<int, ConvKey> key{int(n.op), conv_key(n.conv.shape)};
+        auto it = decided.find(key);
         if (it != decided.end()) {
           choice = it->second;
           break;
@@ -299,7 +309,7 @@ void CudaExecutor::choose_kernels() {
         // paths round differently; a flip would break exact --resume). Auto is still not
         // reproducible across machines: --kernels cudnn|handwritten is.
         choice = {t_hand < 0.9 * t_cudnn, why.str()};
-        decided[conv_key(n.conv.shape)] = choice;
+        decided[key] = choice;
         break;
       }
     }
@@ -342,8 +352,8 @@ std::string CudaExecutor::describe_kernels() const {
   std::ostringstream os;
   for (int i = 0; i < g_.num_nodes(); ++i) {
     const Node& n = g_.node(i);
-    if (n.op != OpKind::BnReluConv2d) continue;
-    os << "  " << n.name << " (bn_relu_conv2d): " << (impl_->handwritten[size_t(i)] ? "hand-written" : "cuDNN path")
+    if (!has_handwritten_kernel(n.op)) continue;
+    os << "  " << n.name << " (" << op_name(n.op) << "): " << (impl_->handwritten[size_t(i)] ? "hand-written" : "cuDNN path")
        << ", " << impl_->kernel_reason[size_t(i)] << "\n";
   }
   return os.str();
@@ -490,8 +500,11 @@ size_t CudaExecutor::workspace_need(const Node& n) const {
     case OpKind::BnReluConv2d:
       return staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).forward_workspace_bytes();
     case OpKind::BnReluConv2dBwdData: return impl_->conv_for(n.conv.shape).backward_data_workspace_bytes();
-    case OpKind::BnReluConv2dBwdFilter:
-      return staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).backward_filter_workspace_bytes();
+    case OpKind::BnReluConv2dBwdFilter:  // the cuDNN path or the hand-written kernel's split-K partials
+      return std::max(staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).backward_filter_workspace_bytes(),
+                      cuda::bn_relu_conv_bwd_can_run(n.conv.shape)
+                          ? cuda::bn_relu_conv_backward_filter_workspace_bytes(n.conv.shape)
+                          : size_t(0));
     case OpKind::BatchNormStats: {
       if (!n.bn.training) return 0;
       const Shape& xs = sh(n.in[0]);
@@ -838,12 +851,21 @@ void CudaExecutor::launch(int index) {
       break;
     }
     case OpKind::BnReluConv2dBwdData: {  // in: dz, w, x, gamma, beta, mean, invstd
+      if (impl_->handwritten[size_t(index)]) {
+        cuda::bn_relu_conv_backward_data(n.conv.shape, in(0), in(1), in(2), in(3), in(4), in(5), in(6), out(0), s);
+        break;
+      }
       const int c = int(sh(n.in[2]).back());
       impl_->node_conv[size_t(index)]->backward_data(h, in(0), in(1), out(0), ws);
       cuda::bn_relu_mask_inplace(count(n.in[2]) / c, c, in(2), in(3), in(4), in(5), in(6), out(0), s);
       break;
     }
     case OpKind::BnReluConv2dBwdFilter: {  // in: x, gamma, beta, mean, invstd, dz
+      if (impl_->handwritten[size_t(index)]) {
+        cuda::bn_relu_conv_backward_filter(n.conv.shape, in(0), in(1), in(2), in(3), in(4), in(5), out(0),
+                                           out(1), ws, s);
+        break;
+      }
       const int c = int(sh(n.in[0]).back());
       float* staged = static_cast<float*>(ws);
       cuda::batchnorm_apply(count(n.in[0]) / c, c, in(0), in(1), in(2), in(3), in(4), /*relu=*/true, staged, s);

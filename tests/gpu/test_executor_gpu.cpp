@@ -415,18 +415,24 @@ TEST(GpuExecutor, PredictorMatchesCpu) {
   }
 }
 
-// The hand-written fused BN-ReLU-conv forward inside the executor (--kernels handwritten)
-// against the cuDNN path, both against the CPU: the same loss, logits and gradients within the
-// tolerances of a), and --kernels auto builds, chooses and describes every fused node.
+// The hand-written fused BN-ReLU-conv kernels inside the executor (--kernels handwritten: the
+// forward, backward-data and backward-filter nodes) against the CPU: the same loss, logits and
+// gradients within the tolerances of a), and --kernels auto builds, chooses and describes every
+// fused node of the three kinds.
 TEST(GpuExecutor, HandwrittenKernelsMatchTheCudnnPath) {
   REQUIRE_GPU();
   ModelGraph mg = build_resunetpp(ModelConfig{}, 2, 64, 64, true);  // fused (the CUDA graph)
   const std::vector<int> grads = append_backward(mg.graph, mg.loss);
   mg.graph.tensor(mg.logits).is_output = true;
   for (int t : grads) mg.graph.tensor(t).is_output = true;
-  int fused = 0;
-  for (const Node& n : mg.graph.nodes()) fused += n.op == OpKind::BnReluConv2d;
+  int fused = 0, fused_nodes = 0;
+  for (const Node& n : mg.graph.nodes()) {
+    fused += n.op == OpKind::BnReluConv2d;
+    fused_nodes += n.op == OpKind::BnReluConv2d || n.op == OpKind::BnReluConv2dBwdData ||
+                   n.op == OpKind::BnReluConv2dBwdFilter;
+  }
   ASSERT_EQ(fused, 22);
+  ASSERT_GT(fused_nodes, 2 * fused);  // backward-filter for every chain, backward-data for most
   Floats images, masks;
   synthetic_batch(21, 2, 64, images, masks);
   ParamStore sc;
@@ -448,7 +454,8 @@ TEST(GpuExecutor, HandwrittenKernelsMatchTheCudnnPath) {
     std::cout << kernel_choice_name(k) << ":\n" << described;
     size_t lines = 0;
     for (char ch : described) lines += ch == '\n';
-    EXPECT_EQ(lines, size_t(fused));
+    EXPECT_EQ(lines, size_t(fused_nodes));
+    EXPECT_NE(described.find("bn_relu_conv2d_bwd_filter"), std::string::npos) << described;
     if (k == KernelChoice::Handwritten) {
       EXPECT_EQ(described.find("cuDNN path"), std::string::npos);
     }

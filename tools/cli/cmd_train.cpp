@@ -79,8 +79,9 @@ int cmd_train(int argc, char** argv) {
   f.add("nondeterministic", &nondeterministic,
         "cuda: allow cuDNN algorithms whose results vary between runs (--resume is then no longer exact)");
   f.add("kernels", &o.kernels,
-        "cuda: fused BN-ReLU-conv forward: cudnn (BN-ReLU kernel + cuDNN), handwritten (new, not yet run on a "
-        "GPU) or auto (the faster of the two per shape, timed at start-up)",
+        "cuda: fused BN-ReLU-conv nodes (forward and backward): cudnn (BN-ReLU kernels + cuDNN), handwritten "
+        "(own kernels, not yet run on a GPU) or auto (the faster of the two per node kind and shape, timed at "
+        "start-up)",
         "NAME");
   f.add("allow-tf32", &o.allow_tf32, "cuda: TF32 tensor-core convolutions (faster, about 1e-3 relative error)");
   f.require("data");
