@@ -27,6 +27,7 @@
 #include "kernels/cuda/batchnorm.cuh"
 #include "kernels/cuda/bn_relu_conv.cuh"
 #include "kernels/cuda/bn_relu_conv_bwd.cuh"
+#include "kernels/cuda/bn_relu_conv_tc.cuh"
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/cudnn/conv_cudnn.cuh"
 #include "kernels/cuda/device.cuh"
@@ -104,6 +105,15 @@ struct CudaExecutor::Impl {
   // why, for describe_kernels().
   std::vector<char> handwritten;
   std::vector<std::string> kernel_reason;
+  // Per node: a hand-written fused forward runs on tensor cores (TF32 allowed, the shape fits).
+  std::vector<char> tensor_core;
+  // Epilogue statistics (bn_relu_conv_tc.cuh): per fused forward node whose output feeds a
+  // training BatchNormStats node, the byte offset in the persistent block of its 2*cout doubles
+  // (sum, then sum of squares), or -1; per BatchNormStats node, the producer whose sums it uses
+  // this run (decided by choose_kernels), or -1 for the two-pass statistics of its input.
+  std::vector<int64_t> sums_off;
+  std::vector<int> stats_src;
+  std::vector<int> stats_candidate;  // per BatchNormStats node: the possible producer, or -1
 
   const cuda::CudnnConv& conv_for(const cpu::Conv2dShape& s) const {
     auto it = convs.find(conv_key(s));
@@ -166,6 +176,25 @@ void CudaExecutor::init() {
     impl_->node_conv[size_t(i)] = it->second.get();
   }
 
+  // Epilogue-statistics candidates: a training BatchNormStats node whose input comes straight
+  // from a fused forward node that may run on tensor cores (TF32 allowed, hand-written possible).
+  impl_->stats_candidate.assign(size_t(nn), -1);
+  impl_->sums_off.assign(size_t(nn), -1);
+  if (opt_.allow_tf32 && opt_.kernels != KernelChoice::Cudnn) {
+    std::vector<int> producer(size_t(nt), -1);
+    for (int i = 0; i < nn; ++i)
+      for (int t : g_.node(i).out)
+        if (t >= 0) producer[size_t(t)] = i;
+    for (int i = 0; i < nn; ++i) {
+      const Node& n = g_.node(i);
+      if (n.op != OpKind::BatchNormStats || !n.bn.training) continue;
+      const int p = producer[size_t(n.in[0])];
+      if (p >= 0 && g_.node(p).op == OpKind::BnReluConv2d &&
+          cuda::bn_relu_conv_tc_can_run(g_.node(p).conv.shape, cuda::ConvMath::Tf32))
+        impl_->stats_candidate[size_t(i)] = p;
+    }
+  }
+
   plan_ = make_plan(g_, opt_.plan_mode, [this](const Graph&, const Node& n) { return workspace_need(n); });
 
   // Persistent block: the graph's persistent tensors, then the executor's device scalars.
@@ -182,6 +211,12 @@ void CudaExecutor::init() {
   off += align_up(sizeof(cuda::OptimStepDevice));
   const size_t scalars_off = off;
   off += align_up(3 * sizeof(double));
+  for (int i = 0; i < nn; ++i) {
+    const int p = impl_->stats_candidate[size_t(i)];
+    if (p < 0 || impl_->sums_off[size_t(p)] >= 0) continue;
+    impl_->sums_off[size_t(p)] = int64_t(off);
+    off += align_up(2 * size_t(g_.node(p).conv.shape.cout) * sizeof(double));
+  }
   persistent_bytes_ = off;
   arena_bytes_ = std::max<size_t>(kAlign, plan_.arena_bytes);
   workspace_bytes_ = std::max<size_t>(kAlign, plan_.workspace_bytes);
@@ -273,6 +308,13 @@ void CudaExecutor::choose_kernels() {
   const int nn = g_.num_nodes();
   impl_->handwritten.assign(size_t(nn), 0);
   impl_->kernel_reason.assign(size_t(nn), std::string());
+  impl_->tensor_core.assign(size_t(nn), 0);
+  impl_->stats_src.assign(size_t(nn), -1);
+  for (int i = 0; i < nn; ++i) {
+    const Node& n = g_.node(i);
+    impl_->tensor_core[size_t(i)] = n.op == OpKind::BnReluConv2d && opt_.allow_tf32 &&
+                                    cuda::bn_relu_conv_tc_can_run(n.conv.shape, cuda::ConvMath::Tf32);
+  }
   std::map<std::pair<int, ConvKey>, std::pair<bool, std::string>> decided;
   for (int i = 0; i < nn; ++i) {
     const Node& n = g_.node(i);
@@ -316,6 +358,11 @@ void CudaExecutor::choose_kernels() {
     impl_->handwritten[size_t(i)] = choice.first ? 1 : 0;
     impl_->kernel_reason[size_t(i)] = choice.second;
   }
+  // A BN whose input a hand-written tensor-core forward produced takes that kernel's sums.
+  for (int i = 0; i < nn; ++i) {
+    const int p = impl_->stats_candidate[size_t(i)];
+    if (p >= 0 && impl_->handwritten[size_t(p)] && impl_->tensor_core[size_t(p)]) impl_->stats_src[size_t(i)] = p;
+  }
 }
 
 // Median milliseconds of one node launched alone (3 warm-up launches, then 7 timed), with the
@@ -352,8 +399,17 @@ std::string CudaExecutor::describe_kernels() const {
   std::ostringstream os;
   for (int i = 0; i < g_.num_nodes(); ++i) {
     const Node& n = g_.node(i);
-    if (!has_handwritten_kernel(n.op)) continue;
-    os << "  " << n.name << " (" << op_name(n.op) << "): " << (impl_->handwritten[size_t(i)] ? "hand-written" : "cuDNN path")
+    if (!has_handwritten_kernel(n.op) && n.op != OpKind::BatchNormStats) continue;
+    if (n.op == OpKind::BatchNormStats) {
+      if (impl_->stats_src[size_t(i)] >= 0)
+        os << "  " << n.name << " (batchnorm_stats): from the epilogue sums of "
+           << g_.node(impl_->stats_src[size_t(i)]).name << "\n";
+      continue;
+    }
+    os << "  " << n.name << " (" << op_name(n.op) << "): "
+       << (!impl_->handwritten[size_t(i)] ? "cuDNN path"
+           : impl_->tensor_core[size_t(i)] ? "hand-written (TF32 tensor cores)"
+                                           : "hand-written")
        << ", " << impl_->kernel_reason[size_t(i)] << "\n";
   }
   return os.str();
@@ -497,8 +553,9 @@ size_t CudaExecutor::workspace_need(const Node& n) const {
     case OpKind::Conv2d: return impl_->conv_for(n.conv.shape).forward_workspace_bytes();
     case OpKind::Conv2dBwdData: return impl_->conv_for(n.conv.shape).backward_data_workspace_bytes();
     case OpKind::Conv2dBwdFilter: return impl_->conv_for(n.conv.shape).backward_filter_workspace_bytes();
-    case OpKind::BnReluConv2d:
-      return staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).forward_workspace_bytes();
+    case OpKind::BnReluConv2d:  // the cuDNN path, or the tensor-core kernel's statistics partials
+      return std::max(staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).forward_workspace_bytes(),
+                      opt_.allow_tf32 ? cuda::bn_relu_conv_tc_workspace_bytes(n.conv.shape) : size_t(0));
     case OpKind::BnReluConv2dBwdData: return impl_->conv_for(n.conv.shape).backward_data_workspace_bytes();
     case OpKind::BnReluConv2dBwdFilter:  // the cuDNN path or the hand-written kernel's split-K partials
       return std::max(staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).backward_filter_workspace_bytes(),
@@ -829,7 +886,13 @@ void CudaExecutor::launch(int index) {
     }
     case OpKind::BatchNormStats: {  // in: x, running_mean, running_var, nbt   out: mean, invstd
       const int c = int(sh(n.in[0]).back());
-      if (n.bn.training) {
+      const int src = impl_->stats_src[size_t(index)];
+      if (n.bn.training && src >= 0) {  // sums from the producing tensor-core kernel's epilogue
+        const auto* sums = reinterpret_cast<const double*>(persistent_ + impl_->sums_off[size_t(src)]);
+        cuda::batchnorm_stats_from_sums(count(n.in[0]) / c, c, sums, sums + c, out(0), out(1), in(1), in(2),
+                                        n.bn.momentum, n.bn.eps, s);
+        if (n.in.size() > 3 && n.in[3] >= 0) cuda::batchnorm_count_batch(static_cast<int64_t*>(ptr(n.in[3])), s);
+      } else if (n.bn.training) {
         cuda::batchnorm_stats_train(count(n.in[0]) / c, c, in(0), out(0), out(1), in(1), in(2), n.bn.momentum,
                                     n.bn.eps, ws, s);
         if (n.in.size() > 3 && n.in[3] >= 0) cuda::batchnorm_count_batch(static_cast<int64_t*>(ptr(n.in[3])), s);
@@ -839,6 +902,13 @@ void CudaExecutor::launch(int index) {
       break;
     }
     case OpKind::BnReluConv2d: {  // in: x, gamma, beta, mean, invstd, w, b
+      if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)]) {
+        const int64_t so = impl_->sums_off[size_t(index)];  // >= 0: a following BN takes the sums
+        double* sums = so >= 0 ? reinterpret_cast<double*>(persistent_ + so) : nullptr;
+        cuda::bn_relu_conv_tc_forward(n.conv.shape, cuda::ConvMath::Tf32, in(0), in(1), in(2), in(3), in(4), in(5),
+                                      in(6), out(0), sums, sums ? sums + n.conv.shape.cout : nullptr, ws, s);
+        break;
+      }
       if (impl_->handwritten[size_t(index)]) {
         cuda::bn_relu_conv_forward(n.conv.shape, in(0), in(1), in(2), in(3), in(4), in(5), in(6), out(0), s);
         break;

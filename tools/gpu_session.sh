@@ -3,11 +3,12 @@
 #   build   configure and build for sm_90 (RESUNETPP_CUDA=ON, RESUNETPP_CUDNN=ON, warnings as
 #           errors), using the bundled .vendor/googletest and .vendor/stb when present
 #   test    every GPU suite (gpu_test_device, gpu_test_ops_gpu, gpu_test_conv_gpu,
-#           gpu_test_bn_relu_conv_gpu, gpu_test_image_ops_gpu, gpu_test_executor_gpu,
-#           rpp_test_capi_gpu) with RPP_EXPECT_GPU=1 (no device
+#           gpu_test_bn_relu_conv_gpu, gpu_test_bn_relu_conv_bwd_gpu, gpu_test_bn_relu_conv_tc_gpu,
+#           gpu_test_image_ops_gpu, gpu_test_executor_gpu, rpp_test_capi_gpu) with
+#           RPP_EXPECT_GPU=1 (no device
 #           is a failure, not a skip), then the CPU suite without the slow label
-#   sanitize  compute-sanitizer memcheck and racecheck on gpu_test_ops_gpu,
-#           gpu_test_bn_relu_conv_gpu and gpu_test_executor_gpu, with --gtest_filter subsets that
+#   sanitize  compute-sanitizer memcheck and racecheck on gpu_test_ops_gpu, the three
+#           gpu_test_bn_relu_conv*_gpu suites and gpu_test_executor_gpu, with --gtest_filter subsets that
 #           finish in minutes
 #   bench   resunetpp-bench at 256x256 batch 16 (kernel rows verified then timed, the training
 #           step timeline, inference batch 1 and 32) in fp32, and the timeline and inference with
@@ -93,8 +94,8 @@ fi
 
 if want test && [ $build_ok -eq 1 ]; then
   export RPP_EXPECT_GPU=1  # a missing or unusable device fails the GPU tests instead of skipping them
-  for t in gpu_test_device gpu_test_ops_gpu gpu_test_conv_gpu gpu_test_bn_relu_conv_gpu gpu_test_image_ops_gpu \
-           gpu_test_executor_gpu \
+  for t in gpu_test_device gpu_test_ops_gpu gpu_test_conv_gpu gpu_test_bn_relu_conv_gpu \
+           gpu_test_bn_relu_conv_bwd_gpu gpu_test_bn_relu_conv_tc_gpu gpu_test_image_ops_gpu gpu_test_executor_gpu \
            rpp_test_capi_gpu; do
     exe=$build/$t
     if [ ! -x "$exe" ]; then fail "$t not built"; continue; fi
@@ -131,7 +132,7 @@ if want sanitize && [ $build_ok -eq 1 ]; then
   else
     # Reductions and shared-memory kernels for racecheck; everything for memcheck.
     ops_filter=${OPS_FILTER:-'GpuBatchNorm.*:GpuElementwise.*:GpuLoss.*:GpuOptim.*'}
-    exec_filter=${EXEC_FILTER:-'GpuExecutor.SmallNetworkSanitizerSmoke:GpuExecutor.NonFiniteStepIsSkippedOnTheDevice:GpuExecutorHost.*'}
+    exec_filter=${EXEC_FILTER:-'GpuExecutor.SmallNetworkSanitizerSmoke:GpuExecutor.NonFiniteStepIsSkippedOnTheDevice:GpuExecutor.Tf32TensorCoreKernelsAndEpilogueStatistics:GpuExecutorHost.*'}
     race_ops_filter=${RACE_OPS_FILTER:-'GpuBatchNorm.TrainForwardMatchesCpu:GpuBatchNorm.BackwardMatchesCpu:GpuElementwise.ScaleChannelsForwardBackward:GpuElementwise.GlobalAvgPoolForwardBackward:GpuElementwise.LinearForwardBackward:GpuLoss.*:GpuOptim.SumSquaresClipFactorAndScale'}
     race_exec_filter=${RACE_EXEC_FILTER:-'GpuExecutor.SmallNetworkSanitizerSmoke'}
     run_cs() {  # tool binary filter
@@ -153,8 +154,12 @@ if want sanitize && [ $build_ok -eq 1 ]; then
     run_cs memcheck gpu_test_ops_gpu "$ops_filter"
     run_cs memcheck gpu_test_executor_gpu "$exec_filter"
     run_cs memcheck gpu_test_bn_relu_conv_gpu "*At64*:*Ragged*:*NaN*"
+    run_cs memcheck gpu_test_bn_relu_conv_bwd_gpu "*At64*:*Ragged*:*Dilation*:*NaN*"
+    run_cs memcheck gpu_test_bn_relu_conv_tc_gpu "*At64*:*Ragged*:*NaN*:*Statistics*"
     run_cs racecheck gpu_test_ops_gpu "$race_ops_filter"
     run_cs racecheck gpu_test_bn_relu_conv_gpu "*Ragged*"
+    run_cs racecheck gpu_test_bn_relu_conv_bwd_gpu "*Ragged*"
+    run_cs racecheck gpu_test_bn_relu_conv_tc_gpu "*Ragged*"
     run_cs racecheck gpu_test_executor_gpu "$race_exec_filter"
   fi
 fi

@@ -309,6 +309,30 @@ __global__ void __launch_bounds__(kThreads)
 
 __global__ void count_kernel(int64_t* n) { *n += 1; }
 
+// One thread per channel: batch statistics from the per-channel sum and sum of squares that a
+// producing convolution emitted in its epilogue (bn_relu_conv_tc_forward), then the same
+// save/running-statistics writes as stats_finalize_kernel. var = E[x^2] - mean^2 in double,
+// clamped at 0 (the cancellation costs about count * 2^-53 * E[x^2] / var relative).
+__global__ void stats_from_sums_kernel(int64_t count, int c, const double* __restrict__ sum,
+                                       const double* __restrict__ sumsq, float* __restrict__ save_mean,
+                                       float* __restrict__ save_invstd, float* running_mean, float* running_var,
+                                       double momentum, double eps) {
+  const int ch = int(blockIdx.x) * int(blockDim.x) + int(threadIdx.x);
+  if (ch >= c) return;
+  const double n = double(count);
+  const double mean = sum[ch] / n;
+  double var = sumsq[ch] / n - mean * mean;  // biased: used to normalise
+  if (var < 0) var = 0;
+  save_mean[ch] = float(mean);
+  save_invstd[ch] = float(1.0 / sqrt(var + eps));
+  const bool finite = mean - mean == 0.0 && var - var == 0.0;
+  const double unbias = n / (n - 1.0);
+  if (running_mean && finite)
+    running_mean[ch] = float((1.0 - momentum) * double(running_mean[ch]) + momentum * mean);
+  if (running_var && finite)
+    running_var[ch] = float((1.0 - momentum) * double(running_var[ch]) + momentum * var * unbias);
+}
+
 __global__ void stats_eval_kernel(int c, const float* __restrict__ running_mean,
                                   const float* __restrict__ running_var, double eps,
                                   float* __restrict__ mean, float* __restrict__ invstd) {
@@ -477,6 +501,18 @@ void batchnorm_stats_train(int64_t count, int c, const float* x, float* save_mea
   check_not_null(op, {{"x", x}, {"save_mean", save_mean}, {"save_invstd", save_invstd}});
   launch_stats(op, count, c, x, save_mean, save_invstd, running_mean, running_var, momentum, eps, workspace,
                stream);
+}
+
+void batchnorm_stats_from_sums(int64_t count, int c, const double* sum, const double* sumsq, float* save_mean,
+                               float* save_invstd, float* running_mean, float* running_var, double momentum,
+                               double eps, cudaStream_t stream) {
+  const char* op = "batchnorm_stats_from_sums";
+  check_sizes(op, count, c, true);
+  if (!(eps >= 0)) fail(op, ": eps must be >= 0, got ", eps);
+  check_not_null(op, {{"sum", sum}, {"sumsq", sumsq}, {"save_mean", save_mean}, {"save_invstd", save_invstd}});
+  stats_from_sums_kernel<<<unsigned((c + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+      count, c, sum, sumsq, save_mean, save_invstd, running_mean, running_var, momentum, eps);
+  RPP_CUDA_CHECK_LAUNCH(op);
 }
 
 void batchnorm_stats_eval(int c, const float* running_mean, const float* running_var, double eps,

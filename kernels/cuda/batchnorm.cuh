@@ -45,6 +45,12 @@ void batchnorm_stats_train(int64_t count, int c, const float* x, float* save_mea
                            double momentum, double eps, void* workspace, cudaStream_t stream);
 void batchnorm_stats_eval(int c, const float* running_mean, const float* running_var, double eps,
                           float* mean, float* invstd, cudaStream_t stream);
+// batchnorm_stats_train's outputs from per-channel sums (c doubles each, over count values) that a
+// producer computed, e.g. the tensor-core conv's epilogue (bn_relu_conv_tc.cuh): one-pass
+// variance E[x^2] - mean^2 in double, clamped at 0; same running update and non-finite rule.
+void batchnorm_stats_from_sums(int64_t count, int c, const double* sum, const double* sumsq, float* save_mean,
+                               float* save_invstd, float* running_mean, float* running_var, double momentum,
+                               double eps, cudaStream_t stream);
 void batchnorm_apply(int64_t count, int c, const float* x, const float* gamma, const float* beta,
                      const float* mean, const float* invstd, bool relu, float* y,
                      cudaStream_t stream);

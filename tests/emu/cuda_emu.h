@@ -17,6 +17,9 @@
 //     and events exist but everything runs at once, in call order. Stream capture records the
 //     launches and copies, and a graph launch replays them.
 //   * threadIdx, blockIdx, blockDim and gridDim are the scheduler's current values.
+//   * Tensor cores: tests/emu/mma.h stands in for <mma.h> (the nvcuda::wmma subset of TF32
+//     m16n16k8 and BF16 m16n16k16 with fp32 accumulation, operands rounded as the hardware
+//     rounds them) and tests/emu/cuda_bf16.h for <cuda_bf16.h>; their headers say how.
 // What it cannot show: races between threads, timing, warp divergence effects, and anything
 // about the real device's memory model. Build with -ffp-contract=off so that float arithmetic
 // matches the device's (no fused multiply-adds unless the code asks for fmaf).

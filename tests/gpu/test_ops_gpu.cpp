@@ -280,6 +280,45 @@ TEST(GpuBatchNorm, NonFiniteChannelKeepsItsRunningStatistics) {
   expect_guards({&dx, &dsm, &dsi, &drm, &drv, &ws});
 }
 
+// Statistics from a producer's per-channel sums (the tensor-core conv epilogue) against the
+// CPU's two-pass statistics of the same values; a NaN channel keeps its running statistics.
+TEST(GpuBatchNorm, StatsFromSumsMatchCpu) {
+  REQUIRE_GPU();
+  for (const Nhwc& s : {Nhwc{2, 16, 16, 40}, Nhwc{1, 3, 5, 7}}) {
+    SCOPED_TRACE(s.str());
+    const int64_t count = s.count();
+    const int c = s.c;
+    Floats x = normal(s.size(), 3.f, 2.f);  // |mean| > std: the one-pass variance must cope
+    x[sz(c + 2)] = std::nanf("");
+    std::vector<double> sum(sz(c), 0.0), sumsq(sz(c), 0.0);
+    for (int64_t i = 0; i < count; ++i)
+      for (int ch = 0; ch < c; ++ch) {
+        const double v = x[sz(i * c + ch)];
+        sum[sz(ch)] += v;
+        sumsq[sz(ch)] += v * v;
+      }
+    const BnParams p = bn_params(c);
+    Floats sm(sz(c)), si(sz(c)), rm = p.running_mean, rv = p.running_var;
+    cpu::batchnorm_stats_train(count, c, x.data(), sm.data(), si.data(), rm.data(), rv.data(), 0.1, 1e-5);
+    Stream st;
+    DevBuf dsum(sz(c) * sizeof(double)), dsumsq(sz(c) * sizeof(double));
+    dsum.upload(sum.data(), sum.size() * sizeof(double));
+    dsumsq.upload(sumsq.data(), sumsq.size() * sizeof(double));
+    DevFloats dsm(sz(c)), dsi(sz(c)), drm(p.running_mean), drv(p.running_var);
+    gpu::batchnorm_stats_from_sums(count, c, static_cast<const double*>(dsum.data()),
+                                   static_cast<const double*>(dsumsq.data()), dsm.p(), dsi.p(), drm.p(), drv.p(), 0.1,
+                                   1e-5, st);
+    st.sync();
+    const double tol = 1e-6;  // one-pass against two-pass variance, both in double, rounded to float
+    EXPECT_TRUE(near(dsm.get(), sm, tol)) << "save_mean";
+    EXPECT_TRUE(near(dsi.get(), si, tol)) << "save_invstd";
+    EXPECT_TRUE(near(drm.get(), rm, tol)) << "running_mean";
+    EXPECT_TRUE(near(drv.get(), rv, tol)) << "running_var";
+    EXPECT_EQ(drm.get()[2], p.running_mean[2]) << "the NaN channel's running mean changed";
+    expect_guards({&dsum, &dsumsq, &dsm, &dsi, &drm, &drv});
+  }
+}
+
 TEST(GpuBatchNorm, EvalForwardMatchesCpu) {
   REQUIRE_GPU();
   for (const Nhwc& s : bn_shapes()) {
