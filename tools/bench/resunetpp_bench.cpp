@@ -14,6 +14,18 @@
 //        (kernels/cuda/bn_relu_conv.cuh) when it can run the shape.
 //      * cpu: the CPU path the engine runs (cpu::batchnorm_apply with ReLU into a buffer, then
 //        cpu::conv2d_forward).
+//      * cuda, backward (a second table; JSON "kernels_backward"): two more rows per shape, the
+//        passes of the graph ops BnReluConv2dBwdData and BnReluConv2dBwdFilter on the same x,
+//        weights and BN parameters plus a normal dz (n, ho, wo, cout):
+//        - backward_data: the fallback as runtime/executor_cuda.cpp runs it (CudnnConv::
+//          backward_data, then cuda::bn_relu_mask_inplace), the cuDNN backward-data alone, and the
+//          hand-written cuda::bn_relu_conv_backward_data (kernels/cuda/bn_relu_conv_bwd.cuh);
+//        - backward_filter: the fallback (cuda::batchnorm_apply with ReLU into a staging buffer,
+//          then CudnnConv::backward_filter with the bias gradient), the cuDNN backward-filter
+//          alone on the staged input, and the hand-written cuda::bn_relu_conv_backward_filter
+//          (dw in OHWI, db; relu(bn(x)) recomputed on load);
+//        the hand-written kernels when bn_relu_conv_bwd_can_run(shape). cuDNN's algorithms are
+//        chosen as for the forward.
 //   2. Timeline (unless --no-timeline): one training step of the whole network (Adam, BCE + Dice,
 //      the graph the device's executor runs: unfused on the CPU, fused on CUDA) with seeded
 //      parameters and inputs; per-node times aggregated by op kind, the ten slowest nodes, the
@@ -35,6 +47,18 @@
 //   * cpu: the CPU path against the reference. cuda: the fallback against the reference, then
 //     the hand-written kernel against the fallback over the whole output (its output buffer is
 //     poisoned with NaN first, so an unwritten element fails).
+//   * Backward references (double, on the same host data): dx at a subset of the input pixels
+//     chosen as above (all cin channels of each: the sum of dz * w over the taps and output
+//     pixels that read the pixel, then 0 where !(bn(x) > 0)); dw at every tap of a subset of
+//     the (cout, cin) pairs (channels 0, the last and seeded others; all of dw when it fits the
+//     budget), each entry the sum of relu(bn(x)) * dz over all n * ho * wo output pixels with
+//     zero padding after BN-ReLU; db, the sum of dz, for every channel. The fallback's dx, dw
+//     and db (outputs poisoned first) are checked against them, then the hand-written kernels'
+//     against the fallback's over every element. One exception, dx against the fallback: the
+//     hand-written kernel decides bn(x) > 0 in float (the forward kernel's fmaf), the fallback in
+//     double, so an element where exactly one of the two is 0 and |bn(x)| in double is within
+//     1e-6 of the magnitude of its terms is a ReLU-mask tie, excused and counted
+//     ("mask_ties_excused"); any other disagreement fails.
 //   * Error: max |got - ref| / (|ref| + rms(ref)) over the checked elements (rms over the same
 //     elements), tolerance 1e-4 (fp32 with a different summation order), NaN fails. A failed
 //     check marks the row FAILED: no path of that row is timed (only its errors are printed), and
@@ -43,6 +67,8 @@
 //   * Test hook: RPP_BENCH_CORRUPT_ROW=N (the row number printed) adds 1 to the first output
 //     element of row N's checked path (cpu: the CPU path; cuda: the hand-written kernel, else the
 //     fallback) before its check, so that tests can see a failing row reported without timings.
+//     RPP_BENCH_CORRUPT_ROW=N:backward_data or N:backward_filter does the same to that backward
+//     row of shape N (dx[0], or dw[0]); N alone (or N:forward) means the forward row.
 //
 // Timing
 //   * cuda: --warmup launches, then --repeats launches, each preceded by an L2 flush
@@ -59,10 +85,14 @@
 //     staging buffer, which the model does not count); % of peak is against the device's
 //     bandwidth measured at start (device-to-device cudaMemcpyAsync of 2 x 512 MiB, or less when
 //     memory is short, counted as read + write, median of 10); speed-up = fallback median /
-//     hand-written median.
+//     hand-written median. Backward rows: FLOP = 2 * the same multiply-adds; bytes, the same
+//     for every path of a row: backward_data dz + w + x (read for the mask) + dx + 4 BN vectors,
+//     backward_filter x + dz + dw + db + 4 BN vectors (fp32; the fallback's staging buffer and the
+//     split-K workspace of the hand-written backward-filter are not counted).
 //
 // Output: tables on stdout; with --json FILE, everything (device, build, date, settings, rows with
-// their verification errors and timings, the timeline with every node) written crash-safely
+// their verification errors and timings: "kernels" the forward rows, "kernels_backward" (cuda) the
+// backward rows, each row's "pass" saying which; the timeline with every node) written crash-safely
 // (runtime/fileio.h: temp file, fsync, rename). Exit status: 0 all verified, 1 error, 2 bad
 // usage, 3 a verification failed or the step's loss was not finite.
 //
@@ -111,6 +141,7 @@
 
 #include "kernels/cuda/batchnorm.cuh"
 #include "kernels/cuda/bn_relu_conv.cuh"
+#include "kernels/cuda/bn_relu_conv_bwd.cuh"
 #include "kernels/cuda/cudnn/conv_cudnn.cuh"
 #include "kernels/cuda/device.cuh"
 #define RPP_BENCH_CUDA 1
@@ -124,10 +155,21 @@ constexpr double kVerifyBudgetMacs = 3e8;    // multiply-adds of the double refe
 constexpr int kMinGpuRepeats = 20;
 constexpr int kCpuDefaultRepeats = 5;
 
-// RPP_BENCH_CORRUPT_ROW (see the header comment): the 0-based row to corrupt, or -1.
-int64_t corrupt_row() {
+// RPP_BENCH_CORRUPT_ROW=N[:PASS] (see the header comment): whether to corrupt the checked output
+// of the 0-based row `row` in `pass` ("forward", "backward_data", "backward_filter"; a bare N
+// means forward).
+bool corrupt(size_t row, const char* pass) {
   const char* e = std::getenv("RPP_BENCH_CORRUPT_ROW");
-  return e && *e ? std::strtoll(e, nullptr, 10) - 1 : -1;
+  if (!e || !*e) return false;
+  char* end = nullptr;
+  const int64_t n = std::strtoll(e, &end, 10) - 1;
+  std::string want = "forward";
+  if (*end == ':') {
+    want = end + 1;
+    if (want != "forward" && want != "backward_data" && want != "backward_filter")
+      fail("RPP_BENCH_CORRUPT_ROW=", e, ": the pass after ':' must be forward, backward_data or backward_filter");
+  }
+  return n == int64_t(row) && want == pass;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -195,7 +237,10 @@ void print_help(std::ostream& os) {
         "kernel against the fallback; cpu: the CPU path against the reference), then times it:\n"
         "warm-up, L2 flush between repeats (cuda), CUDA events, median of the repeats. It prints\n"
         "µs, TFLOP/s, GB/s, % of the device's measured peak bandwidth and the speed-up of the\n"
-        "hand-written kernel over the fallback; then the per-node times of one training step.\n"
+        "hand-written kernel over the fallback. On cuda, a second table does the same for the\n"
+        "backward passes of every shape (backward_data: dx, ReLU mask applied; backward_filter: dw\n"
+        "and db), the cuDNN fallback against a double-precision reference and the hand-written\n"
+        "backward kernels against the fallback. Then the per-node times of one training step.\n"
         "Exit status: 0 verified, 1 error, 2 bad usage, 3 a verification failed.\n\noptions:\n";
   for (const FlagHelp& f : kFlags) {
     std::string left = std::string("  --") + f.name + (f.metavar[0] ? std::string(" ") + f.metavar : "");
@@ -375,29 +420,33 @@ struct Pixel {
 
 // Output pixels to check against the double reference: all of them when that fits the budget,
 // else the corners and edge midpoints of the first and last image plus seeded random pixels.
-std::vector<Pixel> pick_pixels(const Conv2dShape& s, uint64_t seed) {
-  const int ho = s.ho(), wo = s.wo();
-  const int64_t total = int64_t(s.n) * ho * wo;
-  const double per_pixel = double(s.kh) * s.kw * s.cin * s.cout;
+// pick_pixels_of: the same over an (n, ho, wo) pixel grid whose reference costs per_pixel
+// multiply-adds a pixel; `stream` selects the random pixels' Rng stream.
+std::vector<Pixel> pick_pixels_of(int n, int ho, int wo, double per_pixel, uint64_t seed, uint64_t stream) {
+  const int64_t total = int64_t(n) * ho * wo;
   std::vector<Pixel> px;
   if (double(total) * per_pixel <= kVerifyBudgetMacs) {
-    for (int n = 0; n < s.n; ++n)
+    for (int b = 0; b < n; ++b)
       for (int y = 0; y < ho; ++y)
-        for (int x = 0; x < wo; ++x) px.push_back({n, y, x});
+        for (int x = 0; x < wo; ++x) px.push_back({b, y, x});
     return px;
   }
   const int64_t want = std::max<int64_t>(32, int64_t(kVerifyBudgetMacs / per_pixel));
   std::set<std::tuple<int, int, int>> seen;
-  auto add = [&](int n, int y, int x) {
-    if (seen.insert({n, y, x}).second) px.push_back({n, y, x});
+  auto add = [&](int b, int y, int x) {
+    if (seen.insert({b, y, x}).second) px.push_back({b, y, x});
   };
-  for (int n : {0, s.n - 1})
+  for (int b : {0, n - 1})
     for (int y : {0, ho / 2, ho - 1})
-      for (int x : {0, wo / 2, wo - 1}) add(n, y, x);
-  Rng rng(seed, 99);
+      for (int x : {0, wo / 2, wo - 1}) add(b, y, x);
+  Rng rng(seed, stream);
   for (int64_t tries = 0; int64_t(px.size()) < want && tries < 4 * want; ++tries)
-    add(int(rng.below(uint32_t(s.n))), int(rng.below(uint32_t(ho))), int(rng.below(uint32_t(wo))));
+    add(int(rng.below(uint32_t(n))), int(rng.below(uint32_t(ho))), int(rng.below(uint32_t(wo))));
   return px;
+}
+
+std::vector<Pixel> pick_pixels(const Conv2dShape& s, uint64_t seed) {
+  return pick_pixels_of(s.n, s.ho(), s.wo(), double(s.kh) * s.kw * s.cin * s.cout, seed, 99);
 }
 
 // conv(relu(bn(x))) + bias at one output pixel, every output channel, in double, directly from
@@ -425,17 +474,23 @@ void reference_pixel(const Conv2dShape& s, const HostData& d, const Pixel& p, st
 
 struct Check {
   std::string what;       // "cpu path vs double reference"
+  std::string output;     // the tensor checked: "y" (forward), "dx", "dw", "db"
+  std::string basis;      // "ref": against the double reference; "fb": against the cuDNN fallback
   int64_t checked = 0;    // output elements compared
   int64_t total = 0;      // output elements
   double max_err = 0;     // max |got - ref| / (|ref| + rms)
+  double tolerance = kTolerance;
   bool passed = false;
   std::string worst;      // where the largest error is
+  int64_t excused = -1;   // dx against the fallback: ReLU-mask ties excused (see mask_tie); -1: n/a
 };
 
 Check check_against_reference(const std::string& what, const Conv2dShape& s, const HostData& d,
                               const std::vector<float>& y, uint64_t seed) {
   Check c;
   c.what = what;
+  c.output = "y";
+  c.basis = "ref";
   c.total = out_elems(s);
   const std::vector<Pixel> px = pick_pixels(s, seed);
   std::vector<double> ref(px.size() * sz(s.cout)), acc;
@@ -468,28 +523,272 @@ Check check_against_reference(const std::string& what, const Conv2dShape& s, con
 }
 
 #ifdef RPP_BENCH_CUDA
-Check check_full(const std::string& what, const Conv2dShape& s, const std::vector<float>& got,
-                 const std::vector<float>& ref) {
+// max |got(i) - ref(i)| / (|ref(i)| + rms(ref)) over i < n (rms over the same elements); a
+// non-finite got fails. excuse(i, got, ref), when given, may drop a finite element from the
+// error (counted in Check::excused). where(i) names element i for Check::worst.
+Check compare(const std::string& what, const std::string& output, const std::string& basis, size_t n,
+              const std::function<double(size_t)>& got, const std::function<double(size_t)>& ref,
+              const std::function<std::string(size_t)>& where,
+              const std::function<bool(size_t, double, double)>& excuse = nullptr) {
   Check c;
   c.what = what;
-  c.total = c.checked = int64_t(ref.size());
+  c.output = output;
+  c.basis = basis;
+  c.checked = int64_t(n);
+  if (excuse) c.excused = 0;
   double ss = 0;
-  for (float v : ref) ss += double(v) * v;
-  const double rms = ref.empty() ? 0 : std::sqrt(ss / double(ref.size()));
+  for (size_t i = 0; i < n; ++i) ss += ref(i) * ref(i);
+  const double rms = n ? std::sqrt(ss / double(n)) : 0;
   bool finite = true;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double g = got[i], r = ref[i];
-    const double e = std::isfinite(g) ? std::fabs(g - r) / (std::fabs(r) + rms) : HUGE_VAL;
+  for (size_t i = 0; i < n; ++i) {
+    const double g = got(i), r = ref(i);
+    double e = std::isfinite(g) ? std::fabs(g - r) / (std::fabs(r) + rms) : HUGE_VAL;
     if (!std::isfinite(g)) finite = false;
+    if (std::isfinite(g) && e > c.tolerance && excuse && excuse(i, g, r)) {
+      ++c.excused;
+      e = 0;
+    }
     if (e > c.max_err || (!std::isfinite(e) && c.worst.empty())) {
       c.max_err = e;
-      const int64_t co = int64_t(i) % s.cout, pix = int64_t(i) / s.cout;
       std::ostringstream os;
-      os << "output pixel " << pix << " channel " << co << ": got " << g << ", want " << r;
+      os << where(i) << ": got " << g << ", want " << r;
       c.worst = os.str();
     }
   }
-  c.passed = finite && c.max_err <= kTolerance;
+  c.passed = finite && c.max_err <= c.tolerance;
+  return c;
+}
+
+Check check_full(const std::string& what, const Conv2dShape& s, const std::vector<float>& got,
+                 const std::vector<float>& ref) {
+  Check c = compare(
+      what, "y", "fb", ref.size(), [&](size_t i) { return double(got[i]); },
+      [&](size_t i) { return double(ref[i]); },
+      [&](size_t i) {
+        return "output pixel " + std::to_string(int64_t(i) / s.cout) + " channel " + std::to_string(int64_t(i) % s.cout);
+      });
+  c.total = int64_t(ref.size());
+  return c;
+}
+
+// ---- references of the backward rows (cuda) ----
+
+// bn(x) of channel c in double, the expression of reference_pixel and of the fallback's
+// batchnorm_apply / bn_relu_mask_inplace.
+double bn_double(const HostData& d, int c, float x) {
+  const size_t k = sz(c);
+  return (double(x) - d.mean[k]) * (double(d.gamma[k]) * d.invstd[k]) + d.beta[k];
+}
+
+// dx at one input pixel, every input channel, in double from the definition: the sum of
+// dz(n, oy, ox, co) * w(ky, kx, ci, co) over the taps and output pixels that read (p.y, p.x)
+// (oy * stride - pad + ky * dil = p.y, the same for x), then 0 where !(bn(x) > 0).
+void reference_dx_pixel(const Conv2dShape& s, const HostData& d, const std::vector<float>& dz, const Pixel& p,
+                        std::vector<double>& acc) {
+  acc.assign(sz(s.cin), 0.0);
+  const int ho = s.ho(), wo = s.wo();
+  for (int ky = 0; ky < s.kh; ++ky) {
+    const int ty = p.y + s.pad - ky * s.dil;
+    if (ty < 0 || ty % s.stride != 0 || ty / s.stride >= ho) continue;
+    for (int kx = 0; kx < s.kw; ++kx) {
+      const int tx = p.x + s.pad - kx * s.dil;
+      if (tx < 0 || tx % s.stride != 0 || tx / s.stride >= wo) continue;
+      const float* g = dz.data() + ((int64_t(p.n) * ho + ty / s.stride) * wo + tx / s.stride) * s.cout;
+      const float* wt = d.w.data() + (int64_t(ky) * s.kw + kx) * s.cin * s.cout;  // HWIO
+      for (int ci = 0; ci < s.cin; ++ci) {
+        const float* wr = wt + int64_t(ci) * s.cout;
+        double sum = 0;
+        for (int co = 0; co < s.cout; ++co) sum += double(g[co]) * double(wr[co]);
+        acc[sz(ci)] += sum;
+      }
+    }
+  }
+  const float* xin = d.x.data() + ((int64_t(p.n) * s.h + p.y) * s.w + p.x) * s.cin;
+  for (int ci = 0; ci < s.cin; ++ci)
+    if (!(bn_double(d, ci, xin[ci]) > 0)) acc[sz(ci)] = 0;
+}
+
+// dx (n, h, w, cin) against reference_dx_pixel at the input pixels pick_pixels_of chooses (Rng
+// stream 101), every input channel of each.
+Check check_dx_against_reference(const std::string& what, const Conv2dShape& s, const HostData& d,
+                                 const std::vector<float>& dz, const std::vector<float>& dx, uint64_t seed) {
+  const std::vector<Pixel> px = pick_pixels_of(s.n, s.h, s.w, double(s.kh) * s.kw * s.cin * s.cout, seed, 101);
+  const size_t c = sz(s.cin);
+  std::vector<double> ref(px.size() * c), acc;
+  for (size_t i = 0; i < px.size(); ++i) {
+    reference_dx_pixel(s, d, dz, px[i], acc);
+    std::copy(acc.begin(), acc.end(), ref.begin() + std::ptrdiff_t(i * c));
+  }
+  auto at = [&](size_t i) {
+    const Pixel& p = px[i / c];
+    return sz(((int64_t(p.n) * s.h + p.y) * s.w + p.x) * s.cin) + i % c;
+  };
+  Check ch = compare(
+      what, "dx", "ref", ref.size(), [&](size_t i) { return double(dx[at(i)]); }, [&](size_t i) { return ref[i]; },
+      [&](size_t i) {
+        const Pixel& p = px[i / c];
+        return "image " + std::to_string(p.n) + " input pixel (" + std::to_string(p.y) + ", " + std::to_string(p.x) +
+               ") channel " + std::to_string(i % c);
+      });
+  ch.total = in_elems(s);
+  return ch;
+}
+
+// A ReLU-mask tie of the hand-written backward-data against the fallback at dx element i: the
+// kernel decides bn(x) > 0 with the forward kernel's float expression (fmaf), the fallback's
+// bn_relu_mask_inplace in double, so the masks may disagree where bn(x) is within rounding of 0.
+// A tie: exactly one of got and want is 0 and |bn(x)| in double is at most 1e-6 of the magnitude
+// of its terms (|x - mean| * |gamma * invstd| + |beta|), as tests/gpu/test_bn_relu_conv_bwd_gpu.cpp
+// allows. Anywhere else a mask disagreement is an error.
+bool mask_tie(const HostData& d, int cin, size_t i, double got, double want) {
+  if ((got == 0) == (want == 0)) return false;
+  const int c = int(int64_t(i) % cin);
+  const float x = d.x[i];
+  const double mag = std::fabs(double(x) - d.mean[sz(c)]) * std::fabs(double(d.gamma[sz(c)]) * d.invstd[sz(c)]) +
+                     std::fabs(double(d.beta[sz(c)]));
+  return std::fabs(bn_double(d, c, x)) <= 1e-6 * mag;
+}
+
+// k of the c channels (all when k >= c): 0, c - 1 and seeded random others, ascending.
+std::vector<int> pick_channels(int c, int k, Rng& rng) {
+  std::set<int> set;
+  if (k >= c) {
+    for (int i = 0; i < c; ++i) set.insert(i);
+  } else {
+    set.insert(0);
+    set.insert(c - 1);
+    while (int(set.size()) < k) set.insert(int(rng.below(uint32_t(c))));
+  }
+  return {set.begin(), set.end()};
+}
+
+// dw on a sample: every tap (ky, kx) of the input channels ci and output channels co, in double
+// from the definition, dw(co, ky, kx, ci) = the sum over all n * ho * wo output pixels of
+// relu(bn(x))(n, oy * stride - pad + ky * dil, ox * stride - pad + kx * dil, ci) * dz(n, oy, ox, co),
+// zero outside the input (padding after BN-ReLU). All of dw when that fits kVerifyBudgetMacs,
+// else |ci| x |co| channel pairs (at least 4 x 4 where the channels allow) within the budget.
+struct FilterSample {
+  std::vector<int> ci, co;
+  std::vector<double> dw;  // [tap = ky * kw + kx][i][j], ci[i], co[j]
+};
+
+FilterSample reference_dw_sample(const Conv2dShape& s, const HostData& d, const std::vector<float>& dz,
+                                 uint64_t seed) {
+  const int ho = s.ho(), wo = s.wo(), taps = s.kh * s.kw;
+  const double per_pair = double(s.n) * ho * wo * taps;
+  int kci = s.cin, kco = s.cout;
+  if (per_pair * s.cin * s.cout > kVerifyBudgetMacs) {
+    const double pairs = std::max(16.0, kVerifyBudgetMacs / per_pair);
+    kci = std::min(s.cin, std::max(4, int(std::ceil(std::sqrt(pairs)))));
+    kco = std::min(s.cout, std::max(4, int(pairs / kci)));
+  }
+  Rng rng(seed, 103);
+  FilterSample f;
+  f.ci = pick_channels(s.cin, kci, rng);
+  f.co = pick_channels(s.cout, kco, rng);
+  const size_t ni = f.ci.size(), nj = f.co.size();
+  f.dw.assign(sz(taps) * ni * nj, 0.0);
+  std::vector<double> a(ni), g(nj);
+  for (int n = 0; n < s.n; ++n)
+    for (int oy = 0; oy < ho; ++oy)
+      for (int ox = 0; ox < wo; ++ox) {
+        const float* dzr = dz.data() + ((int64_t(n) * ho + oy) * wo + ox) * s.cout;
+        for (size_t j = 0; j < nj; ++j) g[j] = dzr[f.co[j]];
+        for (int ky = 0; ky < s.kh; ++ky) {
+          const int iy = oy * s.stride - s.pad + ky * s.dil;
+          if (iy < 0 || iy >= s.h) continue;
+          for (int kx = 0; kx < s.kw; ++kx) {
+            const int ix = ox * s.stride - s.pad + kx * s.dil;
+            if (ix < 0 || ix >= s.w) continue;
+            const float* xr = d.x.data() + ((int64_t(n) * s.h + iy) * s.w + ix) * s.cin;
+            for (size_t i = 0; i < ni; ++i) {
+              const double v = bn_double(d, f.ci[i], xr[f.ci[i]]);
+              a[i] = v > 0 ? v : 0.0;
+            }
+            double* acc = f.dw.data() + sz(ky * s.kw + kx) * ni * nj;
+            for (size_t i = 0; i < ni; ++i) {
+              if (a[i] == 0) continue;
+              for (size_t j = 0; j < nj; ++j) acc[i * nj + j] += a[i] * g[j];
+            }
+          }
+        }
+      }
+  return f;
+}
+
+// db(co) = the sum of dz over all n * ho * wo output pixels, in double.
+std::vector<double> reference_db(const Conv2dShape& s, const std::vector<float>& dz) {
+  std::vector<double> db(sz(s.cout), 0.0);
+  for (size_t i = 0; i < dz.size(); ++i) db[i % sz(s.cout)] += dz[i];
+  return db;
+}
+
+// "dw[co][ky, kx][ci]" of a flat OHWI index.
+std::string dw_entry(const Conv2dShape& s, int64_t i) {
+  const int ci = int(i % s.cin);
+  int64_t r = i / s.cin;
+  const int kx = int(r % s.kw);
+  r /= s.kw;
+  const int ky = int(r % s.kh), co = int(r / s.kh);
+  return "dw[cout " + std::to_string(co) + "][tap " + std::to_string(ky) + ", " + std::to_string(kx) + "][cin " +
+         std::to_string(ci) + "]";
+}
+
+// dw (OHWI) against reference_dw_sample (Rng stream 103), the sampled entries only.
+Check check_dw_against_reference(const std::string& what, const Conv2dShape& s, const HostData& d,
+                                 const std::vector<float>& dz, const std::vector<float>& dw_ohwi, uint64_t seed) {
+  const FilterSample f = reference_dw_sample(s, d, dz, seed);
+  const size_t ni = f.ci.size(), nj = f.co.size(), taps = sz(s.kh * s.kw);
+  auto at = [&](size_t e) {  // e = (tap * ni + i) * nj + j -> the flat OHWI index of (co[j], tap, ci[i])
+    const size_t j = e % nj, i = (e / nj) % ni, tap = e / (ni * nj);
+    return (sz(f.co[j]) * taps + tap) * sz(s.cin) + sz(f.ci[i]);
+  };
+  Check c = compare(
+      what, "dw", "ref", f.dw.size(), [&](size_t e) { return double(dw_ohwi[at(e)]); },
+      [&](size_t e) { return f.dw[e]; }, [&](size_t e) { return dw_entry(s, int64_t(at(e))); });
+  c.total = w_elems(s);
+  return c;
+}
+
+// db against reference_db, every channel.
+Check check_db_against_reference(const std::string& what, const Conv2dShape& s, const std::vector<float>& dz,
+                                 const std::vector<float>& db) {
+  const std::vector<double> ref = reference_db(s, dz);
+  Check c = compare(
+      what, "db", "ref", ref.size(), [&](size_t i) { return double(db[i]); }, [&](size_t i) { return ref[i]; },
+      [&](size_t i) { return "db[cout " + std::to_string(i) + "]"; });
+  c.total = s.cout;
+  return c;
+}
+
+// The hand-written kernels' outputs against the fallback's, every element: dx (ReLU-mask ties
+// excused, see mask_tie), dw (OHWI), db.
+Check check_dx_full(const std::string& what, const Conv2dShape& s, const HostData& d, const std::vector<float>& got,
+                    const std::vector<float>& ref) {
+  Check c = compare(
+      what, "dx", "fb", ref.size(), [&](size_t i) { return double(got[i]); }, [&](size_t i) { return double(ref[i]); },
+      [&](size_t i) {
+        return "input pixel " + std::to_string(int64_t(i) / s.cin) + " channel " + std::to_string(int64_t(i) % s.cin);
+      },
+      [&](size_t i, double g, double r) { return mask_tie(d, s.cin, i, g, r); });
+  c.total = int64_t(ref.size());
+  return c;
+}
+
+Check check_dw_full(const std::string& what, const Conv2dShape& s, const std::vector<float>& got,
+                    const std::vector<float>& ref) {
+  Check c = compare(
+      what, "dw", "fb", ref.size(), [&](size_t i) { return double(got[i]); }, [&](size_t i) { return double(ref[i]); },
+      [&](size_t i) { return dw_entry(s, int64_t(i)); });
+  c.total = int64_t(ref.size());
+  return c;
+}
+
+Check check_db_full(const std::string& what, const std::vector<float>& got, const std::vector<float>& ref) {
+  Check c = compare(
+      what, "db", "fb", ref.size(), [&](size_t i) { return double(got[i]); }, [&](size_t i) { return double(ref[i]); },
+      [&](size_t i) { return "db[cout " + std::to_string(i) + "]"; });
+  c.total = int64_t(ref.size());
   return c;
 }
 #endif
@@ -525,6 +824,7 @@ struct PathTiming {
 
 struct KernelRow {
   ShapeRow shape;
+  std::string pass = "forward";  // "forward", "backward_data" or "backward_filter" (cuda)
   int64_t flops = 0, bytes = 0;
   std::vector<Check> checks;
   std::vector<PathTiming> timings;
@@ -629,7 +929,7 @@ KernelRow bench_cpu_shape(const ShapeRow& row, const Options& o, const Environme
     cpu::conv2d_forward(s, a.data(), d.w.data(), d.bias.data(), y.data(), ws.data());
   };
   run();
-  if (int64_t(index) == corrupt_row()) y[0] += 1.f;
+  if (corrupt(index, "forward")) y[0] += 1.f;
   k.checks.push_back(check_against_reference("cpu path vs double reference", s, d, y, uint64_t(o.seed) + index));
   if (!k.checks.back().passed) {
     k.failed = true;
@@ -808,7 +1108,7 @@ KernelRow bench_cuda_shape(Gpu& g, const ShapeRow& row, const Options& o, const 
   BENCH_CU(cudaGetLastError());
   std::vector<float> ref = download(yref, ny, st);
   const bool can_hw = cuda::bn_relu_conv_can_run(s);
-  if (!can_hw && int64_t(index) == corrupt_row()) ref[0] += 1.f;
+  if (!can_hw && corrupt(index, "forward")) ref[0] += 1.f;
   k.checks.push_back(
       check_against_reference("cuDNN fallback vs double reference", s, d, ref, uint64_t(o.seed) + index));
   if (!k.checks.back().passed) {
@@ -821,7 +1121,7 @@ KernelRow bench_cuda_shape(Gpu& g, const ShapeRow& row, const Options& o, const 
     BENCH_CU(cudaStreamSynchronize(st));
     BENCH_CU(cudaGetLastError());
     std::vector<float> got = download(yhw, ny, st);
-    if (int64_t(index) == corrupt_row()) got[0] += 1.f;
+    if (corrupt(index, "forward")) got[0] += 1.f;
     k.checks.push_back(check_full("hand-written vs cuDNN fallback", s, got, ref));
     if (!k.checks.back().passed) {
       k.failed = true;
@@ -842,6 +1142,201 @@ KernelRow bench_cuda_shape(Gpu& g, const ShapeRow& row, const Options& o, const 
     k.speedup = k.timings[0].st.median_us / k.timings[2].st.median_us;
   }
   return k;
+}
+
+// The backward passes of one fused-chain shape: the data both share.
+struct BwdData {
+  const ShapeRow* row = nullptr;
+  HostData d;
+  std::vector<float> dz;  // (n, ho, wo, cout), normal
+  std::unique_ptr<DevMem> x, w, gamma, beta, mean, invstd, dz_dev;
+  std::unique_ptr<cuda::CudnnConv> conv;
+  std::unique_ptr<DevMem> ws;  // the cuDNN passes' workspace
+  bool can_hw = false;
+};
+
+int64_t bwd_data_bytes(const Conv2dShape& s) {
+  return 4 * (out_elems(s) + w_elems(s) + 2 * in_elems(s) + 4 * int64_t(s.cin));
+}
+int64_t bwd_filter_bytes(const Conv2dShape& s) {
+  return 4 * (in_elems(s) + out_elems(s) + w_elems(s) + s.cout + 4 * int64_t(s.cin));
+}
+
+// Backward-data: the fallback (cuDNN backward-data, then bn_relu_mask_inplace, as
+// runtime/executor_cuda.cpp runs BnReluConv2dBwdData) against reference_dx_pixel, the
+// hand-written bn_relu_conv_backward_data against the fallback over all of dx (mask ties
+// excused), then both timed, and the cuDNN backward-data alone.
+KernelRow bench_cuda_bwd_data(Gpu& g, BwdData& b, const Options& o, const Environment& env) {
+  const size_t index = b.row->id;
+  const Conv2dShape& s = b.row->s;
+  KernelRow k;
+  k.shape = *b.row;
+  k.pass = "backward_data";
+  k.flops = 2 * macs(s);
+  k.bytes = bwd_data_bytes(s);
+  k.algorithms = b.conv->describe_algorithms();
+  const cudaStream_t st = g.stream;
+  const size_t nx = sz(in_elems(s));
+  const int64_t count = int64_t(s.n) * s.h * s.w;
+  DevMem dx_fb(nx * sizeof(float)), dx_hw(nx * sizeof(float));
+  auto conv_only = [&] { b.conv->backward_data(g.handle, b.dz_dev->f(), b.w->f(), dx_fb.f(), b.ws->p()); };
+  auto fallback = [&] {
+    conv_only();
+    cuda::bn_relu_mask_inplace(count, s.cin, b.x->f(), b.gamma->f(), b.beta->f(), b.mean->f(), b.invstd->f(),
+                               dx_fb.f(), st);
+  };
+  auto handwritten = [&] {
+    cuda::bn_relu_conv_backward_data(s, b.dz_dev->f(), b.w->f(), b.x->f(), b.gamma->f(), b.beta->f(), b.mean->f(),
+                                     b.invstd->f(), dx_hw.f(), st);
+  };
+
+  BENCH_CU(cudaMemsetAsync(dx_fb.p(), 0xFF, dx_fb.bytes(), st));
+  fallback();
+  BENCH_CU(cudaStreamSynchronize(st));
+  BENCH_CU(cudaGetLastError());
+  std::vector<float> ref = download(dx_fb, nx, st);
+  if (!b.can_hw && corrupt(index, "backward_data")) ref[0] += 1.f;
+  k.checks.push_back(check_dx_against_reference("cuDNN fallback dx vs double ref", s, b.d, b.dz, ref,
+                                                uint64_t(o.seed) + index));
+  if (!k.checks.back().passed) {
+    k.failed = true;
+    return k;
+  }
+  if (b.can_hw) {
+    BENCH_CU(cudaMemsetAsync(dx_hw.p(), 0xFF, dx_hw.bytes(), st));
+    handwritten();
+    BENCH_CU(cudaStreamSynchronize(st));
+    BENCH_CU(cudaGetLastError());
+    std::vector<float> got = download(dx_hw, nx, st);
+    if (corrupt(index, "backward_data")) got[0] += 1.f;
+    k.checks.push_back(check_dx_full("hand-written dx vs fallback", s, b.d, got, ref));
+    if (!k.checks.back().passed) {
+      k.failed = true;
+      return k;
+    }
+  } else {
+    k.note = "the hand-written backward kernels cannot run this shape (bn_relu_conv_bwd_can_run)";
+  }
+
+  k.timings.push_back(
+      {"fallback", "cuDNN fallback (dgrad + mask)", stats_of(time_gpu(g, env.warmup, env.repeats, fallback))});
+  k.timings.push_back(
+      {"cudnn_conv", "  cuDNN dgrad alone", stats_of(time_gpu(g, env.warmup, env.repeats, conv_only))});
+  if (b.can_hw) {
+    k.timings.push_back(
+        {"handwritten", "hand-written dgrad (masked)", stats_of(time_gpu(g, env.warmup, env.repeats, handwritten))});
+    k.speedup = k.timings[0].st.median_us / k.timings[2].st.median_us;
+  }
+  return k;
+}
+
+// Backward-filter: the fallback (batchnorm_apply with ReLU into a staging buffer, then the cuDNN
+// backward-filter with its bias gradient, as runtime/executor_cuda.cpp runs BnReluConv2dBwdFilter)
+// against reference_dw_sample and reference_db, the hand-written bn_relu_conv_backward_filter
+// against the fallback over all of dw and db, then both timed, and the cuDNN backward-filter
+// alone on the staged input.
+KernelRow bench_cuda_bwd_filter(Gpu& g, BwdData& b, const Options& o, const Environment& env) {
+  const size_t index = b.row->id;
+  const Conv2dShape& s = b.row->s;
+  KernelRow k;
+  k.shape = *b.row;
+  k.pass = "backward_filter";
+  k.flops = 2 * macs(s);
+  k.bytes = bwd_filter_bytes(s);
+  k.algorithms = b.conv->describe_algorithms();
+  const cudaStream_t st = g.stream;
+  const size_t nw = sz(w_elems(s)), nb = sz(s.cout);
+  const int64_t count = int64_t(s.n) * s.h * s.w;
+  DevMem staged(sz(in_elems(s)) * sizeof(float)), dw_fb(nw * sizeof(float)), db_fb(nb * sizeof(float)),
+      dw_hw(nw * sizeof(float)), db_hw(nb * sizeof(float));
+  const size_t hw_ws_bytes = b.can_hw ? cuda::bn_relu_conv_backward_filter_workspace_bytes(s) : 0;
+  std::unique_ptr<DevMem> hw_ws = hw_ws_bytes ? std::make_unique<DevMem>(hw_ws_bytes) : nullptr;
+  auto conv_only = [&] {
+    b.conv->backward_filter(g.handle, staged.f(), b.dz_dev->f(), dw_fb.f(), db_fb.f(), b.ws->p());
+  };
+  auto fallback = [&] {
+    cuda::batchnorm_apply(count, s.cin, b.x->f(), b.gamma->f(), b.beta->f(), b.mean->f(), b.invstd->f(), true,
+                          staged.f(), st);
+    conv_only();
+  };
+  auto handwritten = [&] {
+    cuda::bn_relu_conv_backward_filter(s, b.x->f(), b.gamma->f(), b.beta->f(), b.mean->f(), b.invstd->f(),
+                                       b.dz_dev->f(), dw_hw.f(), db_hw.f(), hw_ws ? hw_ws->p() : nullptr, st);
+  };
+
+  BENCH_CU(cudaMemsetAsync(dw_fb.p(), 0xFF, dw_fb.bytes(), st));
+  BENCH_CU(cudaMemsetAsync(db_fb.p(), 0xFF, db_fb.bytes(), st));
+  fallback();
+  BENCH_CU(cudaStreamSynchronize(st));
+  BENCH_CU(cudaGetLastError());
+  std::vector<float> ref_w = download(dw_fb, nw, st), ref_b = download(db_fb, nb, st);
+  if (!b.can_hw && corrupt(index, "backward_filter")) ref_w[0] += 1.f;
+  k.checks.push_back(check_dw_against_reference("cuDNN fallback dw vs double ref", s, b.d, b.dz, ref_w,
+                                                uint64_t(o.seed) + index));
+  k.checks.push_back(check_db_against_reference("cuDNN fallback db vs double ref", s, b.dz, ref_b));
+  if (!k.checks[0].passed || !k.checks[1].passed) {
+    k.failed = true;
+    return k;
+  }
+  if (b.can_hw) {
+    BENCH_CU(cudaMemsetAsync(dw_hw.p(), 0xFF, dw_hw.bytes(), st));
+    BENCH_CU(cudaMemsetAsync(db_hw.p(), 0xFF, db_hw.bytes(), st));
+    handwritten();
+    BENCH_CU(cudaStreamSynchronize(st));
+    BENCH_CU(cudaGetLastError());
+    std::vector<float> got_w = download(dw_hw, nw, st), got_b = download(db_hw, nb, st);
+    if (corrupt(index, "backward_filter")) got_w[0] += 1.f;
+    k.checks.push_back(check_dw_full("hand-written dw vs fallback", s, got_w, ref_w));
+    k.checks.push_back(check_db_full("hand-written db vs fallback", got_b, ref_b));
+    if (!k.checks[2].passed || !k.checks[3].passed) {
+      k.failed = true;
+      return k;
+    }
+  } else {
+    k.note = "the hand-written backward kernels cannot run this shape (bn_relu_conv_bwd_can_run)";
+  }
+
+  k.timings.push_back(
+      {"fallback", "cuDNN fallback (BN-ReLU + wgrad)", stats_of(time_gpu(g, env.warmup, env.repeats, fallback))});
+  k.timings.push_back(
+      {"cudnn_conv", "  cuDNN wgrad + db alone", stats_of(time_gpu(g, env.warmup, env.repeats, conv_only))});
+  if (b.can_hw) {
+    k.timings.push_back(
+        {"handwritten", "hand-written wgrad (fused)", stats_of(time_gpu(g, env.warmup, env.repeats, handwritten))});
+    k.speedup = k.timings[0].st.median_us / k.timings[2].st.median_us;
+  }
+  return k;
+}
+
+// The two backward rows of one shape: the same x, weights and BN parameters as the forward row
+// (make_data with the row's seed), dz normal (Rng stream 8000 + row).
+std::vector<KernelRow> bench_cuda_backward(Gpu& g, const ShapeRow& row, const Options& o, const Environment& env) {
+  const Conv2dShape& s = row.s;
+  BwdData b;
+  b.row = &row;
+  b.d = make_data(s, uint64_t(o.seed), row.id);
+  b.dz.resize(sz(out_elems(s)));
+  Rng rng(uint64_t(o.seed), 8000 + row.id);
+  for (float& v : b.dz) v = rng.normal();
+  std::vector<float> w_ohwi(b.d.w.size());
+  cuda::repack_hwio_to_ohwi_host(s.kh, s.kw, s.cin, s.cout, b.d.w.data(), w_ohwi.data());
+  const cudaStream_t st = g.stream;
+  b.x = upload(b.d.x, st);
+  b.w = upload(w_ohwi, st);
+  b.gamma = upload(b.d.gamma, st);
+  b.beta = upload(b.d.beta, st);
+  b.mean = upload(b.d.mean, st);
+  b.invstd = upload(b.d.invstd, st);
+  b.dz_dev = upload(b.dz, st);
+  b.conv = std::make_unique<cuda::CudnnConv>(s);
+  b.conv->choose_algorithms(g.handle, /*deterministic=*/true, /*allow_tf32=*/false, nullptr, size_t(1) << 30);
+  b.ws = std::make_unique<DevMem>(
+      std::max(b.conv->backward_data_workspace_bytes(), b.conv->backward_filter_workspace_bytes()));
+  b.can_hw = cuda::bn_relu_conv_bwd_can_run(s);
+  std::vector<KernelRow> rows;
+  rows.push_back(bench_cuda_bwd_data(g, b, o, env));
+  rows.push_back(bench_cuda_bwd_filter(g, b, o, env));
+  return rows;
 }
 
 #endif  // RPP_BENCH_CUDA
@@ -1047,15 +1542,31 @@ std::string check_text(const Check& c) {
   return t;
 }
 
-void print_kernels(const std::vector<KernelRow>& rows, const Environment& env, bool cuda) {
-  std::cout << "\n  #  " << pad("shape (NxHxWxC -> NxHoxWoxCout, kernel s p d)", 48) << pad("path", 33)
-            << pad("verified (max err)", 20) << lpad("median µs", 11) << lpad(cuda ? "TFLOP/s" : "GFLOP/s", 10)
-            << lpad("GB/s", 9);
+// The checks of one basis ("ref" or "fb") of a row together: "ok 1.2e-06 ref", the largest
+// error; FAILED when one of them failed.
+std::string checks_text(const KernelRow& k, const std::string& basis) {
+  bool passed = true;
+  double worst = 0;
+  for (const Check& c : k.checks)
+    if (c.basis == basis) {
+      passed = passed && c.passed;
+      worst = std::max(worst, c.max_err);
+    }
+  return (passed ? "ok " : "FAILED ") + fmt("%.1e", worst) + " " + basis;
+}
+
+// One table of kernel rows: the forward rows (with the nodes of every shape after it), or the
+// backward rows of cuda (a pass column, backward_data / backward_filter).
+void print_kernels(const std::vector<KernelRow>& rows, const Environment& env, bool cuda, bool backward = false) {
+  std::cout << "\n  #  " << pad("shape (NxHxWxC -> NxHoxWoxCout, kernel s p d)", 48) << (backward ? pad("pass", 17) : "")
+            << pad("path", 33) << pad("verified (max err)", 20) << lpad("median µs", 11)
+            << lpad(cuda ? "TFLOP/s" : "GFLOP/s", 10) << lpad("GB/s", 9);
   if (cuda) std::cout << lpad("% peak", 8) << lpad("speed-up", 10);
   std::cout << "\n";
   for (size_t i = 0; i < rows.size(); ++i) {
     const KernelRow& k = rows[i];
-    const std::string head = lpad(std::to_string(k.shape.id + 1), 3) + "  " + pad(shape_text(k.shape.s), 48);
+    const std::string head = lpad(std::to_string(k.shape.id + 1), 3) + "  " + pad(shape_text(k.shape.s), 48) +
+                             (backward ? pad(k.pass, 17) : "");
     const std::string blank(head.size(), ' ');
     if (k.failed) {
       for (size_t c = 0; c < k.checks.size(); ++c) {
@@ -1068,8 +1579,8 @@ void print_kernels(const std::vector<KernelRow>& rows, const Environment& env, b
     for (size_t t = 0; t < k.timings.size(); ++t) {
       const PathTiming& p = k.timings[t];
       std::string ver;
-      if (p.path == "cpu" || p.path == "fallback") ver = check_text(k.checks[0]) + " ref";
-      else if (p.path == "handwritten") ver = check_text(k.checks[1]) + " fb";
+      if (p.path == "cpu" || p.path == "fallback") ver = checks_text(k, "ref");
+      else if (p.path == "handwritten") ver = checks_text(k, "fb");
       else ver = "(fallback's)";
       std::cout << (t == 0 ? head : blank) << pad(p.label, 33) << pad(ver, 20) << lpad(fmt("%.1f", p.st.median_us), 11)
                 << lpad(fmt(cuda ? "%.3f" : "%.2f", cuda ? tflops(k, p.st) : tflops(k, p.st) * 1e3), 10)
@@ -1080,7 +1591,20 @@ void print_kernels(const std::vector<KernelRow>& rows, const Environment& env, b
       }
       std::cout << "\n";
     }
+    for (const Check& c : k.checks)
+      if (c.excused > 0)
+        std::cout << blank << "(" << c.what << ": " << c.excused << " ReLU-mask tie" << (c.excused == 1 ? "" : "s")
+                  << " excused, |bn(x)| <= 1e-6 of its terms)\n";
     if (!k.note.empty()) std::cout << blank << "(" << k.note << ")\n";
+  }
+  if (backward) {
+    std::cout << "  verified: max |got - ref| / (|ref| + rms(ref)), tolerance " << fmt("%.0e", kTolerance)
+              << "; ref: the fallback against the double-precision reference (dx: a subset of the input pixels "
+                 "on large shapes, every channel; dw: every tap of a subset of the (cout, cin) pairs on large "
+                 "shapes; db: all); fb: the hand-written kernel against the fallback's whole dx, or dw and db; "
+                 "flops 2 x multiply-adds; bytes: dgrad dz + w + x + dx + 4 BN vectors, wgrad x + dz + dw + db "
+                 "+ 4 BN vectors (fp32)\n";
+    return;
   }
   std::cout << "\n  nodes per shape:\n";
   for (size_t i = 0; i < rows.size(); ++i) {
@@ -1131,7 +1655,7 @@ json::Value stats_json(const Stats& st) {
 }
 
 json::Value report_json(const Options& o, const Environment& env, bool cuda, const std::vector<KernelRow>& rows,
-                        size_t total_shapes, const TimelineResult& tr, const std::vector<InferenceResult>& inf,
+                        const std::vector<KernelRow>& brows, size_t total_shapes, const TimelineResult& tr, const std::vector<InferenceResult>& inf,
                         int failures) {
   json::Value root = json::Value::object();
   root.set("tool", "resunetpp-bench");
@@ -1160,12 +1684,10 @@ json::Value report_json(const Options& o, const Environment& env, bool cuda, con
   set.set("l2_flush", cuda).set("timer", cuda ? "cuda events" : "steady_clock");
   root.set("settings", set);
 
-  json::Value ks = json::Value::array();
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const KernelRow& k = rows[i];
+  auto row_json = [&](const KernelRow& k) {
     const Conv2dShape& s = k.shape.s;
     json::Value r = json::Value::object();
-    r.set("index", int64_t(k.shape.id + 1));
+    r.set("index", int64_t(k.shape.id + 1)).set("pass", k.pass);
     json::Value sh = json::Value::object();
     sh.set("n", s.n).set("h", s.h).set("w", s.w).set("cin", s.cin).set("cout", s.cout).set("kh", s.kh).set("kw", s.kw);
     sh.set("stride", s.stride).set("pad", s.pad).set("dil", s.dil).set("ho", s.ho()).set("wo", s.wo());
@@ -1180,7 +1702,9 @@ json::Value report_json(const Options& o, const Environment& env, bool cuda, con
     for (const Check& c : k.checks) {
       json::Value cj = json::Value::object();
       cj.set("what", c.what).set("checked_outputs", c.checked).set("total_outputs", c.total);
-      cj.set("max_error", c.max_err).set("tolerance", kTolerance).set("passed", c.passed).set("worst", c.worst);
+      cj.set("max_error", c.max_err).set("tolerance", c.tolerance).set("passed", c.passed).set("worst", c.worst);
+      cj.set("output", c.output).set("basis", c.basis == "ref" ? "double reference" : "cuDNN fallback");
+      if (c.excused >= 0) cj.set("mask_ties_excused", c.excused);
       checks.push_back(cj);
     }
     r.set("verification", checks);
@@ -1194,9 +1718,16 @@ json::Value report_json(const Options& o, const Environment& env, bool cuda, con
     }
     r.set("timings", ts);
     if (k.speedup > 0) r.set("speedup_handwritten_over_fallback", k.speedup);
-    ks.push_back(r);
-  }
+    return r;
+  };
+  json::Value ks = json::Value::array();
+  for (const KernelRow& k : rows) ks.push_back(row_json(k));
   root.set("kernels", ks);
+  if (cuda) {
+    json::Value bs = json::Value::array();
+    for (const KernelRow& k : brows) bs.push_back(row_json(k));
+    root.set("kernels_backward", bs);
+  }
   root.set("kernel_shapes_total", int64_t(total_shapes));
 
   if (tr.ran) {
@@ -1336,6 +1867,21 @@ int run(int argc, char** argv) {
   for (const KernelRow& k : rows) failures += k.failed;
   print_kernels(rows, env, cuda);
 
+  // cuda: the backward passes of the same shapes (backward-data and backward-filter rows).
+  std::vector<KernelRow> brows;
+#ifdef RPP_BENCH_CUDA
+  if (cuda) {
+    std::cout << "\n== kernels: fused BN-ReLU-conv backward (backward_data: dx = dgrad(dz, w) masked where "
+                 "!(bn(x) > 0); backward_filter: dw = wgrad(relu(bn(x)), dz) and db), "
+              << shapes.size() << " shapes, the same data, dz normal, median of " << env.repeats << " after "
+              << env.warmup << " warm-up, CUDA events, L2 flushed ==\n";
+    for (size_t i = 0; i < shapes.size(); ++i)
+      for (KernelRow& k : bench_cuda_backward(*gpu, shapes[i], o, env)) brows.push_back(std::move(k));
+    for (const KernelRow& k : brows) failures += k.failed;
+    print_kernels(brows, env, cuda, /*backward=*/true);
+  }
+#endif
+
   TimelineResult tr;
   if (o.timeline) {
 #ifdef RPP_BENCH_CUDA
@@ -1367,7 +1913,7 @@ int run(int argc, char** argv) {
 
   if (!o.json_path.empty()) {
     write_file_atomic(o.json_path,
-                      json::dump(report_json(o, env, cuda, rows, total_shapes, tr, inf, failures), 2) + "\n");
+                      json::dump(report_json(o, env, cuda, rows, brows, total_shapes, tr, inf, failures), 2) + "\n");
     std::cout << "\nwrote " << o.json_path << "\n";
   }
   if (failures) {
@@ -1375,7 +1921,7 @@ int run(int argc, char** argv) {
               << " did not pass (rows marked FAILED have no timing)\n";
     return 3;
   }
-  std::cout << "\nall " << rows.size() << " kernel rows verified" << (o.timeline ? ", step loss finite" : "") << "\n";
+  std::cout << "\nall " << rows.size() + brows.size() << " kernel rows verified" << (o.timeline ? ", step loss finite" : "") << "\n";
   return 0;
 }
 
