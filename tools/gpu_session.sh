@@ -12,7 +12,7 @@
 #           finish in minutes
 #   bench   resunetpp-bench at 256x256 batch 16 (kernel rows verified then timed, the training
 #           step timeline, inference batch 1 and 32) in fp32, and the timeline and inference with
-#           TF32; JSON to the log folder
+#           TF32, with the cuDNN path and with every fused node hand-written; JSON to the log folder
 #   torch   tools/bench/torch_resunetpp.py on the GPU: logits parity against resunetpp predict
 #           for the same checkpoint, then its benchmark (eager fp32, AMP bf16 channels_last,
 #           torch.compile), each mode under its own time limit
@@ -184,6 +184,16 @@ if want bench && [ $build_ok -eq 1 ]; then
     fail "bench tf32 (see $logs/bench_tf32.log)"
   fi
   grep -E 'step time|device memory|batch +[0-9]+:' "$logs/bench_tf32.log" | sed 's/^/  tf32 /' | tee -a "$summary"
+  # The whole step with every fused node hand-written: tensor-core forwards, epilogue statistics.
+  t0=$(date +%s)
+  if timeout "$step_timeout" "$build/resunetpp-bench" --device cuda --size 256 --batch 16 --tf32 --kernels handwritten \
+      --filter c2.c1.2 --json "$logs/bench_tf32_hw.json" >"$logs/bench_tf32_hw.log" 2>&1; then
+    note "bench tf32 hand-written: ok in $(( $(date +%s) - t0 )) s"
+  else
+    fail "bench tf32 hand-written (see $logs/bench_tf32_hw.log)"
+  fi
+  grep -E 'step time|device memory|batch +[0-9]+:' "$logs/bench_tf32_hw.log" | sed 's/^/  tf32 hand-written /' \
+    | tee -a "$summary"
 fi
 
 if want torch && [ $build_ok -eq 1 ]; then
