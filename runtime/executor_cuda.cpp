@@ -176,22 +176,33 @@ void CudaExecutor::init() {
     impl_->node_conv[size_t(i)] = it->second.get();
   }
 
-  // Epilogue-statistics candidates: a training BatchNormStats node whose input comes straight
-  // from a fused forward node that may run on tensor cores (TF32 allowed, hand-written possible).
+  // Epilogue-sums candidates (hand-written kernels possible):
+  //  * a training BatchNormStats node whose input comes straight from a fused forward node that
+  //    may run on tensor cores (TF32 allowed): sum and sum of squares of the conv output;
+  //  * a BatchNormBwd node whose dy comes straight from a fused backward-data node over the same
+  //    x and saved statistics: sum(dy) and sum(dy * (x - mean)) * invstd of the masked dy.
   impl_->stats_candidate.assign(size_t(nn), -1);
   impl_->sums_off.assign(size_t(nn), -1);
-  if (opt_.allow_tf32 && opt_.kernels != KernelChoice::Cudnn) {
+  if (opt_.kernels != KernelChoice::Cudnn) {
     std::vector<int> producer(size_t(nt), -1);
     for (int i = 0; i < nn; ++i)
       for (int t : g_.node(i).out)
         if (t >= 0) producer[size_t(t)] = i;
     for (int i = 0; i < nn; ++i) {
       const Node& n = g_.node(i);
-      if (n.op != OpKind::BatchNormStats || !n.bn.training) continue;
-      const int p = producer[size_t(n.in[0])];
-      if (p >= 0 && g_.node(p).op == OpKind::BnReluConv2d &&
-          cuda::bn_relu_conv_tc_can_run(g_.node(p).conv.shape, cuda::ConvMath::Tf32))
-        impl_->stats_candidate[size_t(i)] = p;
+      if (n.op == OpKind::BatchNormStats && n.bn.training && opt_.allow_tf32) {
+        const int p = producer[size_t(n.in[0])];
+        if (p >= 0 && g_.node(p).op == OpKind::BnReluConv2d &&
+            cuda::bn_relu_conv_tc_can_run(g_.node(p).conv.shape, cuda::ConvMath::Tf32))
+          impl_->stats_candidate[size_t(i)] = p;
+      } else if (n.op == OpKind::BatchNormBwd && n.in.size() >= 5) {
+        const int p = producer[size_t(n.in[1])];
+        if (p < 0) continue;
+        const Node& d = g_.node(p);
+        if (d.op == OpKind::BnReluConv2dBwdData && d.in.size() >= 7 && d.in[2] == n.in[0] && d.in[5] == n.in[3] &&
+            d.in[6] == n.in[4] && d.in[3] == n.in[2] && cuda::bn_relu_conv_bwd_can_run(d.conv.shape))
+          impl_->stats_candidate[size_t(i)] = p;
+      }
     }
   }
 
@@ -215,7 +226,8 @@ void CudaExecutor::init() {
     const int p = impl_->stats_candidate[size_t(i)];
     if (p < 0 || impl_->sums_off[size_t(p)] >= 0) continue;
     impl_->sums_off[size_t(p)] = int64_t(off);
-    off += align_up(2 * size_t(g_.node(p).conv.shape.cout) * sizeof(double));
+    const Node& pn = g_.node(p);  // sums over the forward's output or the backward-data's input channels
+    off += align_up(2 * size_t(pn.op == OpKind::BnReluConv2d ? pn.conv.shape.cout : pn.conv.shape.cin) * sizeof(double));
   }
   persistent_bytes_ = off;
   arena_bytes_ = std::max<size_t>(kAlign, plan_.arena_bytes);
@@ -358,10 +370,13 @@ void CudaExecutor::choose_kernels() {
     impl_->handwritten[size_t(i)] = choice.first ? 1 : 0;
     impl_->kernel_reason[size_t(i)] = choice.second;
   }
-  // A BN whose input a hand-written tensor-core forward produced takes that kernel's sums.
+  // A BN whose input a hand-written tensor-core forward produced takes that kernel's sums; a BN
+  // backward whose dy a hand-written backward-data produced takes that kernel's sums.
   for (int i = 0; i < nn; ++i) {
     const int p = impl_->stats_candidate[size_t(i)];
-    if (p >= 0 && impl_->handwritten[size_t(p)] && impl_->tensor_core[size_t(p)]) impl_->stats_src[size_t(i)] = p;
+    if (p >= 0 && impl_->handwritten[size_t(p)] &&
+        (g_.node(p).op == OpKind::BnReluConv2dBwdData || impl_->tensor_core[size_t(p)]))
+      impl_->stats_src[size_t(i)] = p;
   }
 }
 
@@ -399,13 +414,13 @@ std::string CudaExecutor::describe_kernels() const {
   std::ostringstream os;
   for (int i = 0; i < g_.num_nodes(); ++i) {
     const Node& n = g_.node(i);
-    if (!has_handwritten_kernel(n.op) && n.op != OpKind::BatchNormStats) continue;
-    if (n.op == OpKind::BatchNormStats) {
+    if (n.op == OpKind::BatchNormStats || n.op == OpKind::BatchNormBwd) {
       if (impl_->stats_src[size_t(i)] >= 0)
-        os << "  " << n.name << " (batchnorm_stats): from the epilogue sums of "
+        os << "  " << n.name << " (" << op_name(n.op) << "): from the epilogue sums of "
            << g_.node(impl_->stats_src[size_t(i)]).name << "\n";
       continue;
     }
+    if (!has_handwritten_kernel(n.op)) continue;
     os << "  " << n.name << " (" << op_name(n.op) << "): "
        << (!impl_->handwritten[size_t(i)] ? "cuDNN path"
            : impl_->tensor_core[size_t(i)] ? "hand-written (TF32 tensor cores)"
@@ -556,7 +571,11 @@ size_t CudaExecutor::workspace_need(const Node& n) const {
     case OpKind::BnReluConv2d:  // the cuDNN path, or the tensor-core kernel's statistics partials
       return std::max(staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).forward_workspace_bytes(),
                       opt_.allow_tf32 ? cuda::bn_relu_conv_tc_workspace_bytes(n.conv.shape) : size_t(0));
-    case OpKind::BnReluConv2dBwdData: return impl_->conv_for(n.conv.shape).backward_data_workspace_bytes();
+    case OpKind::BnReluConv2dBwdData:  // the cuDNN path, or the hand-written kernel's BN-sum partials
+      return std::max(impl_->conv_for(n.conv.shape).backward_data_workspace_bytes(),
+                      opt_.kernels != KernelChoice::Cudnn && cuda::bn_relu_conv_bwd_can_run(n.conv.shape)
+                          ? cuda::bn_relu_conv_backward_data_sums_workspace_bytes(n.conv.shape)
+                          : size_t(0));
     case OpKind::BnReluConv2dBwdFilter:  // the cuDNN path or the hand-written kernel's split-K partials
       return std::max(staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).backward_filter_workspace_bytes(),
                       cuda::bn_relu_conv_bwd_can_run(n.conv.shape)
@@ -921,6 +940,12 @@ void CudaExecutor::launch(int index) {
       break;
     }
     case OpKind::BnReluConv2dBwdData: {  // in: dz, w, x, gamma, beta, mean, invstd
+      if (impl_->handwritten[size_t(index)] && impl_->sums_off[size_t(index)] >= 0) {  // a BN backward takes the sums
+        auto* sums = reinterpret_cast<double*>(persistent_ + impl_->sums_off[size_t(index)]);
+        cuda::bn_relu_conv_backward_data_with_sums(n.conv.shape, in(0), in(1), in(2), in(3), in(4), in(5), in(6),
+                                                   out(0), sums, sums + n.conv.shape.cin, ws, s);
+        break;
+      }
       if (impl_->handwritten[size_t(index)]) {
         cuda::bn_relu_conv_backward_data(n.conv.shape, in(0), in(1), in(2), in(3), in(4), in(5), in(6), out(0), s);
         break;
@@ -997,6 +1022,13 @@ void CudaExecutor::launch(int index) {
     case OpKind::BatchNormBwd: {
       const Shape& xs = sh(n.in[0]);
       const int c = int(xs.back());
+      const int src = impl_->stats_src[size_t(index)];
+      if (src >= 0) {  // the reductions came from the backward-data kernel's epilogue
+        const auto* sums = reinterpret_cast<const double*>(persistent_ + impl_->sums_off[size_t(src)]);
+        cuda::batchnorm_backward_from_sums(numel(xs) / c, c, in(0), in(1), in(2), in(3), in(4), sums, sums + c, out(0),
+                                           out(1), out(2), s);
+        break;
+      }
       cuda::batchnorm_backward(numel(xs) / c, c, in(0), in(1), in(2), in(3), in(4), out(0), out(1), out(2), ws, s);
       break;
     }

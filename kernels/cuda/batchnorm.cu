@@ -13,6 +13,9 @@
 //    each sum over the groups taken in a fixed tree. Then a pass writes y.
 //  * Backward: per-group sums of dy and dy * (x - mean) in double, a finalize block per channel,
 //    then a pass writes dx = k1 dy + k2 (x - mean) + k3 with per-channel constants, in double.
+//    batchnorm_backward_from_sums takes the two sums from their producer (the fused backward-data
+//    conv's epilogue) and runs only that last pass, each block forming the constants of every
+//    channel in shared memory; bwd_coefficients and bwd_dx_value are the arithmetic both share.
 // Workspace layout (batchnorm_workspace_bytes): two (groups, c) double arrays, then 3 c doubles
 // (the backward's dx coefficients).
 #include "kernels/cuda/batchnorm.cuh"
@@ -260,6 +263,25 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The per-channel constants of dx = k1 dy + k2 (x - mean) + k3 (see bwd_finalize_kernel) from
+// sdy = sum dy and sdyx = sum dy * xhat, in double.
+struct BwdCoefficients {
+  double k1, k2, k3;
+};
+__device__ __forceinline__ BwdCoefficients bwd_coefficients(double sdy, double sdyx, float gamma, float invstd,
+                                                            int64_t count) {
+  const double inv = double(invstd);
+  const double gi = double(gamma) * inv;
+  const double coef = gi / double(count);
+  return BwdCoefficients{gi, -coef * sdyx * inv, -coef * sdy};
+}
+
+// One element of dx, in double, rounded once.
+__device__ __forceinline__ float bwd_dx_value(float x, float dy, float mean, double k1, double k2, double k3) {
+  const double d = double(x) - double(mean);
+  return float(k1 * double(dy) + (k2 * d + k3));
+}
+
 // One block per channel. With sdy = sum dy, sdyx = sum dy * xhat, m = count, coef = gamma invstd / m:
 //   dbeta = sdy, dgamma = sdyx,
 //   dx = coef (m dy - sdy - xhat sdyx) = k1 dy + k2 (x - mean) + k3,
@@ -279,15 +301,13 @@ __global__ void __launch_bounds__(kThreads)
   const double sdy = block_sum(a, red);
   const double sdyx_raw = block_sum(b, red);
   if (threadIdx.x == 0) {
-    const double invstd = double(save_invstd[ch]);
-    const double sdyx = sdyx_raw * invstd;
-    const double gi = double(gamma[ch]) * invstd;
-    const double coef = gi / double(count);
+    const double sdyx = sdyx_raw * double(save_invstd[ch]);
+    const BwdCoefficients q = bwd_coefficients(sdy, sdyx, gamma[ch], save_invstd[ch], count);
     dbeta[ch] = float(sdy);
     dgamma[ch] = float(sdyx);
-    k[ch] = gi;
-    k[c + ch] = -coef * sdyx * invstd;
-    k[2 * c + ch] = -coef * sdy;
+    k[ch] = q.k1;
+    k[c + ch] = q.k2;
+    k[2 * c + ch] = q.k3;
   }
 }
 
@@ -302,8 +322,41 @@ __global__ void __launch_bounds__(kThreads)
   const Idx stride = Idx(gridDim.x) * Idx(kThreads);
   for (Idx i = Idx(blockIdx.x) * Idx(kThreads) + Idx(threadIdx.x); i < total; i += stride) {
     const int ch = int(i % Idx(c));
-    const double d = double(x[i]) - double(save_mean[ch]);
-    dx[i] = float(k[ch] * double(dy[i]) + (k[c + ch] * d + k[2 * c + ch]));
+    dx[i] = bwd_dx_value(x[i], dy[i], save_mean[ch], k[ch], k[c + ch], k[2 * c + ch]);
+  }
+}
+
+// batchnorm_backward_from_sums: every block first forms the constants of all c channels from the
+// sums into shared memory (3 c doubles, dynamic), block 0 also writing dgamma and dbeta, then
+// dx as bwd_dx_kernel.
+template <class Idx>
+__global__ void __launch_bounds__(kThreads)
+    bwd_dx_from_sums_kernel(Idx total, int64_t count, int c, const float* x, const float* dy,
+                            const float* __restrict__ gamma, const float* __restrict__ save_mean,
+                            const float* __restrict__ save_invstd, const double* __restrict__ sum_dy,
+                            const double* __restrict__ sum_dy_xhat, float* dx, float* __restrict__ dgamma,
+                            float* __restrict__ dbeta) {
+  extern __shared__ double dtable[];
+  double* t_k1 = dtable;
+  double* t_k2 = dtable + c;
+  double* t_k3 = dtable + 2 * c;
+#pragma unroll 1  // unrolled, the division's slow-path call spills registers
+  for (int ch = int(threadIdx.x); ch < c; ch += kThreads) {
+    const double sdy = sum_dy[ch], sdyx = sum_dy_xhat[ch];
+    const BwdCoefficients q = bwd_coefficients(sdy, sdyx, gamma[ch], save_invstd[ch], count);
+    t_k1[ch] = q.k1;
+    t_k2[ch] = q.k2;
+    t_k3[ch] = q.k3;
+    if (blockIdx.x == 0) {
+      dbeta[ch] = float(sdy);
+      dgamma[ch] = float(sdyx);
+    }
+  }
+  __syncthreads();
+  const Idx stride = Idx(gridDim.x) * Idx(kThreads);
+  for (Idx i = Idx(blockIdx.x) * Idx(kThreads) + Idx(threadIdx.x); i < total; i += stride) {
+    const int ch = int(i % Idx(c));
+    dx[i] = bwd_dx_value(x[i], dy[i], save_mean[ch], t_k1[ch], t_k2[ch], t_k3[ch]);
   }
 }
 
@@ -489,6 +542,26 @@ void batchnorm_backward(int64_t count, int c, const float* x, const float* dy, c
   else
     bwd_dx_kernel<uint64_t><<<flat_blocks(total), kThreads, 0, stream>>>(uint64_t(total), c, x, dy, save_mean,
                                                                           w.k, dx);
+  RPP_CUDA_CHECK_LAUNCH(op);
+}
+
+void batchnorm_backward_from_sums(int64_t count, int c, const float* x, const float* dy, const float* gamma,
+                                  const float* save_mean, const float* save_invstd, const double* sum_dy,
+                                  const double* sum_dy_xhat, float* dx, float* dgamma, float* dbeta,
+                                  cudaStream_t stream) {
+  const char* op = "batchnorm_backward_from_sums";
+  check_sizes(op, count, c, true);
+  check_not_null(op, {{"x", x}, {"dy", dy}, {"gamma", gamma}, {"save_mean", save_mean},
+                      {"save_invstd", save_invstd}, {"sum_dy", sum_dy}, {"sum_dy_xhat", sum_dy_xhat},
+                      {"dx", dx}, {"dgamma", dgamma}, {"dbeta", dbeta}});
+  const int64_t total = count * c;
+  const size_t shmem = 3 * size_t(c) * sizeof(double);
+  if (index_fits_32(total))
+    bwd_dx_from_sums_kernel<uint32_t><<<flat_blocks(total), kThreads, shmem, stream>>>(
+        uint32_t(total), count, c, x, dy, gamma, save_mean, save_invstd, sum_dy, sum_dy_xhat, dx, dgamma, dbeta);
+  else
+    bwd_dx_from_sums_kernel<uint64_t><<<flat_blocks(total), kThreads, shmem, stream>>>(
+        uint64_t(total), count, c, x, dy, gamma, save_mean, save_invstd, sum_dy, sum_dy_xhat, dx, dgamma, dbeta);
   RPP_CUDA_CHECK_LAUNCH(op);
 }
 

@@ -36,6 +36,19 @@ void batchnorm_backward(int64_t count, int c, const float* x, const float* dy, c
                         const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
                         float* dbeta, void* workspace, cudaStream_t stream);
 
+// batchnorm_backward's elementwise pass alone, for per-channel sums that a producer computed
+// (c doubles each, over the count rows of dy), e.g. the fused backward-data conv's epilogue
+// (bn_relu_conv_backward_data_with_sums, bn_relu_conv_bwd.cuh):
+//   sum_dy[c] = sum dy,   sum_dy_xhat[c] = sum dy * xhat, xhat = (x - save_mean) * save_invstd
+// (batchnorm_backward forms the latter as (sum dy * (x - mean)) * invstd, in double). Writes
+// dbeta = float(sum_dy), dgamma = float(sum_dy_xhat) and dx with batchnorm_backward's per-element
+// arithmetic (the same device code): the two agree up to the rounding of the sums. dx may be dy.
+// Needs no workspace; count > 1.
+void batchnorm_backward_from_sums(int64_t count, int c, const float* x, const float* dy, const float* gamma,
+                                  const float* save_mean, const float* save_invstd, const double* sum_dy,
+                                  const double* sum_dy_xhat, float* dx, float* dgamma, float* dbeta,
+                                  cudaStream_t stream);
+
 // The halves of the forward for the fused BN-ReLU-conv path (cpu::batchnorm_stats_train,
 // batchnorm_stats_eval, batchnorm_apply, bn_relu_mask_inplace): statistics only (same workspace
 // as the training forward); eval statistics from the running ones; the normalisation from saved

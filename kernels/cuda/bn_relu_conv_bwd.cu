@@ -14,6 +14,13 @@
 // pixels x 16 channels of dz, contiguous in NHWC) and B (16 channels x 64 input channels of w,
 // contiguous in OHWI) are read without decoding K per element. The epilogue recomputes bn(x) for
 // each element and zeroes the gradient where it is not > 0.
+// With the BN sums (kSums, bn_relu_conv_backward_data_with_sums) the epilogue also accumulates,
+// per thread and column, sum g and sum g * (x - mean) in double over its 4 pixels (g the value
+// written), the 16 row threads of each column are added in row order through shared memory, and
+// the block writes its partials to part[2][cin][tiles] (tile = blockIdx.z * gridDim.x +
+// blockIdx.x; a block past its class's pixels writes zeros). bwd_data_sums_kernel, one block per
+// channel, then adds a channel's tiles (contiguous) with 256 strided sums and a fixed tree, and
+// scales the second sum by invstd. The plain and mask-only instantiations are unchanged.
 //
 // Backward-filter (M = cout, N = kh*kw*cin in OHWI order, K = n*ho*wo output pixels). Each
 // thread loads one fixed column of the B slice (one tap and input channel: decoded once, its BN
@@ -48,6 +55,7 @@ constexpr int64_t kTargetBlocks = 512;
 constexpr int64_t kMinSplitPixels = 256;
 constexpr int kReduceThreads = 256;
 constexpr int64_t kMaxReduceBlocks = 2048;
+constexpr int kSumThreads = 256;  // bwd_data_sums_kernel; a power of two (tree)
 
 constexpr int kMaxCoord = 1 << 24;  // h, w, pad: every coordinate computed stays below 2^26
 constexpr int kMaxStride = 255;     // stride^2 parity classes in grid.z
@@ -90,12 +98,14 @@ __device__ __forceinline__ Taps live_taps(int p, int q, int k, int o, int stride
   return t;
 }
 
-template <bool kBnRelu>
+// part: kSums only, the per-tile partial sums [2][cin][tiles] (see the file comment).
+template <bool kBnRelu, bool kSums>
 __global__ void __launch_bounds__(kThreads)
     bwd_data_kernel(Dims d, const float* __restrict__ dz, const float* __restrict__ w,
                     const float* __restrict__ x, const float* __restrict__ gamma,
                     const float* __restrict__ beta, const float* __restrict__ mean,
-                    const float* __restrict__ invstd, float* __restrict__ dx) {
+                    const float* __restrict__ invstd, float* __restrict__ dx, double* __restrict__ part) {
+  static_assert(kBnRelu || !kSums, "the BN sums need the BN arguments");
   __shared__ float As[kBK][kBM + 1];  // As[output channel lane][pixel]
   __shared__ float Bs[kBK][kBN];      // Bs[output channel lane][input channel]
   __shared__ float t_mean[kBN], t_scale[kBN], t_shift[kBN];
@@ -118,7 +128,17 @@ __global__ void __launch_bounds__(kThreads)
   const int hq = (d.h - py + s - 1) / s, wq = (d.w - px + s - 1) / s;
   const int64_t mc = int64_t(d.n) * hq * wq;
   const int64_t m0 = int64_t(blockIdx.x) * kBM;
-  if (m0 >= mc) return;  // the whole block: this class has fewer pixels than the largest
+  [[maybe_unused]] const int64_t tiles = int64_t(gridDim.x) * gridDim.z;
+  [[maybe_unused]] const int64_t tile = int64_t(blockIdx.z) * gridDim.x + blockIdx.x;
+  if (m0 >= mc) {  // the whole block: this class has fewer pixels than the largest
+    if constexpr (kSums) {
+      if (tid < kBN && c0 + tid < d.cin) {
+        part[int64_t(c0 + tid) * tiles + tile] = 0.0;
+        part[(int64_t(d.cin) + c0 + tid) * tiles + tile] = 0.0;
+      }
+    }
+    return;
+  }
   const Taps tyy = live_taps(py, hq, d.kh, d.ho, s, d.pad, d.dil);
   const Taps txx = live_taps(px, wq, d.kw, d.wo, s, d.pad, d.dil);
 
@@ -200,6 +220,12 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
+  // kSums: this thread's sums of g and g * (x - mean) for its columns j (over its pixels i).
+  [[maybe_unused]] double s_dy[kTN], s_dyx[kTN];
+  if constexpr (kSums) {
+#pragma unroll
+    for (int j = 0; j < kTN; ++j) s_dy[j] = s_dyx[j] = 0.0;
+  }
 #pragma unroll
   for (int i = 0; i < kTM; ++i) {
     const int64_t m = m0 + ty * kTM + i;
@@ -214,11 +240,70 @@ __global__ void __launch_bounds__(kThreads)
       if (ci >= d.cin) continue;
       float v = acc[i][j];
       if constexpr (kBnRelu) {
-        const float b = fmaf(x[base + ci] - t_mean[cc], t_scale[cc], t_shift[cc]);
+        const float xv = x[base + ci];
+        const float b = fmaf(xv - t_mean[cc], t_scale[cc], t_shift[cc]);
         if (!(b > 0.f)) v = 0.f;  // as bn_relu_mask_inplace: NaN masks too
+        if constexpr (kSums) {
+          // As cuda::batchnorm_backward's partial sums: dy * (x - mean) in double.
+          const double g = double(v);
+          s_dy[j] += g;
+          s_dyx[j] += g * (double(xv) - double(t_mean[cc]));
+        }
       }
       dx[base + ci] = v;
     }
+  }
+  if constexpr (kSums) {
+    __shared__ double red[2][kBM / kTM][kBN];  // [sum][row thread ty][column]
+#pragma unroll
+    for (int j = 0; j < kTN; ++j) {
+      red[0][ty][tx + j * kTX] = s_dy[j];
+      red[1][ty][tx + j * kTX] = s_dyx[j];
+    }
+    __syncthreads();
+    if (tid < kBN && c0 + tid < d.cin) {
+      double a = red[0][0][tid], b = red[1][0][tid];
+#pragma unroll
+      for (int q = 1; q < kBM / kTM; ++q) {
+        a += red[0][q][tid];
+        b += red[1][q][tid];
+      }
+      part[int64_t(c0 + tid) * tiles + tile] = a;
+      part[(int64_t(d.cin) + c0 + tid) * tiles + tile] = b;
+    }
+  }
+}
+
+// One block per channel c: sum_dy[c] = the sum of its tiles' partials part[0][c][*], and
+// sum_dy_xhat[c] = (the sum of part[1][c][*]) * invstd[c], as batchnorm_backward scales its sum.
+// Thread t adds tiles t, t + kSumThreads, ... in order, then a fixed tree adds the threads.
+__global__ void __launch_bounds__(kSumThreads)
+    bwd_data_sums_kernel(const double* __restrict__ part, int64_t tiles, int cin,
+                         const float* __restrict__ invstd, double* __restrict__ sum_dy,
+                         double* __restrict__ sum_dy_xhat) {
+  __shared__ double red[2][kSumThreads];
+  const int t = int(threadIdx.x);
+  const int c = int(blockIdx.x);
+  const double* pa = part + int64_t(c) * tiles;
+  const double* pb = part + (int64_t(cin) + c) * tiles;
+  double a = 0.0, b = 0.0;
+  for (int64_t i = t; i < tiles; i += kSumThreads) {
+    a += pa[i];
+    b += pb[i];
+  }
+  red[0][t] = a;
+  red[1][t] = b;
+  __syncthreads();
+  for (int h = kSumThreads / 2; h > 0; h >>= 1) {
+    if (t < h) {
+      red[0][t] += red[0][t + h];
+      red[1][t] += red[1][t + h];
+    }
+    __syncthreads();
+  }
+  if (t == 0) {
+    sum_dy[c] = red[0][0];
+    sum_dy_xhat[c] = red[1][0] * double(invstd[c]);
   }
 }
 
@@ -405,6 +490,18 @@ __global__ void __launch_bounds__(kReduceThreads)
   }
 }
 
+// Backward-data grid: (pixels of the largest parity class / 64, cin / 64, stride^2).
+dim3 data_grid(const cpu::Conv2dShape& s) {
+  const int64_t class_pixels = int64_t(s.n) * ceil_div(s.h, s.stride) * ceil_div(s.w, s.stride);
+  return dim3(unsigned(ceil_div(class_pixels, kBM)), unsigned(ceil_div(s.cin, kBN)), unsigned(s.stride * s.stride));
+}
+
+// The blocks along the pixels (grid x times z): one partial sum per channel each.
+int64_t data_tiles(const cpu::Conv2dShape& s) {
+  const dim3 g = data_grid(s);
+  return int64_t(g.x) * g.z;
+}
+
 [[noreturn]] void fail_shape(const char* op, const cpu::Conv2dShape& s) {
   fail(op, ": unsupported shape n ", s.n, " h ", s.h, " w ", s.w, " cin ", s.cin, " cout ", s.cout, " kernel ", s.kh,
        "x", s.kw, " stride ", s.stride, " pad ", s.pad, " dilation ", s.dil);
@@ -439,14 +536,38 @@ void bn_relu_conv_backward_data(const cpu::Conv2dShape& s, const float* dz, cons
   if (bn)
     detail::check_not_null(op, {{"x", x}, {"gamma", gamma}, {"beta", beta}, {"mean", mean}, {"invstd", invstd}});
   const Dims d = dims_of(s);
-  const int64_t class_pixels = int64_t(s.n) * ceil_div(s.h, s.stride) * ceil_div(s.w, s.stride);
-  const dim3 grid(unsigned(ceil_div(class_pixels, kBM)), unsigned(ceil_div(s.cin, kBN)),
-                  unsigned(s.stride * s.stride));
+  const dim3 grid = data_grid(s);
   if (bn)
-    bwd_data_kernel<true><<<grid, kThreads, 0, stream>>>(d, dz, w_ohwi, x, gamma, beta, mean, invstd, dx);
+    bwd_data_kernel<true, false><<<grid, kThreads, 0, stream>>>(d, dz, w_ohwi, x, gamma, beta, mean, invstd, dx,
+                                                                 nullptr);
   else
-    bwd_data_kernel<false><<<grid, kThreads, 0, stream>>>(d, dz, w_ohwi, nullptr, nullptr, nullptr, nullptr,
-                                                           nullptr, dx);
+    bwd_data_kernel<false, false><<<grid, kThreads, 0, stream>>>(d, dz, w_ohwi, nullptr, nullptr, nullptr,
+                                                                  nullptr, nullptr, dx, nullptr);
+  RPP_CUDA_CHECK_LAUNCH(op);
+}
+
+size_t bn_relu_conv_backward_data_sums_workspace_bytes(const cpu::Conv2dShape& s) {
+  if (!bn_relu_conv_bwd_can_run(s)) return 0;
+  return detail::round_up(2 * size_t(data_tiles(s)) * size_t(s.cin) * sizeof(double), 256);
+}
+
+void bn_relu_conv_backward_data_with_sums(const cpu::Conv2dShape& s, const float* dz, const float* w_ohwi,
+                                          const float* x, const float* gamma, const float* beta,
+                                          const float* mean, const float* invstd, float* dx, double* sum_dy,
+                                          double* sum_dy_xhat, void* workspace, cudaStream_t stream) {
+  const char* op = "bn_relu_conv_backward_data_with_sums";
+  if (!bn_relu_conv_bwd_can_run(s)) fail_shape(op, s);
+  detail::check_not_null(op, {{"dz", dz}, {"w", w_ohwi}, {"x", x}, {"gamma", gamma}, {"beta", beta},
+                              {"mean", mean}, {"invstd", invstd}, {"dx", dx}, {"sum_dy", sum_dy},
+                              {"sum_dy_xhat", sum_dy_xhat}});
+  detail::check_workspace(op, workspace, bn_relu_conv_backward_data_sums_workspace_bytes(s));
+  const Dims d = dims_of(s);
+  const dim3 grid = data_grid(s);
+  double* part = static_cast<double*>(workspace);
+  bwd_data_kernel<true, true><<<grid, kThreads, 0, stream>>>(d, dz, w_ohwi, x, gamma, beta, mean, invstd, dx, part);
+  RPP_CUDA_CHECK_LAUNCH(op);
+  bwd_data_sums_kernel<<<unsigned(s.cin), kSumThreads, 0, stream>>>(part, data_tiles(s), s.cin, invstd, sum_dy,
+                                                                    sum_dy_xhat);
   RPP_CUDA_CHECK_LAUNCH(op);
 }
 

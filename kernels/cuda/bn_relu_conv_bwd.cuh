@@ -5,7 +5,9 @@
 //  * backward-data: dx = conv_backward_data(dz, w), then zeroed wherever the recomputed bn(x) is
 //    not > 0 (NaN included) — the gradient w.r.t. the BN output, ReLU mask applied. bn(x) is the
 //    forward kernel's float expression, fmaf(x - mean, float(double(gamma) * double(invstd)),
-//    beta), so the mask follows exactly the ReLU decisions of bn_relu_conv_forward;
+//    beta), so the mask follows exactly the ReLU decisions of bn_relu_conv_forward. A variant
+//    (bn_relu_conv_backward_data_with_sums) also emits the per-channel sums of dx and dx * xhat
+//    that the backward of that BN needs;
 //  * backward-filter: dw = conv_backward_filter(a, dz) and db = the sum of dz over pixels, with a
 //    recomputed while x is loaded (never stored) and the conv's zero padding applied after
 //    BN-ReLU. Deterministic: the same bits on every run and every device (no atomics; a fixed
@@ -39,6 +41,34 @@ void bn_relu_conv_backward_data(const cpu::Conv2dShape& s, const float* dz, cons
                                 const float* x, const float* gamma, const float* beta,
                                 const float* mean, const float* invstd, float* dx,
                                 cudaStream_t stream);
+
+// Device workspace bn_relu_conv_backward_data_with_sums needs for this shape, a function of the
+// shape only: the per-block partial sums, 2 * tiles * cin doubles rounded up to 256 bytes, with
+// tiles = stride^2 * ceil(n * ceil(h / stride) * ceil(w / stride) / 64) (the blocks along the
+// pixels: 64 pixels of the largest parity class per block, one grid layer per class). The pointer
+// passed must be 16-byte aligned. 0 for a shape that cannot run.
+size_t bn_relu_conv_backward_data_sums_workspace_bytes(const cpu::Conv2dShape& s);
+
+// bn_relu_conv_backward_data with the BN arguments required, plus the per-channel reductions that
+// the backward of that BN (the one whose input is x, with saved statistics mean and invstd) needs,
+// taken from the values this kernel writes (dy = dx, the masked gradient), so that BN backward is
+// then only an elementwise pass (batchnorm_backward_from_sums, batchnorm.cuh):
+//   sum_dy[c]      = sum over the n*h*w pixels of dx,
+//   sum_dy_xhat[c] = (sum over the pixels of dx * (x - mean)) * invstd,
+// in double, with xhat as cuda::batchnorm_backward forms it: each product double(dx) *
+// (double(x) - double(mean)) summed, then one multiplication by double(invstd) per channel (so
+// that the two paths differ only in the order of the sums). dx is the same bits as
+// bn_relu_conv_backward_data gives. Deterministic, no atomics: each block writes its 64-pixel
+// tile's partial sums (in a fixed order) to the workspace, then a second kernel adds every
+// channel's partials in a fixed tree. Every element counts, masked ones too (their dx is 0; a
+// NaN x makes the product, hence sum_dy_xhat, NaN, as in batchnorm_backward). sum_dy and
+// sum_dy_xhat (cin doubles each) are overwritten. workspace:
+// bn_relu_conv_backward_data_sums_workspace_bytes(s) bytes, scratch. rpp::Error when the shape
+// cannot run, a pointer is null, or the workspace is misaligned.
+void bn_relu_conv_backward_data_with_sums(const cpu::Conv2dShape& s, const float* dz, const float* w_ohwi,
+                                          const float* x, const float* gamma, const float* beta,
+                                          const float* mean, const float* invstd, float* dx, double* sum_dy,
+                                          double* sum_dy_xhat, void* workspace, cudaStream_t stream);
 
 // Device workspace bn_relu_conv_backward_filter needs for this shape, a function of the shape
 // only: the per-split partial sums of dw and db, splits * cout * (kh*kw*cin + 1) floats rounded up

@@ -452,9 +452,17 @@ TEST(GpuExecutor, HandwrittenKernelsMatchTheCudnnPath) {
     CudaExecutor gpu(mg.graph, sg, 0, o);
     const std::string described = gpu.describe_kernels();
     std::cout << kernel_choice_name(k) << ":\n" << described;
-    size_t lines = 0;
-    for (char ch : described) lines += ch == '\n';
+    // One line per fused node, plus one per BN backward that takes the backward-data kernel's sums.
+    size_t lines = 0, bn_sums = 0;
+    std::istringstream in(described);
+    for (std::string line; std::getline(in, line);) {
+      lines += line.find("(bn_relu_conv2d") != std::string::npos;
+      bn_sums += line.find("(batchnorm_bwd): from the epilogue sums of") != std::string::npos;
+    }
     EXPECT_EQ(lines, size_t(fused_nodes));
+    if (k == KernelChoice::Handwritten) {
+      EXPECT_EQ(bn_sums, size_t(fused));  // every chain's BN backward follows its backward-data
+    }
     EXPECT_NE(described.find("bn_relu_conv2d_bwd_filter"), std::string::npos) << described;
     if (k == KernelChoice::Handwritten) {
       EXPECT_EQ(described.find("cuDNN path"), std::string::npos);
@@ -514,9 +522,8 @@ TEST(GpuExecutor, Tf32TensorCoreKernelsAndEpilogueStatistics) {
   size_t tc = 0, epi = 0;
   for (size_t p = described.find("TF32 tensor cores"); p != std::string::npos; p = described.find("TF32 tensor cores", p + 1))
     ++tc;
-  for (size_t p = described.find("from the epilogue sums"); p != std::string::npos;
-       p = described.find("from the epilogue sums", p + 1))
-    ++epi;
+  const std::string epi_text = "(batchnorm_stats): from the epilogue sums";
+  for (size_t p = described.find(epi_text); p != std::string::npos; p = described.find(epi_text, p + 1)) ++epi;
   EXPECT_EQ(tc, 22u) << described;
   EXPECT_EQ(epi, size_t(from_epilogue)) << described;
   gpu.set_input(mg.image, images.data());

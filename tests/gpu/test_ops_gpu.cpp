@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -383,6 +384,107 @@ TEST(GpuBatchNorm, BackwardMatchesCpu) {
     EXPECT_TRUE(near(out[2], dbr, kReduce)) << "dbeta";
     expect_guards({&dx, &ddy, &dgam, &dsm, &dsi, &ddx, &ddg, &ddb, &ws});
   }
+}
+
+// BN backward from per-channel sums that a producer computed (the fused backward-data conv's
+// epilogue), here in double on the host as batchnorm_backward forms them: sum dy, and
+// (sum dy (x - mean)) * invstd. Against the CPU with BackwardMatchesCpu's tolerances, and against
+// cuda::batchnorm_backward on the same data, which differs only in the order of its sums: every
+// value within 2^-22 relative (an ulp or so of the final float rounding) plus 1e-12 of the size
+// of the terms (dx: gamma invstd (|dy| + mean |dy| + |xhat| mean |dy xhat|); dgamma, dbeta: the
+// sums of |dy xhat|, |dy|), which covers the summation-order difference of the double sums.
+TEST(GpuBatchNorm, BackwardFromSumsMatchesCpuAndTwoPass) {
+  REQUIRE_GPU();
+  double worst_cpu_dx = 0, worst_two = 0;
+  int64_t differ = 0, total = 0;
+  for (const Nhwc& s : bn_shapes()) {
+    SCOPED_TRACE(s.str());
+    const int64_t count = s.count();
+    const int c = s.c;
+    const Floats x = normal(s.size(), -1.f, 1.5f);
+    Floats g = normal(s.size());
+    for (size_t i = 0; i < g.size(); i += 3) g[i] = 0.f;  // masked gradients, as the fused conv gives
+    const BnParams p = bn_params(c);
+    Floats y(s.size()), sm(sz(c)), si(sz(c));
+    cpu::batchnorm_forward_train(count, c, x.data(), p.gamma.data(), p.beta.data(), y.data(), sm.data(), si.data(),
+                                 static_cast<float*>(nullptr), static_cast<float*>(nullptr), 0.1, 1e-5);
+    Floats dxr(s.size()), dgr(sz(c)), dbr(sz(c));
+    cpu::batchnorm_backward(count, c, x.data(), g.data(), p.gamma.data(), sm.data(), si.data(), dxr.data(),
+                            dgr.data(), dbr.data());
+    std::vector<double> sdy(sz(c), 0.0), sdyx(sz(c), 0.0), abs_dy(sz(c), 0.0), abs_dyx(sz(c), 0.0);
+    for (int64_t i = 0; i < count * c; ++i) {
+      const size_t ch = sz(i % c);
+      const double gy = g[sz(i)], d = double(x[sz(i)]) - double(sm[ch]);
+      sdy[ch] += gy;
+      sdyx[ch] += gy * d;
+      abs_dy[ch] += std::fabs(gy);
+      abs_dyx[ch] += std::fabs(gy * d) * double(si[ch]);
+    }
+    for (int ch = 0; ch < c; ++ch) sdyx[sz(ch)] *= double(si[sz(ch)]);
+
+    Stream st;
+    DevFloats dx(x), ddy(g), dgam(p.gamma), dsm(sm), dsi(si);
+    DevBuf dsum(sz(c) * sizeof(double)), dsumx(sz(c) * sizeof(double));
+    dsum.upload(sdy.data(), sz(c) * sizeof(double));
+    dsumx.upload(sdyx.data(), sz(c) * sizeof(double));
+    DevFloats ddx(s.size()), ddg(sz(c)), ddb(sz(c));
+    const auto out = run_twice(st, {&ddx, &ddg, &ddb}, nullptr, [&] {
+      gpu::batchnorm_backward_from_sums(count, c, dx.p(), ddy.p(), dgam.p(), dsm.p(), dsi.p(),
+                                        static_cast<const double*>(dsum.data()),
+                                        static_cast<const double*>(dsumx.data()), ddx.p(), ddg.p(), ddb.p(), st);
+    });
+    double term = 0;
+    for (size_t i = 0; i < g.size(); ++i) {
+      const size_t ch = i % sz(c);
+      term = std::max(term, std::fabs(double(p.gamma[ch]) * double(si[ch]) * double(g[i])));
+    }
+    EXPECT_TRUE(near(out[0], dxr, kReduce, 1e-6 * term)) << "dx";
+    EXPECT_TRUE(near(out[1], dgr, kReduce)) << "dgamma";
+    EXPECT_TRUE(near(out[2], dbr, kReduce)) << "dbeta";
+    {
+      double ss = 0;
+      for (float r : dxr) ss += double(r) * r;
+      const double rms = std::sqrt(ss / double(dxr.size()));
+      for (size_t i = 0; i < dxr.size(); ++i)
+        worst_cpu_dx = std::max(worst_cpu_dx, std::fabs(double(out[0][i]) - dxr[i]) /
+                                                  (kReduce * (std::fabs(double(dxr[i])) + rms) + 1e-6 * term));
+    }
+
+    // The two-pass GPU backward on the same data.
+    DevFloats tdx(s.size()), tdg(sz(c)), tdb(sz(c));
+    Workspace ws(gpu::batchnorm_workspace_bytes(count, c));
+    gpu::batchnorm_backward(count, c, dx.p(), ddy.p(), dgam.p(), dsm.p(), dsi.p(), tdx.p(), tdg.p(), tdb.p(),
+                            ws.data(), st);
+    st.sync();
+    const Floats two[3] = {tdx.get(), tdg.get(), tdb.get()};
+    const char* names[3] = {"dx", "dgamma", "dbeta"};
+    for (int k = 0; k < 3; ++k) {
+      SCOPED_TRACE(names[k]);
+      size_t bad = 0;
+      for (size_t i = 0; i < two[k].size(); ++i) {
+        const size_t ch = k == 0 ? i % sz(c) : i;
+        double scale;
+        if (k == 0) {
+          const double xhat = (double(x[i]) - double(sm[ch])) * double(si[ch]);
+          scale = std::fabs(double(p.gamma[ch]) * double(si[ch])) *
+                  (std::fabs(double(g[i])) + (abs_dy[ch] + std::fabs(xhat) * abs_dyx[ch]) / double(count));
+        } else {
+          scale = k == 1 ? abs_dyx[ch] : abs_dy[ch];
+        }
+        const double got = out[sz(k)][i], want = two[k][i];
+        const double err = std::fabs(got - want), tol = 0x1p-22 * std::fabs(want) + 1e-12 * scale;
+        if (!(err <= tol) && ++bad <= 5)
+          ADD_FAILURE() << "element " << i << ": got " << got << ", two-pass " << want << " (tolerance " << tol << ")";
+        if (tol > 0) worst_two = std::max(worst_two, err / tol);
+        differ += got != want;
+        ++total;
+      }
+    }
+    expect_guards({&dx, &ddy, &dgam, &dsm, &dsi, &dsum, &dsumx, &ddx, &ddg, &ddb, &tdx, &tdg, &tdb, &ws});
+  }
+  std::printf("[ max err  ] vs CPU dx %.3g of the tolerance; vs two-pass %.3g of the allowance, %lld of %lld values "
+              "differ\n",
+              worst_cpu_dx, worst_two, static_cast<long long>(differ), static_cast<long long>(total));
 }
 
 // The pieces of the fused BN-ReLU-conv fallback: statistics alone, eval statistics, the
@@ -1145,6 +1247,18 @@ TEST(GpuOpsArguments, RejectedOnTheHost) {
     gpu::batchnorm_backward(8, 4, f, f, f, f, f, f, f, f, reinterpret_cast<char*>(f) + 4, s);
   }, "aligned");
   expect_error([&] { gpu::batchnorm_forward_eval(8, 4096, f, f, f, f, f, 1e-5, f, s); }, "channels");
+  {
+    const double* d = reinterpret_cast<const double*>(fake);
+    expect_error([&] { gpu::batchnorm_backward_from_sums(1, 4, f, f, f, f, f, d, d, f, f, f, s); },
+                 "more than one value");
+    expect_error([&] { gpu::batchnorm_backward_from_sums(8, 4096, f, f, f, f, f, d, d, f, f, f, s); }, "channels");
+    expect_error([&] { gpu::batchnorm_backward_from_sums(8, 4, f, f, f, f, f, nullptr, d, f, f, f, s); },
+                 "`sum_dy` is null");
+    expect_error([&] { gpu::batchnorm_backward_from_sums(8, 4, f, f, f, f, f, d, nullptr, f, f, f, s); },
+                 "`sum_dy_xhat` is null");
+    expect_error([&] { gpu::batchnorm_backward_from_sums(8, 4, f, f, f, f, f, d, d, f, nullptr, f, s); },
+                 "`dgamma` is null");
+  }
   expect_error([&] {
     gpu::batchnorm_forward_eval(8, 4, f, nullptr, f, f, f, 1e-5, f, s);
   }, "gamma");
