@@ -486,7 +486,7 @@ TEST(TcEmulator, MmaSyncComputesTheRoundedProduct) {
 
 TEST(TcGpu, NetworkShapesAt64MatchCpu) {
   REQUIRE_GPU();
-  const std::vector<cpu::Conv2dShape> shapes = network_shapes(64);
+  const std::vector<cpu::Conv2dShape> shapes = thin_for_emulator(network_shapes(64));
   ASSERT_FALSE(shapes.empty());
   double w32 = 0, w16 = 0;
   for (const cpu::Conv2dShape& s : shapes) check_random(random_problem(s, true), &w32, &w16);
@@ -498,6 +498,8 @@ TEST(TcGpu, NetworkShapesAt256MatchCpu) {
   std::vector<cpu::Conv2dShape> shapes = network_shapes(256);
   ASSERT_FALSE(shapes.empty());
 #ifdef RPP_CUDA_EMULATOR
+  // Minutes even so (10 under CI's sanitizers): on the emulator only when asked.
+  if (!std::getenv("RPP_EMU_LARGE")) GTEST_SKIP() << "emulator: set RPP_EMU_LARGE=1 to run the 256x256 shapes";
   // The emulator runs the shapes of at most 8192 pixels (the deeper half: every channel count and
   // the largest K of the network; the rest are minutes each there, on the same code paths).
   shapes.erase(std::remove_if(shapes.begin(), shapes.end(), [](const cpu::Conv2dShape& s) { return pixels(s) > 8192; }),
@@ -520,7 +522,7 @@ TEST(TcGpu, RaggedShapesAndPlainConvMatchCpu) {
 
 TEST(TcGpu, ExactArithmeticGivesExactResults) {
   REQUIRE_GPU();
-  for (const cpu::Conv2dShape& s : network_shapes(64)) check_exact(exact_problem(s, true));
+  for (const cpu::Conv2dShape& s : thin_for_emulator(network_shapes(64))) check_exact(exact_problem(s, true));
   for (const cpu::Conv2dShape& s : kRagged) {
     check_exact(exact_problem(s, true));
     check_exact(exact_problem(s, false));
