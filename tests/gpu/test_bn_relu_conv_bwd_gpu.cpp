@@ -43,6 +43,7 @@
 #include <tuple>
 #include <vector>
 
+#include "conv_test_util.h"
 #include "gpu_test_util.h"
 #include "kernels/cpu/conv2d.h"
 #include "kernels/cpu/ops.h"
@@ -60,37 +61,8 @@ constexpr double kRtol = 1e-4;
 
 size_t sz(int64_t n) { return static_cast<size_t>(n); }
 
-std::string str(const cpu::Conv2dShape& s) {
-  return "n" + std::to_string(s.n) + " " + std::to_string(s.h) + "x" + std::to_string(s.w) + "x" +
-         std::to_string(s.cin) + " -> " + std::to_string(s.cout) + " k" + std::to_string(s.kh) + "x" +
-         std::to_string(s.kw) + " s" + std::to_string(s.stride) + " p" + std::to_string(s.pad) + " d" +
-         std::to_string(s.dil);
-}
-
-// The conv shapes of the network's fused chains at this input size (batch n).
-std::vector<cpu::Conv2dShape> fused_shapes(int size, int n) {
-  ModelConfig cfg;
-  cfg.fuse = true;
-  const ModelGraph m = build_resunetpp(cfg, n, size, size, true);
-  std::vector<cpu::Conv2dShape> out;
-  std::set<std::tuple<int, int, int, int, int, int, int, int, int>> seen;
-  for (const Node& nd : m.graph.nodes()) {
-    if (nd.op != OpKind::BnReluConv2d) continue;
-    const cpu::Conv2dShape& s = nd.conv.shape;
-    if (seen.insert({s.h, s.w, s.cin, s.cout, s.kh, s.kw, s.stride, s.pad, s.dil}).second) out.push_back(s);
-  }
-  return out;
-}
-
-cpu::Conv2dShape shape(int n, int h, int w, int cin, int cout, int k, int stride, int pad, int dil) {
-  cpu::Conv2dShape s;
-  s.n = n; s.h = h; s.w = w; s.cin = cin; s.cout = cout; s.kh = k; s.kw = k;
-  s.stride = stride; s.pad = pad; s.dil = dil;
-  return s;
-}
-
 cpu::Conv2dShape rect(int n, int h, int w, int cin, int cout, int kh, int kw, int stride, int pad, int dil) {
-  cpu::Conv2dShape s = shape(n, h, w, cin, cout, kh, stride, pad, dil);
+  cpu::Conv2dShape s = conv_shape(n, h, w, cin, cout, kh, stride, pad, dil);
   s.kw = kw;
   return s;
 }
@@ -98,18 +70,6 @@ cpu::Conv2dShape rect(int n, int h, int w, int cin, int cout, int kh, int kw, in
 int64_t in_count(const cpu::Conv2dShape& s) { return int64_t(s.n) * s.h * s.w * s.cin; }
 int64_t out_count(const cpu::Conv2dShape& s) { return int64_t(s.n) * s.ho() * s.wo() * s.cout; }
 int64_t w_count(const cpu::Conv2dShape& s) { return int64_t(s.kh) * s.kw * s.cin * s.cout; }
-
-// HWIO (kh, kw, cin, cout) -> OHWI (cout, kh, kw, cin).
-Floats to_ohwi(const cpu::Conv2dShape& s, const Floats& hwio) {
-  Floats o(hwio.size());
-  for (int y = 0; y < s.kh; ++y)
-    for (int x = 0; x < s.kw; ++x)
-      for (int ci = 0; ci < s.cin; ++ci)
-        for (int co = 0; co < s.cout; ++co)
-          o[sz(((int64_t(co) * s.kh + y) * s.kw + x) * s.cin + ci)] =
-              hwio[sz(((int64_t(y) * s.kw + x) * s.cin + ci) * s.cout + co)];
-  return o;
-}
 
 // Largest |got - ref| / (|ref| + rms(ref)) seen by the checks of the current test, per output
 // (printed, then reset, at the end of each test).
@@ -172,7 +132,7 @@ struct DevBn {
 // ---- Backward-data ----
 
 void check_data(const cpu::Conv2dShape& s, bool bn) {
-  SCOPED_TRACE(str(s) + (bn ? " backward-data with BN-ReLU mask" : " backward-data plain"));
+  SCOPED_TRACE(shape_str(s) + (bn ? " backward-data with BN-ReLU mask" : " backward-data plain"));
   const Floats x = normal(sz(in_count(s)), 0.2f, 1.f);
   const Floats dz = normal(sz(out_count(s)));
   const Floats w = uniform(sz(w_count(s)), -0.2f, 0.2f);
@@ -204,7 +164,7 @@ void check_data(const cpu::Conv2dShape& s, bool bn) {
   }
 
   Stream st;
-  DevFloats d_dz(dz), d_w(to_ohwi(s, w)), d_x(x), d_dx(sz(in_count(s)));
+  DevFloats d_dz(dz), d_w(hwio_to_ohwi(s, w)), d_x(x), d_dx(sz(in_count(s)));
   DevBn d_bn(p);
   const auto out = run_twice(st, {&d_dx}, nullptr, [&] {
     if (bn)
@@ -228,7 +188,7 @@ std::unique_ptr<DevBuf> workspace_for(const cpu::Conv2dShape& s) {
 
 // also_without_db: a third run with db null must give the same dw bits.
 void check_filter(const cpu::Conv2dShape& s, bool bn, bool also_without_db = false) {
-  SCOPED_TRACE(str(s) + (bn ? " backward-filter with BN-ReLU" : " backward-filter plain"));
+  SCOPED_TRACE(shape_str(s) + (bn ? " backward-filter with BN-ReLU" : " backward-filter plain"));
   const Floats x = normal(sz(in_count(s)), 0.2f, 1.f);
   const Floats dz = normal(sz(out_count(s)));
   const BnParams p = random_bn(s.cin);
@@ -262,7 +222,7 @@ void check_filter(const cpu::Conv2dShape& s, bool bn, bool also_without_db = fal
     if (d_ws) d_ws->poison();
   };
   const auto out = run_twice(st, {&d_dw, &d_db}, poison_ws, [&] { launch(d_db.p()); });
-  EXPECT_TRUE(close(out[0], to_ohwi(s, ref_w), &g_max_err.dw));
+  EXPECT_TRUE(close(out[0], hwio_to_ohwi(s, ref_w), &g_max_err.dw));
   EXPECT_TRUE(close(out[1], ref_b, &g_max_err.db));
   if (also_without_db) {
     d_dw.poison();
@@ -287,17 +247,17 @@ void check_both(const cpu::Conv2dShape& s, bool bn, bool also_without_db = false
 // dilations, 1x1 and 3x1 kernels.
 std::vector<cpu::Conv2dShape> ragged_shapes() {
   return {
-      shape(1, 7, 9, 5, 3, 3, 1, 1, 1),       // everything smaller than a tile
-      shape(3, 13, 11, 70, 65, 3, 2, 1, 1),   // stride 2, odd sizes, partial tiles in M, N and K
-      shape(2, 17, 17, 33, 129, 3, 1, 3, 3),  // dilation 3 with pad 3
-      shape(2, 10, 10, 24, 40, 1, 1, 0, 1),   // 1x1
-      shape(1, 9, 9, 16, 8, 3, 1, 0, 1),      // no padding
-      shape(2, 12, 10, 20, 17, 1, 2, 0, 1),   // 1x1 stride 2: pixels no output reaches
-      shape(1, 16, 14, 19, 23, 3, 2, 2, 2),   // stride 2 with dilation 2: a parity class with no tap
-      shape(1, 11, 13, 9, 21, 5, 3, 2, 2),    // stride 3: taps in steps of 3
-      shape(2, 23, 19, 67, 18, 3, 1, 1, 1),   // cout not a multiple of 16
-      shape(1, 40, 40, 3, 70, 3, 1, 1, 1),    // cin 3 (stem): many pixels, one column tile
-      shape(2, 1, 9, 8, 8, 1, 2, 0, 1),       // h < stride: an empty parity class
+      conv_shape(1, 7, 9, 5, 3, 3, 1, 1, 1),       // everything smaller than a tile
+      conv_shape(3, 13, 11, 70, 65, 3, 2, 1, 1),   // stride 2, odd sizes, partial tiles in M, N and K
+      conv_shape(2, 17, 17, 33, 129, 3, 1, 3, 3),  // dilation 3 with pad 3
+      conv_shape(2, 10, 10, 24, 40, 1, 1, 0, 1),   // 1x1
+      conv_shape(1, 9, 9, 16, 8, 3, 1, 0, 1),      // no padding
+      conv_shape(2, 12, 10, 20, 17, 1, 2, 0, 1),   // 1x1 stride 2: pixels no output reaches
+      conv_shape(1, 16, 14, 19, 23, 3, 2, 2, 2),   // stride 2 with dilation 2: a parity class with no tap
+      conv_shape(1, 11, 13, 9, 21, 5, 3, 2, 2),    // stride 3: taps in steps of 3
+      conv_shape(2, 23, 19, 67, 18, 3, 1, 1, 1),   // cout not a multiple of 16
+      conv_shape(1, 40, 40, 3, 70, 3, 1, 1, 1),    // cin 3 (stem): many pixels, one column tile
+      conv_shape(2, 1, 9, 8, 8, 1, 2, 0, 1),       // h < stride: an empty parity class
       rect(2, 9, 7, 12, 20, 3, 1, 2, 1, 2),   // 3x1 kernel, stride 2, dilation 2, pad 1
   };
 }
@@ -393,7 +353,7 @@ void check_bn_backward_from_sums(const cpu::Conv2dShape& s, const Stream& st, co
 }
 
 void check_data_sums(const cpu::Conv2dShape& s) {
-  SCOPED_TRACE(str(s) + " backward-data with BN sums");
+  SCOPED_TRACE(shape_str(s) + " backward-data with BN sums");
   const int64_t count = int64_t(s.n) * s.h * s.w;
   const int c = s.cin;
   const Floats x = normal(sz(in_count(s)), 0.2f, 1.f);
@@ -409,7 +369,7 @@ void check_data_sums(const cpu::Conv2dShape& s) {
     if (!(bn_float(x[sz(i)], p, int(i % c)) > 0.f)) ref[sz(i)] = 0.f;
 
   Stream st;
-  DevFloats d_dz(dz), d_w(to_ohwi(s, w)), d_x(x), d_plain(sz(in_count(s))), d_dx(sz(in_count(s)));
+  DevFloats d_dz(dz), d_w(hwio_to_ohwi(s, w)), d_x(x), d_plain(sz(in_count(s))), d_dx(sz(in_count(s)));
   DevFloats d_sdy(2 * sz(c)), d_sdyx(2 * sz(c));
   DevBn d_bn(p);
   const size_t ws_bytes = cuda::bn_relu_conv_backward_data_sums_workspace_bytes(s);
@@ -474,19 +434,19 @@ void check_data_sums(const cpu::Conv2dShape& s) {
 }  // namespace
 
 TEST(BnReluConvBwdHost, RejectsBadArguments) {
-  const cpu::Conv2dShape ok = shape(1, 8, 8, 16, 16, 3, 1, 1, 1);
+  const cpu::Conv2dShape ok = conv_shape(1, 8, 8, 16, 16, 3, 1, 1, 1);
   EXPECT_TRUE(cuda::bn_relu_conv_bwd_can_run(ok));
-  EXPECT_TRUE(cuda::bn_relu_conv_bwd_can_run(shape(1, 8, 8, 4096, 16, 3, 1, 1, 1)));  // no per-channel table limit
-  EXPECT_FALSE(cuda::bn_relu_conv_bwd_can_run(shape(1, 2, 2, 16, 16, 5, 1, 0, 1)));   // empty output
-  EXPECT_FALSE(cuda::bn_relu_conv_bwd_can_run(shape(1, 8, 8, 16, 16, 3, 0, 1, 1)));   // stride 0
-  EXPECT_FALSE(cuda::bn_relu_conv_bwd_can_run(shape(1, 8, 8, 16, 16, 3, 1, -1, 1)));  // negative pad
-  EXPECT_FALSE(cuda::bn_relu_conv_bwd_can_run(shape(1, 8, 8, 0, 16, 3, 1, 1, 1)));    // no channel
-  EXPECT_FALSE(cuda::bn_relu_conv_bwd_can_run(shape(1, 300, 300, 1, 1, 1, 256, 0, 1)));  // stride > 255
-  EXPECT_EQ(cuda::bn_relu_conv_backward_filter_workspace_bytes(shape(1, 2, 2, 16, 16, 5, 1, 0, 1)), 0u);
+  EXPECT_TRUE(cuda::bn_relu_conv_bwd_can_run(conv_shape(1, 8, 8, 4096, 16, 3, 1, 1, 1)));  // no per-channel table limit
+  EXPECT_FALSE(cuda::bn_relu_conv_bwd_can_run(conv_shape(1, 2, 2, 16, 16, 5, 1, 0, 1)));   // empty output
+  EXPECT_FALSE(cuda::bn_relu_conv_bwd_can_run(conv_shape(1, 8, 8, 16, 16, 3, 0, 1, 1)));   // stride 0
+  EXPECT_FALSE(cuda::bn_relu_conv_bwd_can_run(conv_shape(1, 8, 8, 16, 16, 3, 1, -1, 1)));  // negative pad
+  EXPECT_FALSE(cuda::bn_relu_conv_bwd_can_run(conv_shape(1, 8, 8, 0, 16, 3, 1, 1, 1)));    // no channel
+  EXPECT_FALSE(cuda::bn_relu_conv_bwd_can_run(conv_shape(1, 300, 300, 1, 1, 1, 256, 0, 1)));  // stride > 255
+  EXPECT_EQ(cuda::bn_relu_conv_backward_filter_workspace_bytes(conv_shape(1, 2, 2, 16, 16, 5, 1, 0, 1)), 0u);
 
   float dummy[4] = {};
   float* f = dummy;
-  const cpu::Conv2dShape empty = shape(1, 2, 2, 16, 16, 5, 1, 0, 1);
+  const cpu::Conv2dShape empty = conv_shape(1, 2, 2, 16, 16, 5, 1, 0, 1);
   // Backward-data: unsupported shape, null required pointers, some BN arguments but not all, BN
   // without x.
   EXPECT_THROW(cuda::bn_relu_conv_backward_data(empty, f, f, f, f, f, f, f, f, nullptr), Error);
@@ -514,7 +474,7 @@ TEST(BnReluConvBwdHost, RejectsBadArguments) {
                                                   nullptr),
                Error);
   EXPECT_THROW(cuda::bn_relu_conv_backward_filter(ok, f, f, f, nullptr, f, f, f, f, nullptr, nullptr), Error);
-  const cpu::Conv2dShape split = shape(2, 64, 64, 16, 16, 3, 1, 1, 1);  // few tiles, many pixels: split
+  const cpu::Conv2dShape split = conv_shape(2, 64, 64, 16, 16, 3, 1, 1, 1);  // few tiles, many pixels: split
   const size_t need = cuda::bn_relu_conv_backward_filter_workspace_bytes(split);
   ASSERT_GT(need, 0u);
   EXPECT_EQ(need % 16, 0u);
@@ -530,7 +490,7 @@ TEST(BnReluConvBwdHost, RejectsBadArguments) {
 
 TEST(BnReluConvBwdGpu, NetworkShapesAt64MatchCpu) {
   REQUIRE_GPU();
-  const std::vector<cpu::Conv2dShape> shapes = thin_for_emulator(fused_shapes(64, 2));
+  const std::vector<cpu::Conv2dShape> shapes = thin_for_emulator(fused_chain_shapes(64, 2));
   ASSERT_FALSE(shapes.empty());
   for (const cpu::Conv2dShape& s : shapes) check_both(s, true);
   print_max_err();
@@ -546,7 +506,7 @@ TEST(BnReluConvBwdGpu, NetworkShapesAt256MatchCpu) {
 #else
   const int batch = 2;
 #endif
-  const std::vector<cpu::Conv2dShape> shapes = fused_shapes(256, batch);
+  const std::vector<cpu::Conv2dShape> shapes = fused_chain_shapes(256, batch);
   ASSERT_FALSE(shapes.empty());
   for (const cpu::Conv2dShape& s : shapes) check_both(s, true);
   print_max_err();
@@ -566,9 +526,9 @@ TEST(BnReluConvBwdGpu, LargeDilationsOnSmallImagesMatchCpu) {
   // ASPP-like: 3x3 with pad = dilation, on images where most (or all but the centre) taps fall
   // outside; and without padding, where few pixels reach the output.
   const cpu::Conv2dShape shapes[] = {
-      shape(2, 8, 8, 40, 24, 3, 1, 6, 6),     shape(2, 8, 8, 24, 40, 3, 1, 12, 12),
-      shape(2, 16, 16, 32, 32, 3, 1, 18, 18), shape(1, 4, 4, 16, 16, 3, 1, 18, 18),
-      shape(1, 20, 20, 8, 8, 3, 1, 0, 6),     shape(2, 14, 13, 8, 12, 3, 2, 6, 6),
+      conv_shape(2, 8, 8, 40, 24, 3, 1, 6, 6),     conv_shape(2, 8, 8, 24, 40, 3, 1, 12, 12),
+      conv_shape(2, 16, 16, 32, 32, 3, 1, 18, 18), conv_shape(1, 4, 4, 16, 16, 3, 1, 18, 18),
+      conv_shape(1, 20, 20, 8, 8, 3, 1, 0, 6),     conv_shape(2, 14, 13, 8, 12, 3, 2, 6, 6),
   };
   for (const cpu::Conv2dShape& s : shapes) {
     check_both(s, true);
@@ -580,7 +540,7 @@ TEST(BnReluConvBwdGpu, LargeDilationsOnSmallImagesMatchCpu) {
 TEST(BnReluConvBwdGpu, NaNInXFollowsTheMaskRule) {
   REQUIRE_GPU();
   // 3x3, stride 2, pad 1 on 5x6: NaN at pixel (0, 0) channel 3 and at pixel (2, 3) channel 5.
-  const cpu::Conv2dShape s = shape(1, 5, 6, 8, 8, 3, 2, 1, 1);
+  const cpu::Conv2dShape s = conv_shape(1, 5, 6, 8, 8, 3, 2, 1, 1);
   const float nan = std::numeric_limits<float>::quiet_NaN();
   Floats x = normal(sz(in_count(s)), 0.2f, 1.f);
   const int nan_pix[2][3] = {{0, 0, 3}, {2, 3, 5}};  // (y, x, channel)
@@ -589,7 +549,7 @@ TEST(BnReluConvBwdGpu, NaNInXFollowsTheMaskRule) {
   const Floats w = uniform(sz(w_count(s)), -0.2f, 0.2f);
   const BnParams p = random_bn(s.cin);
   Stream st;
-  DevFloats d_x(x), d_dz(dz), d_w(to_ohwi(s, w)), d_dx(sz(in_count(s))), d_dw(sz(w_count(s))), d_db(sz(s.cout));
+  DevFloats d_x(x), d_dz(dz), d_w(hwio_to_ohwi(s, w)), d_dx(sz(in_count(s))), d_dw(sz(w_count(s))), d_db(sz(s.cout));
   DevBn d_bn(p);
   const std::unique_ptr<DevBuf> d_ws = workspace_for(s);
 
@@ -634,18 +594,18 @@ TEST(BnReluConvBwdGpu, NaNInXFollowsTheMaskRule) {
 
 // The workspace formula, and the argument checks (no device needed).
 TEST(BnReluConvBwdHost, SumsWorkspaceAndArguments) {
-  for (const cpu::Conv2dShape& s : {shape(2, 64, 64, 16, 16, 3, 1, 1, 1), shape(3, 13, 11, 70, 65, 3, 2, 1, 1),
-                                    shape(2, 1, 9, 8, 8, 1, 2, 0, 1), shape(1, 11, 13, 9, 21, 5, 3, 2, 2)}) {
-    SCOPED_TRACE(str(s));
+  for (const cpu::Conv2dShape& s : {conv_shape(2, 64, 64, 16, 16, 3, 1, 1, 1), conv_shape(3, 13, 11, 70, 65, 3, 2, 1, 1),
+                                    conv_shape(2, 1, 9, 8, 8, 1, 2, 0, 1), conv_shape(1, 11, 13, 9, 21, 5, 3, 2, 2)}) {
+    SCOPED_TRACE(shape_str(s));
     const int64_t q = s.stride;
     const int64_t tiles = q * q * ((int64_t(s.n) * ((s.h + q - 1) / q) * ((s.w + q - 1) / q) + 63) / 64);
     const size_t bytes = size_t(2 * tiles * s.cin) * sizeof(double);
     EXPECT_EQ(cuda::bn_relu_conv_backward_data_sums_workspace_bytes(s), (bytes + 255) / 256 * 256);
   }
-  const cpu::Conv2dShape empty = shape(1, 2, 2, 16, 16, 5, 1, 0, 1);
+  const cpu::Conv2dShape empty = conv_shape(1, 2, 2, 16, 16, 5, 1, 0, 1);
   EXPECT_EQ(cuda::bn_relu_conv_backward_data_sums_workspace_bytes(empty), 0u);
 
-  const cpu::Conv2dShape ok = shape(1, 8, 8, 16, 16, 3, 1, 1, 1);
+  const cpu::Conv2dShape ok = conv_shape(1, 8, 8, 16, 16, 3, 1, 1, 1);
   alignas(16) static unsigned char ws[4096];
   ASSERT_LE(cuda::bn_relu_conv_backward_data_sums_workspace_bytes(ok), sizeof(ws));
   float dummy[4] = {};
@@ -667,7 +627,7 @@ TEST(BnReluConvBwdHost, SumsWorkspaceAndArguments) {
 
 TEST(BnReluConvBwdGpu, SumsAtNetworkShapes64MatchCpu) {
   REQUIRE_GPU();
-  const std::vector<cpu::Conv2dShape> shapes = thin_for_emulator(fused_shapes(64, 2));
+  const std::vector<cpu::Conv2dShape> shapes = thin_for_emulator(fused_chain_shapes(64, 2));
   ASSERT_FALSE(shapes.empty());
   for (const cpu::Conv2dShape& s : shapes) check_data_sums(s);
   print_max_err();
@@ -682,7 +642,7 @@ TEST(BnReluConvBwdGpu, SumsAt256NetworkShapesMatchCpu) {
 #else
   const int batch = 2;
 #endif
-  const std::vector<cpu::Conv2dShape> shapes = fused_shapes(256, batch);
+  const std::vector<cpu::Conv2dShape> shapes = fused_chain_shapes(256, batch);
   ASSERT_FALSE(shapes.empty());
   for (const cpu::Conv2dShape& s : shapes) check_data_sums(s);
   print_max_err();
@@ -693,9 +653,9 @@ TEST(BnReluConvBwdGpu, SumsAtRaggedShapesMatchCpu) {
   REQUIRE_GPU();
   for (const cpu::Conv2dShape& s : ragged_shapes()) check_data_sums(s);
   const cpu::Conv2dShape more[] = {
-      shape(2, 8, 8, 40, 24, 3, 1, 6, 6), shape(2, 14, 13, 8, 12, 3, 2, 6, 6),  // ASPP-like: most taps outside
-      shape(4, 96, 90, 5, 7, 3, 1, 1, 1),    // 540 tiles: the reduction's strided loop runs 3 times
-      shape(2, 131, 129, 6, 4, 3, 2, 1, 1),  // stride 2, 532 tiles, classes of 4 sizes
+      conv_shape(2, 8, 8, 40, 24, 3, 1, 6, 6), conv_shape(2, 14, 13, 8, 12, 3, 2, 6, 6),  // ASPP-like: most taps outside
+      conv_shape(4, 96, 90, 5, 7, 3, 1, 1, 1),    // 540 tiles: the reduction's strided loop runs 3 times
+      conv_shape(2, 131, 129, 6, 4, 3, 2, 1, 1),  // stride 2, 532 tiles, classes of 4 sizes
   };
   for (const cpu::Conv2dShape& s : more) check_data_sums(s);
   print_max_err();
@@ -707,7 +667,7 @@ TEST(BnReluConvBwdGpu, SumsAtRaggedShapesMatchCpu) {
 // fused BN backward then gives the two-pass NaN pattern in dx and dgamma.
 TEST(BnReluConvBwdGpu, SumsWithNaNInXFollowBatchnormBackward) {
   REQUIRE_GPU();
-  const cpu::Conv2dShape s = shape(1, 5, 6, 8, 8, 3, 2, 1, 1);
+  const cpu::Conv2dShape s = conv_shape(1, 5, 6, 8, 8, 3, 2, 1, 1);
   const int64_t count = int64_t(s.n) * s.h * s.w;
   const int c = s.cin;
   Floats x = normal(sz(in_count(s)), 0.2f, 1.f);
@@ -717,7 +677,7 @@ TEST(BnReluConvBwdGpu, SumsWithNaNInXFollowBatchnormBackward) {
   const Floats w = uniform(sz(w_count(s)), -0.2f, 0.2f);
   const BnParams p = random_bn(c);
   Stream st;
-  DevFloats d_x(x), d_dz(dz), d_w(to_ohwi(s, w)), d_dx(sz(in_count(s))), d_sdy(2 * sz(c)), d_sdyx(2 * sz(c));
+  DevFloats d_x(x), d_dz(dz), d_w(hwio_to_ohwi(s, w)), d_dx(sz(in_count(s))), d_sdy(2 * sz(c)), d_sdyx(2 * sz(c));
   DevBn d_bn(p);
   DevBuf d_ws(cuda::bn_relu_conv_backward_data_sums_workspace_bytes(s));
   cuda::bn_relu_conv_backward_data_with_sums(s, d_dz.p(), d_w.p(), d_x.p(), d_bn.gamma.p(), d_bn.beta.p(),

@@ -19,6 +19,7 @@
 #include <tuple>
 #include <vector>
 
+#include "conv_test_util.h"
 #include "gpu_test_util.h"
 #include "kernels/cpu/conv2d.h"
 #include "kernels/cpu/ops.h"
@@ -35,47 +36,6 @@ constexpr double kRtol = 1e-4;
 
 size_t sz(int64_t n) { return static_cast<size_t>(n); }
 
-std::string str(const cpu::Conv2dShape& s) {
-  return "n" + std::to_string(s.n) + " " + std::to_string(s.h) + "x" + std::to_string(s.w) + "x" +
-         std::to_string(s.cin) + " -> " + std::to_string(s.cout) + " k" + std::to_string(s.kh) + "x" +
-         std::to_string(s.kw) + " s" + std::to_string(s.stride) + " p" + std::to_string(s.pad) + " d" +
-         std::to_string(s.dil);
-}
-
-// The conv shapes of the network's fused chains at this input size.
-std::vector<cpu::Conv2dShape> fused_shapes(int size) {
-  ModelConfig cfg;
-  cfg.fuse = true;
-  const ModelGraph m = build_resunetpp(cfg, 2, size, size, false);
-  std::vector<cpu::Conv2dShape> out;
-  std::set<std::tuple<int, int, int, int, int, int, int, int, int>> seen;
-  for (const Node& n : m.graph.nodes()) {
-    if (n.op != OpKind::BnReluConv2d) continue;
-    const cpu::Conv2dShape& s = n.conv.shape;
-    if (seen.insert({s.h, s.w, s.cin, s.cout, s.kh, s.kw, s.stride, s.pad, s.dil}).second) out.push_back(s);
-  }
-  return out;
-}
-
-cpu::Conv2dShape shape(int n, int h, int w, int cin, int cout, int k, int stride, int pad, int dil) {
-  cpu::Conv2dShape s;
-  s.n = n; s.h = h; s.w = w; s.cin = cin; s.cout = cout; s.kh = k; s.kw = k;
-  s.stride = stride; s.pad = pad; s.dil = dil;
-  return s;
-}
-
-// HWIO (kh, kw, cin, cout) -> OHWI (cout, kh, kw, cin).
-Floats to_ohwi(const cpu::Conv2dShape& s, const Floats& hwio) {
-  Floats o(hwio.size());
-  for (int y = 0; y < s.kh; ++y)
-    for (int x = 0; x < s.kw; ++x)
-      for (int ci = 0; ci < s.cin; ++ci)
-        for (int co = 0; co < s.cout; ++co)
-          o[sz(((int64_t(co) * s.kh + y) * s.kw + x) * s.cin + ci)] =
-              hwio[sz(((int64_t(y) * s.kw + x) * s.cin + ci) * s.cout + co)];
-  return o;
-}
-
 ::testing::AssertionResult close(const Floats& got, const Floats& ref) {
   double ss = 0;
   for (float v : ref) ss += double(v) * v;
@@ -90,7 +50,7 @@ Floats to_ohwi(const cpu::Conv2dShape& s, const Floats& hwio) {
 }
 
 void check(const cpu::Conv2dShape& s, bool bn) {
-  SCOPED_TRACE(str(s) + (bn ? " with BN-ReLU" : " plain"));
+  SCOPED_TRACE(shape_str(s) + (bn ? " with BN-ReLU" : " plain"));
   const int64_t nx = int64_t(s.n) * s.h * s.w * s.cin;
   const int64_t ny = int64_t(s.n) * s.ho() * s.wo() * s.cout;
   const Floats x = normal(sz(nx), 0.2f, 1.f);
@@ -109,7 +69,7 @@ void check(const cpu::Conv2dShape& s, bool bn) {
   cpu::conv2d_forward(s, a.data(), w.data(), b.data(), ref.data(), ws.data());
 
   Stream st;
-  DevFloats dx(x), dw(to_ohwi(s, w)), db(b), dg(gamma), dbeta(beta), dm(mean), di(invstd), dy(sz(ny));
+  DevFloats dx(x), dw(hwio_to_ohwi(s, w)), db(b), dg(gamma), dbeta(beta), dm(mean), di(invstd), dy(sz(ny));
   const auto out = run_twice(st, {&dy}, nullptr, [&] {
     if (bn)
       cuda::bn_relu_conv_forward(s, dx.p(), dg.p(), dbeta.p(), dm.p(), di.p(), dw.p(), db.p(), dy.p(), st);
@@ -123,12 +83,12 @@ void check(const cpu::Conv2dShape& s, bool bn) {
 }  // namespace
 
 TEST(BnReluConvHost, RejectsBadArguments) {
-  const cpu::Conv2dShape ok = shape(1, 8, 8, 16, 16, 3, 1, 1, 1);
+  const cpu::Conv2dShape ok = conv_shape(1, 8, 8, 16, 16, 3, 1, 1, 1);
   EXPECT_TRUE(cuda::bn_relu_conv_can_run(ok));
-  EXPECT_FALSE(cuda::bn_relu_conv_can_run(shape(1, 8, 8, 4096, 16, 3, 1, 1, 1)));
-  EXPECT_FALSE(cuda::bn_relu_conv_can_run(shape(1, 2, 2, 16, 16, 5, 1, 0, 1)));  // empty output
+  EXPECT_FALSE(cuda::bn_relu_conv_can_run(conv_shape(1, 8, 8, 4096, 16, 3, 1, 1, 1)));
+  EXPECT_FALSE(cuda::bn_relu_conv_can_run(conv_shape(1, 2, 2, 16, 16, 5, 1, 0, 1)));  // empty output
   float dummy = 0;
-  EXPECT_THROW(cuda::bn_relu_conv_forward(shape(1, 8, 8, 4096, 16, 3, 1, 1, 1), &dummy, nullptr, nullptr, nullptr,
+  EXPECT_THROW(cuda::bn_relu_conv_forward(conv_shape(1, 8, 8, 4096, 16, 3, 1, 1, 1), &dummy, nullptr, nullptr, nullptr,
                                           nullptr, &dummy, nullptr, &dummy, nullptr),
                Error);
   EXPECT_THROW(cuda::bn_relu_conv_forward(ok, nullptr, nullptr, nullptr, nullptr, nullptr, &dummy, nullptr, &dummy,
@@ -142,7 +102,7 @@ TEST(BnReluConvHost, RejectsBadArguments) {
 
 TEST(BnReluConvGpu, NetworkShapesAt64MatchCpu) {
   REQUIRE_GPU();
-  const std::vector<cpu::Conv2dShape> shapes = fused_shapes(64);
+  const std::vector<cpu::Conv2dShape> shapes = fused_chain_shapes(64);
   ASSERT_FALSE(shapes.empty());
   for (const cpu::Conv2dShape& s : shapes) check(s, true);
 }
@@ -152,15 +112,15 @@ TEST(BnReluConvGpu, NetworkShapesAt256MatchCpu) {
 #ifdef RPP_CUDA_EMULATOR
   GTEST_SKIP() << "the CPU emulator runs the 64x64 shapes only (same code paths; these take minutes there)";
 #endif
-  for (const cpu::Conv2dShape& s : fused_shapes(256)) check(s, true);
+  for (const cpu::Conv2dShape& s : fused_chain_shapes(256)) check(s, true);
 }
 
 TEST(BnReluConvGpu, RaggedShapesAndPlainConvMatchCpu) {
   REQUIRE_GPU();
   const cpu::Conv2dShape ragged[] = {
-      shape(1, 7, 9, 5, 3, 3, 1, 1, 1),    shape(3, 13, 11, 70, 65, 3, 2, 1, 1),
-      shape(2, 17, 17, 33, 129, 3, 1, 3, 3), shape(2, 10, 10, 24, 40, 1, 1, 0, 1),
-      shape(1, 9, 9, 16, 8, 3, 1, 0, 1)};
+      conv_shape(1, 7, 9, 5, 3, 3, 1, 1, 1),    conv_shape(3, 13, 11, 70, 65, 3, 2, 1, 1),
+      conv_shape(2, 17, 17, 33, 129, 3, 1, 3, 3), conv_shape(2, 10, 10, 24, 40, 1, 1, 0, 1),
+      conv_shape(1, 9, 9, 16, 8, 3, 1, 0, 1)};
   for (const cpu::Conv2dShape& s : ragged) {
     check(s, true);
     check(s, false);
@@ -169,13 +129,13 @@ TEST(BnReluConvGpu, RaggedShapesAndPlainConvMatchCpu) {
 
 TEST(BnReluConvGpu, NaNPropagatesThroughBnRelu) {
   REQUIRE_GPU();
-  const cpu::Conv2dShape s = shape(1, 4, 4, 8, 8, 3, 1, 1, 1);
+  const cpu::Conv2dShape s = conv_shape(1, 4, 4, 8, 8, 3, 1, 1, 1);
   Floats x = normal(sz(4 * 4 * 8));
   x[5 * 8 + 3] = std::numeric_limits<float>::quiet_NaN();  // pixel (1, 1), channel 3
   const Floats w = uniform(sz(9 * 8 * 8), -0.2f, 0.2f);
   const Floats ones(8, 1.f), zeros(8, 0.f);
   Stream st;
-  DevFloats dx(x), dw(to_ohwi(s, w)), dg(ones), dbeta(zeros), dm(zeros), di(ones), dy(sz(4 * 4 * 8));
+  DevFloats dx(x), dw(hwio_to_ohwi(s, w)), dg(ones), dbeta(zeros), dm(zeros), di(ones), dy(sz(4 * 4 * 8));
   dy.poison();
   cuda::bn_relu_conv_forward(s, dx.p(), dg.p(), dbeta.p(), dm.p(), di.p(), dw.p(), nullptr, dy.p(), st);
   st.sync();

@@ -58,6 +58,7 @@
 #include <tuple>
 #include <vector>
 
+#include "conv_test_util.h"
 #include "gpu_test_util.h"
 #include "kernels/cpu/conv2d.h"
 #include "kernels/cpu/ops.h"
@@ -82,54 +83,7 @@ const char* name(ConvMath m) { return m == ConvMath::Tf32 ? "tf32" : "bf16"; }
 // Unit roundoff of the operands.
 double unit(ConvMath m) { return m == ConvMath::Tf32 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8); }
 
-std::string describe(const cpu::Conv2dShape& s) {
-  char buf[160];
-  std::snprintf(buf, sizeof buf, "n%d %dx%dx%d -> %d k%dx%d s%d p%d d%d", s.n, s.h, s.w, s.cin, s.cout, s.kh, s.kw,
-                s.stride, s.pad, s.dil);
-  return buf;
-}
-
-cpu::Conv2dShape conv(int n, int h, int w, int cin, int cout, int k, int stride, int pad, int dil) {
-  cpu::Conv2dShape s;
-  s.n = n;
-  s.h = h;
-  s.w = w;
-  s.cin = cin;
-  s.cout = cout;
-  s.kh = s.kw = k;
-  s.stride = stride;
-  s.pad = pad;
-  s.dil = dil;
-  return s;
-}
-
-// The distinct conv shapes of the network's fused BN-ReLU-conv chains at size x size, batch 2.
-std::vector<cpu::Conv2dShape> network_shapes(int size) {
-  ModelConfig cfg;
-  cfg.fuse = true;
-  const ModelGraph g = build_resunetpp(cfg, 2, size, size, false);
-  std::vector<cpu::Conv2dShape> out;
-  std::set<std::vector<int>> seen;
-  for (const Node& node : g.graph.nodes()) {
-    if (node.op != OpKind::BnReluConv2d) continue;
-    const cpu::Conv2dShape& s = node.conv.shape;
-    if (seen.insert({s.n, s.h, s.w, s.cin, s.cout, s.kh, s.kw, s.stride, s.pad, s.dil}).second) out.push_back(s);
-  }
-  return out;
-}
-
 int64_t pixels(const cpu::Conv2dShape& s) { return int64_t(s.n) * s.ho() * s.wo(); }
-
-// HWIO (kh, kw, cin, cout) -> OHWI (cout, kh, kw, cin).
-Floats hwio_to_ohwi(const cpu::Conv2dShape& s, const Floats& hwio) {
-  Floats ohwi(hwio.size());
-  const int64_t taps = int64_t(s.kh) * s.kw;
-  for (int64_t t = 0; t < taps; ++t)
-    for (int ci = 0; ci < s.cin; ++ci)
-      for (int co = 0; co < s.cout; ++co)
-        ohwi[sz((co * taps + t) * s.cin + ci)] = hwio[sz((t * s.cin + ci) * s.cout + co)];
-  return ohwi;
-}
 
 struct Problem {
   cpu::Conv2dShape s;
@@ -299,7 +253,7 @@ void expect_statistics(const Problem& p, const Reference& ref, const KernelRun& 
 void check_random(const Problem& p, double* worst_tf32 = nullptr, double* worst_bf16 = nullptr) {
   const Reference ref = reference(p);
   for (ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
-    SCOPED_TRACE(describe(p.s) + (p.bn ? " BN-ReLU " : " plain ") + name(math));
+    SCOPED_TRACE(shape_str(p.s) + (p.bn ? " BN-ReLU " : " plain ") + name(math));
     const KernelRun got = run_kernel(p, math);
     std::vector<double> tol;
     const double worst = expect_within_bound(p, ref, got, math, &tol);
@@ -313,7 +267,7 @@ void check_random(const Problem& p, double* worst_tf32 = nullptr, double* worst_
     if (ref.y.size() >= 4096) {
       EXPECT_LT(std::fabs(slope), 0.4 * u) << "systematic relative error (truncated rather than rounded operands?)";
     }
-    std::printf("  %-40s %-7s %s  max |err|/tol %.3f  slope/u %+.4f%s\n", describe(p.s).c_str(),
+    std::printf("  %-40s %-7s %s  max |err|/tol %.3f  slope/u %+.4f%s\n", shape_str(p.s).c_str(),
                 p.bn ? "BN-ReLU" : "plain", name(math), worst, slope / u, ref.y.size() >= 4096 ? "" : " (unchecked)");
     double* w = math == ConvMath::Tf32 ? worst_tf32 : worst_bf16;
     if (w) *w = std::max(*w, worst);
@@ -330,7 +284,7 @@ void check_exact(const Problem& p) {
     rss[e % sz(cout)] += double(ref.y[e]) * ref.y[e];
   }
   for (ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
-    SCOPED_TRACE(describe(p.s) + (p.bn ? " BN-ReLU " : " plain ") + name(math) + " (exact data)");
+    SCOPED_TRACE(shape_str(p.s) + (p.bn ? " BN-ReLU " : " plain ") + name(math) + " (exact data)");
     const KernelRun got = run_kernel(p, math);
     size_t bad = 0, first = 0;
     for (size_t e = 0; e < ref.y.size(); ++e)
@@ -344,18 +298,18 @@ void check_exact(const Problem& p) {
 }
 
 const cpu::Conv2dShape kRagged[] = {
-    conv(1, 7, 9, 3, 5, 3, 1, 1, 1),       // cin 3 (the stem), 63 pixels: one partial tile, K = 27
-    conv(2, 11, 13, 3, 16, 3, 2, 1, 1),    // cin 3, stride 2
-    conv(3, 13, 11, 70, 65, 3, 2, 1, 1),   // odd channels, stride 2, cout just past 64
-    conv(2, 17, 17, 33, 129, 3, 1, 3, 3),  // dilation 3, 578 pixels
-    conv(1, 20, 20, 16, 24, 3, 1, 6, 6),   // dilation 6
-    conv(1, 26, 26, 8, 40, 3, 1, 12, 12),  // dilation 12
-    conv(1, 37, 37, 5, 33, 3, 1, 18, 18),  // dilation 18, odd cin, cout 33 (a 64-wide tile, half empty)
-    conv(2, 10, 10, 24, 40, 1, 1, 0, 1),   // 1x1
-    conv(1, 9, 9, 16, 8, 3, 1, 0, 1),      // no padding
-    conv(1, 6, 6, 321, 31, 3, 1, 1, 1),    // K = 2889, a partial last slice; narrow tile
-    conv(2, 5, 7, 7, 1, 3, 1, 1, 1),       // cout 1
-    conv(1, 16, 16, 64, 96, 1, 2, 0, 1),   // 1x1 stride 2, cout 96 (a half-empty second tile)
+    conv_shape(1, 7, 9, 3, 5, 3, 1, 1, 1),       // cin 3 (the stem), 63 pixels: one partial tile, K = 27
+    conv_shape(2, 11, 13, 3, 16, 3, 2, 1, 1),    // cin 3, stride 2
+    conv_shape(3, 13, 11, 70, 65, 3, 2, 1, 1),   // odd channels, stride 2, cout just past 64
+    conv_shape(2, 17, 17, 33, 129, 3, 1, 3, 3),  // dilation 3, 578 pixels
+    conv_shape(1, 20, 20, 16, 24, 3, 1, 6, 6),   // dilation 6
+    conv_shape(1, 26, 26, 8, 40, 3, 1, 12, 12),  // dilation 12
+    conv_shape(1, 37, 37, 5, 33, 3, 1, 18, 18),  // dilation 18, odd cin, cout 33 (a 64-wide tile, half empty)
+    conv_shape(2, 10, 10, 24, 40, 1, 1, 0, 1),   // 1x1
+    conv_shape(1, 9, 9, 16, 8, 3, 1, 0, 1),      // no padding
+    conv_shape(1, 6, 6, 321, 31, 3, 1, 1, 1),    // K = 2889, a partial last slice; narrow tile
+    conv_shape(2, 5, 7, 7, 1, 3, 1, 1, 1),       // cout 1
+    conv_shape(1, 16, 16, 64, 96, 1, 2, 0, 1),   // 1x1 stride 2, cout 96 (a half-empty second tile)
 };
 
 }  // namespace
@@ -363,21 +317,21 @@ const cpu::Conv2dShape kRagged[] = {
 // ---- host-side argument checks (no device needed) ----
 
 TEST(TcHost, RejectsBadArguments) {
-  const cpu::Conv2dShape ok = conv(1, 8, 8, 16, 16, 3, 1, 1, 1);
+  const cpu::Conv2dShape ok = conv_shape(1, 8, 8, 16, 16, 3, 1, 1, 1);
   EXPECT_TRUE(cuda::bn_relu_conv_tc_can_run(ok, ConvMath::Tf32));
   EXPECT_TRUE(cuda::bn_relu_conv_tc_can_run(ok, ConvMath::Bf16));
-  EXPECT_TRUE(cuda::bn_relu_conv_tc_can_run(conv(1, 8, 8, 3, 1, 3, 1, 1, 1), ConvMath::Tf32));
-  EXPECT_TRUE(cuda::bn_relu_conv_tc_can_run(conv(1, 8, 8, 4096, 16, 3, 1, 1, 1), ConvMath::Bf16));  // any cin
+  EXPECT_TRUE(cuda::bn_relu_conv_tc_can_run(conv_shape(1, 8, 8, 3, 1, 3, 1, 1, 1), ConvMath::Tf32));
+  EXPECT_TRUE(cuda::bn_relu_conv_tc_can_run(conv_shape(1, 8, 8, 4096, 16, 3, 1, 1, 1), ConvMath::Bf16));  // any cin
   EXPECT_FALSE(cuda::bn_relu_conv_tc_can_run(ok, static_cast<ConvMath>(7)));
-  EXPECT_FALSE(cuda::bn_relu_conv_tc_can_run(conv(1, 2, 2, 16, 16, 5, 1, 0, 1), ConvMath::Tf32));  // empty output
-  EXPECT_FALSE(cuda::bn_relu_conv_tc_can_run(conv(1, 8, 8, 0, 16, 3, 1, 1, 1), ConvMath::Tf32));
-  EXPECT_FALSE(cuda::bn_relu_conv_tc_can_run(conv(1, 8, 8, 16, 16, 3, 0, 1, 1), ConvMath::Tf32));
+  EXPECT_FALSE(cuda::bn_relu_conv_tc_can_run(conv_shape(1, 2, 2, 16, 16, 5, 1, 0, 1), ConvMath::Tf32));  // empty output
+  EXPECT_FALSE(cuda::bn_relu_conv_tc_can_run(conv_shape(1, 8, 8, 0, 16, 3, 1, 1, 1), ConvMath::Tf32));
+  EXPECT_FALSE(cuda::bn_relu_conv_tc_can_run(conv_shape(1, 8, 8, 16, 16, 3, 0, 1, 1), ConvMath::Tf32));
 
   // Two doubles (sum, sum of squares) per 128-pixel tile and output channel.
   EXPECT_EQ(cuda::bn_relu_conv_tc_workspace_bytes(ok), 2u * 1u * 16u * sizeof(double));
-  EXPECT_EQ(cuda::bn_relu_conv_tc_workspace_bytes(conv(2, 64, 64, 16, 32, 3, 1, 1, 1)), 2u * 64u * 32u * 8u);
-  EXPECT_EQ(cuda::bn_relu_conv_tc_workspace_bytes(conv(3, 13, 11, 70, 65, 3, 2, 1, 1)), 2u * 1u * 65u * 8u);
-  EXPECT_EQ(cuda::bn_relu_conv_tc_workspace_bytes(conv(1, 2, 2, 16, 16, 5, 1, 0, 1)), 0u);
+  EXPECT_EQ(cuda::bn_relu_conv_tc_workspace_bytes(conv_shape(2, 64, 64, 16, 32, 3, 1, 1, 1)), 2u * 64u * 32u * 8u);
+  EXPECT_EQ(cuda::bn_relu_conv_tc_workspace_bytes(conv_shape(3, 13, 11, 70, 65, 3, 2, 1, 1)), 2u * 1u * 65u * 8u);
+  EXPECT_EQ(cuda::bn_relu_conv_tc_workspace_bytes(conv_shape(1, 2, 2, 16, 16, 5, 1, 0, 1)), 0u);
 
   float f = 0;
   alignas(16) double ws[4] = {0, 0, 0, 0};
@@ -387,7 +341,7 @@ TEST(TcHost, RejectsBadArguments) {
     cuda::bn_relu_conv_tc_forward(s, m, x, g, g ? &f : nullptr, g ? &f : nullptr, g ? &f : nullptr, &f, nullptr, &f,
                                   sum, sumsq, w, nullptr);
   };
-  EXPECT_THROW(fwd(conv(1, 2, 2, 16, 16, 5, 1, 0, 1), ConvMath::Tf32, &f, nullptr, nullptr, nullptr, nullptr), Error);
+  EXPECT_THROW(fwd(conv_shape(1, 2, 2, 16, 16, 5, 1, 0, 1), ConvMath::Tf32, &f, nullptr, nullptr, nullptr, nullptr), Error);
   EXPECT_THROW(fwd(ok, static_cast<ConvMath>(7), &f, nullptr, nullptr, nullptr, nullptr), Error);
   EXPECT_THROW(fwd(ok, ConvMath::Tf32, nullptr, nullptr, nullptr, nullptr, nullptr), Error);  // null x
   EXPECT_THROW(cuda::bn_relu_conv_tc_forward(ok, ConvMath::Tf32, &f, nullptr, nullptr, nullptr, nullptr, nullptr,
@@ -486,7 +440,7 @@ TEST(TcEmulator, MmaSyncComputesTheRoundedProduct) {
 
 TEST(TcGpu, NetworkShapesAt64MatchCpu) {
   REQUIRE_GPU();
-  const std::vector<cpu::Conv2dShape> shapes = thin_for_emulator(network_shapes(64));
+  const std::vector<cpu::Conv2dShape> shapes = thin_for_emulator(fused_chain_shapes(64));
   ASSERT_FALSE(shapes.empty());
   double w32 = 0, w16 = 0;
   for (const cpu::Conv2dShape& s : shapes) check_random(random_problem(s, true), &w32, &w16);
@@ -495,7 +449,7 @@ TEST(TcGpu, NetworkShapesAt64MatchCpu) {
 
 TEST(TcGpu, NetworkShapesAt256MatchCpu) {
   REQUIRE_GPU();
-  std::vector<cpu::Conv2dShape> shapes = network_shapes(256);
+  std::vector<cpu::Conv2dShape> shapes = fused_chain_shapes(256);
   ASSERT_FALSE(shapes.empty());
 #ifdef RPP_CUDA_EMULATOR
   // Minutes even so (10 under CI's sanitizers): on the emulator only when asked.
@@ -522,7 +476,7 @@ TEST(TcGpu, RaggedShapesAndPlainConvMatchCpu) {
 
 TEST(TcGpu, ExactArithmeticGivesExactResults) {
   REQUIRE_GPU();
-  for (const cpu::Conv2dShape& s : thin_for_emulator(network_shapes(64))) check_exact(exact_problem(s, true));
+  for (const cpu::Conv2dShape& s : thin_for_emulator(fused_chain_shapes(64))) check_exact(exact_problem(s, true));
   for (const cpu::Conv2dShape& s : kRagged) {
     check_exact(exact_problem(s, true));
     check_exact(exact_problem(s, false));
@@ -533,7 +487,7 @@ TEST(TcGpu, ExactArithmeticGivesExactResults) {
 // its value.
 TEST(TcGpu, StatisticsAreOptional) {
   REQUIRE_GPU();
-  const Problem p = random_problem(conv(2, 12, 12, 20, 48, 3, 1, 1, 1), true);
+  const Problem p = random_problem(conv_shape(2, 12, 12, 20, 48, 3, 1, 1, 1), true);
   const cpu::Conv2dShape& s = p.s;
   for (ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
     SCOPED_TRACE(name(math));
@@ -563,7 +517,7 @@ TEST(TcGpu, StatisticsAreOptional) {
 
 TEST(TcGpu, NaNPropagatesThroughBnRelu) {
   REQUIRE_GPU();
-  const cpu::Conv2dShape s = conv(1, 4, 4, 8, 8, 3, 1, 1, 1);
+  const cpu::Conv2dShape s = conv_shape(1, 4, 4, 8, 8, 3, 1, 1, 1);
   Floats x = normal(sz(4 * 4 * 8));
   x[5 * 8 + 3] = std::numeric_limits<float>::quiet_NaN();  // pixel (1, 1), channel 3
   const Floats w = uniform(sz(9 * 8 * 8), -0.2f, 0.2f);

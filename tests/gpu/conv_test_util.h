@@ -1,0 +1,70 @@
+// tests/gpu/conv_test_util.h — helpers shared by the convolution kernel suites
+// (test_bn_relu_conv_gpu, test_bn_relu_conv_bwd_gpu, test_bn_relu_conv_tc_gpu): shape
+// construction and printing, the network's fused-chain shapes, and the HWIO -> OHWI weight
+// repack the device kernels expect. Header-only; not compiled on its own.
+#pragma once
+
+#include <cstdint>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "gpu_test_util.h"
+#include "kernels/cpu/conv2d.h"
+#include "model/resunetpp.h"
+
+namespace rpp::gputest {
+
+// A square-kernel conv shape.
+inline cpu::Conv2dShape conv_shape(int n, int h, int w, int cin, int cout, int k, int stride, int pad, int dil) {
+  cpu::Conv2dShape s;
+  s.n = n;
+  s.h = h;
+  s.w = w;
+  s.cin = cin;
+  s.cout = cout;
+  s.kh = s.kw = k;
+  s.stride = stride;
+  s.pad = pad;
+  s.dil = dil;
+  return s;
+}
+
+// "n2 64x64x16 -> 32 k3x3 s2 p1 d1", for test messages.
+inline std::string shape_str(const cpu::Conv2dShape& s) {
+  return "n" + std::to_string(s.n) + " " + std::to_string(s.h) + "x" + std::to_string(s.w) + "x" +
+         std::to_string(s.cin) + " -> " + std::to_string(s.cout) + " k" + std::to_string(s.kh) + "x" +
+         std::to_string(s.kw) + " s" + std::to_string(s.stride) + " p" + std::to_string(s.pad) + " d" +
+         std::to_string(s.dil);
+}
+
+// The distinct conv shapes of ResUNet++'s fused BN-ReLU-conv chains (runtime/fusion.h) at
+// size x size, batch n, in graph order.
+inline std::vector<cpu::Conv2dShape> fused_chain_shapes(int size, int n = 2) {
+  ModelConfig cfg;
+  cfg.fuse = true;
+  const ModelGraph m = build_resunetpp(cfg, n, size, size, false);
+  std::vector<cpu::Conv2dShape> out;
+  std::set<std::tuple<int, int, int, int, int, int, int, int, int>> seen;
+  for (const Node& node : m.graph.nodes()) {
+    if (node.op != OpKind::BnReluConv2d) continue;
+    const cpu::Conv2dShape& s = node.conv.shape;
+    if (seen.insert({s.h, s.w, s.cin, s.cout, s.kh, s.kw, s.stride, s.pad, s.dil}).second) out.push_back(s);
+  }
+  return out;
+}
+
+// HWIO (kh, kw, cin, cout), the CPU reference's layout -> OHWI (cout, kh, kw, cin), the device's.
+inline Floats hwio_to_ohwi(const cpu::Conv2dShape& s, const Floats& hwio) {
+  Floats o(hwio.size());
+  for (int y = 0; y < s.kh; ++y)
+    for (int x = 0; x < s.kw; ++x)
+      for (int ci = 0; ci < s.cin; ++ci)
+        for (int co = 0; co < s.cout; ++co)
+          o[size_t(((int64_t(co) * s.kh + y) * s.kw + x) * s.cin + ci)] =
+              hwio[size_t(((int64_t(y) * s.kw + x) * s.cin + ci) * s.cout + co)];
+  return o;
+}
+
+}  // namespace rpp::gputest
