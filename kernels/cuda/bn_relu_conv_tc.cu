@@ -21,8 +21,8 @@
 // block's partials: workspace = { sum[tiles][cout], sumsq[tiles][cout] } doubles,
 // tiles = ceil(n*ho*wo / 128) (the grid's x). A second kernel adds the tiles' partials for each
 // channel in a fixed order (8 interleaved strided sums, then those 8 in order).
-// Shared memory (static): TF32 and kBN = 64: max(A+B slices 27,648, C tile 34,816) + pixel table
-// 2,048 + row-group sums 4,096 = 40,960 bytes; less for BF16 or kBN = 32.
+// Shared memory (static): TF32 and kBN = 64: max(A+B slices 27,648, C tile 36,864) + pixel table
+// 2,048 + row-group sums 4,096 = 43,008 bytes; less for BF16 or kBN = 32.
 #include "kernels/cuda/bn_relu_conv_tc.cuh"
 
 #include <cuda_bf16.h>
@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
   constexpr int kThreads = kWarpsM * kWarpsN * 32;
   constexpr int kBN = 32 * kWarpsN;
   constexpr int kLd = Math::kLd;
-  constexpr int kLdC = kBN + 4;
+  constexpr int kLdC = kBN + 8;  // rows 32-byte aligned (PTX: the 8-float accumulator fragment)
   constexpr int kSliceBytes = (kBM + kBN) * kLd * int(sizeof(T));
   constexpr int kCBytes = kBM * kLdC * int(sizeof(float));
   constexpr int kTileBytes = kSliceBytes > kCBytes ? kSliceBytes : kCBytes;

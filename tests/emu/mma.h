@@ -30,7 +30,9 @@
 //     (round to nearest even). The hardware's internal order and rounding of the additions are
 //     not documented and differ (tests must allow for a few fp32 roundings per k step).
 // Checks (the emulator aborts): the pointer of a load or store must be 32-byte (256-bit) aligned
-// and ldm a multiple of 16 bytes' worth of elements, as the CUDA Programming Guide requires.
+// and ldm a multiple of 16 bytes' worth of elements, as the CUDA Programming Guide requires; for
+// the fp32 accumulators a multiple of 32 bytes, the PTX ISA's rule (each row starts aligned to
+// the 8-float fragment).
 // What it cannot show: lanes of a warp that diverge around a warp matrix function, and timing.
 #pragma once
 #include <cstdint>
@@ -88,13 +90,16 @@ inline int lane() {
   return int(t % 32u);
 }
 
-inline void check_access(const void* p, unsigned ldm, size_t elem_bytes, const char* fn) {
+// row_bytes: the PTX ISA's stricter rule, every row (or column) of the matrix in memory starts
+// aligned to the fragment's size per thread: 16 bytes for the tf32/bf16 operand fragments used
+// here, 32 bytes (8 floats) for the fp32 accumulators.
+inline void check_access(const void* p, unsigned ldm, size_t elem_bytes, const char* fn, size_t row_bytes = 16) {
   if (reinterpret_cast<uintptr_t>(p) % 32 != 0) {
     std::fprintf(stderr, "cuda emulator (wmma): %s: pointer %p is not 256-bit aligned\n", fn, p);
     std::abort();
   }
-  if ((size_t(ldm) * elem_bytes) % 16 != 0) {
-    std::fprintf(stderr, "cuda emulator (wmma): %s: ldm %u is not a multiple of 16 bytes\n", fn, ldm);
+  if ((size_t(ldm) * elem_bytes) % row_bytes != 0) {
+    std::fprintf(stderr, "cuda emulator (wmma): %s: ldm %u is not a multiple of %zu bytes\n", fn, ldm, row_bytes);
     std::abort();
   }
 }
@@ -190,7 +195,7 @@ inline void load_matrix_sync(emu::operand_frag<U, T, R, C, L>& f, const P* p, un
 // Accumulators: the layout is given at the call; each lane moves its own elements.
 template <int K>
 inline void load_matrix_sync(emu::acc_frag<K>& f, const float* p, unsigned ldm, layout_t layout) {
-  emu::check_access(p, ldm, sizeof(float), "load_matrix_sync");
+  emu::check_access(p, ldm, sizeof(float), "load_matrix_sync", 32);
   const int l = emu::lane();
   for (int i = 0; i < 8; ++i) {
     const int e = l + 32 * i, r = e / 16, c = e % 16;
@@ -200,7 +205,7 @@ inline void load_matrix_sync(emu::acc_frag<K>& f, const float* p, unsigned ldm, 
 
 template <int K>
 inline void store_matrix_sync(float* p, const emu::acc_frag<K>& f, unsigned ldm, layout_t layout) {
-  emu::check_access(p, ldm, sizeof(float), "store_matrix_sync");
+  emu::check_access(p, ldm, sizeof(float), "store_matrix_sync", 32);
   const int l = emu::lane();
   for (int i = 0; i < 8; ++i) {
     const int e = l + 32 * i, r = e / 16, c = e % 16;
