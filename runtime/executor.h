@@ -23,10 +23,11 @@
 
 namespace rpp {
 
-// Which implementation runs the fused BN-ReLU-conv nodes (forward, backward-data, backward-filter)
-// on CUDA: the cuDNN composition (BN-ReLU or mask kernels plus cuDNN), the hand-written kernels,
-// or the faster of the two timed once per (node kind, shape) at plan time. The CPU has one
-// implementation and ignores this.
+// Which implementation runs the convolution nodes on CUDA, fused BN-ReLU-conv and plain, forward,
+// backward-data and backward-filter: cuDNN (for the fused nodes with BN-ReLU or mask kernels
+// around it), the hand-written kernels (kernels/cuda/bn_relu_conv*.cuh; the forward on tensor
+// cores when TF32 is allowed), or the faster of the two timed once per (node kind, shape) at plan
+// time. The CPU has one implementation and ignores this.
 enum class KernelChoice { Cudnn, Handwritten, Auto };
 // "cudnn", "handwritten", "auto"; rpp::Error naming the string otherwise.
 KernelChoice parse_kernel_choice(const std::string& name);

@@ -72,10 +72,15 @@ ConvKey conv_key(const cpu::Conv2dShape& s) {
   return {s.n, s.h, s.w, s.cin, s.cout, s.kh, s.kw, s.stride, s.pad, s.dil};
 }
 
-// Node kinds with a hand-written kernel beside the cuDNN composition (choose_kernels).
+// Node kinds with a hand-written kernel beside cuDNN (choose_kernels): every convolution pass,
+// fused or plain (the hand-written kernels run a plain conv when given no BN arguments).
 bool has_handwritten_kernel(OpKind k) {
-  return k == OpKind::BnReluConv2d || k == OpKind::BnReluConv2dBwdData || k == OpKind::BnReluConv2dBwdFilter;
+  return k == OpKind::BnReluConv2d || k == OpKind::BnReluConv2dBwdData || k == OpKind::BnReluConv2dBwdFilter ||
+         k == OpKind::Conv2d || k == OpKind::Conv2dBwdData || k == OpKind::Conv2dBwdFilter;
 }
+
+// Forward convolution nodes (the tensor-core kernel and its epilogue statistics apply to them).
+bool is_conv_forward(OpKind k) { return k == OpKind::BnReluConv2d || k == OpKind::Conv2d; }
 
 bool is_conv_op(OpKind k) {
   return k == OpKind::Conv2d || k == OpKind::Conv2dBwdData || k == OpKind::Conv2dBwdFilter ||
@@ -192,7 +197,7 @@ void CudaExecutor::init() {
       const Node& n = g_.node(i);
       if (n.op == OpKind::BatchNormStats && n.bn.training && opt_.allow_tf32) {
         const int p = producer[size_t(n.in[0])];
-        if (p >= 0 && g_.node(p).op == OpKind::BnReluConv2d &&
+        if (p >= 0 && is_conv_forward(g_.node(p).op) &&
             cuda::bn_relu_conv_tc_can_run(g_.node(p).conv.shape, cuda::ConvMath::Tf32))
           impl_->stats_candidate[size_t(i)] = p;
       } else if (n.op == OpKind::BatchNormBwd && n.in.size() >= 5) {
@@ -227,7 +232,7 @@ void CudaExecutor::init() {
     if (p < 0 || impl_->sums_off[size_t(p)] >= 0) continue;
     impl_->sums_off[size_t(p)] = int64_t(off);
     const Node& pn = g_.node(p);  // sums over the forward's output or the backward-data's input channels
-    off += align_up(2 * size_t(pn.op == OpKind::BnReluConv2d ? pn.conv.shape.cout : pn.conv.shape.cin) * sizeof(double));
+    off += align_up(2 * size_t(is_conv_forward(pn.op) ? pn.conv.shape.cout : pn.conv.shape.cin) * sizeof(double));
   }
   persistent_bytes_ = off;
   arena_bytes_ = std::max<size_t>(kAlign, plan_.arena_bytes);
@@ -311,7 +316,7 @@ void CudaExecutor::init() {
   choose_kernels();
 }
 
-// Kernel choice for the fused BN-ReLU-conv nodes: the hand-written kernel
+// Kernel choice for the convolution nodes (fused BN-ReLU-conv and plain): the hand-written kernel
 // (kernels/cuda/bn_relu_conv.cuh) or the cuDNN composition (BN-ReLU staged, cuDNN conv); and
 // likewise for their backward-data and backward-filter nodes (kernels/cuda/bn_relu_conv_bwd.cuh
 // against cuDNN plus the mask kernel / staged BN-ReLU). Auto times both on the node's own
@@ -324,15 +329,15 @@ void CudaExecutor::choose_kernels() {
   impl_->stats_src.assign(size_t(nn), -1);
   for (int i = 0; i < nn; ++i) {
     const Node& n = g_.node(i);
-    impl_->tensor_core[size_t(i)] = n.op == OpKind::BnReluConv2d && opt_.allow_tf32 &&
+    impl_->tensor_core[size_t(i)] = is_conv_forward(n.op) && opt_.allow_tf32 &&
                                     cuda::bn_relu_conv_tc_can_run(n.conv.shape, cuda::ConvMath::Tf32);
   }
   std::map<std::pair<int, ConvKey>, std::pair<bool, std::string>> decided;
   for (int i = 0; i < nn; ++i) {
     const Node& n = g_.node(i);
     if (!has_handwritten_kernel(n.op)) continue;
-    const bool can = n.op == OpKind::BnReluConv2d ? cuda::bn_relu_conv_can_run(n.conv.shape)
-                                                  : cuda::bn_relu_conv_bwd_can_run(n.conv.shape);
+    const bool can = impl_->tensor_core[size_t(i)] || (is_conv_forward(n.op) ? cuda::bn_relu_conv_can_run(n.conv.shape)
+                                                                             : cuda::bn_relu_conv_bwd_can_run(n.conv.shape));
     std::pair<bool, std::string> choice;
     switch (opt_.kernels) {
       case KernelChoice::Cudnn: choice = {false, "forced (--kernels cudnn)"}; break;
@@ -565,9 +570,17 @@ std::vector<char> cuda_ohwi_tensors(const Graph& g) {
 size_t CudaExecutor::workspace_need(const Node& n) const {
   auto sh = [&](int t) -> const Shape& { return g_.tensor(t).shape; };
   switch (n.op) {
-    case OpKind::Conv2d: return impl_->conv_for(n.conv.shape).forward_workspace_bytes();
+    case OpKind::Conv2d:  // cuDNN, or the tensor-core kernel's statistics partials
+      return std::max(impl_->conv_for(n.conv.shape).forward_workspace_bytes(),
+                      opt_.allow_tf32 && opt_.kernels != KernelChoice::Cudnn
+                          ? cuda::bn_relu_conv_tc_workspace_bytes(n.conv.shape)
+                          : size_t(0));
     case OpKind::Conv2dBwdData: return impl_->conv_for(n.conv.shape).backward_data_workspace_bytes();
-    case OpKind::Conv2dBwdFilter: return impl_->conv_for(n.conv.shape).backward_filter_workspace_bytes();
+    case OpKind::Conv2dBwdFilter:  // cuDNN, or the hand-written kernel's split-K partials
+      return std::max(impl_->conv_for(n.conv.shape).backward_filter_workspace_bytes(),
+                      opt_.kernels != KernelChoice::Cudnn && cuda::bn_relu_conv_bwd_can_run(n.conv.shape)
+                          ? cuda::bn_relu_conv_backward_filter_workspace_bytes(n.conv.shape)
+                          : size_t(0));
     case OpKind::BnReluConv2d:  // the cuDNN path, or the tensor-core kernel's statistics partials
       return std::max(staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).forward_workspace_bytes(),
                       opt_.allow_tf32 ? cuda::bn_relu_conv_tc_workspace_bytes(n.conv.shape) : size_t(0));
@@ -887,8 +900,17 @@ void CudaExecutor::launch(int index) {
   auto count = [&](int t) { return numel(sh(t)); };
   const auto* step = static_cast<const cuda::OptimStepDevice*>(d_step_);
   switch (n.op) {
-    case OpKind::Conv2d:
-      impl_->node_conv[size_t(index)]->forward(h, in(0), in(1), in(2), out(0), ws);
+    case OpKind::Conv2d:  // in: x, w, b
+      if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)]) {
+        const int64_t so = impl_->sums_off[size_t(index)];  // >= 0: a following BN takes the sums
+        double* sums = so >= 0 ? reinterpret_cast<double*>(persistent_ + so) : nullptr;
+        cuda::bn_relu_conv_tc_forward(n.conv.shape, cuda::ConvMath::Tf32, in(0), nullptr, nullptr, nullptr, nullptr,
+                                      in(1), in(2), out(0), sums, sums ? sums + n.conv.shape.cout : nullptr, ws, s);
+      } else if (impl_->handwritten[size_t(index)]) {
+        cuda::bn_relu_conv_forward(n.conv.shape, in(0), nullptr, nullptr, nullptr, nullptr, in(1), in(2), out(0), s);
+      } else {
+        impl_->node_conv[size_t(index)]->forward(h, in(0), in(1), in(2), out(0), ws);
+      }
       break;
     case OpKind::BatchNorm: {
       const Shape& xs = sh(n.in[0]);
@@ -1013,11 +1035,19 @@ void CudaExecutor::launch(int index) {
         cuda::dice_loss_forward(m, in(0), in(1), out(0), n.loss.kind == LossKind::BCEDice, ws, s);
       break;
     }
-    case OpKind::Conv2dBwdData:
-      impl_->node_conv[size_t(index)]->backward_data(h, in(0), in(1), out(0), ws);
+    case OpKind::Conv2dBwdData:  // in: dy, w
+      if (impl_->handwritten[size_t(index)])
+        cuda::bn_relu_conv_backward_data(n.conv.shape, in(0), in(1), nullptr, nullptr, nullptr, nullptr, nullptr,
+                                         out(0), s);
+      else
+        impl_->node_conv[size_t(index)]->backward_data(h, in(0), in(1), out(0), ws);
       break;
-    case OpKind::Conv2dBwdFilter:
-      impl_->node_conv[size_t(index)]->backward_filter(h, in(0), in(1), out(0), out(1), ws);
+    case OpKind::Conv2dBwdFilter:  // in: x, dy
+      if (impl_->handwritten[size_t(index)])
+        cuda::bn_relu_conv_backward_filter(n.conv.shape, in(0), nullptr, nullptr, nullptr, nullptr, in(1), out(0),
+                                           out(1), ws, s);
+      else
+        impl_->node_conv[size_t(index)]->backward_filter(h, in(0), in(1), out(0), out(1), ws);
       break;
     case OpKind::BatchNormBwd: {
       const Shape& xs = sh(n.in[0]);

@@ -415,8 +415,8 @@ TEST(GpuExecutor, PredictorMatchesCpu) {
   }
 }
 
-// The hand-written fused BN-ReLU-conv kernels inside the executor (--kernels handwritten: the
-// forward, backward-data and backward-filter nodes) against the CPU: the same loss, logits and
+// The hand-written convolution kernels inside the executor (--kernels handwritten: the fused and
+// plain forward, backward-data and backward-filter nodes) against the CPU: the same loss, logits and
 // gradients within the tolerances of a), and --kernels auto builds, chooses and describes every
 // fused node of the three kinds.
 TEST(GpuExecutor, HandwrittenKernelsMatchTheCudnnPath) {
@@ -425,12 +425,14 @@ TEST(GpuExecutor, HandwrittenKernelsMatchTheCudnnPath) {
   const std::vector<int> grads = append_backward(mg.graph, mg.loss);
   mg.graph.tensor(mg.logits).is_output = true;
   for (int t : grads) mg.graph.tensor(t).is_output = true;
-  int fused = 0, fused_nodes = 0;
+  int fused = 0, fused_nodes = 0, plain_nodes = 0;
   for (const Node& n : mg.graph.nodes()) {
     fused += n.op == OpKind::BnReluConv2d;
     fused_nodes += n.op == OpKind::BnReluConv2d || n.op == OpKind::BnReluConv2dBwdData ||
                    n.op == OpKind::BnReluConv2dBwdFilter;
+    plain_nodes += n.op == OpKind::Conv2d || n.op == OpKind::Conv2dBwdData || n.op == OpKind::Conv2dBwdFilter;
   }
+  ASSERT_GT(plain_nodes, 0);
   ASSERT_EQ(fused, 22);
   ASSERT_GT(fused_nodes, 2 * fused);  // backward-filter for every chain, backward-data for most
   Floats images, masks;
@@ -453,13 +455,15 @@ TEST(GpuExecutor, HandwrittenKernelsMatchTheCudnnPath) {
     const std::string described = gpu.describe_kernels();
     std::cout << kernel_choice_name(k) << ":\n" << described;
     // One line per fused node, plus one per BN backward that takes the backward-data kernel's sums.
-    size_t lines = 0, bn_sums = 0;
+    size_t lines = 0, plain_lines = 0, bn_sums = 0;
     std::istringstream in(described);
     for (std::string line; std::getline(in, line);) {
       lines += line.find("(bn_relu_conv2d") != std::string::npos;
+      plain_lines += line.find("(conv2d") != std::string::npos;
       bn_sums += line.find("(batchnorm_bwd): from the epilogue sums of") != std::string::npos;
     }
     EXPECT_EQ(lines, size_t(fused_nodes));
+    EXPECT_EQ(plain_lines, size_t(plain_nodes));  // the plain convolutions have a choice too
     if (k == KernelChoice::Handwritten) {
       EXPECT_EQ(bn_sums, size_t(fused));  // every chain's BN backward follows its backward-data
     }
@@ -485,9 +489,9 @@ TEST(GpuExecutor, HandwrittenKernelsMatchTheCudnnPath) {
   }
 }
 
-// With TF32 allowed, --kernels handwritten runs the fused forwards on tensor cores
-// (bn_relu_conv_tc.cuh), and the BNs fed by them take their statistics from the kernel's epilogue
-// sums instead of a pass over the tensor. One training step against the CPU's fp32: TF32 operands
+// With TF32 allowed, --kernels handwritten runs every forward convolution, fused and plain, on
+// tensor cores (bn_relu_conv_tc.cuh), and the BNs fed by them take their statistics from the
+// kernel's epilogue sums instead of a pass over the tensor. One training step against the CPU's fp32: TF32 operands
 // (2^-11 relative) through the whole network, so the bounds are those of TF32, not of fp32.
 TEST(GpuExecutor, Tf32TensorCoreKernelsAndEpilogueStatistics) {
   REQUIRE_GPU();
@@ -499,11 +503,13 @@ TEST(GpuExecutor, Tf32TensorCoreKernelsAndEpilogueStatistics) {
   std::map<int, int> producer;
   for (int i = 0; i < mg.graph.num_nodes(); ++i)
     for (int t : mg.graph.node(i).out) producer[t] = i;
-  int from_epilogue = 0;
-  for (const Node& n : mg.graph.nodes())
-    if (n.op == OpKind::BatchNormStats && producer.count(n.in[0]) &&
-        mg.graph.node(producer[n.in[0]]).op == OpKind::BnReluConv2d)
-      ++from_epilogue;
+  int from_epilogue = 0, forward_convs = 0;
+  for (const Node& n : mg.graph.nodes()) {
+    forward_convs += n.op == OpKind::BnReluConv2d || n.op == OpKind::Conv2d;
+    if (n.op != OpKind::BatchNormStats || !producer.count(n.in[0])) continue;
+    const OpKind p = mg.graph.node(producer[n.in[0]]).op;
+    if (p == OpKind::BnReluConv2d || p == OpKind::Conv2d) ++from_epilogue;
+  }
   ASSERT_GT(from_epilogue, 0);
   Floats images, masks;
   synthetic_batch(31, 2, 64, images, masks);
@@ -524,7 +530,7 @@ TEST(GpuExecutor, Tf32TensorCoreKernelsAndEpilogueStatistics) {
     ++tc;
   const std::string epi_text = "(batchnorm_stats): from the epilogue sums";
   for (size_t p = described.find(epi_text); p != std::string::npos; p = described.find(epi_text, p + 1)) ++epi;
-  EXPECT_EQ(tc, 22u) << described;
+  EXPECT_EQ(tc, size_t(forward_convs)) << described;  // fused and plain forwards on tensor cores
   EXPECT_EQ(epi, size_t(from_epilogue)) << described;
   gpu.set_input(mg.image, images.data());
   gpu.set_input(mg.target, masks.data());

@@ -44,7 +44,7 @@ void print_cuda_plans(const Graph& train, const Graph& infer, int device, int ba
               << "  convolutions (" << ex.num_conv_shapes() << " distinct shapes):\n"
               << ex.describe_convolutions();
     const std::string k = ex.describe_kernels();
-    if (!k.empty()) std::cout << "  fused BN-ReLU-conv nodes:\n" << k;
+    if (!k.empty()) std::cout << "  convolution kernels:\n" << k;
   }
 #else
   (void)train;
