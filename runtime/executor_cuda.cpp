@@ -27,6 +27,7 @@
 #include "kernels/cuda/batchnorm.cuh"
 #include "kernels/cuda/bn_relu_conv.cuh"
 #include "kernels/cuda/bn_relu_conv_bwd.cuh"
+#include "kernels/cuda/bn_relu_conv_bwd_tc.cuh"
 #include "kernels/cuda/bn_relu_conv_tc.cuh"
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/cudnn/conv_cudnn.cuh"
@@ -81,6 +82,13 @@ bool has_handwritten_kernel(OpKind k) {
 
 // Forward convolution nodes (the tensor-core kernel and its epilogue statistics apply to them).
 bool is_conv_forward(OpKind k) { return k == OpKind::BnReluConv2d || k == OpKind::Conv2d; }
+
+// With TF32 allowed, whether a convolution node's hand-written kernel runs on tensor cores.
+bool tensor_core_can_run(const Node& n) {
+  if (is_conv_forward(n.op)) return cuda::bn_relu_conv_tc_can_run(n.conv.shape, cuda::ConvMath::Tf32);
+  if (has_handwritten_kernel(n.op)) return cuda::bn_relu_conv_bwd_tc_can_run(n.conv.shape, cuda::ConvMath::Tf32);
+  return false;
+}
 
 bool is_conv_op(OpKind k) {
   return k == OpKind::Conv2d || k == OpKind::Conv2dBwdData || k == OpKind::Conv2dBwdFilter ||
@@ -205,7 +213,9 @@ void CudaExecutor::init() {
         if (p < 0) continue;
         const Node& d = g_.node(p);
         if (d.op == OpKind::BnReluConv2dBwdData && d.in.size() >= 7 && d.in[2] == n.in[0] && d.in[5] == n.in[3] &&
-            d.in[6] == n.in[4] && d.in[3] == n.in[2] && cuda::bn_relu_conv_bwd_can_run(d.conv.shape))
+            d.in[6] == n.in[4] && d.in[3] == n.in[2] &&
+            (cuda::bn_relu_conv_bwd_can_run(d.conv.shape) ||
+             (opt_.allow_tf32 && cuda::bn_relu_conv_bwd_tc_can_run(d.conv.shape, cuda::ConvMath::Tf32))))
           impl_->stats_candidate[size_t(i)] = p;
       }
     }
@@ -329,8 +339,7 @@ void CudaExecutor::choose_kernels() {
   impl_->stats_src.assign(size_t(nn), -1);
   for (int i = 0; i < nn; ++i) {
     const Node& n = g_.node(i);
-    impl_->tensor_core[size_t(i)] = is_conv_forward(n.op) && opt_.allow_tf32 &&
-                                    cuda::bn_relu_conv_tc_can_run(n.conv.shape, cuda::ConvMath::Tf32);
+    impl_->tensor_core[size_t(i)] = opt_.allow_tf32 && tensor_core_can_run(n);
   }
   std::map<std::pair<int, ConvKey>, std::pair<bool, std::string>> decided;
   for (int i = 0; i < nn; ++i) {
@@ -567,6 +576,17 @@ std::vector<char> cuda_ohwi_tensors(const Graph& g) {
 
 // ---- planning ----
 
+// The larger of the hand-written backward-filter kernels' workspaces for this node (0 with
+// --kernels cudnn): both may be chosen, the tensor-core one only with TF32 allowed.
+size_t CudaExecutor::handwritten_filter_workspace(const Node& n) const {
+  if (opt_.kernels == KernelChoice::Cudnn) return 0;
+  size_t need = 0;
+  if (cuda::bn_relu_conv_bwd_can_run(n.conv.shape))
+    need = cuda::bn_relu_conv_backward_filter_workspace_bytes(n.conv.shape);
+  if (opt_.allow_tf32) need = std::max(need, cuda::bn_relu_conv_tc_backward_filter_workspace_bytes(n.conv.shape));
+  return need;
+}
+
 size_t CudaExecutor::workspace_need(const Node& n) const {
   auto sh = [&](int t) -> const Shape& { return g_.tensor(t).shape; };
   switch (n.op) {
@@ -576,24 +596,23 @@ size_t CudaExecutor::workspace_need(const Node& n) const {
                           ? cuda::bn_relu_conv_tc_workspace_bytes(n.conv.shape)
                           : size_t(0));
     case OpKind::Conv2dBwdData: return impl_->conv_for(n.conv.shape).backward_data_workspace_bytes();
-    case OpKind::Conv2dBwdFilter:  // cuDNN, or the hand-written kernel's split-K partials
+    case OpKind::Conv2dBwdFilter:  // cuDNN, or a hand-written kernel's split-K partials
       return std::max(impl_->conv_for(n.conv.shape).backward_filter_workspace_bytes(),
-                      opt_.kernels != KernelChoice::Cudnn && cuda::bn_relu_conv_bwd_can_run(n.conv.shape)
-                          ? cuda::bn_relu_conv_backward_filter_workspace_bytes(n.conv.shape)
-                          : size_t(0));
+                      handwritten_filter_workspace(n));
     case OpKind::BnReluConv2d:  // the cuDNN path, or the tensor-core kernel's statistics partials
       return std::max(staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).forward_workspace_bytes(),
                       opt_.allow_tf32 ? cuda::bn_relu_conv_tc_workspace_bytes(n.conv.shape) : size_t(0));
-    case OpKind::BnReluConv2dBwdData:  // the cuDNN path, or the hand-written kernel's BN-sum partials
-      return std::max(impl_->conv_for(n.conv.shape).backward_data_workspace_bytes(),
-                      opt_.kernels != KernelChoice::Cudnn && cuda::bn_relu_conv_bwd_can_run(n.conv.shape)
-                          ? cuda::bn_relu_conv_backward_data_sums_workspace_bytes(n.conv.shape)
-                          : size_t(0));
-    case OpKind::BnReluConv2dBwdFilter:  // the cuDNN path or the hand-written kernel's split-K partials
+    case OpKind::BnReluConv2dBwdData: {  // the cuDNN path, or a hand-written kernel's BN-sum partials
+      size_t need = impl_->conv_for(n.conv.shape).backward_data_workspace_bytes();
+      if (opt_.kernels != KernelChoice::Cudnn && cuda::bn_relu_conv_bwd_can_run(n.conv.shape))
+        need = std::max(need, cuda::bn_relu_conv_backward_data_sums_workspace_bytes(n.conv.shape));
+      if (opt_.kernels != KernelChoice::Cudnn && opt_.allow_tf32)
+        need = std::max(need, cuda::bn_relu_conv_tc_backward_data_workspace_bytes(n.conv.shape));
+      return need;
+    }
+    case OpKind::BnReluConv2dBwdFilter:  // the cuDNN path or a hand-written kernel's split-K partials
       return std::max(staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).backward_filter_workspace_bytes(),
-                      cuda::bn_relu_conv_bwd_can_run(n.conv.shape)
-                          ? cuda::bn_relu_conv_backward_filter_workspace_bytes(n.conv.shape)
-                          : size_t(0));
+                      handwritten_filter_workspace(n));
     case OpKind::BatchNormStats: {
       if (!n.bn.training) return 0;
       const Shape& xs = sh(n.in[0]);
@@ -962,6 +981,14 @@ void CudaExecutor::launch(int index) {
       break;
     }
     case OpKind::BnReluConv2dBwdData: {  // in: dz, w, x, gamma, beta, mean, invstd
+      if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)]) {
+        const int64_t so = impl_->sums_off[size_t(index)];  // >= 0: a BN backward takes the sums
+        double* sums = so >= 0 ? reinterpret_cast<double*>(persistent_ + so) : nullptr;
+        cuda::bn_relu_conv_tc_backward_data(n.conv.shape, cuda::ConvMath::Tf32, in(0), in(1), in(2), in(3), in(4),
+                                            in(5), in(6), out(0), sums, sums ? sums + n.conv.shape.cin : nullptr, ws,
+                                            s);
+        break;
+      }
       if (impl_->handwritten[size_t(index)] && impl_->sums_off[size_t(index)] >= 0) {  // a BN backward takes the sums
         auto* sums = reinterpret_cast<double*>(persistent_ + impl_->sums_off[size_t(index)]);
         cuda::bn_relu_conv_backward_data_with_sums(n.conv.shape, in(0), in(1), in(2), in(3), in(4), in(5), in(6),
@@ -978,6 +1005,11 @@ void CudaExecutor::launch(int index) {
       break;
     }
     case OpKind::BnReluConv2dBwdFilter: {  // in: x, gamma, beta, mean, invstd, dz
+      if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)]) {
+        cuda::bn_relu_conv_tc_backward_filter(n.conv.shape, cuda::ConvMath::Tf32, in(0), in(1), in(2), in(3), in(4),
+                                              in(5), out(0), out(1), ws, s);
+        break;
+      }
       if (impl_->handwritten[size_t(index)]) {
         cuda::bn_relu_conv_backward_filter(n.conv.shape, in(0), in(1), in(2), in(3), in(4), in(5), out(0),
                                            out(1), ws, s);
@@ -1036,14 +1068,20 @@ void CudaExecutor::launch(int index) {
       break;
     }
     case OpKind::Conv2dBwdData:  // in: dy, w
-      if (impl_->handwritten[size_t(index)])
+      if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)])
+        cuda::bn_relu_conv_tc_backward_data(n.conv.shape, cuda::ConvMath::Tf32, in(0), in(1), nullptr, nullptr, nullptr,
+                                            nullptr, nullptr, out(0), nullptr, nullptr, nullptr, s);
+      else if (impl_->handwritten[size_t(index)])
         cuda::bn_relu_conv_backward_data(n.conv.shape, in(0), in(1), nullptr, nullptr, nullptr, nullptr, nullptr,
                                          out(0), s);
       else
         impl_->node_conv[size_t(index)]->backward_data(h, in(0), in(1), out(0), ws);
       break;
     case OpKind::Conv2dBwdFilter:  // in: x, dy
-      if (impl_->handwritten[size_t(index)])
+      if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)])
+        cuda::bn_relu_conv_tc_backward_filter(n.conv.shape, cuda::ConvMath::Tf32, in(0), nullptr, nullptr, nullptr,
+                                              nullptr, in(1), out(0), out(1), ws, s);
+      else if (impl_->handwritten[size_t(index)])
         cuda::bn_relu_conv_backward_filter(n.conv.shape, in(0), nullptr, nullptr, nullptr, nullptr, in(1), out(0),
                                            out(1), ws, s);
       else

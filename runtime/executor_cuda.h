@@ -119,6 +119,7 @@ class CudaExecutor final : public Executor {
   void launch_all();
   void launch(int node_index);
   size_t workspace_need(const Node& n) const;
+  size_t handwritten_filter_workspace(const Node& n) const;
   void choose_kernels();
   void upload_step(const cpu::OptimStep* opt);
   void queue_readback();

@@ -4,7 +4,7 @@
 #           errors), using the bundled .vendor/googletest and .vendor/stb when present
 #   test    every GPU suite (gpu_test_device, gpu_test_ops_gpu, gpu_test_conv_gpu,
 #           gpu_test_bn_relu_conv_gpu, gpu_test_bn_relu_conv_bwd_gpu, gpu_test_bn_relu_conv_tc_gpu,
-#           gpu_test_image_ops_gpu, gpu_test_executor_gpu, rpp_test_capi_gpu) with
+#           gpu_test_bn_relu_conv_bwd_tc_gpu, gpu_test_image_ops_gpu, gpu_test_executor_gpu, rpp_test_capi_gpu) with
 #           RPP_EXPECT_GPU=1 (no device
 #           is a failure, not a skip), then the CPU suite without the slow label
 #   sanitize  compute-sanitizer memcheck and racecheck on gpu_test_ops_gpu, the three
@@ -95,7 +95,8 @@ fi
 if want test && [ $build_ok -eq 1 ]; then
   export RPP_EXPECT_GPU=1  # a missing or unusable device fails the GPU tests instead of skipping them
   for t in gpu_test_device gpu_test_ops_gpu gpu_test_conv_gpu gpu_test_bn_relu_conv_gpu \
-           gpu_test_bn_relu_conv_bwd_gpu gpu_test_bn_relu_conv_tc_gpu gpu_test_image_ops_gpu gpu_test_executor_gpu \
+           gpu_test_bn_relu_conv_bwd_gpu gpu_test_bn_relu_conv_tc_gpu gpu_test_bn_relu_conv_bwd_tc_gpu \
+           gpu_test_image_ops_gpu gpu_test_executor_gpu \
            rpp_test_capi_gpu; do
     exe=$build/$t
     if [ ! -x "$exe" ]; then fail "$t not built"; continue; fi
@@ -160,6 +161,8 @@ if want sanitize && [ $build_ok -eq 1 ]; then
     run_cs racecheck gpu_test_bn_relu_conv_gpu "*Ragged*"
     run_cs racecheck gpu_test_bn_relu_conv_bwd_gpu "*Ragged*"
     run_cs racecheck gpu_test_bn_relu_conv_tc_gpu "*Ragged*"
+    run_cs racecheck gpu_test_bn_relu_conv_bwd_tc_gpu "*Ragged*"
+    run_cs memcheck gpu_test_bn_relu_conv_bwd_tc_gpu "*Ragged*:*NaN*"
     run_cs racecheck gpu_test_executor_gpu "$race_exec_filter"
   fi
 fi

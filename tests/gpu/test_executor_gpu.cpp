@@ -489,9 +489,10 @@ TEST(GpuExecutor, HandwrittenKernelsMatchTheCudnnPath) {
   }
 }
 
-// With TF32 allowed, --kernels handwritten runs every forward convolution, fused and plain, on
-// tensor cores (bn_relu_conv_tc.cuh), and the BNs fed by them take their statistics from the
-// kernel's epilogue sums instead of a pass over the tensor. One training step against the CPU's fp32: TF32 operands
+// With TF32 allowed, --kernels handwritten runs every convolution pass, fused and plain, forward
+// and backward, on tensor cores (bn_relu_conv_tc.cuh, bn_relu_conv_bwd_tc.cuh), and the BNs fed by
+// the forwards take their statistics from the kernel's epilogue sums instead of a pass over the
+// tensor. One training step against the CPU's fp32: TF32 operands
 // (2^-11 relative) through the whole network, so the bounds are those of TF32, not of fp32.
 TEST(GpuExecutor, Tf32TensorCoreKernelsAndEpilogueStatistics) {
   REQUIRE_GPU();
@@ -503,9 +504,11 @@ TEST(GpuExecutor, Tf32TensorCoreKernelsAndEpilogueStatistics) {
   std::map<int, int> producer;
   for (int i = 0; i < mg.graph.num_nodes(); ++i)
     for (int t : mg.graph.node(i).out) producer[t] = i;
-  int from_epilogue = 0, forward_convs = 0;
+  int from_epilogue = 0, conv_nodes = 0;
   for (const Node& n : mg.graph.nodes()) {
-    forward_convs += n.op == OpKind::BnReluConv2d || n.op == OpKind::Conv2d;
+    conv_nodes += n.op == OpKind::BnReluConv2d || n.op == OpKind::Conv2d || n.op == OpKind::BnReluConv2dBwdData ||
+                  n.op == OpKind::BnReluConv2dBwdFilter || n.op == OpKind::Conv2dBwdData ||
+                  n.op == OpKind::Conv2dBwdFilter;
     if (n.op != OpKind::BatchNormStats || !producer.count(n.in[0])) continue;
     const OpKind p = mg.graph.node(producer[n.in[0]]).op;
     if (p == OpKind::BnReluConv2d || p == OpKind::Conv2d) ++from_epilogue;
@@ -530,7 +533,7 @@ TEST(GpuExecutor, Tf32TensorCoreKernelsAndEpilogueStatistics) {
     ++tc;
   const std::string epi_text = "(batchnorm_stats): from the epilogue sums";
   for (size_t p = described.find(epi_text); p != std::string::npos; p = described.find(epi_text, p + 1)) ++epi;
-  EXPECT_EQ(tc, size_t(forward_convs)) << described;  // fused and plain forwards on tensor cores
+  EXPECT_EQ(tc, size_t(conv_nodes)) << described;  // every convolution pass on tensor cores
   EXPECT_EQ(epi, size_t(from_epilogue)) << described;
   gpu.set_input(mg.image, images.data());
   gpu.set_input(mg.target, masks.data());
