@@ -37,6 +37,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/conv_bwd_common.cuh"
 #include "runtime/error.h"
 
 namespace rpp::cuda {
@@ -60,43 +61,15 @@ constexpr int kSumThreads = 256;  // bwd_data_sums_kernel; a power of two (tree)
 constexpr int kMaxCoord = 1 << 24;  // h, w, pad: every coordinate computed stays below 2^26
 constexpr int kMaxStride = 255;     // stride^2 parity classes in grid.z
 
-struct Dims {
-  int n, h, w, cin, cout, kh, kw, stride, pad, dil, ho, wo;
-};
-
-Dims dims_of(const cpu::Conv2dShape& s) {
-  return Dims{s.n, s.h, s.w, s.cin, s.cout, s.kh, s.kw, s.stride, s.pad, s.dil, s.ho(), s.wo()};
-}
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+using conv_bwd::ceil_div;
+using conv_bwd::Dims;
+using conv_bwd::dims_of;
+using conv_bwd::live_taps;
+using conv_bwd::Taps;
 
 // ------------------------------------------------------------------------------------------------
 // Backward-data
 // ------------------------------------------------------------------------------------------------
-
-// The live taps along one axis for the parity class whose first input coordinate is p (q input
-// coordinates p, p + stride, ...): kernel indices first, first + step, ... (count of them).
-struct Taps {
-  int first, step, count;
-};
-
-__device__ __forceinline__ Taps live_taps(int p, int q, int k, int o, int stride, int pad, int dil) {
-  Taps t{0, 1, 0};
-  int last = 0;
-  for (int kk = 0; kk < k; ++kk) {
-    const int num = p + pad - kk * dil;  // stride * (output coordinate) for the class's first pixel
-    if (((num % stride) + stride) % stride != 0) continue;
-    const int a = num / stride;  // exact; the class's pixels reach outputs a .. a + q - 1
-    if (a > o - 1 || a + q - 1 < 0) continue;
-    if (t.count == 0) t.first = kk;
-    last = kk;
-    ++t.count;
-  }
-  // The taps solving the congruence form a progression (step stride / gcd(stride, dil)) and the
-  // live ones a contiguous run of it.
-  if (t.count > 1) t.step = (last - t.first) / (t.count - 1);
-  return t;
-}
 
 // part: kSums only, the per-tile partial sums [2][cin][tiles] (see the file comment).
 template <bool kBnRelu, bool kSums>

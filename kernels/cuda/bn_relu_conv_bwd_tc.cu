@@ -77,6 +77,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/conv_bwd_common.cuh"
 #include "runtime/error.h"
 
 namespace rpp::cuda {
@@ -128,47 +129,14 @@ struct Bf16Math {
   static __device__ __forceinline__ T convert(float v) { return __float2bfloat16(v); }
 };
 
-struct Dims {
-  int n, h, w, cin, cout, kh, kw, stride, pad, dil, ho, wo;
-};
-
-Dims dims_of(const cpu::Conv2dShape& s) {
-  return Dims{s.n, s.h, s.w, s.cin, s.cout, s.kh, s.kw, s.stride, s.pad, s.dil, s.ho(), s.wo()};
-}
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+using conv_bwd::ceil_div;
+using conv_bwd::Dims;
+using conv_bwd::dims_of;
+using conv_bwd::Taps;
 
 // ------------------------------------------------------------------------------------------------
 // Backward-data
 // ------------------------------------------------------------------------------------------------
-
-// The live taps along one axis of the parity class whose first input coordinate is p (q
-// coordinates p, p + stride, ...; k taps, o output coordinates): kernel indices first,
-// first + step, ... (count of them). A tap kk reaches the class when stride divides
-// p + pad - kk * dil (then the class's pixels map to outputs a .. a + q - 1, a that quotient) and
-// some of those outputs exist. The solutions of the congruence are a progression of kk (step
-// stride / gcd(stride, dil)) and a decreases along it, so the live ones are a contiguous run.
-struct Taps {
-  int first, step, count;
-};
-
-__device__ __forceinline__ Taps class_taps(int p, int q, int k, int o, int stride, int pad, int dil) {
-  Taps t{0, 1, 0};
-  for (int kk = 0; kk < k; ++kk) {
-    const int num = p + pad - kk * dil;
-    int rem = num % stride;
-    if (rem < 0) rem += stride;
-    if (rem != 0) continue;
-    const int a = num / stride;  // exact
-    if (a > o - 1 || a + q - 1 < 0) continue;
-    if (t.count == 0)
-      t.first = kk;
-    else if (t.count == 1)
-      t.step = kk - t.first;
-    ++t.count;
-  }
-  return t;
-}
 
 // part: kSums only, the per-tile partial sums (see the file comment).
 template <class Math, bool kBnRelu, bool kSums, int kWarpsN>
@@ -243,8 +211,8 @@ __global__ void __launch_bounds__(kDataWarpsM * kWarpsN * 32, 4 / kWarpsN)
     return;
   }
 
-  const Taps tap_y = class_taps(py, hq, d.kh, d.ho, s, d.pad, d.dil);
-  const Taps tap_x = class_taps(px, wq, d.kw, d.wo, s, d.pad, d.dil);
+  const Taps tap_y = conv_bwd::live_taps(py, hq, d.kh, d.ho, s, d.pad, d.dil);
+  const Taps tap_x = conv_bwd::live_taps(px, wq, d.kw, d.wo, s, d.pad, d.dil);
   const int co_slices = (d.cout + kBK - 1) / kBK;
   const int slices = tap_y.count * tap_x.count * co_slices;  // < 2^30 (can_run); uniform in the block
 
