@@ -78,6 +78,7 @@
 
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/conv_bwd_common.cuh"
+#include "kernels/cuda/wmma_math.cuh"
 #include "runtime/error.h"
 
 namespace rpp::cuda {
@@ -105,29 +106,8 @@ constexpr int kReduceThreads = 256;
 constexpr int64_t kMaxReduceBlocks = 2048;
 constexpr int kSumChannels = 32, kSumSlots = 8;  // data_sums_kernel: 32 channels x 8 slots
 
-struct Tf32Math {
-  using T = float;
-  static constexpr int kFragK = 8;
-  static constexpr int kPad = 4;  // elements: 16 bytes
-  template <class L>
-  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, L>;
-  template <class L>
-  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, L>;
-  using Acc = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
-  static __device__ __forceinline__ T convert(float v) { return wmma::__float_to_tf32(v); }
-};
-
-struct Bf16Math {
-  using T = __nv_bfloat16;
-  static constexpr int kFragK = 16;
-  static constexpr int kPad = 8;
-  template <class L>
-  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, L>;
-  template <class L>
-  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, L>;
-  using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-  static __device__ __forceinline__ T convert(float v) { return __float2bfloat16(v); }
-};
+using wmma_math::Bf16Math;
+using wmma_math::Tf32Math;
 
 using conv_bwd::ceil_div;
 using conv_bwd::Dims;

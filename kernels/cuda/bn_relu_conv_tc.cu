@@ -32,6 +32,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/wmma_math.cuh"
 #include "runtime/error.h"
 
 namespace rpp::cuda {
@@ -52,25 +53,8 @@ struct Dims {
   int k;      // kh * kw * cin
 };
 
-struct Tf32Math {
-  using T = float;
-  static constexpr int kFragK = 8;
-  static constexpr int kLd = kBK + 4;
-  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
-  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
-  using Acc = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
-  static __device__ __forceinline__ T convert(float v) { return wmma::__float_to_tf32(v); }
-};
-
-struct Bf16Math {
-  using T = __nv_bfloat16;
-  static constexpr int kFragK = 16;
-  static constexpr int kLd = kBK + 8;
-  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
-  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major>;
-  using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-  static __device__ __forceinline__ T convert(float v) { return __float2bfloat16(v); }
-};
+using wmma_math::Bf16Math;
+using wmma_math::Tf32Math;
 
 // part: null, or the workspace for the per-tile statistics partials. The launch bounds ask for
 // two 256-thread (four 128-thread) blocks per SM, i.e. at most 128 registers; with the k8 loop
@@ -84,7 +68,7 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
   using T = typename Math::T;
   constexpr int kThreads = kWarpsM * kWarpsN * 32;
   constexpr int kBN = 32 * kWarpsN;
-  constexpr int kLd = Math::kLd;
+  constexpr int kLd = kBK + Math::kPad;
   constexpr int kLdC = kBN + 8;  // rows 32-byte aligned (PTX: the 8-float accumulator fragment)
   constexpr int kSliceBytes = (kBM + kBN) * kLd * int(sizeof(T));
   constexpr int kCBytes = kBM * kLdC * int(sizeof(float));
@@ -204,8 +188,8 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
     if (s + 1 < slices) load((s + 1) * kBK);
 #pragma unroll 2
     for (int k8 = 0; k8 < kBK; k8 += Math::kFragK) {
-      typename Math::FragA fa[2];
-      typename Math::FragB fb[2];
+      typename Math::template FragA<wmma::row_major> fa[2];
+      typename Math::template FragB<wmma::col_major> fb[2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * kLd + k8, kLd);
 #pragma unroll
