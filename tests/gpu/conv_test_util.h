@@ -4,6 +4,7 @@
 // repack the device kernels expect. Header-only; not compiled on its own.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <set>
 #include <string>
@@ -65,6 +66,27 @@ inline Floats hwio_to_ohwi(const cpu::Conv2dShape& s, const Floats& hwio) {
           o[size_t(((int64_t(co) * s.kh + y) * s.kw + x) * s.cin + ci)] =
               hwio[size_t(((int64_t(y) * s.kw + x) * s.cin + ci) * s.cout + co)];
   return o;
+}
+
+// BN arguments of a fused chain, host side. random_bn gives positive shifts (beta 0.2 .. 0.8), so
+// relu(bn(0)) is not 0 for most channels and a kernel padding with relu(shift) instead of 0 fails.
+struct BnParams {
+  Floats gamma, beta, mean, invstd;
+};
+
+inline BnParams random_bn(int c) {
+  BnParams p;
+  p.gamma = uniform(size_t(c), 0.5f, 1.5f);
+  p.beta = uniform(size_t(c), 0.2f, 0.8f);
+  p.mean = uniform(size_t(c), -0.3f, 0.3f);
+  p.invstd = uniform(size_t(c), 0.5f, 2.f);
+  return p;
+}
+
+// The kernels' bn(x): the forward kernels' float expression (the ReLU-mask decision).
+inline float bn_float(float x, const BnParams& p, int c) {
+  const size_t i = size_t(c);
+  return std::fmaf(x - p.mean[i], float(double(p.gamma[i]) * double(p.invstd[i])), p.beta[i]);
 }
 
 }  // namespace rpp::gputest

@@ -99,25 +99,6 @@ void print_max_err() {
   return ::testing::AssertionSuccess();
 }
 
-struct BnParams {
-  Floats gamma, beta, mean, invstd;
-};
-
-// Positive shifts (beta 0.2 .. 0.8): relu(bn(0)) is not 0 for most channels.
-BnParams random_bn(int c) {
-  BnParams p;
-  p.gamma = uniform(sz(c), 0.5f, 1.5f);
-  p.beta = uniform(sz(c), 0.2f, 0.8f);
-  p.mean = uniform(sz(c), -0.3f, 0.3f);
-  p.invstd = uniform(sz(c), 0.5f, 2.f);
-  return p;
-}
-
-// The kernels' bn(x): the forward kernel's float expression.
-float bn_float(float x, const BnParams& p, int c) {
-  return std::fmaf(x - p.mean[sz(c)], float(double(p.gamma[sz(c)]) * double(p.invstd[sz(c)])), p.beta[sz(c)]);
-}
-
 // The CPU's bn(x) (batchnorm_apply, before rounding to float).
 double bn_double(float x, const BnParams& p, int c) {
   return (double(x) - double(p.mean[sz(c)])) * (double(p.gamma[sz(c)]) * double(p.invstd[sz(c)])) +

@@ -171,20 +171,6 @@ Doubles as_doubles(const Floats& f) {
   return d;
 }
 
-struct BnParams {
-  Floats gamma, beta, mean, invstd;
-};
-
-// Positive shifts (beta 0.2 .. 0.8): relu(bn(0)) is not 0 for most channels.
-BnParams random_bn(int c) {
-  BnParams p;
-  p.gamma = uniform(sz(c), 0.5f, 1.5f);
-  p.beta = uniform(sz(c), 0.2f, 0.8f);
-  p.mean = uniform(sz(c), -0.3f, 0.3f);
-  p.invstd = uniform(sz(c), 0.5f, 2.f);
-  return p;
-}
-
 // Integer-friendly BN: gamma in {1/2, 1, 2}, invstd 1, mean in {-1, 0, 1}, beta in {-1/2, 1/2,
 // 3/2}: with integer x in [-3, 3], bn(x) and relu(bn(x)) are exact multiples of 1/2 below 10.
 BnParams exact_bn(int c) {
@@ -196,11 +182,6 @@ BnParams exact_bn(int c) {
   p.mean = small_ints(sz(c), 1);
   p.invstd = Floats(sz(c), 1.f);
   return p;
-}
-
-// The kernels' bn(x): the forward kernel's float expression.
-float bn_float(float x, const BnParams& p, int c) {
-  return std::fmaf(x - p.mean[sz(c)], float(double(p.gamma[sz(c)]) * double(p.invstd[sz(c)])), p.beta[sz(c)]);
 }
 
 struct DevBn {
