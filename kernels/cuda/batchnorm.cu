@@ -198,12 +198,12 @@ __global__ void __launch_bounds__(kThreads)
 // mean = save_mean, invstd = save_invstd. Eval (kEval): mean = running_mean and
 // invstd = float(1 / sqrt(running_var + eps)), as cpu::batchnorm_stats_eval rounds it.
 // Dynamic shared memory: 3 c doubles.
-template <class Idx, bool kEval>
+template <class Idx, bool kEval, class T>
 __global__ void __launch_bounds__(kThreads)
-    apply_kernel(Idx total, int c, const float* x, const float* __restrict__ mean,
+    apply_kernel(Idx total, int c, const T* x, const float* __restrict__ mean,
                  const float* __restrict__ invstd, const float* __restrict__ gamma,
                  const float* __restrict__ beta, const float* __restrict__ running_var, double eps,
-                 float* y) {
+                 T* y) {
   extern __shared__ double dtable[];
   double* t_mean = dtable;
   double* t_scale = dtable + c;
@@ -218,7 +218,8 @@ __global__ void __launch_bounds__(kThreads)
   const Idx stride = Idx(gridDim.x) * Idx(kThreads);
   for (Idx i = Idx(blockIdx.x) * Idx(kThreads) + Idx(threadIdx.x); i < total; i += stride) {
     const int ch = int(i % Idx(c));
-    y[i] = float((double(x[i]) - t_mean[ch]) * t_scale[ch] + t_shift[ch]);
+    // bf16: rounded to float first, then to bf16 (a double rounding, as the tests model it)
+    y[i] = detail::from_f32<T>(float((double(detail::to_f32(x[i])) - t_mean[ch]) * t_scale[ch] + t_shift[ch]));
   }
 }
 
@@ -442,18 +443,18 @@ void launch_bn_relu(const char* op, int64_t count, int c, const float* x, const 
   RPP_CUDA_CHECK_LAUNCH(op);
 }
 
-template <bool kEval>
-void launch_apply(const char* op, int64_t count, int c, const float* x, const float* mean,
+template <bool kEval, class T>
+void launch_apply(const char* op, int64_t count, int c, const T* x, const float* mean,
                   const float* invstd, const float* gamma, const float* beta,
-                  const float* running_var, double eps, float* y, cudaStream_t stream) {
+                  const float* running_var, double eps, T* y, cudaStream_t stream) {
   const int64_t total = count * c;
   if (total == 0) return;
   const size_t shmem = 3 * size_t(c) * sizeof(double);
   if (index_fits_32(total))
-    apply_kernel<uint32_t, kEval><<<flat_blocks(total), kThreads, shmem, stream>>>(
+    apply_kernel<uint32_t, kEval, T><<<flat_blocks(total), kThreads, shmem, stream>>>(
         uint32_t(total), c, x, mean, invstd, gamma, beta, running_var, eps, y);
   else
-    apply_kernel<uint64_t, kEval><<<flat_blocks(total), kThreads, shmem, stream>>>(
+    apply_kernel<uint64_t, kEval, T><<<flat_blocks(total), kThreads, shmem, stream>>>(
         uint64_t(total), c, x, mean, invstd, gamma, beta, running_var, eps, y);
   RPP_CUDA_CHECK_LAUNCH(op);
 }
@@ -503,9 +504,11 @@ void batchnorm_forward_train(int64_t count, int c, const float* x, const float* 
   launch_apply<false>(op, count, c, x, save_mean, save_invstd, gamma, beta, nullptr, eps, y, stream);
 }
 
-void batchnorm_forward_eval(int64_t count, int c, const float* x, const float* gamma,
-                            const float* beta, const float* running_mean, const float* running_var,
-                            double eps, float* y, cudaStream_t stream) {
+namespace {
+template <class T>
+void forward_eval(int64_t count, int c, const T* x, const float* gamma, const float* beta,
+                  const float* running_mean, const float* running_var, double eps, T* y,
+                  cudaStream_t stream) {
   const char* op = "batchnorm_forward_eval";
   check_sizes(op, count, c, false);
   if (!(eps >= 0)) fail(op, ": eps must be >= 0, got ", eps);
@@ -514,6 +517,18 @@ void batchnorm_forward_eval(int64_t count, int c, const float* x, const float* g
                       {"running_var", running_var}, {"y", y}});
   launch_apply<true>(op, count, c, x, running_mean, nullptr, gamma, beta, running_var, eps, y,
                      stream);
+}
+}  // namespace
+
+void batchnorm_forward_eval(int64_t count, int c, const float* x, const float* gamma,
+                            const float* beta, const float* running_mean, const float* running_var,
+                            double eps, float* y, cudaStream_t stream) {
+  forward_eval(count, c, x, gamma, beta, running_mean, running_var, eps, y, stream);
+}
+void batchnorm_forward_eval(int64_t count, int c, const bf16* x, const float* gamma,
+                            const float* beta, const float* running_mean, const float* running_var,
+                            double eps, bf16* y, cudaStream_t stream) {
+  forward_eval(count, c, x, gamma, beta, running_mean, running_var, eps, y, stream);
 }
 
 void batchnorm_backward(int64_t count, int c, const float* x, const float* dy, const float* gamma,

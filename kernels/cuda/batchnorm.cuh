@@ -12,6 +12,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cuda/storage.cuh"
+
 namespace rpp::cuda {
 
 // Device workspace (bytes, a multiple of 256) needed by batchnorm_forward_train and
@@ -26,10 +28,14 @@ void batchnorm_forward_train(int64_t count, int c, const float* x, const float* 
                              float* running_mean, float* running_var, double momentum, double eps,
                              void* workspace, cudaStream_t stream);
 
-// Eval mode: normalises with the running statistics. Needs no workspace.
+// Eval mode: normalises with the running statistics. Needs no workspace. The bf16 version loads
+// x as fp32 and rounds the fp32 result of the same arithmetic to bf16 (nearest even).
 void batchnorm_forward_eval(int64_t count, int c, const float* x, const float* gamma,
                             const float* beta, const float* running_mean, const float* running_var,
                             double eps, float* y, cudaStream_t stream);
+void batchnorm_forward_eval(int64_t count, int c, const bf16* x, const float* gamma,
+                            const float* beta, const float* running_mean, const float* running_var,
+                            double eps, bf16* y, cudaStream_t stream);
 
 // Backward of the training-mode forward: dx, dgamma, dbeta (all overwritten).
 void batchnorm_backward(int64_t count, int c, const float* x, const float* dy, const float* gamma,

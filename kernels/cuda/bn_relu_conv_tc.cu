@@ -59,12 +59,12 @@ using wmma_math::Tf32Math;
 // part: null, or the workspace for the per-tile statistics partials. The launch bounds ask for
 // two 256-thread (four 128-thread) blocks per SM, i.e. at most 128 registers; with the k8 loop
 // unrolled by 2 rather than 4 that holds without spilling.
-template <class Math, bool kBnRelu, int kWarpsN>
+template <class Math, bool kBnRelu, int kWarpsN, class TIn, class TOut>
 __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
-    bn_relu_conv_tc_kernel(Dims d, const float* __restrict__ x, const float* __restrict__ gamma,
+    bn_relu_conv_tc_kernel(Dims d, const TIn* __restrict__ x, const float* __restrict__ gamma,
                            const float* __restrict__ beta, const float* __restrict__ mean,
                            const float* __restrict__ invstd, const float* __restrict__ w,
-                           const float* __restrict__ bias, float* __restrict__ y, double* __restrict__ part) {
+                           const float* __restrict__ bias, TOut* __restrict__ y, double* __restrict__ part) {
   using T = typename Math::T;
   constexpr int kThreads = kWarpsM * kWarpsN * 32;
   constexpr int kBN = 32 * kWarpsN;
@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
       const int iy = pix_iy[r] + dy, ix = pix_ix[r] + dx;
       float v = 0.f;
       if (k_ok && base >= 0 && iy >= 0 && iy < d.h && ix >= 0 && ix < d.w) {
-        v = x[base + (int64_t(iy) * d.w + ix) * d.cin + ci];
+        v = detail::to_f32(x[base + (int64_t(iy) * d.w + ix) * d.cin + ci]);
         a_ok |= 1u << j;
       }
       a_st[j] = v;
@@ -218,8 +218,9 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
     for (int r = g; r < kBM; r += kStatGroups) {
       const int64_t m = m0 + r;
       if (m >= d.m) break;
-      const float v = Cs[r * kLdC + c] + b;
-      y[m * d.cout + co] = v;
+      const TOut q = detail::from_f32<TOut>(Cs[r * kLdC + c] + b);
+      y[m * d.cout + co] = q;
+      const float v = detail::to_f32(q);  // the statistics of the stored values
       sum += double(v);
       sumsq += double(v) * double(v);  // exact product: fused or not, the same bits
     }
@@ -270,19 +271,19 @@ __global__ void __launch_bounds__(kReduceThreads)
   }
 }
 
-template <class Math, bool kBnRelu, int kWarpsN>
-void launch_forward(const Dims& d, const float* x, const float* gamma, const float* beta, const float* mean,
-                    const float* invstd, const float* w, const float* bias, float* y, double* part,
+template <class Math, bool kBnRelu, int kWarpsN, class TIn, class TOut>
+void launch_forward(const Dims& d, const TIn* x, const float* gamma, const float* beta, const float* mean,
+                    const float* invstd, const float* w, const float* bias, TOut* y, double* part,
                     cudaStream_t stream) {
   constexpr int kBN = 32 * kWarpsN;
   const dim3 grid(unsigned((d.m + kBM - 1) / kBM), unsigned((d.cout + kBN - 1) / kBN));
-  bn_relu_conv_tc_kernel<Math, kBnRelu, kWarpsN><<<grid, kWarpsM * kWarpsN * 32, 0, stream>>>(
+  bn_relu_conv_tc_kernel<Math, kBnRelu, kWarpsN, TIn, TOut><<<grid, kWarpsM * kWarpsN * 32, 0, stream>>>(
       d, x, gamma, beta, mean, invstd, w, bias, y, part);
 }
 
-template <class Math>
-void launch_math(bool bn, const Dims& d, const float* x, const float* gamma, const float* beta,
-                 const float* mean, const float* invstd, const float* w, const float* bias, float* y,
+template <class Math, class TIn, class TOut>
+void launch_math(bool bn, const Dims& d, const TIn* x, const float* gamma, const float* beta,
+                 const float* mean, const float* invstd, const float* w, const float* bias, TOut* y,
                  double* part, cudaStream_t stream) {
   const bool narrow = d.cout <= 32;
   if (bn && narrow)
@@ -290,9 +291,9 @@ void launch_math(bool bn, const Dims& d, const float* x, const float* gamma, con
   else if (bn)
     launch_forward<Math, true, 2>(d, x, gamma, beta, mean, invstd, w, bias, y, part, stream);
   else if (narrow)
-    launch_forward<Math, false, 1>(d, x, nullptr, nullptr, nullptr, nullptr, w, bias, y, part, stream);
+    launch_forward<Math, false, 1>(d, x, static_cast<const float*>(nullptr), nullptr, nullptr, nullptr, w, bias, y, part, stream);
   else
-    launch_forward<Math, false, 2>(d, x, nullptr, nullptr, nullptr, nullptr, w, bias, y, part, stream);
+    launch_forward<Math, false, 2>(d, x, static_cast<const float*>(nullptr), nullptr, nullptr, nullptr, w, bias, y, part, stream);
 }
 
 bool shape_runs(const cpu::Conv2dShape& s) {
@@ -312,6 +313,11 @@ bool bn_relu_conv_tc_can_run(const cpu::Conv2dShape& s, ConvMath math) {
   return (math == ConvMath::Tf32 || math == ConvMath::Bf16) && shape_runs(s);
 }
 
+bool bn_relu_conv_tc_can_run(const cpu::Conv2dShape& s, ConvMath math, Storage x_type, Storage y_type) {
+  const bool fp32_io = x_type == Storage::F32 && y_type == Storage::F32;
+  return bn_relu_conv_tc_can_run(s, math) && (fp32_io || math == ConvMath::Bf16);
+}
+
 size_t bn_relu_conv_tc_workspace_bytes(const cpu::Conv2dShape& s) {
   if (!shape_runs(s)) return 0;
   return 2 * size_t(pixel_tiles(s)) * size_t(s.cout) * sizeof(double);
@@ -321,11 +327,20 @@ void bn_relu_conv_tc_forward(const cpu::Conv2dShape& s, ConvMath math, const flo
                              const float* beta, const float* mean, const float* invstd, const float* w_ohwi,
                              const float* bias, float* y, double* out_sum, double* out_sumsq, void* workspace,
                              cudaStream_t stream) {
+  bn_relu_conv_tc_forward(s, math, Storage::F32, x, gamma, beta, mean, invstd, w_ohwi, bias, Storage::F32, y,
+                          out_sum, out_sumsq, workspace, stream);
+}
+
+void bn_relu_conv_tc_forward(const cpu::Conv2dShape& s, ConvMath math, Storage x_type, const void* x,
+                             const float* gamma, const float* beta, const float* mean, const float* invstd,
+                             const float* w_ohwi, const float* bias, Storage y_type, void* y, double* out_sum,
+                             double* out_sumsq, void* workspace, cudaStream_t stream) {
   const char* op = "bn_relu_conv_tc_forward";
-  if (!bn_relu_conv_tc_can_run(s, math))
-    fail(op, ": unsupported shape or math: n ", s.n, " h ", s.h, " w ", s.w, " cin ", s.cin, " cout ", s.cout,
-         " kernel ", s.kh, "x", s.kw, " stride ", s.stride, " pad ", s.pad, " dilation ", s.dil, " math ",
-         static_cast<int>(math));
+  if (!bn_relu_conv_tc_can_run(s, math, x_type, y_type))
+    fail(op, ": unsupported shape, math or storage: n ", s.n, " h ", s.h, " w ", s.w, " cin ", s.cin, " cout ",
+         s.cout, " kernel ", s.kh, "x", s.kw, " stride ", s.stride, " pad ", s.pad, " dilation ", s.dil,
+         " math ", math == ConvMath::Tf32 ? "tf32" : "bf16", " x ", storage_name(x_type), " y ",
+         storage_name(y_type), " (bf16 storage needs bf16 math)");
   detail::check_not_null(op, {{"x", x}, {"w", w_ohwi}, {"y", y}});
   const bool bn = gamma || beta || mean || invstd;
   if (bn) detail::check_not_null(op, {{"gamma", gamma}, {"beta", beta}, {"mean", mean}, {"invstd", invstd}});
@@ -336,10 +351,21 @@ void bn_relu_conv_tc_forward(const cpu::Conv2dShape& s, ConvMath math, const flo
   d.m = int64_t(s.n) * d.ho * d.wo;
   d.k = s.kh * s.kw * s.cin;
   double* part = stats ? static_cast<double*>(workspace) : nullptr;
+  const auto* xf = static_cast<const float*>(x);
+  const auto* xh = static_cast<const bf16*>(x);
+  auto* yf = static_cast<float*>(y);
+  auto* yh = static_cast<bf16*>(y);
+  const bool xb = x_type == Storage::Bf16, yb = y_type == Storage::Bf16;
   if (math == ConvMath::Tf32)
-    launch_math<Tf32Math>(bn, d, x, gamma, beta, mean, invstd, w_ohwi, bias, y, part, stream);
+    launch_math<Tf32Math>(bn, d, xf, gamma, beta, mean, invstd, w_ohwi, bias, yf, part, stream);
+  else if (!xb && !yb)
+    launch_math<Bf16Math>(bn, d, xf, gamma, beta, mean, invstd, w_ohwi, bias, yf, part, stream);
+  else if (xb && yb)
+    launch_math<Bf16Math>(bn, d, xh, gamma, beta, mean, invstd, w_ohwi, bias, yh, part, stream);
+  else if (xb)
+    launch_math<Bf16Math>(bn, d, xh, gamma, beta, mean, invstd, w_ohwi, bias, yf, part, stream);
   else
-    launch_math<Bf16Math>(bn, d, x, gamma, beta, mean, invstd, w_ohwi, bias, y, part, stream);
+    launch_math<Bf16Math>(bn, d, xf, gamma, beta, mean, invstd, w_ohwi, bias, yh, part, stream);
   RPP_CUDA_CHECK_LAUNCH(op);
   if (stats) {
     const unsigned blocks = unsigned((s.cout + kReduceChannels - 1) / kReduceChannels);

@@ -27,6 +27,7 @@
 #include <cstddef>
 
 #include "kernels/cpu/conv2d.h"
+#include "kernels/cuda/storage.cuh"
 
 namespace rpp::cuda {
 
@@ -53,5 +54,15 @@ void bn_relu_conv_tc_forward(const cpu::Conv2dShape& s, ConvMath math, const flo
                              const float* beta, const float* mean, const float* invstd, const float* w_ohwi,
                              const float* bias, float* y, double* out_sum, double* out_sumsq, void* workspace,
                              cudaStream_t stream);
+
+// bf16 storage (bf16 mixed precision): x and y each fp32 or bf16 (storage.cuh), with
+// ConvMath::Bf16 when either is bf16. A bf16 x is widened exactly before BN-ReLU (in fp32, as
+// above); y is the fp32 result rounded once to bf16 (nearest even), and the epilogue statistics
+// are those of the stored (rounded) values. Everything else as above.
+bool bn_relu_conv_tc_can_run(const cpu::Conv2dShape& s, ConvMath math, Storage x_type, Storage y_type);
+void bn_relu_conv_tc_forward(const cpu::Conv2dShape& s, ConvMath math, Storage x_type, const void* x,
+                             const float* gamma, const float* beta, const float* mean, const float* invstd,
+                             const float* w_ohwi, const float* bias, Storage y_type, void* y, double* out_sum,
+                             double* out_sumsq, void* workspace, cudaStream_t stream);
 
 }  // namespace rpp::cuda

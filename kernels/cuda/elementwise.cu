@@ -27,7 +27,9 @@ namespace {
 
 using detail::check_not_null;
 using detail::check_workspace;
+using detail::from_f32;
 using detail::launch_flat;
+using detail::to_f32;
 
 constexpr int kThreads = 256;
 constexpr int kRowIters = 16;
@@ -43,13 +45,14 @@ __device__ __forceinline__ float sigmoid_stable(float v) {
   return z / (1.f + z);
 }
 
+template <class T>
 struct ReluFwd {
-  const float* x;
-  float* y;
+  const T* x;
+  T* y;
   template <class Idx>
   __device__ void operator()(Idx i) const {
-    const float v = x[i];
-    y[i] = (v > 0.f || v != v) ? v : 0.f;  // NaN propagates, as in PyTorch
+    const float v = to_f32(x[i]);
+    y[i] = from_f32<T>((v > 0.f || v != v) ? v : 0.f);  // NaN propagates, as in PyTorch
   }
 };
 
@@ -63,23 +66,25 @@ struct ReluBwd {
   }
 };
 
+template <class T>
 struct Add {
-  const float* a;
-  const float* b;
-  float* y;
+  const T* a;
+  const T* b;
+  T* y;
   template <class Idx>
   __device__ void operator()(Idx i) const {
-    y[i] = a[i] + b[i];
+    y[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
   }
 };
 
+template <class T>
 struct Mul {
-  const float* a;
-  const float* b;
-  float* y;
+  const T* a;
+  const T* b;
+  T* y;
   template <class Idx>
   __device__ void operator()(Idx i) const {
-    y[i] = a[i] * b[i];
+    y[i] = from_f32<T>(to_f32(a[i]) * to_f32(b[i]));
   }
 };
 
@@ -111,10 +116,11 @@ __device__ __forceinline__ void image_channel(Idx i, int64_t hw, int c, Idx& img
   img = row / Idx(hw);
 }
 
+template <class T>
 struct ScaleChannels {
-  const float* x;
+  const T* x;
   const float* s;
-  float* y;
+  T* y;
   int64_t hw;
   int c;
   template <class Idx>
@@ -122,7 +128,7 @@ struct ScaleChannels {
     Idx img;
     int ch;
     image_channel(i, hw, c, img, ch);
-    y[i] = x[i] * s[int64_t(img) * c + ch];
+    y[i] = from_f32<T>(to_f32(x[i]) * s[int64_t(img) * c + ch]);
   }
 };
 
@@ -171,9 +177,10 @@ __device__ __forceinline__ void nhwc_coords(Idx i, int ho, int wo, int c, int64_
 }
 
 // One thread per output: y = max of the window; strict > keeps the first maximum, as the CPU.
+template <class T>
 struct MaxPoolFwd {
-  const float* x;
-  float* y;
+  const T* x;
+  T* y;
   int h, w, c;
   template <class Idx>
   __device__ void operator()(Idx i) const {
@@ -181,12 +188,13 @@ struct MaxPoolFwd {
     int oh, ow, ch;
     nhwc_coords(i, h / 2, w / 2, c, img, oh, ow, ch);
     const int64_t row = int64_t(w) * c;
-    const float* p = x + ((img * h + 2 * oh) * int64_t(w) + 2 * ow) * int64_t(c) + ch;
-    float best = p[0];
-    if (p[c] > best) best = p[c];
-    if (p[row] > best) best = p[row];
-    if (p[row + c] > best) best = p[row + c];
-    y[i] = best;
+    const T* p = x + ((img * h + 2 * oh) * int64_t(w) + 2 * ow) * int64_t(c) + ch;
+    float best = to_f32(p[0]);
+    const float v1 = to_f32(p[c]), v2 = to_f32(p[row]), v3 = to_f32(p[row + c]);
+    if (v1 > best) best = v1;
+    if (v2 > best) best = v2;
+    if (v3 > best) best = v3;
+    y[i] = from_f32<T>(best);  // exact: best is one of the stored values
   }
 };
 
@@ -220,9 +228,10 @@ struct MaxPoolBwd {
   }
 };
 
+template <class T>
 struct UpsampleFwd {
-  const float* x;
-  float* y;
+  const T* x;
+  T* y;
   int h, w, c;
   template <class Idx>
   __device__ void operator()(Idx i) const {
@@ -250,10 +259,11 @@ struct UpsampleBwd {
   }
 };
 
+template <class T>
 struct ConcatFwd {
-  const float* a;
-  const float* b;
-  float* y;
+  const T* a;
+  const T* b;
+  T* y;
   int ca, cb;
   template <class Idx>
   __device__ void operator()(Idx i) const {
@@ -317,9 +327,9 @@ __device__ double block_sum(double v, double* red) {
 }
 
 // grid (groups, tiles, n): part[img, g, ch] = sum over the group's rows of x (kProduct: x * dy).
-template <bool kProduct>
+template <bool kProduct, class T>
 __global__ void __launch_bounds__(kThreads)
-    channel_sum_partial_kernel(const float* __restrict__ x, const float* __restrict__ dy,
+    channel_sum_partial_kernel(const T* __restrict__ x, const float* __restrict__ dy,
                                int64_t hw, int c, int tc, int rs, int64_t rows, int64_t groups,
                                double* __restrict__ part) {
   __shared__ double red[kThreads];
@@ -339,7 +349,7 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t r = lr + int64_t(k) * rs;
       if (r < nb) {
         const int64_t idx = base + (row0 + r) * c + ch;
-        double v = double(x[idx]);
+        double v = double(to_f32(x[idx]));
         if constexpr (kProduct) v *= double(dy[idx]);
         s += v;
       }
@@ -367,8 +377,8 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) out[img * c + ch] = float(s / divisor);
 }
 
-template <bool kProduct>
-void channel_sums(const char* op, int n, int64_t hw, int c, const float* x, const float* dy,
+template <bool kProduct, class T>
+void channel_sums(const char* op, int n, int64_t hw, int c, const T* x, const float* dy,
                   float* out, double divisor, void* workspace, cudaStream_t stream) {
   if (n > 65535) fail(op, ": batch ", n, " exceeds the grid limit of 65535 images");
   check_workspace(op, workspace, channel_sum_workspace_bytes(n, hw, c));
@@ -376,7 +386,7 @@ void channel_sums(const char* op, int n, int64_t hw, int c, const float* x, cons
   if (t.groups > 0x7fffffff || t.tiles > 65535) fail(op, ": tensor too large for one launch");
   double* part = static_cast<double*>(workspace);
   if (t.groups > 0) {
-    channel_sum_partial_kernel<kProduct>
+    channel_sum_partial_kernel<kProduct, T>
         <<<dim3(unsigned(t.groups), unsigned(t.tiles), unsigned(n)), kThreads, 0, stream>>>(
             x, dy, hw, c, t.tc, t.rs, t.rows, t.groups, part);
     RPP_CUDA_CHECK_LAUNCH(op);
@@ -448,11 +458,22 @@ void check_nchw_sizes(const char* op, int n, int64_t hw, int c, bool hw_positive
 
 // ---- Elementwise ----
 
-void relu_forward(int64_t n, const float* x, float* y, cudaStream_t stream) {
+namespace {
+template <class T>
+void relu_forward_impl(int64_t n, const T* x, T* y,
+                       cudaStream_t stream) {
   if (n < 0) fail("relu_forward: n must be >= 0, got ", n);
   if (n == 0) return;
   check_not_null("relu_forward", {{"x", x}, {"y", y}});
-  launch_flat("relu_forward", n, ReluFwd{x, y}, stream);
+  launch_flat("relu_forward", n, ReluFwd<T>{x, y}, stream);
+}
+}  // namespace
+
+void relu_forward(int64_t n, const float* x, float* y, cudaStream_t stream) {
+  relu_forward_impl(n, x, y, stream);
+}
+void relu_forward(int64_t n, const bf16* x, bf16* y, cudaStream_t stream) {
+  relu_forward_impl(n, x, y, stream);
 }
 
 void relu_backward(int64_t n, const float* x, const float* dy, float* dx, cudaStream_t stream) {
@@ -462,18 +483,40 @@ void relu_backward(int64_t n, const float* x, const float* dy, float* dx, cudaSt
   launch_flat("relu_backward", n, ReluBwd{x, dy, dx}, stream);
 }
 
-void add(int64_t n, const float* a, const float* b, float* y, cudaStream_t stream) {
+namespace {
+template <class T>
+void add_impl(int64_t n, const T* a, const T* b, T* y,
+              cudaStream_t stream) {
   if (n < 0) fail("add: n must be >= 0, got ", n);
   if (n == 0) return;
   check_not_null("add", {{"a", a}, {"b", b}, {"y", y}});
-  launch_flat("add", n, Add{a, b, y}, stream);
+  launch_flat("add", n, Add<T>{a, b, y}, stream);
+}
+}  // namespace
+
+void add(int64_t n, const float* a, const float* b, float* y, cudaStream_t stream) {
+  add_impl(n, a, b, y, stream);
+}
+void add(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream) {
+  add_impl(n, a, b, y, stream);
 }
 
-void mul(int64_t n, const float* a, const float* b, float* y, cudaStream_t stream) {
+namespace {
+template <class T>
+void mul_impl(int64_t n, const T* a, const T* b, T* y,
+              cudaStream_t stream) {
   if (n < 0) fail("mul: n must be >= 0, got ", n);
   if (n == 0) return;
   check_not_null("mul", {{"a", a}, {"b", b}, {"y", y}});
-  launch_flat("mul", n, Mul{a, b, y}, stream);
+  launch_flat("mul", n, Mul<T>{a, b, y}, stream);
+}
+}  // namespace
+
+void mul(int64_t n, const float* a, const float* b, float* y, cudaStream_t stream) {
+  mul_impl(n, a, b, y, stream);
+}
+void mul(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream) {
+  mul_impl(n, a, b, y, stream);
 }
 
 void sigmoid_forward(int64_t n, const float* x, float* y, cudaStream_t stream) {
@@ -492,14 +535,24 @@ void sigmoid_backward(int64_t n, const float* y, const float* dy, float* dx, cud
 
 // ---- Per-channel scale ----
 
-void scale_channels(int n, int64_t hw, int c, const float* x, const float* s, float* y,
-                    cudaStream_t stream) {
+namespace {
+template <class T>
+void scale_channels_impl(int n, int64_t hw, int c, const T* x, const float* s, T* y,
+                         cudaStream_t stream) {
   const char* op = "scale_channels";
   check_nchw_sizes(op, n, hw, c, false);
   const int64_t total = int64_t(n) * hw * c;
   if (total == 0) return;
   check_not_null(op, {{"x", x}, {"s", s}, {"y", y}});
-  launch_flat(op, total, ScaleChannels{x, s, y, hw, c}, stream);
+  launch_flat(op, total, ScaleChannels<T>{x, s, y, hw, c}, stream);
+}
+}  // namespace
+
+void scale_channels(int n, int64_t hw, int c, const float* x, const float* s, float* y, cudaStream_t stream) {
+  scale_channels_impl(n, hw, c, x, s, y, stream);
+}
+void scale_channels(int n, int64_t hw, int c, const bf16* x, const float* s, bf16* y, cudaStream_t stream) {
+  scale_channels_impl(n, hw, c, x, s, y, stream);
 }
 
 size_t scale_channels_workspace_bytes(int n, int64_t hw, int c) {
@@ -513,7 +566,7 @@ void scale_channels_backward_scale(int n, int64_t hw, int c, const float* x, con
   if (n == 0) return;
   check_not_null(op, {{"ds", ds}});
   if (hw > 0) check_not_null(op, {{"x", x}, {"dy", dy}});
-  channel_sums<true>(op, n, hw, c, x, dy, ds, 1.0, workspace, stream);
+  channel_sums<true, float>(op, n, hw, c, x, dy, ds, 1.0, workspace, stream);
 }
 
 // ---- Global average pool ----
@@ -522,13 +575,23 @@ size_t global_avg_pool_workspace_bytes(int n, int64_t hw, int c) {
   return channel_sum_workspace_bytes(n, hw, c);
 }
 
-void global_avg_pool_forward(int n, int64_t hw, int c, const float* x, float* y, void* workspace,
-                             cudaStream_t stream) {
+namespace {
+template <class T>
+void global_avg_pool_forward_impl(int n, int64_t hw, int c, const T* x, float* y, void* workspace,
+                                  cudaStream_t stream) {
   const char* op = "global_avg_pool_forward";
   check_nchw_sizes(op, n, hw, c, true);
   if (n == 0) return;
   check_not_null(op, {{"x", x}, {"y", y}});
-  channel_sums<false>(op, n, hw, c, x, nullptr, y, double(hw), workspace, stream);
+  channel_sums<false, T>(op, n, hw, c, x, nullptr, y, double(hw), workspace, stream);
+}
+}  // namespace
+
+void global_avg_pool_forward(int n, int64_t hw, int c, const float* x, float* y, void* workspace, cudaStream_t stream) {
+  global_avg_pool_forward_impl(n, hw, c, x, y, workspace, stream);
+}
+void global_avg_pool_forward(int n, int64_t hw, int c, const bf16* x, float* y, void* workspace, cudaStream_t stream) {
+  global_avg_pool_forward_impl(n, hw, c, x, y, workspace, stream);
 }
 
 void global_avg_pool_backward(int n, int64_t hw, int c, const float* dy, float* dx,
@@ -570,13 +633,24 @@ void linear_backward(int n, int in, int out, const float* x, const float* w, con
 
 // ---- 2x2 max pool ----
 
-void maxpool2_forward(int n, int h, int w, int c, const float* x, float* y, cudaStream_t stream) {
+namespace {
+template <class T>
+void maxpool2_forward_impl(int n, int h, int w, int c, const T* x, T* y,
+                           cudaStream_t stream) {
   const char* op = "maxpool2_forward";
   check_pool_sizes(op, n, h, w, c);
   const int64_t total = int64_t(n) * (h / 2) * (w / 2) * c;
   if (total == 0) return;
   check_not_null(op, {{"x", x}, {"y", y}});
-  launch_flat(op, total, MaxPoolFwd{x, y, h, w, c}, stream);
+  launch_flat(op, total, MaxPoolFwd<T>{x, y, h, w, c}, stream);
+}
+}  // namespace
+
+void maxpool2_forward(int n, int h, int w, int c, const float* x, float* y, cudaStream_t stream) {
+  maxpool2_forward_impl(n, h, w, c, x, y, stream);
+}
+void maxpool2_forward(int n, int h, int w, int c, const bf16* x, bf16* y, cudaStream_t stream) {
+  maxpool2_forward_impl(n, h, w, c, x, y, stream);
 }
 
 void maxpool2_backward(int n, int h, int w, int c, const float* x, const float* dy, float* dx,
@@ -591,7 +665,10 @@ void maxpool2_backward(int n, int h, int w, int c, const float* x, const float* 
 
 // ---- 2x nearest upsample ----
 
-void upsample2_forward(int n, int h, int w, int c, const float* x, float* y, cudaStream_t stream) {
+namespace {
+template <class T>
+void upsample2_forward_impl(int n, int h, int w, int c, const T* x, T* y,
+                            cudaStream_t stream) {
   const char* op = "upsample2_forward";
   if (n < 0 || h < 0 || w < 0 || c <= 0)
     fail(op, ": bad sizes n=", n, " h=", h, " w=", w, " c=", c);
@@ -600,7 +677,15 @@ void upsample2_forward(int n, int h, int w, int c, const float* x, float* y, cud
   if (2 * int64_t(h) > 0x7fffffff || 2 * int64_t(w) > 0x7fffffff)
     fail(op, ": output size overflows int, h=", h, " w=", w);
   check_not_null(op, {{"x", x}, {"y", y}});
-  launch_flat(op, total, UpsampleFwd{x, y, h, w, c}, stream);
+  launch_flat(op, total, UpsampleFwd<T>{x, y, h, w, c}, stream);
+}
+}  // namespace
+
+void upsample2_forward(int n, int h, int w, int c, const float* x, float* y, cudaStream_t stream) {
+  upsample2_forward_impl(n, h, w, c, x, y, stream);
+}
+void upsample2_forward(int n, int h, int w, int c, const bf16* x, bf16* y, cudaStream_t stream) {
+  upsample2_forward_impl(n, h, w, c, x, y, stream);
 }
 
 void upsample2_backward(int n, int h, int w, int c, const float* dy, float* dx,
@@ -618,8 +703,10 @@ void upsample2_backward(int n, int h, int w, int c, const float* dy, float* dx,
 
 // ---- Channel concat ----
 
-void concat_forward(int64_t count, int ca, int cb, const float* a, const float* b, float* y,
-                    cudaStream_t stream) {
+namespace {
+template <class T>
+void concat_forward_impl(int64_t count, int ca, int cb, const T* a, const T* b, T* y,
+                         cudaStream_t stream) {
   const char* op = "concat_forward";
   if (count < 0 || ca < 0 || cb < 0 || int64_t(ca) + cb > 0x7fffffff)
     fail(op, ": bad sizes count=", count, " ca=", ca, " cb=", cb);
@@ -628,7 +715,15 @@ void concat_forward(int64_t count, int ca, int cb, const float* a, const float* 
   check_not_null(op, {{"y", y}});
   if (ca > 0) check_not_null(op, {{"a", a}});
   if (cb > 0) check_not_null(op, {{"b", b}});
-  launch_flat(op, total, ConcatFwd{a, b, y, ca, cb}, stream);
+  launch_flat(op, total, ConcatFwd<T>{a, b, y, ca, cb}, stream);
+}
+}  // namespace
+
+void concat_forward(int64_t count, int ca, int cb, const float* a, const float* b, float* y, cudaStream_t stream) {
+  concat_forward_impl(count, ca, cb, a, b, y, stream);
+}
+void concat_forward(int64_t count, int ca, int cb, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream) {
+  concat_forward_impl(count, ca, cb, a, b, y, stream);
 }
 
 void concat_backward(int64_t count, int ca, int cb, const float* dy, float* da, float* db,

@@ -1,6 +1,8 @@
 // kernels/cuda/elementwise.cuh — the GPU versions of the elementwise, per-channel, pooling,
 // resampling, concat and bias-free linear ops of kernels/cpu/ops.h, forward and backward, fp32
-// NHWC. Same semantics and argument order as rpp::cpu::*, plus (where a reduction needs one) a
+// NHWC; the forward ops on activations also with bf16 storage (kernels/cuda/storage.cuh: loaded
+// as fp32, computed in fp32 as the fp32 version, the result rounded once to bf16, to nearest
+// even; the per-channel scales and the pool's output stay fp32). Same semantics and argument order as rpp::cpu::*, plus (where a reduction needs one) a
 // workspace, and a stream. Implemented in elementwise.cu; tested against the CPU reference by
 // tests/gpu/test_ops_gpu.cpp.
 //
@@ -12,20 +14,27 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cuda/storage.cuh"
+
 namespace rpp::cuda {
 
 // ---- Elementwise over n values (outputs may alias inputs) ----
 void relu_forward(int64_t n, const float* x, float* y, cudaStream_t stream);
+void relu_forward(int64_t n, const bf16* x, bf16* y, cudaStream_t stream);
 // dx = dy where x > 0, else 0.
 void relu_backward(int64_t n, const float* x, const float* dy, float* dx, cudaStream_t stream);
 void add(int64_t n, const float* a, const float* b, float* y, cudaStream_t stream);
+void add(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream);
 void mul(int64_t n, const float* a, const float* b, float* y, cudaStream_t stream);
+void mul(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream);
 void sigmoid_forward(int64_t n, const float* x, float* y, cudaStream_t stream);
 // dx = dy * y * (1 - y), y the forward output.
 void sigmoid_backward(int64_t n, const float* y, const float* dy, float* dx, cudaStream_t stream);
 
 // ---- Per-channel scale: x (N, HW, C), s (N, C) -> y ----
 void scale_channels(int n, int64_t hw, int c, const float* x, const float* s, float* y,
+                    cudaStream_t stream);
+void scale_channels(int n, int64_t hw, int c, const bf16* x, const float* s, bf16* y,
                     cudaStream_t stream);
 // ds[n, c] = sum_p dy[n, p, c] * x[n, p, c]. Workspace: scale_channels_workspace_bytes.
 size_t scale_channels_workspace_bytes(int n, int64_t hw, int c);
@@ -36,6 +45,8 @@ void scale_channels_backward_scale(int n, int64_t hw, int c, const float* x, con
 // Workspace: global_avg_pool_workspace_bytes (the same as scale_channels_workspace_bytes).
 size_t global_avg_pool_workspace_bytes(int n, int64_t hw, int c);
 void global_avg_pool_forward(int n, int64_t hw, int c, const float* x, float* y, void* workspace,
+                             cudaStream_t stream);
+void global_avg_pool_forward(int n, int64_t hw, int c, const bf16* x, float* y, void* workspace,
                              cudaStream_t stream);
 void global_avg_pool_backward(int n, int64_t hw, int c, const float* dy, float* dx,
                               cudaStream_t stream);
@@ -48,17 +59,21 @@ void linear_backward(int n, int in, int out, const float* x, const float* w, con
 
 // ---- 2x2 max pool, stride 2: x (N, H, W, C) -> y (N, H/2, W/2, C); H, W even ----
 void maxpool2_forward(int n, int h, int w, int c, const float* x, float* y, cudaStream_t stream);
+void maxpool2_forward(int n, int h, int w, int c, const bf16* x, bf16* y, cudaStream_t stream);
 // The gradient goes to the first maximum of each window in the order (0,0), (0,1), (1,0), (1,1).
 void maxpool2_backward(int n, int h, int w, int c, const float* x, const float* dy, float* dx,
                        cudaStream_t stream);
 
 // ---- 2x nearest upsample: x (N, H, W, C) -> y (N, 2H, 2W, C); h, w are the input sizes ----
 void upsample2_forward(int n, int h, int w, int c, const float* x, float* y, cudaStream_t stream);
+void upsample2_forward(int n, int h, int w, int c, const bf16* x, bf16* y, cudaStream_t stream);
 void upsample2_backward(int n, int h, int w, int c, const float* dy, float* dx,
                         cudaStream_t stream);
 
 // ---- Channel concat: a (count, ca), b (count, cb) -> y (count, ca + cb), a first ----
 void concat_forward(int64_t count, int ca, int cb, const float* a, const float* b, float* y,
+                    cudaStream_t stream);
+void concat_forward(int64_t count, int ca, int cb, const bf16* a, const bf16* b, bf16* y,
                     cudaStream_t stream);
 void concat_backward(int64_t count, int ca, int cb, const float* dy, float* da, float* db,
                      cudaStream_t stream);

@@ -1,0 +1,366 @@
+// tests/gpu/test_bf16_gpu.cpp — the bf16-storage versions of the inference kernels (bf16
+// activations, fp32 arithmetic; kernels/cuda/storage.cuh) against their specification:
+//  * elementwise, pooling, upsampling, concat, per-channel scale and eval BatchNorm: the CPU
+//    reference (kernels/cpu/ops.h) run in fp32 on the widened bf16 inputs, its result rounded to
+//    bf16 (nearest even) — bit for bit, because each GPU thread does the same fp32 operations and
+//    rounds once; the global average pool (fp32 output) within 1e-6 relative;
+//  * the tensor-core convolution with bf16 input and/or output: bit for bit against the same
+//    kernel with fp32 storage on the same (bf16-representable) input, itself tested against the
+//    CPU by test_bn_relu_conv_tc_gpu — a bf16 x must change nothing, a bf16 y must be the fp32 y
+//    rounded to nearest even, and the epilogue statistics must be those of the stored values.
+// Every output is poisoned first and guarded; every launch runs twice and must repeat its bits.
+// The bf16 reference conversions here are written from the format's definition (the upper 16
+// bits of a float, round to nearest even), independently of CUDA's.
+//   ./build/gpu_test_bf16_gpu
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "conv_test_util.h"
+#include "gpu_test_util.h"
+#include "kernels/cpu/conv2d.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/batchnorm.cuh"
+#include "kernels/cuda/bn_relu_conv_tc.cuh"
+#include "kernels/cuda/elementwise.cuh"
+#include "runtime/error.h"
+
+namespace rpp {
+namespace {
+
+using cuda::bf16;
+using cuda::ConvMath;
+using cuda::Storage;
+using namespace gputest;
+
+using Halves = std::vector<uint16_t>;
+
+uint16_t to_bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x0040u);  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+float from_bf16_bits(uint16_t h) {
+  const uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+Halves to_bf16(const Floats& v) {
+  Halves h(v.size());
+  for (size_t i = 0; i < v.size(); ++i) h[i] = to_bf16_bits(v[i]);
+  return h;
+}
+
+Floats widen(const Halves& h) {
+  Floats f(h.size());
+  for (size_t i = 0; i < h.size(); ++i) f[i] = from_bf16_bits(h[i]);
+  return f;
+}
+
+// Random normal values rounded to bf16 (the form activations have in bf16 storage).
+Halves random_bf16(size_t n, float sd = 1.f) { return to_bf16(normal(n, 0.f, sd)); }
+
+class DevHalves : public DevBuf {
+ public:
+  explicit DevHalves(size_t n) : DevBuf(n * sizeof(uint16_t)), n_(n) {}
+  explicit DevHalves(const Halves& h) : DevHalves(h.size()) { upload(h.data(), n_ * sizeof(uint16_t)); }
+  bf16* p() const { return static_cast<bf16*>(data()); }
+  Halves get() const {
+    Halves h(n_);
+    download(h.data(), n_ * sizeof(uint16_t));
+    return h;
+  }
+
+ private:
+  size_t n_;
+};
+
+// Runs `launch` twice on freshly poisoned outputs; the second run must repeat the first's bits.
+Halves run_twice_bf16(const Stream& st, DevHalves& out, const std::function<void()>& launch) {
+  Halves first;
+  for (int run = 0; run < 2; ++run) {
+    out.poison();
+    launch();
+    st.sync();
+    const Halves got = out.get();
+    if (run == 0)
+      first = got;
+    else
+      EXPECT_EQ(first, got) << "two identical launches differ";
+  }
+  return first;
+}
+
+// Counts the elements whose bits differ, and reports the first few.
+void expect_same_halves(const Halves& want, const Halves& got, const std::string& what) {
+  ASSERT_EQ(want.size(), got.size()) << what;
+  int bad = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (want[i] == got[i]) continue;
+    if (++bad <= 5)
+      ADD_FAILURE() << what << ": element " << i << " is " << from_bf16_bits(got[i]) << " (0x" << std::hex
+                    << got[i] << "), expected " << from_bf16_bits(want[i]) << " (0x" << want[i] << ")" << std::dec;
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << want.size() << " elements differ";
+}
+
+struct Nhwc {
+  int n, h, w, c;
+  int64_t count() const { return int64_t(n) * h * w * c; }
+};
+
+// Layer-like sizes (ResUNet++ channel counts), odd channel counts and a single element.
+std::vector<Nhwc> sizes() { return {{2, 16, 16, 16}, {2, 8, 8, 64}, {1, 4, 6, 3}, {3, 2, 2, 33}, {1, 2, 2, 1}}; }
+
+TEST(Bf16Ops, UnaryAndBinaryOpsRoundTheFp32ResultOnce) {
+  REQUIRE_GPU();
+  Stream st;
+  for (const Nhwc& z : sizes()) {
+    const size_t n = size_t(z.count());
+    Halves a = random_bf16(n), b = random_bf16(n, 3.f);
+    a[0] = to_bf16_bits(std::numeric_limits<float>::quiet_NaN());  // NaN propagates through ReLU
+    const Floats af = widen(a), bf = widen(b);
+    DevHalves da(a), db(b), dy(n);
+    Floats want(n);
+    const std::string at = " at " + std::to_string(z.n) + "x" + std::to_string(z.h) + "x" + std::to_string(z.w) +
+                           "x" + std::to_string(z.c);
+
+    cpu::relu_forward(int64_t(n), af.data(), want.data());
+    expect_same_halves(to_bf16(want), run_twice_bf16(st, dy, [&] { cuda::relu_forward(int64_t(n), da.p(), dy.p(), st); }),
+                       "relu" + at);
+    cpu::add(int64_t(n), af.data(), bf.data(), want.data());
+    expect_same_halves(to_bf16(want), run_twice_bf16(st, dy, [&] { cuda::add(int64_t(n), da.p(), db.p(), dy.p(), st); }),
+                       "add" + at);
+    cpu::mul(int64_t(n), af.data(), bf.data(), want.data());
+    expect_same_halves(to_bf16(want), run_twice_bf16(st, dy, [&] { cuda::mul(int64_t(n), da.p(), db.p(), dy.p(), st); }),
+                       "mul" + at);
+
+    const Floats s = normal(size_t(z.n) * z.c);  // per-(image, channel) scales stay fp32
+    DevFloats ds(s);
+    const int64_t hw = int64_t(z.h) * z.w;
+    cpu::scale_channels(z.n, hw, z.c, af.data(), s.data(), want.data());
+    expect_same_halves(
+        to_bf16(want),
+        run_twice_bf16(st, dy, [&] { cuda::scale_channels(z.n, hw, z.c, da.p(), ds.p(), dy.p(), st); }),
+        "scale_channels" + at);
+    expect_guards({&da, &db, &dy, &ds});
+  }
+}
+
+TEST(Bf16Ops, PoolUpsampleAndConcatMoveStoredValues) {
+  REQUIRE_GPU();
+  Stream st;
+  for (const Nhwc& z : sizes()) {
+    const std::string at = " at " + std::to_string(z.n) + "x" + std::to_string(z.h) + "x" + std::to_string(z.w) +
+                           "x" + std::to_string(z.c);
+    const Halves x = random_bf16(size_t(z.count()));
+    const Floats xf = widen(x);
+    DevHalves dx(x);
+    if (z.h % 2 == 0 && z.w % 2 == 0) {
+      const size_t m = size_t(z.count() / 4);
+      Floats want(m);
+      DevHalves dy(m);
+      cpu::maxpool2_forward(z.n, z.h, z.w, z.c, xf.data(), want.data());
+      expect_same_halves(to_bf16(want), run_twice_bf16(st, dy, [&] {
+                           cuda::maxpool2_forward(z.n, z.h, z.w, z.c, dx.p(), dy.p(), st);
+                         }),
+                         "maxpool2" + at);
+      expect_guards({&dy});
+    }
+    {
+      const size_t m = size_t(z.count() * 4);
+      Floats want(m);
+      DevHalves dy(m);
+      cpu::upsample2_forward(z.n, z.h, z.w, z.c, xf.data(), want.data());
+      expect_same_halves(to_bf16(want), run_twice_bf16(st, dy, [&] {
+                           cuda::upsample2_forward(z.n, z.h, z.w, z.c, dx.p(), dy.p(), st);
+                         }),
+                         "upsample2" + at);
+      expect_guards({&dy});
+    }
+    {
+      const int cb = z.c + 5;
+      const int64_t rows = int64_t(z.n) * z.h * z.w;
+      const Halves b = random_bf16(size_t(rows * cb));
+      const Floats bfl = widen(b);
+      DevHalves db(b), dy(size_t(rows * (z.c + cb)));
+      Floats want(size_t(rows * (z.c + cb)));
+      cpu::concat_forward(rows, z.c, cb, xf.data(), bfl.data(), want.data());
+      expect_same_halves(to_bf16(want), run_twice_bf16(st, dy, [&] {
+                           cuda::concat_forward(rows, z.c, cb, dx.p(), db.p(), dy.p(), st);
+                         }),
+                         "concat" + at);
+      expect_guards({&db, &dy});
+    }
+    expect_guards({&dx});
+  }
+}
+
+TEST(Bf16Ops, GlobalAvgPoolOfBf16InputIsFp32) {
+  REQUIRE_GPU();
+  Stream st;
+  for (const Nhwc& z : sizes()) {
+    const int64_t hw = int64_t(z.h) * z.w;
+    const Halves x = random_bf16(size_t(z.count()));
+    const Floats xf = widen(x);
+    Floats want(size_t(z.n) * z.c);
+    cpu::global_avg_pool_forward(z.n, hw, z.c, xf.data(), want.data());
+    DevHalves dx(x);
+    DevFloats dy(want.size());
+    DevBuf ws(cuda::global_avg_pool_workspace_bytes(z.n, hw, z.c));
+    const Floats got = run_twice(st, {&dy}, [&] { ws.poison(); }, [&] {
+      cuda::global_avg_pool_forward(z.n, hw, z.c, dx.p(), dy.p(), ws.data(), st);
+    })[0];
+    for (size_t i = 0; i < want.size(); ++i)
+      EXPECT_NEAR(got[i], want[i], 1e-6 * (1.0 + std::fabs(want[i]))) << "channel " << i;
+    expect_guards({&dx, &dy, &ws});
+  }
+}
+
+TEST(Bf16Ops, EvalBatchNormRoundsTheFp32ResultOnce) {
+  REQUIRE_GPU();
+  Stream st;
+  for (const Nhwc& z : sizes()) {
+    const int64_t count = int64_t(z.n) * z.h * z.w;
+    const Halves x = random_bf16(size_t(z.count()), 2.f);
+    const Floats xf = widen(x);
+    const Floats gamma = uniform(size_t(z.c), 0.5f, 1.5f), beta = normal(size_t(z.c));
+    const Floats rmean = normal(size_t(z.c), 0.f, 0.5f), rvar = uniform(size_t(z.c), 0.2f, 3.f);
+    Floats want(size_t(z.count()));
+    cpu::batchnorm_forward_eval(count, z.c, xf.data(), gamma.data(), beta.data(), rmean.data(), rvar.data(), 1e-5,
+                                want.data());
+    DevHalves dx(x), dy(size_t(z.count()));
+    DevFloats dg(gamma), db(beta), dm(rmean), dv(rvar);
+    expect_same_halves(to_bf16(want), run_twice_bf16(st, dy, [&] {
+                         cuda::batchnorm_forward_eval(count, z.c, dx.p(), dg.p(), db.p(), dm.p(), dv.p(), 1e-5, dy.p(),
+                                                      st);
+                       }),
+                       "batchnorm_forward_eval");
+    expect_guards({&dx, &dy, &dg, &db, &dm, &dv});
+  }
+}
+
+// ---- the tensor-core convolution with bf16 storage ----
+
+struct ConvCase {
+  cpu::Conv2dShape s;
+  bool bn;
+};
+
+std::vector<ConvCase> conv_cases() {
+  std::vector<ConvCase> v;
+  for (const cpu::Conv2dShape& s : thin_for_emulator(fused_chain_shapes(32, 2))) v.push_back({s, true});
+  v.push_back({conv_shape(2, 32, 32, 3, 16, 3, 1, 1, 1), false});    // the stem: image in
+  v.push_back({conv_shape(2, 32, 32, 16, 1, 1, 1, 0, 1), false});    // the output conv: logits out
+  v.push_back({conv_shape(1, 9, 7, 20, 40, 3, 2, 1, 1), true});      // ragged tiles, stride 2
+  v.push_back({conv_shape(1, 12, 12, 32, 16, 3, 1, 6, 6), false});   // a dilated ASPP branch
+  return v;
+}
+
+TEST(Bf16Conv, Bf16StorageMatchesTheFp32StorageKernelBitForBit) {
+  REQUIRE_GPU();
+  Stream st;
+  for (const ConvCase& c : conv_cases()) {
+    const cpu::Conv2dShape& s = c.s;
+    const std::string what = shape_str(s) + (c.bn ? " (bn-relu)" : " (plain)");
+    const size_t nx = size_t(s.n) * s.h * s.w * s.cin, ny = size_t(s.n) * s.ho() * s.wo() * s.cout;
+    const Halves xh = random_bf16(nx);
+    const Floats xf = widen(xh);
+    const Floats w = normal(size_t(s.kh) * s.kw * s.cin * s.cout, 0.f, 0.2f), bias = normal(size_t(s.cout));
+    const BnParams bn = random_bn(s.cin);
+    DevFloats dxf(xf), dw(hwio_to_ohwi(s, w)), db(bias), dg(bn.gamma), dbeta(bn.beta), dm(bn.mean), di(bn.invstd);
+    DevHalves dxh(xh), dyh(ny);
+    DevFloats dyf(ny), dsum(2 * size_t(s.cout)), dsq(2 * size_t(s.cout));  // doubles as float pairs
+    DevBuf ws(cuda::bn_relu_conv_tc_workspace_bytes(s));
+    const float* g = c.bn ? dg.p() : nullptr;
+    const float* be = c.bn ? dbeta.p() : nullptr;
+    const float* me = c.bn ? dm.p() : nullptr;
+    const float* iv = c.bn ? di.p() : nullptr;
+    auto sum = [&] { return reinterpret_cast<double*>(dsum.p()); };
+    auto sumsq = [&] { return reinterpret_cast<double*>(dsq.p()); };
+
+    // The reference: fp32 in, fp32 out, bf16 math (the tested path).
+    const std::vector<Floats> ref = run_twice(st, {&dyf, &dsum, &dsq}, [&] { ws.poison(); }, [&] {
+      cuda::bn_relu_conv_tc_forward(s, ConvMath::Bf16, dxf.p(), g, be, me, iv, dw.p(), db.p(), dyf.p(), sum(), sumsq(),
+                                    ws.data(), st);
+    });
+    ASSERT_TRUE(cuda::bn_relu_conv_tc_can_run(s, ConvMath::Bf16, Storage::Bf16, Storage::Bf16)) << what;
+
+    // bf16 x, fp32 y: the same bits as the reference.
+    const std::vector<Floats> yf = run_twice(st, {&dyf, &dsum, &dsq}, [&] { ws.poison(); }, [&] {
+      cuda::bn_relu_conv_tc_forward(s, ConvMath::Bf16, Storage::Bf16, dxh.p(), g, be, me, iv, dw.p(), db.p(),
+                                    Storage::F32, dyf.p(), sum(), sumsq(), ws.data(), st);
+    });
+    EXPECT_TRUE(same_bits(ref[0], yf[0])) << what << ": bf16 x, fp32 y";
+    EXPECT_TRUE(same_bits(ref[1], yf[1]) && same_bits(ref[2], yf[2])) << what << ": statistics, bf16 x, fp32 y";
+
+    // bf16 y (from a bf16 or an fp32 x): the reference rounded once; statistics of the stored values.
+    const Halves want = to_bf16(ref[0]);
+    std::vector<double> want_sum(size_t(s.cout), 0.0), want_sq(size_t(s.cout), 0.0);
+    for (size_t i = 0; i < ny; ++i) {
+      const double v = from_bf16_bits(want[i]);
+      want_sum[i % size_t(s.cout)] += v;
+      want_sq[i % size_t(s.cout)] += v * v;
+    }
+    for (const bool x_bf16 : {true, false}) {
+      const std::string io = x_bf16 ? ": bf16 x, bf16 y" : ": fp32 x, bf16 y";
+      Halves got;
+      for (int run = 0; run < 2; ++run) {
+        dyh.poison();
+        dsum.poison();
+        dsq.poison();
+        ws.poison();
+        cuda::bn_relu_conv_tc_forward(s, ConvMath::Bf16, x_bf16 ? Storage::Bf16 : Storage::F32,
+                                      x_bf16 ? static_cast<const void*>(dxh.p()) : dxf.p(), g, be, me, iv, dw.p(),
+                                      db.p(), Storage::Bf16, dyh.p(), sum(), sumsq(), ws.data(), st);
+        st.sync();
+        const Halves y = dyh.get();
+        if (run == 1) {
+          EXPECT_EQ(got, y) << what << io << ": two identical launches differ";
+        }
+        got = y;
+      }
+      expect_same_halves(want, got, what + io);
+      std::vector<double> gs(size_t(s.cout)), gq(size_t(s.cout));
+      CU(cudaMemcpy(gs.data(), dsum.data(), gs.size() * sizeof(double), cudaMemcpyDeviceToHost));
+      CU(cudaMemcpy(gq.data(), dsq.data(), gq.size() * sizeof(double), cudaMemcpyDeviceToHost));
+      for (int co = 0; co < s.cout; ++co) {
+        const double scale = 1e-12 * double(ny / size_t(s.cout)) * (1.0 + want_sq[size_t(co)]);
+        EXPECT_NEAR(gs[size_t(co)], want_sum[size_t(co)], scale) << what << io << ": sum, channel " << co;
+        EXPECT_NEAR(gq[size_t(co)], want_sq[size_t(co)], scale) << what << io << ": sum of squares, channel " << co;
+      }
+    }
+    expect_guards({&dxf, &dw, &db, &dg, &dbeta, &dm, &di, &dxh, &dyh, &dyf, &dsum, &dsq, &ws});
+  }
+}
+
+TEST(Bf16Host, TensorCoreKernelRefusesBf16StorageWithTf32Math) {
+  // Host-side checks: they fail before anything reaches a device.
+  const cpu::Conv2dShape s = conv_shape(1, 8, 8, 16, 16, 3, 1, 1, 1);
+  EXPECT_TRUE(cuda::bn_relu_conv_tc_can_run(s, ConvMath::Bf16, Storage::Bf16, Storage::F32));
+  EXPECT_TRUE(cuda::bn_relu_conv_tc_can_run(s, ConvMath::Tf32, Storage::F32, Storage::F32));
+  EXPECT_FALSE(cuda::bn_relu_conv_tc_can_run(s, ConvMath::Tf32, Storage::Bf16, Storage::F32));
+  EXPECT_FALSE(cuda::bn_relu_conv_tc_can_run(s, ConvMath::Tf32, Storage::F32, Storage::Bf16));
+  float f = 0.f;
+  try {
+    cuda::bn_relu_conv_tc_forward(s, ConvMath::Tf32, Storage::Bf16, &f, nullptr, nullptr, nullptr, nullptr, &f,
+                                  nullptr, Storage::F32, &f, nullptr, nullptr, nullptr, nullptr);
+    FAIL() << "TF32 math with bf16 storage was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bf16 storage needs bf16 math"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace rpp
