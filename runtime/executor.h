@@ -33,6 +33,16 @@ enum class KernelChoice { Cudnn, Handwritten, Auto };
 KernelChoice parse_kernel_choice(const std::string& name);
 const char* kernel_choice_name(KernelChoice k);
 
+// How activations are stored. Bf16 (inference only in this version): the graph stores its
+// activation tensors in bf16 (store_activations_in_bf16, runtime/fusion.h; the Predictor does it)
+// and the CUDA executor runs every convolution on the hand-written bf16 tensor-core kernel,
+// whatever `kernels` says (the cuDNN path is fp32 only); all arithmetic stays fp32. The CPU
+// executor runs fp32 only.
+enum class Precision { F32, Bf16 };
+// "fp32", "bf16"; rpp::Error naming the string otherwise.
+Precision parse_precision(const std::string& name);
+const char* precision_name(Precision p);
+
 struct ExecOptions {
   PlanMode plan_mode = PlanMode::BestFit;
   // CUDA only (the CPU backend is always deterministic and has no other choice):
@@ -45,6 +55,7 @@ struct ExecOptions {
   size_t conv_workspace_limit = size_t(1) << 30;  // cuDNN workspace cap per convolution (bytes)
   // The hand-written kernel has not run on a GPU yet: the cuDNN path stays the default.
   KernelChoice kernels = KernelChoice::Cudnn;
+  Precision precision = Precision::F32;  // must agree with the graph's activation dtypes
 };
 
 // A parsed device string: "cpu", "cuda" (= "cuda:0") or "cuda:N".

@@ -42,6 +42,10 @@ size_t cpu_workspace_bytes(const Graph& g, const Node& n) {
 
 CpuExecutor::CpuExecutor(const Graph& g, ParamStore& store, PlanMode mode)
     : g_(g), store_(store), plan_(make_plan(g, mode, cpu_workspace_bytes)) {
+  for (const TensorInfo& ti : g_.tensors())
+    if (!is_persistent(ti.kind) && ti.dtype != DType::F32)
+      fail("CPU executor: tensor ", ti.name, " is stored in ", dtype_name(ti.dtype),
+           "; the CPU backend runs fp32 only (bf16 activations need --device cuda)");
   store_.ensure(g_);
   arena_.assign(plan_.arena_bytes / sizeof(float) + 1, 0.f);
   workspace_.assign(plan_.workspace_bytes / sizeof(float) + 1, 0.f);
@@ -310,6 +314,14 @@ const char* kernel_choice_name(KernelChoice k) {
   return "?";
 }
 
+Precision parse_precision(const std::string& name) {
+  if (name == "fp32") return Precision::F32;
+  if (name == "bf16") return Precision::Bf16;
+  fail("precision must be fp32 or bf16, got '", name, "'");
+}
+
+const char* precision_name(Precision p) { return p == Precision::F32 ? "fp32" : "bf16"; }
+
 std::string resolve_device(const std::string& device) {
   if (device != "auto") return device;
   return kHaveCudaExecutor && cuda_executor_device_count() > 0 ? "cuda:0" : "cpu";
@@ -339,7 +351,11 @@ DeviceSpec parse_device(const std::string& name) {
 std::unique_ptr<Executor> make_executor(const Graph& g, ParamStore& store, const std::string& device,
                                         const ExecOptions& options) {
   const DeviceSpec d = parse_device(device);
-  if (!d.cuda) return std::make_unique<CpuExecutor>(g, store, options.plan_mode);
+  if (!d.cuda) {
+    if (options.precision != Precision::F32)
+      fail("precision ", precision_name(options.precision), ": the CPU backend runs fp32 only (use --device cuda)");
+    return std::make_unique<CpuExecutor>(g, store, options.plan_mode);
+  }
   return make_cuda_executor(g, store, d.index, options);
 }
 

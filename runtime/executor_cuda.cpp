@@ -101,6 +101,77 @@ size_t staging_bytes(const Graph& g, const Node& n) {
   return (size_t(numel(g.tensor(n.in[0]).shape)) * sizeof(float) + 255) / 256 * 256;
 }
 
+// A convolution node with a bf16 input or output (bf16 activations): only the hand-written bf16
+// tensor-core kernel runs it.
+bool conv_bf16(const Graph& g, const Node& n) {
+  return is_conv_op(n.op) && (g.tensor(n.in[0]).dtype == DType::BF16 || g.tensor(n.out[0]).dtype == DType::BF16);
+}
+
+cuda::Storage storage_of(const TensorInfo& t) {
+  return t.dtype == DType::BF16 ? cuda::Storage::Bf16 : cuda::Storage::F32;
+}
+
+// Whether g stores activations in bf16, after checking that it agrees with `precision` and that
+// every node gets dtypes its kernels take: inference ops only; elementwise, pooling, resampling,
+// concat and eval BN with one dtype in and out; per-channel vectors (SE), BN statistics and
+// every persistent tensor fp32; convolutions either way.
+bool check_storage(const Graph& g, Precision precision) {
+  bool bf16 = false;
+  for (const TensorInfo& ti : g.tensors()) {
+    if (ti.dtype == DType::BF16 && (is_persistent(ti.kind) || ti.kind == TensorKind::Input || ti.shape.size() != 4))
+      fail("CUDA executor: tensor ", ti.name, " is bf16; only rank-4 activations may be (store_activations_in_bf16)");
+    if (ti.dtype != DType::F32 && ti.dtype != DType::BF16 && !is_persistent(ti.kind))
+      fail("CUDA executor: tensor ", ti.name, " has dtype ", dtype_name(ti.dtype), "; activations are fp32 or bf16");
+    bf16 = bf16 || ti.dtype == DType::BF16;
+  }
+  if (bf16 != (precision == Precision::Bf16))
+    fail("CUDA executor: precision ", precision_name(precision), " but the graph stores its activations in ",
+         bf16 ? "bf16" : "fp32", " (store_activations_in_bf16, runtime/fusion.h, makes a bf16 graph)");
+  if (!bf16) return false;
+  auto dt = [&](int t) { return g.tensor(t).dtype; };
+  for (const Node& n : g.nodes()) {
+    auto need_same = [&](std::initializer_list<int> ts) {
+      for (int t : ts)
+        if (dt(t) != dt(n.out[0]))
+          fail("CUDA executor: ", op_name(n.op), " node ", n.name, " mixes fp32 and bf16 tensors (", g.tensor(t).name,
+               ", ", g.tensor(n.out[0]).name, ")");
+    };
+    auto need_f32 = [&](std::initializer_list<int> ts) {
+      for (int t : ts)
+        if (dt(t) != DType::F32)
+          fail("CUDA executor: ", op_name(n.op), " node ", n.name, ": tensor ", g.tensor(t).name, " must be fp32");
+    };
+    switch (n.op) {
+      case OpKind::Conv2d:
+      case OpKind::BnReluConv2d: break;
+      case OpKind::BatchNorm:
+      case OpKind::BatchNormStats:
+        if (n.bn.training)
+          fail("CUDA executor: bf16 activations are for inference only in this version; ", n.name,
+               " is a training-mode BatchNorm");
+        if (n.op == OpKind::BatchNorm) need_same({n.in[0]});
+        break;
+      case OpKind::Relu:
+      case OpKind::MaxPool2:
+      case OpKind::Upsample2: need_same({n.in[0]}); break;
+      case OpKind::Add:
+      case OpKind::Mul:
+      case OpKind::Concat: need_same({n.in[0], n.in[1]}); break;
+      case OpKind::ScaleChannels:
+        need_same({n.in[0]});
+        need_f32({n.in[1]});
+        break;
+      case OpKind::GlobalAvgPool: need_f32({n.out[0]}); break;
+      case OpKind::Linear:
+      case OpKind::Sigmoid: need_f32({n.in[0], n.out[0]}); break;
+      default:
+        fail("CUDA executor: bf16 activations are for inference only in this version; the graph has a ",
+             op_name(n.op), " node (", n.name, ")");
+    }
+  }
+  return true;
+}
+
 bool env_on(const char* name) {
   const char* v = std::getenv(name);
   return v && *v && std::strcmp(v, "0") != 0;
@@ -166,12 +237,13 @@ void CudaExecutor::init() {
 
   store_.ensure(g_);
   ohwi_ = cuda_ohwi_tensors(g_);
+  bf16_ = check_storage(g_, opt_.precision);
 
   // One CudnnConv per distinct shape, algorithms chosen once (cuDNN's heuristics, no timing).
   impl_->node_conv.assign(size_t(nn), nullptr);
   for (int i = 0; i < nn; ++i) {
     const Node& n = g_.node(i);
-    if (!is_conv_op(n.op)) continue;
+    if (!is_conv_op(n.op) || conv_bf16(g_, n)) continue;  // bf16: hand-written only, no cuDNN
     const ConvKey key = conv_key(n.conv.shape);
     auto it = impl_->convs.find(key);
     if (it == impl_->convs.end()) {
@@ -345,6 +417,16 @@ void CudaExecutor::choose_kernels() {
   for (int i = 0; i < nn; ++i) {
     const Node& n = g_.node(i);
     if (!has_handwritten_kernel(n.op)) continue;
+    if (conv_bf16(g_, n)) {
+      if (!cuda::bn_relu_conv_tc_can_run(n.conv.shape, cuda::ConvMath::Bf16, storage_of(g_.tensor(n.in[0])),
+                                         storage_of(g_.tensor(n.out[0]))))
+        fail("CUDA executor: node ", n.name, " (", op_name(n.op),
+             ") has bf16 activations and a shape the bf16 tensor-core kernel cannot run");
+      impl_->handwritten[size_t(i)] = 1;
+      impl_->tensor_core[size_t(i)] = 1;
+      impl_->kernel_reason[size_t(i)] = "bf16 activations (the cuDNN path is fp32 only)";
+      continue;
+    }
     const bool can = impl_->tensor_core[size_t(i)] || (is_conv_forward(n.op) ? cuda::bn_relu_conv_can_run(n.conv.shape)
                                                                              : cuda::bn_relu_conv_bwd_can_run(n.conv.shape));
     std::pair<bool, std::string> choice;
@@ -437,6 +519,7 @@ std::string CudaExecutor::describe_kernels() const {
     if (!has_handwritten_kernel(n.op)) continue;
     os << "  " << n.name << " (" << op_name(n.op) << "): "
        << (!impl_->handwritten[size_t(i)] ? "cuDNN path"
+           : conv_bf16(g_, n)              ? "hand-written (BF16 tensor cores)"
            : impl_->tensor_core[size_t(i)] ? "hand-written (TF32 tensor cores)"
                                            : "hand-written")
        << ", " << impl_->kernel_reason[size_t(i)] << "\n";
@@ -487,7 +570,7 @@ std::string CudaExecutor::describe() const {
     d = e.what();
   }
   return "cuda:" + std::to_string(device_) + " (" + d + ")" + (use_graphs_ ? ", CUDA graph" : ", eager") +
-         (opt_.allow_tf32 ? ", TF32 convolutions" : ", fp32 convolutions") +
+         (bf16_ ? ", bf16 activations and convolutions" : opt_.allow_tf32 ? ", TF32 convolutions" : ", fp32 convolutions") +
          (opt_.deterministic ? ", deterministic" : "");
 }
 
@@ -589,6 +672,7 @@ size_t CudaExecutor::handwritten_filter_workspace(const Node& n) const {
 
 size_t CudaExecutor::workspace_need(const Node& n) const {
   auto sh = [&](int t) -> const Shape& { return g_.tensor(t).shape; };
+  if (conv_bf16(g_, n)) return 0;  // inference: no epilogue statistics, no cuDNN
   switch (n.op) {
     case OpKind::Conv2d:  // cuDNN, or the tensor-core kernel's statistics partials
       return std::max(impl_->conv_for(n.conv.shape).forward_workspace_bytes(),
@@ -908,6 +992,67 @@ void CudaExecutor::launch_all() {
   }
 }
 
+// The nodes that touch bf16 activations (check_storage lists which can); false for the others,
+// which launch() runs as in fp32.
+bool CudaExecutor::launch_bf16(int index) {
+  const Node& n = g_.node(index);
+  cudaStream_t s = as_stream(stream_);
+  auto is_bf16 = [&](int t) { return t >= 0 && g_.tensor(t).dtype == DType::BF16; };
+  auto f = [&](size_t i) { return i < n.in.size() ? fptr(n.in[i]) : nullptr; };
+  auto hin = [&](size_t i) { return static_cast<const cuda::bf16*>(ptr(n.in[i])); };
+  auto hout = [&](size_t i) { return static_cast<cuda::bf16*>(ptr(n.out[i])); };
+  auto sh = [&](int t) -> const Shape& { return g_.tensor(t).shape; };
+  if (conv_bf16(g_, n)) {
+    const cuda::Storage xs = storage_of(g_.tensor(n.in[0])), ys = storage_of(g_.tensor(n.out[0]));
+    if (n.op == OpKind::Conv2d)  // in: x, w, b
+      cuda::bn_relu_conv_tc_forward(n.conv.shape, cuda::ConvMath::Bf16, xs, ptr(n.in[0]), nullptr, nullptr, nullptr,
+                                    nullptr, f(1), f(2), ys, ptr(n.out[0]), nullptr, nullptr, nullptr, s);
+    else  // BnReluConv2d: x, gamma, beta, mean, invstd, w, b
+      cuda::bn_relu_conv_tc_forward(n.conv.shape, cuda::ConvMath::Bf16, xs, ptr(n.in[0]), f(1), f(2), f(3), f(4),
+                                    f(5), f(6), ys, ptr(n.out[0]), nullptr, nullptr, nullptr, s);
+    return true;
+  }
+  if (n.out.empty() || !is_bf16(n.out[0])) {
+    if (n.op != OpKind::GlobalAvgPool || !is_bf16(n.in[0])) return false;
+    const Shape& xs = sh(n.in[0]);
+    cuda::global_avg_pool_forward(int(xs[0]), xs[1] * xs[2], int(xs[3]), hin(0), fptr(n.out[0]), workspace_, s);
+    return true;
+  }
+  const int64_t cnt = numel(sh(n.in[0]));
+  switch (n.op) {
+    case OpKind::BatchNorm: {  // eval (check_storage): x, gamma, beta, running_mean, running_var
+      const int c = int(sh(n.in[0]).back());
+      cuda::batchnorm_forward_eval(cnt / c, c, hin(0), f(1), f(2), f(3), f(4), n.bn.eps, hout(0), s);
+      return true;
+    }
+    case OpKind::Relu: cuda::relu_forward(cnt, hin(0), hout(0), s); return true;
+    case OpKind::Add: cuda::add(cnt, hin(0), hin(1), hout(0), s); return true;
+    case OpKind::Mul: cuda::mul(cnt, hin(0), hin(1), hout(0), s); return true;
+    case OpKind::ScaleChannels: {
+      const Shape& xs = sh(n.in[0]);
+      cuda::scale_channels(int(xs[0]), xs[1] * xs[2], int(xs[3]), hin(0), f(1), hout(0), s);
+      return true;
+    }
+    case OpKind::MaxPool2: {
+      const Shape& xs = sh(n.in[0]);
+      cuda::maxpool2_forward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), hin(0), hout(0), s);
+      return true;
+    }
+    case OpKind::Upsample2: {
+      const Shape& xs = sh(n.in[0]);
+      cuda::upsample2_forward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), hin(0), hout(0), s);
+      return true;
+    }
+    case OpKind::Concat: {
+      const Shape& as = sh(n.in[0]);
+      const Shape& bs = sh(n.in[1]);
+      cuda::concat_forward(as[0] * as[1] * as[2], int(as[3]), int(bs[3]), hin(0), hin(1), hout(0), s);
+      return true;
+    }
+    default: fail("CUDA executor: node ", n.name, " (", op_name(n.op), ") has no bf16 kernel");
+  }
+}
+
 void CudaExecutor::launch(int index) {
   const Node& n = g_.node(index);
   cudaStream_t s = as_stream(stream_);
@@ -918,6 +1063,7 @@ void CudaExecutor::launch(int index) {
   auto sh = [&](int t) -> const Shape& { return g_.tensor(t).shape; };
   auto count = [&](int t) { return numel(sh(t)); };
   const auto* step = static_cast<const cuda::OptimStepDevice*>(d_step_);
+  if (bf16_ && launch_bf16(index)) return;
   switch (n.op) {
     case OpKind::Conv2d:  // in: x, w, b
       if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)]) {

@@ -1,5 +1,6 @@
 // runtime/executor_cuda.h — runs a planned graph on one CUDA device: the kernels of kernels/cuda
-// and the cuDNN convolutions of kernels/cuda/cudnn, fp32, NHWC.
+// and the cuDNN convolutions of kernels/cuda/cudnn, NHWC, activations in fp32 or (inference,
+// ExecOptions::precision) bf16.
 //
 // Built only with CUDA and cuDNN (RESUNETPP_HAVE_CUDA and RESUNETPP_HAVE_CUDNN, set by CMake on
 // the libraries that have them); otherwise make_cuda_executor throws an rpp::Error saying so.
@@ -118,6 +119,7 @@ class CudaExecutor final : public Executor {
   void release() noexcept;
   void launch_all();
   void launch(int node_index);
+  bool launch_bf16(int node_index);  // the node if it touches bf16 activations (else false)
   size_t workspace_need(const Node& n) const;
   size_t handwritten_filter_workspace(const Node& n) const;
   void choose_kernels();
@@ -134,6 +136,7 @@ class CudaExecutor final : public Executor {
   ExecOptions opt_;
   int device_ = 0;
   bool use_graphs_ = true, debug_sync_ = false;
+  bool bf16_ = false;  // the graph stores its activations in bf16 (inference)
   Plan plan_;
   std::unique_ptr<Impl> impl_;
   void* stream_ = nullptr;       // cudaStream_t

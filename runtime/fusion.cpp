@@ -67,4 +67,19 @@ FusionReport fuse_bn_relu_conv(Graph& g) {
   return report;
 }
 
+int store_activations_in_bf16(Graph& g) {
+  for (const Node& n : g.nodes())
+    if (!is_forward(n.op) || n.op == OpKind::Loss)
+      fail("bf16 activations: the graph has a ", op_name(n.op), " node (", n.name,
+           "); bf16 is available for inference only in this version (train with --precision fp32)");
+  int marked = 0;
+  for (int t = 0; t < g.num_tensors(); ++t) {
+    TensorInfo& ti = g.tensor(t);
+    if (ti.kind != TensorKind::Activation || ti.is_output || ti.shape.size() != 4 || ti.dtype != DType::F32) continue;
+    ti.dtype = DType::BF16;
+    ++marked;
+  }
+  return marked;
+}
+
 }  // namespace rpp

@@ -28,4 +28,13 @@ struct FusionReport {
 // graph output. Must run before autodiff (throws if g already has backward nodes).
 FusionReport fuse_bn_relu_conv(Graph& g);
 
+// bf16 mixed precision for inference: marks every activation tensor of rank 4 (N, H, W, C) that
+// is neither a graph input nor an output as stored in bf16 (TensorInfo::dtype = BF16). Images,
+// logits, per-channel vectors (SE), BN statistics and every persistent tensor stay fp32; all
+// arithmetic stays fp32 (kernels/cuda/storage.cuh). Plans made afterwards size those tensors at
+// 2 bytes per element. Only the CUDA executor runs such a graph. Returns the number of tensors
+// marked. rpp::Error for a graph with a loss, backward or optimiser node: bf16 training is not
+// available in this version.
+int store_activations_in_bf16(Graph& g);
+
 }  // namespace rpp

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/cpu/ops.h"
+#include "model/inference.h"
 #include "model/resunetpp.h"
 #include "runtime/autodiff.h"
 #include "runtime/executor_cpu.h"
@@ -203,6 +204,61 @@ TEST(Fusion, FusedTrainingPlanNeedsLessMemory) {
     RecordProperty("arena_bytes_unfused_" + std::to_string(size), std::to_string(pp.arena_bytes));
     RecordProperty("arena_bytes_fused_" + std::to_string(size), std::to_string(pf.arena_bytes));
   }
+}
+
+// bf16 activations (inference): which tensors change, what the plan saves, who refuses them.
+TEST(Bf16Storage, MarksTheInnerFeatureMapsAndHalvesTheirBytes) {
+  ModelConfig cfg;
+  ModelGraph m = build_resunetpp(cfg, 4, 64, 64, false);
+  const Plan before = make_plan(m.graph, PlanMode::BestFit, cpu_workspace_bytes);
+  const int marked = store_activations_in_bf16(m.graph);
+  int rank4_activations = 0;
+  for (int t = 0; t < m.graph.num_tensors(); ++t) {
+    const TensorInfo& ti = m.graph.tensor(t);
+    const bool inner = ti.kind == TensorKind::Activation && !ti.is_output && ti.shape.size() == 4;
+    rank4_activations += inner;
+    EXPECT_EQ(ti.dtype, inner ? DType::BF16 : (ti.name.find("num_batches") != std::string::npos ? DType::I64 : DType::F32))
+        << ti.name;
+  }
+  EXPECT_EQ(marked, rank4_activations);
+  EXPECT_GT(marked, 50);
+  EXPECT_EQ(m.graph.tensor(m.image).dtype, DType::F32);
+  EXPECT_EQ(m.graph.tensor(m.logits).dtype, DType::F32);
+  const Plan after = make_plan(m.graph, PlanMode::BestFit, cpu_workspace_bytes);
+  EXPECT_NO_THROW(verify_plan(m.graph, after));
+  // The image and the logits stay fp32, everything between is half the bytes.
+  EXPECT_LT(double(after.naive_bytes), 0.6 * double(before.naive_bytes));
+  EXPECT_LT(after.arena_bytes, before.arena_bytes);
+  EXPECT_EQ(after.persistent_bytes, before.persistent_bytes);
+  EXPECT_EQ(store_activations_in_bf16(m.graph), 0);  // idempotent
+}
+
+TEST(Bf16Storage, RefusedForTrainingGraphsAndByTheCpuBackend) {
+  ModelGraph train = build_resunetpp(small_model(true), 1, 16, 16, true);
+  EXPECT_THROW(store_activations_in_bf16(train.graph), Error);  // has a loss
+  append_backward_and_update(train.graph, train.loss, OptimizerKind::SGD);
+  try {
+    store_activations_in_bf16(train.graph);
+    FAIL() << "a training graph was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("inference only"), std::string::npos) << e.what();
+  }
+  ModelGraph infer = build_resunetpp(small_model(true), 1, 16, 16, false);
+  store_activations_in_bf16(infer.graph);
+  ParamStore store;
+  try {
+    CpuExecutor cpu(infer.graph, store);
+    FAIL() << "the CPU executor accepted bf16 activations";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("fp32 only"), std::string::npos) << e.what();
+  }
+  ExecOptions o;
+  o.precision = Precision::Bf16;
+  EXPECT_THROW(make_executor(infer.graph, store, "cpu", o), Error);
+  EXPECT_THROW(Predictor(small_model(true), 16, 1, "cpu", o), Error);
+  EXPECT_EQ(parse_precision("bf16"), Precision::Bf16);
+  EXPECT_EQ(parse_precision("fp32"), Precision::F32);
+  EXPECT_THROW(parse_precision("fp16"), Error);
 }
 
 TEST(FusionKernels, StatsThenApplyEqualsTheBatchNormForward) {
