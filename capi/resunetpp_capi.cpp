@@ -154,6 +154,7 @@ struct Settings {
   bool tta = false;
   double threshold = 0.5;
   std::string device = "cpu";  // "cpu" or "cuda:N"
+  bool bf16 = false;           // bf16 activations (CUDA only)
   void* stream = nullptr;      // cudaStream_t default of the _device calls
 };
 
@@ -196,9 +197,10 @@ Settings settings_from(const rpp_model_options* o) {
   }
   s.stream = o->cuda_stream;
   const std::string precision = o->precision ? o->precision : "fp32";
-  if (precision == "bf16")
-    api_fail(RPP_STATUS_UNSUPPORTED, "precision 'bf16' is not implemented yet (use \"fp32\")");
-  if (precision != "fp32")
+  if (precision == "bf16" && !is_cuda_device(device))
+    api_fail(RPP_STATUS_UNSUPPORTED, "precision 'bf16' needs a CUDA device (the CPU backend runs fp32 only)");
+  s.bf16 = precision == "bf16";
+  if (precision != "fp32" && precision != "bf16")
     api_fail(RPP_STATUS_INVALID_ARGUMENT, "precision must be \"fp32\" or \"bf16\", got '", precision, "'");
   if (o->input_size != 0 && (o->input_size < 8 || o->input_size > kMaxImageSide || o->input_size % 8 != 0))
     api_fail(RPP_STATUS_INVALID_ARGUMENT, "input_size must be 0 (the checkpoint's size) or a multiple of 8 in [8, ",
@@ -308,7 +310,9 @@ struct rpp_model {
   // A new context holding a copy of the weights. Written in place: the executor keeps pointers
   // to the store's tensors.
   std::unique_ptr<rpp::Predictor> make_context() const {
-    auto p = std::make_unique<rpp::Predictor>(cfg, size, settings.batch, settings.device);
+    rpp::ExecOptions eo;
+    eo.precision = settings.bf16 ? rpp::Precision::Bf16 : rpp::Precision::F32;
+    auto p = std::make_unique<rpp::Predictor>(cfg, size, settings.batch, settings.device, eo);
     for (const std::string& name : weights.names()) {
       const rpp::Tensor& src = weights.get(name);
       rpp::Tensor& dst = p->store().get(name);

@@ -177,7 +177,7 @@ TEST(BenchCli, HelpListsEveryFlag) {
   const Result r = run("--help");
   EXPECT_EQ(r.code, 0) << r.out;
   for (const char* f : {"--device", "--size", "--batch", "--repeats", "--warmup", "--filter", "--json",
-                        "--no-timeline", "--no-inference", "--infer-batch", "--tf32", "--kernels", "--seed",
+                        "--no-timeline", "--no-inference", "--infer-batch", "--tf32", "--bf16", "--kernels", "--seed",
                         "--help"})
     EXPECT_TRUE(has(r.out, f)) << f;
 }
@@ -195,6 +195,9 @@ TEST(BenchCli, BadFlagsFailNamingTheFlag) {
   r = run("--device tpu");
   EXPECT_NE(r.code, 0);
   EXPECT_TRUE(has(r.out, "tpu")) << r.out;
+  r = run("--device cpu --bf16");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(has(r.out, "--bf16 needs a CUDA device")) << r.out;
   r = run("--device cpu stray");
   EXPECT_NE(r.code, 0);
   EXPECT_TRUE(has(r.out, "'stray'")) << r.out;

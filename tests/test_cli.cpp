@@ -122,6 +122,7 @@ TEST(Cli, SynthTrainEvalEndToEnd) {
   EXPECT_GE(d, 0.0);
   EXPECT_LE(d, 1.0);
   EXPECT_GE(ev["images"].as_int(), 1);
+  EXPECT_EQ(ev["precision"].as_string(), "fp32");
   // --device: cpu works; an unknown device is refused before anything is written.
   r = run("eval --checkpoint " + run_dir + "/checkpoint_best.safetensors --data " + data + " --split test --device cpu");
   EXPECT_EQ(r.code, 0) << r.out;
@@ -130,6 +131,16 @@ TEST(Cli, SynthTrainEvalEndToEnd) {
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(has(r.out, "device must be auto, cpu, cuda or cuda:N, got 'tpu'")) << r.out;
   EXPECT_FALSE(file_exists(run_dir + "/pred_tpu"));
+  // --precision: bf16 needs CUDA, an unknown name is refused; neither writes anything.
+  r = run("predict --checkpoint " + run_dir + "/checkpoint_best.safetensors --input " + data + "/images --out " +
+          run_dir + "/pred_bf16 --device cpu --precision bf16");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(has(r.out, "the CPU backend runs fp32 only")) << r.out;
+  EXPECT_FALSE(file_exists(run_dir + "/pred_bf16"));
+  r = run("eval --checkpoint " + run_dir + "/checkpoint_best.safetensors --data " + data +
+          " --split test --device cpu --precision fp16");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(has(r.out, "precision must be fp32 or bf16, got 'fp16'")) << r.out;
   // A missing checkpoint is named.
   r = run("eval --checkpoint " + run_dir + "/nope.safetensors --data " + data);
   EXPECT_EQ(r.code, 1);

@@ -4,7 +4,8 @@
 #           errors), using the bundled .vendor/googletest and .vendor/stb when present
 #   test    every GPU suite (gpu_test_device, gpu_test_ops_gpu, gpu_test_conv_gpu,
 #           gpu_test_bn_relu_conv_gpu, gpu_test_bn_relu_conv_bwd_gpu, gpu_test_bn_relu_conv_tc_gpu,
-#           gpu_test_bn_relu_conv_bwd_tc_gpu, gpu_test_image_ops_gpu, gpu_test_executor_gpu, rpp_test_capi_gpu) with
+#           gpu_test_bn_relu_conv_bwd_tc_gpu, gpu_test_bf16_gpu, gpu_test_image_ops_gpu, gpu_test_executor_gpu,
+#           rpp_test_capi_gpu) with
 #           RPP_EXPECT_GPU=1 (no device
 #           is a failure, not a skip), then the CPU suite without the slow label
 #   sanitize  compute-sanitizer memcheck and racecheck on gpu_test_ops_gpu, the three
@@ -12,7 +13,8 @@
 #           finish in minutes
 #   bench   resunetpp-bench at 256x256 batch 16 (kernel rows verified then timed, the training
 #           step timeline, inference batch 1 and 32) in fp32, and the timeline and inference with
-#           TF32, with the cuDNN path and with every fused node hand-written; JSON to the log folder
+#           TF32, with the cuDNN path and with every fused node hand-written, and inference with bf16
+#           activations; JSON to the log folder
 #   torch   tools/bench/torch_resunetpp.py on the GPU: logits parity against resunetpp predict
 #           for the same checkpoint, then its benchmark (eager fp32, AMP bf16 channels_last,
 #           torch.compile), each mode under its own time limit
@@ -96,7 +98,7 @@ if want test && [ $build_ok -eq 1 ]; then
   export RPP_EXPECT_GPU=1  # a missing or unusable device fails the GPU tests instead of skipping them
   for t in gpu_test_device gpu_test_ops_gpu gpu_test_conv_gpu gpu_test_bn_relu_conv_gpu \
            gpu_test_bn_relu_conv_bwd_gpu gpu_test_bn_relu_conv_tc_gpu gpu_test_bn_relu_conv_bwd_tc_gpu \
-           gpu_test_image_ops_gpu gpu_test_executor_gpu \
+           gpu_test_bf16_gpu gpu_test_image_ops_gpu gpu_test_executor_gpu \
            rpp_test_capi_gpu; do
     exe=$build/$t
     if [ ! -x "$exe" ]; then fail "$t not built"; continue; fi
@@ -133,7 +135,7 @@ if want sanitize && [ $build_ok -eq 1 ]; then
   else
     # Reductions and shared-memory kernels for racecheck; everything for memcheck.
     ops_filter=${OPS_FILTER:-'GpuBatchNorm.*:GpuElementwise.*:GpuLoss.*:GpuOptim.*'}
-    exec_filter=${EXEC_FILTER:-'GpuExecutor.SmallNetworkSanitizerSmoke:GpuExecutor.NonFiniteStepIsSkippedOnTheDevice:GpuExecutor.Tf32TensorCoreKernelsAndEpilogueStatistics:GpuExecutorHost.*'}
+    exec_filter=${EXEC_FILTER:-'GpuExecutor.SmallNetworkSanitizerSmoke:GpuExecutor.NonFiniteStepIsSkippedOnTheDevice:GpuExecutor.Tf32TensorCoreKernelsAndEpilogueStatistics:GpuExecutor.Bf16InferenceSmoke:GpuExecutorHost.*'}
     race_ops_filter=${RACE_OPS_FILTER:-'GpuBatchNorm.TrainForwardMatchesCpu:GpuBatchNorm.BackwardMatchesCpu:GpuElementwise.ScaleChannelsForwardBackward:GpuElementwise.GlobalAvgPoolForwardBackward:GpuElementwise.LinearForwardBackward:GpuLoss.*:GpuOptim.SumSquaresClipFactorAndScale'}
     race_exec_filter=${RACE_EXEC_FILTER:-'GpuExecutor.SmallNetworkSanitizerSmoke'}
     run_cs() {  # tool binary filter
@@ -163,6 +165,8 @@ if want sanitize && [ $build_ok -eq 1 ]; then
     run_cs racecheck gpu_test_bn_relu_conv_tc_gpu "*Ragged*"
     run_cs racecheck gpu_test_bn_relu_conv_bwd_tc_gpu "*Ragged*"
     run_cs memcheck gpu_test_bn_relu_conv_bwd_tc_gpu "*Ragged*:*NaN*"
+    run_cs memcheck gpu_test_bf16_gpu "*"
+    run_cs racecheck gpu_test_bf16_gpu "Bf16Ops.GlobalAvgPool*:Bf16Conv.*"
     run_cs racecheck gpu_test_executor_gpu "$race_exec_filter"
   fi
 fi
@@ -197,6 +201,15 @@ if want bench && [ $build_ok -eq 1 ]; then
   fi
   grep -E 'step time|device memory|batch +[0-9]+:' "$logs/bench_tf32_hw.log" | sed 's/^/  tf32 hand-written /' \
     | tee -a "$summary"
+  # Inference with bf16 activations (checked against fp32's logits before timing).
+  t0=$(date +%s)
+  if timeout "$step_timeout" "$build/resunetpp-bench" --device cuda --size 256 --bf16 --no-timeline \
+      --filter c2.c1.2 --json "$logs/bench_bf16_infer.json" >"$logs/bench_bf16_infer.log" 2>&1; then
+    note "bench bf16 inference: ok in $(( $(date +%s) - t0 )) s"
+  else
+    fail "bench bf16 inference (see $logs/bench_bf16_infer.log)"
+  fi
+  grep -E 'batch +[0-9]+:' "$logs/bench_bf16_infer.log" | sed 's/^/  bf16 /' | tee -a "$summary"
 fi
 
 if want torch && [ $build_ok -eq 1 ]; then

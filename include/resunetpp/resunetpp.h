@@ -139,8 +139,10 @@ typedef struct rpp_model_options {
    * device memory and stream. The CUDA path is new and has not yet been verified on a GPU.
    * Read during create only. */
   const char* device;
-  /* "fp32" (default; NULL means "fp32") or "bf16" (not implemented yet: refused with
-   * RPP_STATUS_UNSUPPORTED). */
+  /* "fp32" (default; NULL means "fp32") or "bf16": activations stored in bf16 and convolutions
+   * on bf16 tensor cores, arithmetic in fp32; probabilities then differ from fp32's by about
+   * 1e-3. bf16 needs a CUDA device (refused with RPP_STATUS_UNSUPPORTED on "cpu") and has not
+   * yet been verified on a GPU. Read during create only. */
   const char* precision;
   /* The model's square input resolution: 0 (default) takes the checkpoint's metadata "size"
    * (256 when absent, e.g. a PyTorch state_dict); otherwise a multiple of 8 in [8, 16384]. */

@@ -58,10 +58,11 @@ struct ModelDeleter {
 };
 using ModelPtr = std::unique_ptr<rpp_model, ModelDeleter>;
 
-ModelPtr load(const char* device, int batch = 1, int tta = 0) {
+ModelPtr load(const char* device, int batch = 1, int tta = 0, const char* precision = "fp32") {
   rpp_model_options o;
   EXPECT_EQ(rpp_model_options_init(&o, RPP_API_VERSION), RPP_STATUS_OK);
   o.device = device;
+  o.precision = precision;
   o.batch = batch;
   o.tta = tta;
   rpp_model* m = nullptr;
@@ -148,6 +149,22 @@ TEST(CApiGpu, CudaModelMatchesTheCpuModel) {
     expect_close(host_segment(gpu.get(), img), host_segment(cpu.get(), img), 2e-4,
                  std::to_string(w) + "x" + std::to_string(h));
   }
+}
+
+// precision "bf16": bf16 activations, so close to fp32 but not equal to it.
+TEST(CApiGpu, Bf16ModelIsCloseToTheFp32Model) {
+  REQUIRE_GPU();
+  ModelPtr fp32 = load("cuda:0"), bf16 = load("cuda:0", 2, 0, "bf16");
+  ASSERT_TRUE(fp32 && bf16);
+  size_t differ = 0;
+  int k = 0;
+  for (auto [w, h] : {std::pair<int, int>{32, 32}, {45, 29}, {100, 64}}) {
+    const rpp::Image img = test_image(w, h, uint64_t(40 + k++));
+    const Output a = host_segment(bf16.get(), img), b = host_segment(fp32.get(), img);
+    expect_close(a, b, 2e-2, std::to_string(w) + "x" + std::to_string(h) + " bf16");
+    for (size_t i = 0; i < a.prob.size(); ++i) differ += a.prob[i] != b.prob[i];
+  }
+  EXPECT_GT(differ, 0u) << "bf16 gave exactly the fp32 probabilities: was it used?";
 }
 
 TEST(CApiGpu, DevicePathOnAUserStreamEqualsTheHostPath) {

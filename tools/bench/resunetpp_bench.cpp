@@ -131,6 +131,7 @@
 #include "runtime/executor_cpu.h"
 #include "runtime/executor_cuda.h"
 #include "runtime/fileio.h"
+#include "runtime/fusion.h"
 #include "runtime/json.h"
 #include "runtime/param_store.h"
 #include "runtime/rng.h"
@@ -193,6 +194,7 @@ struct Options {
   bool inference = true;
   int infer_batch = 32;
   bool tf32 = false;
+  bool bf16 = false;
   int64_t seed = 1;
   bool repeats_given = false, warmup_given = false;
 };
@@ -225,6 +227,9 @@ const FlagHelp kFlags[] = {
     {"infer-batch", "N",
      "inference section: the throughput batch (default: 32); batch 1 gives the latency"},
     {"tf32", "", "cuda timeline and inference: allow TF32 tensor-core convolutions (default: off, fp32)"},
+    {"bf16", "",
+     "cuda inference: bf16 activations, every convolution on the hand-written bf16 tensor-core kernel; the "
+     "logits are checked against the fp32 executor's (relative L2 < 1e-2) before timing"},
     {"seed", "N", "seed of the random data, parameters and inputs (default: 1)"},
     {"help", "", "print this help"},
 };
@@ -320,6 +325,7 @@ bool parse_args(int argc, char** argv, Options& o) {
     else if (name == "no-inference") o.inference = false;
     else if (name == "infer-batch") o.infer_batch = parse_int(name, value);
     else if (name == "tf32") o.tf32 = true;
+    else if (name == "bf16") o.bf16 = true;
     else if (name == "seed") o.seed = parse_int(name, value);
   }
   if (o.size < 8 || o.size % 8 != 0)
@@ -856,6 +862,8 @@ struct InferenceResult {
   Stats call;               // µs per call
   double images_per_s = 0;
   bool finite = false;
+  bool bf16 = false;
+  double bf16_l2 = -1;  // bf16: relative L2 distance of the logits from the fp32 executor's
   size_t device_bytes = 0, device_used_delta = 0;  // cuda
 };
 
@@ -1387,12 +1395,23 @@ InferenceResult run_inference(const Options& o, const std::string& device, const
   ExecOptions eo;
   eo.kernels = parse_kernel_choice(o.kernels);
   eo.allow_tf32 = o.tf32;
-  const size_t used0 = device_used_bytes();
-  std::unique_ptr<Executor> ex = make_executor(m.graph, store, device, eo);
   Rng rng(uint64_t(o.seed), 77);
   std::vector<float> img(size_t(numel(m.graph.tensor(m.image).shape)));
   for (float& v : img) v = rng.uniform();
   std::vector<float> logits(size_t(numel(m.graph.tensor(m.logits).shape)));
+  std::vector<float> ref;  // bf16: the fp32 executor's logits (it is freed before the timing)
+  if (o.bf16) {
+    std::unique_ptr<Executor> fp32 = make_executor(m.graph, store, device, eo);
+    fp32->set_input(m.image, img.data());
+    fp32->run();
+    ref.resize(logits.size());
+    fp32->read_output(m.logits, ref.data());
+    store_activations_in_bf16(m.graph);
+    eo.precision = Precision::Bf16;
+    r.bf16 = true;
+  }
+  const size_t used0 = device_used_bytes();
+  std::unique_ptr<Executor> ex = make_executor(m.graph, store, device, eo);
   auto call = [&] {
     ex->set_input(m.image, img.data());
     ex->run();
@@ -1400,6 +1419,14 @@ InferenceResult run_inference(const Options& o, const std::string& device, const
   };
   const int warm = std::max(1, env.warmup);
   for (int i = 0; i < warm; ++i) call();  // the first CUDA run is eager, the second captures the graph
+  if (o.bf16) {
+    double se = 0, sr = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      se += (double(logits[i]) - double(ref[i])) * (double(logits[i]) - double(ref[i]));
+      sr += double(ref[i]) * double(ref[i]);
+    }
+    r.bf16_l2 = sr > 0 ? std::sqrt(se / sr) : std::sqrt(se);
+  }
   std::vector<double> us;
   for (int i = 0; i < env.repeats; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -1679,7 +1706,7 @@ json::Value report_json(const Options& o, const Environment& env, bool cuda, con
   json::Value set = json::Value::object();
   set.set("size", o.size).set("batch", o.batch).set("repeats", env.repeats).set("warmup", env.warmup);
   set.set("filter", o.filter).set("seed", o.seed).set("timeline", o.timeline).set("kernels", o.kernels);
-  set.set("inference", o.inference).set("infer_batch", o.infer_batch).set("tf32", o.tf32);
+  set.set("inference", o.inference).set("infer_batch", o.infer_batch).set("tf32", o.tf32).set("bf16", o.bf16);
   set.set("tolerance", kTolerance).set("verify_budget_macs", kVerifyBudgetMacs);
   set.set("l2_flush", cuda).set("timer", cuda ? "cuda events" : "steady_clock");
   root.set("settings", set);
@@ -1777,6 +1804,8 @@ json::Value report_json(const Options& o, const Environment& env, bool cuda, con
       json::Value j = stats_json(r.call);
       j.set("batch", r.batch).set("images_per_s", r.images_per_s).set("latency_ms", r.call.median_us * 1e-3);
       j.set("logits_finite", r.finite);
+      j.set("precision", r.bf16 ? "bf16" : (o.tf32 ? "tf32" : "fp32"));
+      if (r.bf16) j.set("bf16_logits_rel_l2_vs_fp32", r.bf16_l2);
       j.set("what", "set_input (host) + run + read_output (host) per call, host wall clock");
       if (cuda) j.set("device_bytes_held", int64_t(r.device_bytes)).set("device_used_delta_bytes", int64_t(r.device_used_delta));
       arr.push_back(j);
@@ -1799,6 +1828,7 @@ int run(int argc, char** argv) {
     throw UsageError(std::string("--device: ") + e.what());
   }
   const bool cuda = dev.cuda;
+  if (o.bf16 && !cuda) throw UsageError("--bf16 needs a CUDA device (the CPU backend runs fp32 only)");
 #ifndef RPP_BENCH_CUDA
   if (cuda) fail("--device ", device, ": this resunetpp-bench was built without CUDA/cuDNN; use --device cpu");
 #endif
@@ -1898,15 +1928,18 @@ int run(int argc, char** argv) {
     gpu.reset();
 #endif
     std::cout << "\n== inference: set_input + run + read_output per call, median of " << env.repeats << ", "
-              << o.size << "x" << o.size << (cuda ? (o.tf32 ? ", TF32" : ", fp32 (TF32 off)") : "") << " ==\n";
+              << o.size << "x" << o.size
+              << (cuda ? (o.bf16 ? ", bf16 activations" : o.tf32 ? ", TF32" : ", fp32 (TF32 off)") : "") << " ==\n";
     for (int b : {1, o.infer_batch}) {
       inf.push_back(run_inference(o, device, dev, env, b));
       const InferenceResult& r = inf.back();
       std::cout << "  batch " << lpad(std::to_string(b), 3) << ": " << fmt("%.3f", r.call.median_us * 1e-3)
                 << " ms per call, " << fmt("%.1f", r.images_per_s) << " images/s"
                 << (cuda ? ", executor holds " + fmt("%.1f", double(r.device_bytes) / 1048576.0) + " MiB" : "")
-                << (r.finite ? "" : "  LOGITS NOT FINITE") << "\n";
-      if (!r.finite) ++failures;
+                << (r.bf16 ? ", logits " + fmt("%.2e", r.bf16_l2) + " from fp32 (relative L2)" : "")
+                << (r.finite ? "" : "  LOGITS NOT FINITE")
+                << (r.bf16 && !(r.bf16_l2 < 1e-2) ? "  FAILED: bf16 logits too far from fp32" : "") << "\n";
+      if (!r.finite || (r.bf16 && !(r.bf16_l2 < 1e-2))) ++failures;
       if (o.infer_batch == 1) break;
     }
   }

@@ -68,6 +68,11 @@ int cmd_eval(int argc, char** argv) {
   f.add("tta", &tta, "average the probabilities of the image and its horizontal and vertical flips");
   std::string device = "auto";
   f.add("device", &device, "auto (cuda:0 when this build has CUDA and a GPU is visible, else cpu), cpu, cuda or cuda:N; the CUDA path is new and not yet verified on a GPU", "DEV");
+  std::string precision_arg = "fp32";
+  f.add("precision", &precision_arg,
+        "fp32, or bf16 (cuda only: activations stored in bf16, convolutions on bf16 tensor cores, fp32 "
+        "arithmetic; not yet verified on a GPU)",
+        "NAME");
   f.add("native", &native, "metrics at each image's original size instead of the evaluation resolution");
   f.add("out", &out, "output folder (metrics.json, per_image.csv) or a .json file path", "DIR|FILE");
   f.require("checkpoint");
@@ -79,7 +84,9 @@ int cmd_eval(int argc, char** argv) {
   if (batch < 1) fail("--batch must be at least 1, got ", batch);
   if (size != 0 && (size < 8 || size % 8 != 0)) fail("--size must be a positive multiple of 8, got ", size);
 
-  Predictor pred(checkpoint, size, batch, device);
+  ExecOptions eo;
+  eo.precision = parse_precision(precision_arg);
+  Predictor pred(checkpoint, size, batch, device, eo);
   size = pred.size();
   // Output paths before the data, so that an unwritable --out fails before the long part.
   std::string json_path, csv_path;
@@ -188,6 +195,8 @@ int cmd_eval(int argc, char** argv) {
     j.set("size", size);
     j.set("resolution", native ? "native" : "model");
     j.set("tta", tta);
+    j.set("device", device);
+    j.set("precision", precision_arg);
     j.set("threshold", 0.5);
     j.set("mean_per_image", mean);
     j.set("pooled", pool);

@@ -40,6 +40,11 @@ int cmd_predict(int argc, char** argv) {
   f.add("tta", &tta, "average the probabilities of the image and its horizontal and vertical flips");
   std::string device = "auto";
   f.add("device", &device, "auto (cuda:0 when this build has CUDA and a GPU is visible, else cpu), cpu, cuda or cuda:N; the CUDA path is new and not yet verified on a GPU", "DEV");
+  std::string precision_arg = "fp32";
+  f.add("precision", &precision_arg,
+        "fp32, or bf16 (cuda only: activations stored in bf16, convolutions on bf16 tensor cores, fp32 "
+        "arithmetic; not yet verified on a GPU)",
+        "NAME");
   f.add("logits", &want_logits, "also write the logits as OUT/logits/STEM.npy");
   f.require("checkpoint");
   f.require("input");
@@ -69,7 +74,9 @@ int cmd_predict(int argc, char** argv) {
       fail("'", it->second, "' and '", p, "' share the stem '", stem, "', so their outputs would collide");
   }
 
-  Predictor pred(checkpoint, size, 1, device);  // before creating --out: a bad checkpoint leaves nothing behind
+  ExecOptions eo;
+  eo.precision = parse_precision(precision_arg);
+  Predictor pred(checkpoint, size, 1, device, eo);  // before creating --out: a bad checkpoint leaves nothing behind
   const std::string mask_dir = out + "/masks", overlay_dir = out + "/overlays", logit_dir = out + "/logits";
   try {
     make_dirs(mask_dir);
