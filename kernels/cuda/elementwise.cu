@@ -484,39 +484,27 @@ void relu_backward(int64_t n, const float* x, const float* dy, float* dx, cudaSt
 }
 
 namespace {
-template <class T>
-void add_impl(int64_t n, const T* a, const T* b, T* y,
-              cudaStream_t stream) {
-  if (n < 0) fail("add: n must be >= 0, got ", n);
+// add and mul: y = f(a, b) elementwise, F<T> the functor.
+template <template <class> class F, class T>
+void binary_impl(const char* op, int64_t n, const T* a, const T* b, T* y, cudaStream_t stream) {
+  if (n < 0) fail(op, ": n must be >= 0, got ", n);
   if (n == 0) return;
-  check_not_null("add", {{"a", a}, {"b", b}, {"y", y}});
-  launch_flat("add", n, Add<T>{a, b, y}, stream);
+  check_not_null(op, {{"a", a}, {"b", b}, {"y", y}});
+  launch_flat(op, n, F<T>{a, b, y}, stream);
 }
 }  // namespace
 
 void add(int64_t n, const float* a, const float* b, float* y, cudaStream_t stream) {
-  add_impl(n, a, b, y, stream);
+  binary_impl<Add>("add", n, a, b, y, stream);
 }
 void add(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream) {
-  add_impl(n, a, b, y, stream);
+  binary_impl<Add>("add", n, a, b, y, stream);
 }
-
-namespace {
-template <class T>
-void mul_impl(int64_t n, const T* a, const T* b, T* y,
-              cudaStream_t stream) {
-  if (n < 0) fail("mul: n must be >= 0, got ", n);
-  if (n == 0) return;
-  check_not_null("mul", {{"a", a}, {"b", b}, {"y", y}});
-  launch_flat("mul", n, Mul<T>{a, b, y}, stream);
-}
-}  // namespace
-
 void mul(int64_t n, const float* a, const float* b, float* y, cudaStream_t stream) {
-  mul_impl(n, a, b, y, stream);
+  binary_impl<Mul>("mul", n, a, b, y, stream);
 }
 void mul(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream) {
-  mul_impl(n, a, b, y, stream);
+  binary_impl<Mul>("mul", n, a, b, y, stream);
 }
 
 void sigmoid_forward(int64_t n, const float* x, float* y, cudaStream_t stream) {

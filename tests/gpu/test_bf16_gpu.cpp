@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -167,42 +168,31 @@ TEST(Bf16Ops, PoolUpsampleAndConcatMoveStoredValues) {
     const Halves x = random_bf16(size_t(z.count()));
     const Floats xf = widen(x);
     DevHalves dx(x);
-    if (z.h % 2 == 0 && z.w % 2 == 0) {
-      const size_t m = size_t(z.count() / 4);
+    // y = op(x) with m outputs, against the CPU's op on the widened input.
+    auto check = [&](const char* name, size_t m, const std::function<void(float*)>& cpu_op,
+                     const std::function<void(bf16*)>& gpu_op) {
       Floats want(m);
       DevHalves dy(m);
-      cpu::maxpool2_forward(z.n, z.h, z.w, z.c, xf.data(), want.data());
-      expect_same_halves(to_bf16(want), run_twice_bf16(st, dy, [&] {
-                           cuda::maxpool2_forward(z.n, z.h, z.w, z.c, dx.p(), dy.p(), st);
-                         }),
-                         "maxpool2" + at);
+      cpu_op(want.data());
+      expect_same_halves(to_bf16(want), run_twice_bf16(st, dy, [&] { gpu_op(dy.p()); }), name + at);
       expect_guards({&dy});
-    }
-    {
-      const size_t m = size_t(z.count() * 4);
-      Floats want(m);
-      DevHalves dy(m);
-      cpu::upsample2_forward(z.n, z.h, z.w, z.c, xf.data(), want.data());
-      expect_same_halves(to_bf16(want), run_twice_bf16(st, dy, [&] {
-                           cuda::upsample2_forward(z.n, z.h, z.w, z.c, dx.p(), dy.p(), st);
-                         }),
-                         "upsample2" + at);
-      expect_guards({&dy});
-    }
-    {
-      const int cb = z.c + 5;
-      const int64_t rows = int64_t(z.n) * z.h * z.w;
-      const Halves b = random_bf16(size_t(rows * cb));
-      const Floats bfl = widen(b);
-      DevHalves db(b), dy(size_t(rows * (z.c + cb)));
-      Floats want(size_t(rows * (z.c + cb)));
-      cpu::concat_forward(rows, z.c, cb, xf.data(), bfl.data(), want.data());
-      expect_same_halves(to_bf16(want), run_twice_bf16(st, dy, [&] {
-                           cuda::concat_forward(rows, z.c, cb, dx.p(), db.p(), dy.p(), st);
-                         }),
-                         "concat" + at);
-      expect_guards({&db, &dy});
-    }
+    };
+    if (z.h % 2 == 0 && z.w % 2 == 0)
+      check("maxpool2", size_t(z.count() / 4),
+            [&](float* y) { cpu::maxpool2_forward(z.n, z.h, z.w, z.c, xf.data(), y); },
+            [&](bf16* y) { cuda::maxpool2_forward(z.n, z.h, z.w, z.c, dx.p(), y, st); });
+    check("upsample2", size_t(z.count() * 4),
+          [&](float* y) { cpu::upsample2_forward(z.n, z.h, z.w, z.c, xf.data(), y); },
+          [&](bf16* y) { cuda::upsample2_forward(z.n, z.h, z.w, z.c, dx.p(), y, st); });
+    const int cb = z.c + 5;
+    const int64_t rows = int64_t(z.n) * z.h * z.w;
+    const Halves b = random_bf16(size_t(rows * cb));
+    const Floats bfl = widen(b);
+    DevHalves db(b);
+    check("concat", size_t(rows * (z.c + cb)),
+          [&](float* y) { cpu::concat_forward(rows, z.c, cb, xf.data(), bfl.data(), y); },
+          [&](bf16* y) { cuda::concat_forward(rows, z.c, cb, dx.p(), db.p(), y, st); });
+    expect_guards({&db});
     expect_guards({&dx});
   }
 }
