@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdio>
+#include <regex>
 #include <string>
 
 #include "runtime/fileio.h"
@@ -85,6 +86,14 @@ TEST(Cli, SummaryReportsParametersFlopsAndPlans) {
   EXPECT_TRUE(has(r.out, "plan (training")) << r.out;
   EXPECT_TRUE(has(r.out, "plan (inference")) << r.out;
   EXPECT_TRUE(has(r.out, "vs naive sum")) << r.out;
+  // The fused inference plan with bf16 activations: about half the fused fp32 arena.
+  r = run("summary --size 64 --batch 2 --fuse on");
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::smatch fp32, bf16;
+  const std::string infer = r.out.substr(r.out.find("plan (inference"));
+  ASSERT_TRUE(std::regex_search(infer, fp32, std::regex(R"(arena [^(]*\((\d+) bytes\))"))) << r.out;
+  ASSERT_TRUE(std::regex_search(infer, bf16, std::regex(R"(with bf16 activations.*?arena [^(]*\((\d+) bytes\))"))) << r.out;
+  EXPECT_LT(std::stod(bf16[1].str()), 0.6 * std::stod(fp32[1].str())) << r.out;
 }
 
 TEST(Cli, SynthTrainEvalEndToEnd) {
