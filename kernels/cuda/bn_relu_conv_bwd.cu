@@ -63,6 +63,7 @@ constexpr int kMaxStride = 255;     // stride^2 parity classes in grid.z
 
 using conv_bwd::ceil_div;
 using conv_bwd::Dims;
+using conv_bwd::FilterDims;
 using conv_bwd::dims_of;
 using conv_bwd::live_taps;
 using conv_bwd::Taps;
@@ -72,6 +73,25 @@ using conv_bwd::Taps;
 // ------------------------------------------------------------------------------------------------
 
 // part: kSums only, the per-tile partial sums [2][cin][tiles] (see the file comment).
+// One K slice of both passes' register-tiled GEMM: thread (ty, tx) owns rows ty*kTM .. +kTM of
+// As's second index and columns tx, tx + kTX, ... of Bs's, and adds the kBK products in order.
+template <int kLdA>
+__device__ __forceinline__ void fma_slice(const float (&As)[kBK][kLdA], const float (&Bs)[kBK][kBN], int ty, int tx,
+                                          float (&acc)[kTM][kTN]) {
+#pragma unroll
+  for (int kk = 0; kk < kBK; ++kk) {
+    float a[kTM], b[kTN];
+#pragma unroll
+    for (int i = 0; i < kTM; ++i) a[i] = As[kk][ty * kTM + i];
+#pragma unroll
+    for (int j = 0; j < kTN; ++j) b[j] = Bs[kk][tx + j * kTX];
+#pragma unroll
+    for (int i = 0; i < kTM; ++i)
+#pragma unroll
+      for (int j = 0; j < kTN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+  }
+}
+
 template <bool kBnRelu, bool kSums>
 __global__ void __launch_bounds__(kThreads)
     bwd_data_kernel(Dims d, const float* __restrict__ dz, const float* __restrict__ w,
@@ -176,18 +196,7 @@ __global__ void __launch_bounds__(kThreads)
           Bs[kk][nn_b] = (ci_ok && co < d.cout) ? wt[int64_t(co) * w_co_stride] : 0.f;
         }
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < kBK; ++kk) {
-          float a[kTM], b[kTN];
-#pragma unroll
-          for (int i = 0; i < kTM; ++i) a[i] = As[kk][ty * kTM + i];
-#pragma unroll
-          for (int j = 0; j < kTN; ++j) b[j] = Bs[kk][tx + j * kTX];
-#pragma unroll
-          for (int i = 0; i < kTM; ++i)
-#pragma unroll
-            for (int j = 0; j < kTN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-        }
+        fma_slice(As, Bs, ty, tx, acc);
         __syncthreads();
       }
     }
@@ -297,22 +306,12 @@ FilterPlan plan_filter(const cpu::Conv2dShape& s) {
   const int64_t ncol = int64_t(s.kh) * s.kw * s.cin;
   p.col_tiles = int(ceil_div(ncol, kBN));
   p.row_tiles = int(ceil_div(s.cout, kBM));
-  const int64_t tiles = int64_t(p.col_tiles) * p.row_tiles;
-  int64_t splits = ceil_div(kTargetBlocks, tiles);
-  const int64_t max_splits = ceil_div(p.pixels, kMinSplitPixels);
-  if (splits > max_splits) splits = max_splits;
-  if (splits < 1) splits = 1;
-  p.chunk = ceil_div(ceil_div(p.pixels, splits), kBK) * kBK;
-  p.splits = int(ceil_div(p.pixels, p.chunk));
+  const conv_bwd::SplitK k = conv_bwd::split_pixels(p.pixels, int64_t(p.col_tiles) * p.row_tiles, kTargetBlocks,
+                                                     kMinSplitPixels, kBK);
+  p.chunk = k.chunk;
+  p.splits = k.splits;
   return p;
 }
-
-struct FilterDims {
-  Dims d;
-  int ncol;        // kh * kw * cin
-  int64_t pixels;  // n * ho * wo
-  int64_t chunk;   // pixels per split
-};
 
 // Output pixel coordinates walked forward by a fixed number of pixels.
 struct PixelWalk {
@@ -414,18 +413,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int kk = 0; kk < kBK; ++kk) bias_acc += As[kk][tid];
     }
-#pragma unroll
-    for (int kk = 0; kk < kBK; ++kk) {
-      float a[kTM], b[kTN];
-#pragma unroll
-      for (int i = 0; i < kTM; ++i) a[i] = As[kk][ty * kTM + i];
-#pragma unroll
-      for (int j = 0; j < kTN; ++j) b[j] = Bs[kk][tx + j * kTX];
-#pragma unroll
-      for (int i = 0; i < kTM; ++i)
-#pragma unroll
-        for (int j = 0; j < kTN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-    }
+    fma_slice(As, Bs, ty, tx, acc);
     __syncthreads();
   }
 
@@ -441,26 +429,6 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   if (do_bias && tid < kBM && m0 + tid < d.cout) out_b[int64_t(split) * d.cout + m0 + tid] = bias_acc;
-}
-
-// dw[i] = sum over splits of part_w[split][i], db[c] likewise (db may be null), in split order.
-__global__ void __launch_bounds__(kReduceThreads)
-    reduce_splits_kernel(int64_t count_w, int cout, int splits, const float* __restrict__ part_w,
-                         const float* __restrict__ part_b, float* __restrict__ dw, float* __restrict__ db) {
-  const int64_t total = count_w + (db ? cout : 0);
-  const int64_t stride = int64_t(gridDim.x) * kReduceThreads;
-  for (int64_t i = int64_t(blockIdx.x) * kReduceThreads + threadIdx.x; i < total; i += stride) {
-    if (i < count_w) {
-      float sum = part_w[i];
-      for (int k = 1; k < splits; ++k) sum += part_w[int64_t(k) * count_w + i];
-      dw[i] = sum;
-    } else {
-      const int64_t c = i - count_w;
-      float sum = part_b[c];
-      for (int k = 1; k < splits; ++k) sum += part_b[int64_t(k) * cout + c];
-      db[c] = sum;
-    }
-  }
 }
 
 // Backward-data grid: (pixels of the largest parity class / 64, cin / 64, stride^2).
@@ -582,8 +550,8 @@ void bn_relu_conv_backward_filter(const cpu::Conv2dShape& s, const float* x, con
     const int64_t total = count_w + (db ? s.cout : 0);
     int64_t blocks = ceil_div(total, kReduceThreads);
     if (blocks > kMaxReduceBlocks) blocks = kMaxReduceBlocks;
-    reduce_splits_kernel<<<unsigned(blocks), kReduceThreads, 0, stream>>>(count_w, s.cout, p.splits, out_w,
-                                                                          out_b, dw_ohwi, db);
+    conv_bwd::reduce_splits_kernel<kReduceThreads>
+        <<<unsigned(blocks), kReduceThreads, 0, stream>>>(count_w, s.cout, p.splits, out_w, out_b, dw_ohwi, db);
     RPP_CUDA_CHECK_LAUNCH(op);
   }
 }

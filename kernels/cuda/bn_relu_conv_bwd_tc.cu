@@ -41,7 +41,7 @@
 // g and g * (x - mean) in double over its 32 pixels in pixel order; the 4 groups are added in
 // group order through shared memory and the block writes its partials to
 // part = { sum_dy[tiles][cin], sum_dy_xm[tiles][cin] } (tile = blockIdx.z * gridDim.x +
-// blockIdx.x; a block past its class's pixels writes zeros). data_sums_kernel then adds each
+// blockIdx.x; a block past its class's pixels writes zeros). tile_sums.cuh's kernel then adds each
 // channel's tiles (8 interleaved strided sums, then those 8 in order) and scales by invstd.
 // Shared memory (static), TF32, kBN = 64: max(slices 18,432 + 8,704, C 36,864) + pixel table
 // 3,072 (+ 4,096 for the sums) = 39,936 (44,032) bytes; less for BF16 or kBN = 32.
@@ -77,6 +77,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/tile_sums.cuh"
 #include "kernels/cuda/conv_bwd_common.cuh"
 #include "kernels/cuda/wmma_math.cuh"
 #include "runtime/error.h"
@@ -104,13 +105,14 @@ constexpr int64_t kTargetBlocks = 512;
 constexpr int64_t kMinSplitPixels = 512;
 constexpr int kReduceThreads = 256;
 constexpr int64_t kMaxReduceBlocks = 2048;
-constexpr int kSumChannels = 32, kSumSlots = 8;  // data_sums_kernel: 32 channels x 8 slots
+constexpr int kSumChannels = 32, kSumSlots = 8;  // the tile sums (tile_sums.cuh): 32 channels x 8 slots
 
 using wmma_math::Bf16Math;
 using wmma_math::Tf32Math;
 
 using conv_bwd::ceil_div;
 using conv_bwd::Dims;
+using conv_bwd::FilterDims;
 using conv_bwd::dims_of;
 using conv_bwd::Taps;
 
@@ -319,36 +321,6 @@ __global__ void __launch_bounds__(kDataWarpsM * kWarpsN * 32, 4 / kWarpsN)
   }
 }
 
-// For channel c: sum_dy[c] = the sum over the tiles of part[0][tile][c], sum_dy_xhat[c] = (the sum
-// of part[1][tile][c]) * invstd[c] (either output may be null). Slot q of kSumSlots adds tiles q,
-// q + 8, ... in order, then slot 0 adds the slots in order.
-__global__ void __launch_bounds__(kSumChannels* kSumSlots)
-    data_sums_kernel(const double* __restrict__ part, int64_t tiles, int cin, const float* __restrict__ invstd,
-                     double* __restrict__ sum_dy, double* __restrict__ sum_dy_xhat) {
-  __shared__ double red[2][kSumSlots][kSumChannels];  // written once, read after the barrier
-  const int c = int(threadIdx.x) % kSumChannels, q = int(threadIdx.x) / kSumChannels;
-  const int ci = int(blockIdx.x) * kSumChannels + c;
-  double a = 0.0, b = 0.0;
-  if (ci < cin) {
-    for (int64_t t = q; t < tiles; t += kSumSlots) {
-      a += part[t * cin + ci];
-      b += part[(tiles + t) * cin + ci];
-    }
-  }
-  red[0][q][c] = a;
-  red[1][q][c] = b;
-  __syncthreads();
-  if (q == 0 && ci < cin) {
-#pragma unroll
-    for (int p = 1; p < kSumSlots; ++p) {
-      a += red[0][p][c];
-      b += red[1][p][c];
-    }
-    if (sum_dy) sum_dy[ci] = a;
-    if (sum_dy_xhat) sum_dy_xhat[ci] = b * double(invstd[ci]);
-  }
-}
-
 // ------------------------------------------------------------------------------------------------
 // Backward-filter
 // ------------------------------------------------------------------------------------------------
@@ -367,22 +339,12 @@ FilterPlan plan_filter(const cpu::Conv2dShape& s) {
   p.bm = s.cout <= 32 ? 32 : 64;
   p.col_tiles = int(ceil_div(int64_t(s.kh) * s.kw * s.cin, kFilterBN));
   p.row_tiles = int(ceil_div(s.cout, p.bm));
-  const int64_t tiles = int64_t(p.col_tiles) * p.row_tiles;
-  int64_t splits = ceil_div(kTargetBlocks, tiles);
-  const int64_t max_splits = ceil_div(p.pixels, kMinSplitPixels);
-  if (splits > max_splits) splits = max_splits;
-  if (splits < 1) splits = 1;
-  p.chunk = ceil_div(ceil_div(p.pixels, splits), kBK) * kBK;
-  p.splits = int(ceil_div(p.pixels, p.chunk));
+  const conv_bwd::SplitK k = conv_bwd::split_pixels(p.pixels, int64_t(p.col_tiles) * p.row_tiles, kTargetBlocks,
+                                                     kMinSplitPixels, kBK);
+  p.chunk = k.chunk;
+  p.splits = k.splits;
   return p;
 }
-
-struct FilterDims {
-  Dims d;
-  int ncol;        // kh * kw * cin
-  int64_t pixels;  // n * ho * wo
-  int64_t chunk;   // pixels per split
-};
 
 // out_w: dw (one split) or the partials [split][cout][ncol]; out_b: db or [split][cout], or null.
 template <class Math, bool kBnRelu, int kFragsM>
@@ -574,27 +536,6 @@ __global__ void __launch_bounds__(kFilterWarpsM * kFilterWarpsN * 32, 2)
   }
 }
 
-// dw[i] = the sum over the splits of part_w[split][i], db[c] likewise (db may be null), in split
-// order.
-__global__ void __launch_bounds__(kReduceThreads)
-    reduce_splits_kernel(int64_t count_w, int cout, int splits, const float* __restrict__ part_w,
-                         const float* __restrict__ part_b, float* __restrict__ dw, float* __restrict__ db) {
-  const int64_t total = count_w + (db ? cout : 0);
-  const int64_t stride = int64_t(gridDim.x) * kReduceThreads;
-  for (int64_t i = int64_t(blockIdx.x) * kReduceThreads + threadIdx.x; i < total; i += stride) {
-    if (i < count_w) {
-      float sum = part_w[i];
-      for (int k = 1; k < splits; ++k) sum += part_w[int64_t(k) * count_w + i];
-      dw[i] = sum;
-    } else {
-      const int64_t c = i - count_w;
-      float sum = part_b[c];
-      for (int k = 1; k < splits; ++k) sum += part_b[int64_t(k) * cout + c];
-      db[c] = sum;
-    }
-  }
-}
-
 // ------------------------------------------------------------------------------------------------
 // Host side
 // ------------------------------------------------------------------------------------------------
@@ -719,8 +660,8 @@ void bn_relu_conv_tc_backward_data(const cpu::Conv2dShape& s, ConvMath math, con
   RPP_CUDA_CHECK_LAUNCH(op);
   if (sums) {
     const unsigned blocks = unsigned(ceil_div(s.cin, kSumChannels));
-    data_sums_kernel<<<blocks, kSumChannels * kSumSlots, 0, stream>>>(part, data_tiles(s), s.cin, invstd, sum_dy,
-                                                                      sum_dy_xhat);
+    tile_sums::sum_tile_partials_kernel<kSumChannels, kSumSlots><<<blocks, kSumChannels * kSumSlots, 0, stream>>>(
+        part, data_tiles(s), s.cin, invstd, sum_dy, sum_dy_xhat);
     RPP_CUDA_CHECK_LAUNCH(op);
   }
 }
@@ -761,8 +702,8 @@ void bn_relu_conv_tc_backward_filter(const cpu::Conv2dShape& s, ConvMath math, c
     const int64_t total = count_w + (db ? s.cout : 0);
     int64_t blocks = ceil_div(total, kReduceThreads);
     if (blocks > kMaxReduceBlocks) blocks = kMaxReduceBlocks;
-    reduce_splits_kernel<<<unsigned(blocks), kReduceThreads, 0, stream>>>(count_w, s.cout, p.splits, out_w, out_b,
-                                                                          dw_ohwi, db);
+    conv_bwd::reduce_splits_kernel<kReduceThreads>
+        <<<unsigned(blocks), kReduceThreads, 0, stream>>>(count_w, s.cout, p.splits, out_w, out_b, dw_ohwi, db);
     RPP_CUDA_CHECK_LAUNCH(op);
   }
 }

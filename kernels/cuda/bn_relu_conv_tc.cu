@@ -32,6 +32,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/tile_sums.cuh"
 #include "kernels/cuda/wmma_math.cuh"
 #include "runtime/error.h"
 
@@ -242,35 +243,6 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
   }
 }
 
-// out[c] = sum over the tiles t of part[t][c], for the sums and the sums of squares: slot q of
-// kReduceSlots adds tiles q, q + 8, ... in order, then slot 0 adds the slots in order.
-__global__ void __launch_bounds__(kReduceThreads)
-    bn_relu_conv_tc_stats_kernel(const double* __restrict__ part, int64_t tiles, int cout,
-                                 double* __restrict__ out_sum, double* __restrict__ out_sumsq) {
-  __shared__ double red[2][kReduceSlots][kReduceChannels];
-  const int c = int(threadIdx.x) % kReduceChannels, q = int(threadIdx.x) / kReduceChannels;
-  const int co = int(blockIdx.x) * kReduceChannels + c;
-  double sum = 0.0, sumsq = 0.0;
-  if (co < cout) {
-    for (int64_t t = q; t < tiles; t += kReduceSlots) {
-      sum += part[t * cout + co];
-      sumsq += part[(tiles + t) * cout + co];
-    }
-  }
-  red[0][q][c] = sum;
-  red[1][q][c] = sumsq;
-  __syncthreads();
-  if (q == 0 && co < cout) {
-#pragma unroll
-    for (int p = 1; p < kReduceSlots; ++p) {
-      sum += red[0][p][c];
-      sumsq += red[1][p][c];
-    }
-    if (out_sum) out_sum[co] = sum;
-    if (out_sumsq) out_sumsq[co] = sumsq;
-  }
-}
-
 template <class Math, bool kBnRelu, int kWarpsN, class TIn, class TOut>
 void launch_forward(const Dims& d, const TIn* x, const float* gamma, const float* beta, const float* mean,
                     const float* invstd, const float* w, const float* bias, TOut* y, double* part,
@@ -369,8 +341,8 @@ void bn_relu_conv_tc_forward(const cpu::Conv2dShape& s, ConvMath math, Storage x
   RPP_CUDA_CHECK_LAUNCH(op);
   if (stats) {
     const unsigned blocks = unsigned((s.cout + kReduceChannels - 1) / kReduceChannels);
-    bn_relu_conv_tc_stats_kernel<<<blocks, kReduceThreads, 0, stream>>>(part, pixel_tiles(s), s.cout, out_sum,
-                                                                        out_sumsq);
+    tile_sums::sum_tile_partials_kernel<kReduceChannels, kReduceSlots><<<blocks, kReduceThreads, 0, stream>>>(
+        part, pixel_tiles(s), s.cout, nullptr, out_sum, out_sumsq);
     RPP_CUDA_CHECK_LAUNCH(op);
   }
 }
