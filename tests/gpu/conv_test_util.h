@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <set>
 #include <string>
 #include <tuple>
@@ -54,6 +55,23 @@ inline std::vector<cpu::Conv2dShape> fused_chain_shapes(int size, int n = 2) {
     if (seen.insert({s.h, s.w, s.cin, s.cout, s.kh, s.kw, s.stride, s.pad, s.dil}).second) out.push_back(s);
   }
   return out;
+}
+
+// The fused-chain shapes at 256x256 for the large-shape tests: batch 2 on a GPU. The CPU
+// emulator needs minutes for them (the same code paths as the 64x64 shapes), so there it gives
+// batch 1 and only with RPP_EMU_LARGE=1; otherwise no shapes, and *skip says why (for
+// GTEST_SKIP).
+inline std::vector<cpu::Conv2dShape> large_network_shapes(std::string* skip) {
+#ifdef RPP_CUDA_EMULATOR
+  if (!std::getenv("RPP_EMU_LARGE")) {
+    *skip = "emulator: set RPP_EMU_LARGE=1 to run the 256x256 shapes";
+    return {};
+  }
+  return fused_chain_shapes(256, 1);
+#else
+  skip->clear();
+  return fused_chain_shapes(256, 2);
+#endif
 }
 
 // HWIO (kh, kw, cin, cout), the CPU reference's layout -> OHWI (cout, kh, kw, cin), the device's.

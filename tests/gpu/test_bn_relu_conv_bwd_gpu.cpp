@@ -479,15 +479,9 @@ TEST(BnReluConvBwdGpu, NetworkShapesAt64MatchCpu) {
 
 TEST(BnReluConvBwdGpu, NetworkShapesAt256MatchCpu) {
   REQUIRE_GPU();
-#ifdef RPP_CUDA_EMULATOR
-  // The CPU emulator is slow (about 35 s in Release at batch 1, many minutes under the sanitizers
-  // of CI): same code paths as the 64x64 shapes, so it runs them only when asked.
-  if (!std::getenv("RPP_EMU_LARGE")) GTEST_SKIP() << "emulator: set RPP_EMU_LARGE=1 to run the 256x256 shapes";
-  const int batch = 1;
-#else
-  const int batch = 2;
-#endif
-  const std::vector<cpu::Conv2dShape> shapes = fused_chain_shapes(256, batch);
+  std::string skip;
+  const std::vector<cpu::Conv2dShape> shapes = large_network_shapes(&skip);
+  if (!skip.empty()) GTEST_SKIP() << skip;
   ASSERT_FALSE(shapes.empty());
   for (const cpu::Conv2dShape& s : shapes) check_both(s, true);
   print_max_err();
@@ -617,13 +611,9 @@ TEST(BnReluConvBwdGpu, SumsAtNetworkShapes64MatchCpu) {
 
 TEST(BnReluConvBwdGpu, SumsAt256NetworkShapesMatchCpu) {
   REQUIRE_GPU();
-#ifdef RPP_CUDA_EMULATOR
-  if (!std::getenv("RPP_EMU_LARGE")) GTEST_SKIP() << "emulator: set RPP_EMU_LARGE=1 to run the 256x256 shapes";
-  const int batch = 1;
-#else
-  const int batch = 2;
-#endif
-  const std::vector<cpu::Conv2dShape> shapes = fused_chain_shapes(256, batch);
+  std::string skip;
+  const std::vector<cpu::Conv2dShape> shapes = large_network_shapes(&skip);
+  if (!skip.empty()) GTEST_SKIP() << skip;
   ASSERT_FALSE(shapes.empty());
   for (const cpu::Conv2dShape& s : shapes) check_data_sums(s);
   print_max_err();

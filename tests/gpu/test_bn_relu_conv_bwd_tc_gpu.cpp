@@ -705,14 +705,9 @@ TEST(BwdTcGpu, NetworkShapesAt64MatchCpu) {
 
 TEST(BwdTcGpu, NetworkShapesAt256MatchCpu) {
   REQUIRE_GPU();
-#ifdef RPP_CUDA_EMULATOR
-  // Minutes on the emulator (the same code paths as the 64x64 shapes): only when asked.
-  if (!std::getenv("RPP_EMU_LARGE")) GTEST_SKIP() << "emulator: set RPP_EMU_LARGE=1 to run the 256x256 shapes";
-  const int batch = 1;
-#else
-  const int batch = 2;
-#endif
-  const std::vector<cpu::Conv2dShape> shapes = fused_chain_shapes(256, batch);
+  std::string skip;
+  const std::vector<cpu::Conv2dShape> shapes = large_network_shapes(&skip);
+  if (!skip.empty()) GTEST_SKIP() << skip;
   ASSERT_FALSE(shapes.empty());
   for (const cpu::Conv2dShape& s : shapes) {
     check_data(random_data_problem(s, true), ConvMath::Tf32);
