@@ -1,28 +1,5 @@
-// kernels/cuda/bn_relu_conv_tc.cu — see bn_relu_conv_tc.cuh.
-//
-// Block tile: 128 pixels x kBN output channels, kBN = 64 (8 warps, 256 threads) or, when
-// cout <= 32, kBN = 32 (4 warps, 128 threads). The warps form a 4 x (kBN / 32) grid; each owns a
-// 32 x 32 piece of the tile as 2 x 2 WMMA accumulators (16x16, fp32): TF32 m16n16k8 or BF16
-// m16n16k16.
-// K runs in slices of 32. Thread t stages tap lane kk = t % 32 of the slice for the pixels
-// t / 32 + j * (threads / 32) and the output channels likewise, so that a warp reads 32
-// consecutive taps (consecutive input channels in NHWC, consecutive K in OHWI weights): the next
-// slice is loaded into registers (raw x values, a validity mask, the tap's channel's BN
-// parameters) while the current one is multiplied, then BN-ReLU'd, rounded to TF32 / BF16 and
-// stored in shared memory: As[pixel][k] (row-major A) and Bs[channel][k] (column-major B), rows
-// padded to 36 floats / 40 bf16 (a multiple of 16 bytes, as load_matrix_sync wants, and off the
-// 32-bank period). Out-of-image taps, taps past K, pixels past M and channels past cout stage 0.
-// The output pixels' image offsets and top-left taps are decoded once per block into shared
-// memory (read back as warp-wide broadcasts).
-// Epilogue: the accumulators go through shared memory (reusing the A/B slices' space) to a
-// thread-per-channel layout: thread t owns channel t % kBN and every 4th pixel from t / kBN,
-// writes y = acc + bias (coalesced rows of channels) and sums y and y^2 in double. With the
-// statistics requested, the 4 row groups' sums are added in a fixed order and written as the
-// block's partials: workspace = { sum[tiles][cout], sumsq[tiles][cout] } doubles,
-// tiles = ceil(n*ho*wo / 128) (the grid's x). A second kernel adds the tiles' partials for each
-// channel in a fixed order (8 interleaved strided sums, then those 8 in order).
-// Shared memory (static): TF32 and kBN = 64: max(A+B slices 27,648, C tile 36,864) + pixel table
-// 2,048 + row-group sums 4,096 = 43,008 bytes; less for BF16 or kBN = 32.
+// kernels/cuda/bn_relu_conv_tc.cu — see bn_relu_conv_tc.cuh. The kernel itself (tiles, staging, K
+// loop, epilogue statistics) is in conv_tc_forward.cuh, shared with the ASPP conv-BN sum.
 #include "kernels/cuda/bn_relu_conv_tc.cuh"
 
 #include <cuda_bf16.h>
@@ -32,6 +9,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/conv_tc_forward.cuh"
 #include "kernels/cuda/tile_sums.cuh"
 #include "kernels/cuda/wmma_math.cuh"
 #include "runtime/error.h"
@@ -40,217 +18,19 @@ namespace rpp::cuda {
 
 namespace {
 
-namespace wmma = nvcuda::wmma;
-
-constexpr int kBM = 128;         // pixels per block tile
-constexpr int kBK = 32;          // K per slice
-constexpr int kWarpsM = 4;       // warps along the pixels, 32 pixels each
-constexpr int kStatGroups = 4;   // pixel row groups of the epilogue (threads / kBN)
-constexpr int kReduceChannels = 32, kReduceSlots = 8, kReduceThreads = kReduceChannels * kReduceSlots;
-
-struct Dims {
-  int n, h, w, cin, kh, kw, cout, stride, pad, dil, ho, wo;
-  int64_t m;  // n * ho * wo
-  int k;      // kh * kw * cin
-};
-
+using conv_tc::Dims;
+using conv_tc::kBM;
 using wmma_math::Bf16Math;
 using wmma_math::Tf32Math;
-
-// part: null, or the workspace for the per-tile statistics partials. The launch bounds ask for
-// two 256-thread (four 128-thread) blocks per SM, i.e. at most 128 registers; with the k8 loop
-// unrolled by 2 rather than 4 that holds without spilling.
-template <class Math, bool kBnRelu, int kWarpsN, class TIn, class TOut>
-__global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
-    bn_relu_conv_tc_kernel(Dims d, const TIn* __restrict__ x, const float* __restrict__ gamma,
-                           const float* __restrict__ beta, const float* __restrict__ mean,
-                           const float* __restrict__ invstd, const float* __restrict__ w,
-                           const float* __restrict__ bias, TOut* __restrict__ y, double* __restrict__ part) {
-  using T = typename Math::T;
-  constexpr int kThreads = kWarpsM * kWarpsN * 32;
-  constexpr int kBN = 32 * kWarpsN;
-  constexpr int kLd = kBK + Math::kPad;
-  constexpr int kLdC = kBN + 8;  // rows 32-byte aligned (PTX: the 8-float accumulator fragment)
-  constexpr int kSliceBytes = (kBM + kBN) * kLd * int(sizeof(T));
-  constexpr int kCBytes = kBM * kLdC * int(sizeof(float));
-  constexpr int kTileBytes = kSliceBytes > kCBytes ? kSliceBytes : kCBytes;
-  constexpr int kRowStep = kThreads / kBK;  // pixel (channel) distance of a thread's staged values
-  constexpr int kARows = kBM / kRowStep;    // A values a thread stages per slice: 16 or 32
-  constexpr int kBRows = kBN / kRowStep;    // B values: 8
-  static_assert(kThreads % kBK == 0 && kARows <= 32 && kThreads / kBN == kStatGroups, "tile layout");
-
-  // The A and B slices during the K loop, the fp32 output tile in the epilogue.
-  alignas(128) __shared__ unsigned char tile[kTileBytes];
-  __shared__ long long pix_base[kBM];  // offset of the pixel's image in x; -1 past the last pixel
-  __shared__ int pix_iy[kBM], pix_ix[kBM];  // the pixel's top-left tap (may be in the padding)
-  __shared__ double red[2][kStatGroups][kBN];
-  T* const As = reinterpret_cast<T*>(tile);  // [kBM][kLd]
-  T* const Bs = As + kBM * kLd;              // [kBN][kLd]
-  float* const Cs = reinterpret_cast<float*>(tile);  // [kBM][kLdC]
-
-  const int tid = int(threadIdx.x);
-  const int64_t m0 = int64_t(blockIdx.x) * kBM;
-  const int n0 = int(blockIdx.y) * kBN;
-  for (int r = tid; r < kBM; r += kThreads) {
-    const int64_t m = m0 + r;
-    long long base = -1;
-    int iy = 0, ix = 0;
-    if (m < d.m) {
-      const int ox = int(m % d.wo);
-      const int64_t t = m / d.wo;
-      const int oy = int(t % d.ho);
-      const int64_t img = t / d.ho;
-      base = img * d.h * d.w * d.cin;
-      iy = oy * d.stride - d.pad;
-      ix = ox * d.stride - d.pad;
-    }
-    pix_base[r] = base;
-    pix_iy[r] = iy;
-    pix_ix[r] = ix;
-  }
-
-  // ---- staging: global -> registers (load), registers -> shared (store) ----
-  const int kk = tid % kBK, r0 = tid / kBK;
-  float a_st[kARows], b_st[kBRows];
-  unsigned a_ok = 0;  // bit j: a_st[j] is an in-image tap (BN-ReLU applies)
-  float bn_mean = 0.f, bn_gamma = 0.f, bn_invstd = 0.f, bn_beta = 0.f;
-
-  auto load = [&](int k0) {
-    const int k = k0 + kk;
-    const bool k_ok = k < d.k;
-    int ci = 0, ky = 0, kx = 0;
-    if (k_ok) {
-      ci = k % d.cin;
-      const int t = k / d.cin;
-      kx = t % d.kw;
-      ky = t / d.kw;
-    }
-    if constexpr (kBnRelu) {
-      if (k_ok) {
-        bn_mean = mean[ci];
-        bn_gamma = gamma[ci];
-        bn_invstd = invstd[ci];
-        bn_beta = beta[ci];
-      }
-    }
-    const int dy = ky * d.dil, dx = kx * d.dil;
-    a_ok = 0;
-#pragma unroll
-    for (int j = 0; j < kARows; ++j) {
-      const int r = r0 + j * kRowStep;
-      const long long base = pix_base[r];
-      const int iy = pix_iy[r] + dy, ix = pix_ix[r] + dx;
-      float v = 0.f;
-      if (k_ok && base >= 0 && iy >= 0 && iy < d.h && ix >= 0 && ix < d.w) {
-        v = detail::to_f32(x[base + (int64_t(iy) * d.w + ix) * d.cin + ci]);
-        a_ok |= 1u << j;
-      }
-      a_st[j] = v;
-    }
-#pragma unroll
-    for (int j = 0; j < kBRows; ++j) {
-      const int co = n0 + r0 + j * kRowStep;
-      b_st[j] = (k_ok && co < d.cout) ? w[int64_t(co) * d.k + k] : 0.f;
-    }
-  };
-
-  auto store = [&] {
-    float scale = 0.f;
-    if constexpr (kBnRelu) scale = float(double(bn_gamma) * double(bn_invstd));
-#pragma unroll
-    for (int j = 0; j < kARows; ++j) {
-      float v = a_st[j];
-      if constexpr (kBnRelu) {
-        if ((a_ok >> j) & 1u) {
-          v = fmaf(v - bn_mean, scale, bn_beta);
-          v = (v > 0.f || v != v) ? v : 0.f;  // NaN propagates, as relu_forward
-        }
-      }
-      As[(r0 + j * kRowStep) * kLd + kk] = Math::convert(v);
-    }
-#pragma unroll
-    for (int j = 0; j < kBRows; ++j) Bs[(r0 + j * kRowStep) * kLd + kk] = Math::convert(b_st[j]);
-  };
-
-  // ---- the K loop ----
-  const int warp = tid / 32, wm = warp / kWarpsN, wn = warp % kWarpsN;
-  typename Math::Acc acc[2][2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
-
-  __syncthreads();  // the pixel table
-  const int slices = (d.k + kBK - 1) / kBK;
-  load(0);
-  for (int s = 0; s < slices; ++s) {
-    store();
-    __syncthreads();
-    if (s + 1 < slices) load((s + 1) * kBK);
-#pragma unroll 2
-    for (int k8 = 0; k8 < kBK; k8 += Math::kFragK) {
-      typename Math::template FragA<wmma::row_major> fa[2];
-      typename Math::template FragB<wmma::col_major> fb[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * kLd + k8, kLd);
-#pragma unroll
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], Bs + (wn * 32 + j * 16) * kLd + k8, kLd);
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
-    }
-    __syncthreads();  // the slices are read before the next store (or the epilogue) overwrites them
-  }
-
-  // ---- epilogue ----
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 2; ++j)
-      wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * kLdC + wn * 32 + j * 16, acc[i][j], kLdC,
-                              wmma::mem_row_major);
-  __syncthreads();
-  const int c = tid % kBN, g = tid / kBN;
-  const int co = n0 + c;
-  double sum = 0.0, sumsq = 0.0;
-  if (co < d.cout) {
-    const float b = bias ? bias[co] : 0.f;
-    for (int r = g; r < kBM; r += kStatGroups) {
-      const int64_t m = m0 + r;
-      if (m >= d.m) break;
-      const TOut q = detail::from_f32<TOut>(Cs[r * kLdC + c] + b);
-      y[m * d.cout + co] = q;
-      const float v = detail::to_f32(q);  // the statistics of the stored values
-      sum += double(v);
-      sumsq += double(v) * double(v);  // exact product: fused or not, the same bits
-    }
-  }
-  if (part != nullptr) {
-    red[0][g][c] = sum;
-    red[1][g][c] = sumsq;
-    __syncthreads();
-    if (g == 0 && co < d.cout) {
-#pragma unroll
-      for (int q = 1; q < kStatGroups; ++q) {
-        sum += red[0][q][c];
-        sumsq += red[1][q][c];
-      }
-      const int64_t tiles = int64_t(gridDim.x);
-      part[int64_t(blockIdx.x) * d.cout + co] = sum;
-      part[(tiles + int64_t(blockIdx.x)) * d.cout + co] = sumsq;
-    }
-  }
-}
+constexpr int kReduceChannels = 32, kReduceSlots = 8, kReduceThreads = kReduceChannels * kReduceSlots;
 
 template <class Math, bool kBnRelu, int kWarpsN, class TIn, class TOut>
 void launch_forward(const Dims& d, const TIn* x, const float* gamma, const float* beta, const float* mean,
                     const float* invstd, const float* w, const float* bias, TOut* y, double* part,
                     cudaStream_t stream) {
-  constexpr int kBN = 32 * kWarpsN;
-  const dim3 grid(unsigned((d.m + kBM - 1) / kBM), unsigned((d.cout + kBN - 1) / kBN));
-  bn_relu_conv_tc_kernel<Math, kBnRelu, kWarpsN, TIn, TOut><<<grid, kWarpsM * kWarpsN * 32, 0, stream>>>(
-      d, x, gamma, beta, mean, invstd, w, bias, y, part);
+  conv_tc::conv_tc_kernel<Math, kBnRelu, kWarpsN, TIn, TOut, false>
+      <<<conv_tc::grid_for<kWarpsN>(d), conv_tc::threads_for<kWarpsN>(), 0, stream>>>(
+          d, x, gamma, beta, mean, invstd, w, bias, y, part, conv_tc::Branches{});
 }
 
 template <class Math, class TIn, class TOut>

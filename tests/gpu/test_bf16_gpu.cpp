@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "bf16_test_util.h"
 #include "conv_test_util.h"
 #include "gpu_test_util.h"
 #include "kernels/cpu/conv2d.h"
@@ -39,69 +40,6 @@ using cuda::bf16;
 using cuda::ConvMath;
 using cuda::Storage;
 using namespace gputest;
-
-using Halves = std::vector<uint16_t>;
-
-uint16_t to_bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x0040u);  // NaN stays NaN
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
-
-float from_bf16_bits(uint16_t h) {
-  const uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-Halves to_bf16(const Floats& v) {
-  Halves h(v.size());
-  for (size_t i = 0; i < v.size(); ++i) h[i] = to_bf16_bits(v[i]);
-  return h;
-}
-
-Floats widen(const Halves& h) {
-  Floats f(h.size());
-  for (size_t i = 0; i < h.size(); ++i) f[i] = from_bf16_bits(h[i]);
-  return f;
-}
-
-// Random normal values rounded to bf16 (the form activations have in bf16 storage).
-Halves random_bf16(size_t n, float sd = 1.f) { return to_bf16(normal(n, 0.f, sd)); }
-
-class DevHalves : public DevBuf {
- public:
-  explicit DevHalves(size_t n) : DevBuf(n * sizeof(uint16_t)), n_(n) {}
-  explicit DevHalves(const Halves& h) : DevHalves(h.size()) { upload(h.data(), n_ * sizeof(uint16_t)); }
-  bf16* p() const { return static_cast<bf16*>(data()); }
-  Halves get() const {
-    Halves h(n_);
-    download(h.data(), n_ * sizeof(uint16_t));
-    return h;
-  }
-
- private:
-  size_t n_;
-};
-
-// Runs `launch` twice on freshly poisoned outputs; the second run must repeat the first's bits.
-Halves run_twice_bf16(const Stream& st, DevHalves& out, const std::function<void()>& launch) {
-  Halves first;
-  for (int run = 0; run < 2; ++run) {
-    out.poison();
-    launch();
-    st.sync();
-    const Halves got = out.get();
-    if (run == 0)
-      first = got;
-    else
-      EXPECT_EQ(first, got) << "two identical launches differ";
-  }
-  return first;
-}
 
 // Counts the elements whose bits differ, and reports the first few.
 void expect_same_halves(const Halves& want, const Halves& got, const std::string& what) {
