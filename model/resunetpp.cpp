@@ -39,7 +39,10 @@ ModelGraph build_resunetpp(const ModelConfig& cfg, int n, int h, int w, bool tra
   } else {
     m.graph.tensor(m.logits).is_output = true;
   }
-  if (cfg.fuse) fuse_bn_relu_conv(m.graph);
+  if (cfg.fuse) {
+    fuse_bn_relu_conv(m.graph);
+    if (!training) fuse_conv_bn_sum(m.graph);  // the ASPP blocks; training BNs need the branches
+  }
   return m;
 }
 

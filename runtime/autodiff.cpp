@@ -49,7 +49,7 @@ class Autodiff {
   bool has_grad(int id) const { return grad_.count(id) != 0; }
 
   static Node make(OpKind k, std::vector<int> in, std::vector<int> out, const std::string& name) {
-    Node n{k, std::move(in), std::move(out), name, {}, {}, {}, {}, 0};
+    Node n{k, std::move(in), std::move(out), name, {}, {}, {}, {}, 0, {}};
     return n;
   }
 
@@ -207,12 +207,12 @@ void append_optimizer(Graph& g, const std::vector<int>& grads, OptimizerKind opt
     for (size_t j = i + 1; j < grads.size(); ++j)
       RPP_CHECK(grads[i] != grads[j], "parameters ", g.tensor(params[i]).name, " and ", g.tensor(params[j]).name,
                 " share one gradient tensor; gradient clipping would scale it twice");
-  Node clip{OpKind::ClipGradNorm, grads, {}, "clip_grad_norm", {}, {}, {}, {}, 0};
+  Node clip{OpKind::ClipGradNorm, grads, {}, "clip_grad_norm", {}, {}, {}, {}, 0, {}};
   for (int t : grads) clip.flops += 2 * numel(g.tensor(t).shape);
   g.add_node(std::move(clip));
   for (size_t i = 0; i < params.size(); ++i) {
     const int p = params[i];
-    Node u{OpKind::OptimizerUpdate, {p, grads[i]}, {}, g.tensor(p).name, {}, {}, {}, {}, 0};
+    Node u{OpKind::OptimizerUpdate, {p, grads[i]}, {}, g.tensor(p).name, {}, {}, {}, {}, 0, {}};
     u.opt.kind = opt;
     for (const std::string& s : optimizer_state_names(opt)) {
       TensorInfo t;

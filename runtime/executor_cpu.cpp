@@ -2,6 +2,7 @@
 // factory of runtime/executor.h (make_executor), which every build has.
 #include "runtime/executor_cpu.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -15,10 +16,10 @@
 namespace rpp {
 
 namespace {
-// Floats of the staged BN-ReLU input of a fused node (its x, in[0]), rounded to 64 floats so the
-// conv workspace after it stays aligned.
-size_t bn_relu_staging_floats(const Graph& g, const Node& n) {
-  return (size_t(numel(g.tensor(n.in[0]).shape)) + 63) / 64 * 64;
+// Floats of the staged BN-ReLU input of a fused node (its x, in[0])
+// (or of the tensor given), rounded to 64 floats so the conv workspace after it stays aligned.
+size_t bn_relu_staging_floats(const Graph& g, const Node& n, int tensor = -1) {
+  return (size_t(numel(g.tensor(tensor >= 0 ? tensor : n.in[0]).shape)) + 63) / 64 * 64;
 }
 }  // namespace
 
@@ -33,6 +34,12 @@ size_t cpu_workspace_bytes(const Graph& g, const Node& n) {
       return bn_relu_staging_floats(g, n) * sizeof(float) +
              cpu::conv2d_forward_workspace(n.conv.shape) * sizeof(float);
     case OpKind::BnReluConv2dBwdData: return cpu::conv2d_backward_data_workspace(n.conv.shape) * sizeof(float);
+    // One branch's conv output, then the largest of the branches' conv workspaces.
+    case OpKind::ConvBnSum: {
+      size_t conv_ws = 0;
+      for (const cpu::Conv2dShape& s : n.branches.shapes) conv_ws = std::max(conv_ws, cpu::conv2d_forward_workspace(s));
+      return (bn_relu_staging_floats(g, n, n.out[0]) + conv_ws) * sizeof(float);
+    }
     case OpKind::BnReluConv2dBwdFilter:
       return bn_relu_staging_floats(g, n) * sizeof(float) +
              cpu::conv2d_backward_filter_workspace(n.conv.shape) * sizeof(float);
@@ -147,6 +154,22 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
       const int c = int(sh(n.in[0]).back());
       cpu::batchnorm_apply(count(n.in[0]) / c, c, in(0), in(1), in(2), in(3), in(4), /*relu=*/true, ws);
       cpu::conv2d_forward(n.conv.shape, ws, in(5), in(6), out(0), ws + bn_relu_staging_floats(g_, n));
+      break;
+    }
+    case OpKind::ConvBnSum: {  // in: x, then per branch w, b, gamma, beta, running_mean, running_var
+      // Each branch as the unfused chain computes it (conv, eval BN, then the add into the sum
+      // so far), so the fused and unfused graphs give the same bits.
+      const int64_t cnt = count(n.out[0]);
+      const int c = int(sh(n.out[0]).back());
+      float* branch = ws;
+      float* conv_ws = ws + bn_relu_staging_floats(g_, n, n.out[0]);
+      for (size_t b = 0; b < n.branches.shapes.size(); ++b) {
+        const size_t i = 1 + 6 * b;
+        cpu::conv2d_forward(n.branches.shapes[b], in(0), in(i), in(i + 1), branch, conv_ws);
+        float* y = b == 0 ? out(0) : branch;
+        cpu::batchnorm_forward_eval(cnt / c, c, branch, in(i + 2), in(i + 3), in(i + 4), in(i + 5), n.bn.eps, y);
+        if (b > 0) cpu::add(cnt, out(0), branch, out(0));
+      }
       break;
     }
     case OpKind::BnReluConv2dBwdData: {  // in: dz, w, x, gamma, beta, mean, invstd

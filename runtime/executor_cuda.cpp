@@ -30,6 +30,7 @@
 #include "kernels/cuda/bn_relu_conv_bwd_tc.cuh"
 #include "kernels/cuda/bn_relu_conv_tc.cuh"
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/conv_bn_sum.cuh"
 #include "kernels/cuda/cudnn/conv_cudnn.cuh"
 #include "kernels/cuda/device.cuh"
 #include "kernels/cuda/elementwise.cuh"
@@ -74,17 +75,38 @@ ConvKey conv_key(const cpu::Conv2dShape& s) {
 }
 
 // Node kinds with a hand-written kernel beside cuDNN (choose_kernels): every convolution pass,
-// fused or plain (the hand-written kernels run a plain conv when given no BN arguments).
+// fused or plain (the hand-written kernels run a plain conv when given no BN arguments), and the
+// ASPP's conv-BN sum (its cuDNN path: each branch's conv, eval BN and add in turn).
 bool has_handwritten_kernel(OpKind k) {
   return k == OpKind::BnReluConv2d || k == OpKind::BnReluConv2dBwdData || k == OpKind::BnReluConv2dBwdFilter ||
-         k == OpKind::Conv2d || k == OpKind::Conv2dBwdData || k == OpKind::Conv2dBwdFilter;
+         k == OpKind::Conv2d || k == OpKind::Conv2dBwdData || k == OpKind::Conv2dBwdFilter || k == OpKind::ConvBnSum;
 }
+
+// The branches of a ConvBnSum node (in: x, then per branch w, b, gamma, beta, running_mean,
+// running_var) for conv_bn_sum_tc_forward; f maps a tensor id to its device pointer.
+template <class F>
+int conv_bn_sum_branches(const Node& n, F f, cuda::ConvBnBranch* out) {
+  const int count = int(n.branches.shapes.size());
+  if (count < 1 || count > cuda::kConvBnSumMaxBranches || n.in.size() != size_t(1 + 6 * count))
+    fail("CUDA executor: ConvBnSum node ", n.name, " has ", count, " branches and ", n.in.size(), " inputs");
+  for (int b = 0; b < count; ++b) {
+    const size_t i = size_t(1 + 6 * b);
+    out[b] = {n.branches.shapes[size_t(b)], f(n.in[i]), f(n.in[i + 1]), f(n.in[i + 2]),
+              f(n.in[i + 3]), f(n.in[i + 4]), f(n.in[i + 5])};
+  }
+  return count;
+}
+
+// Whether the ConvBnSum node's hand-written tensor-core kernel runs it with this math and the
+// node's storage.
+bool conv_bn_sum_can_run(const Graph& g, const Node& n, cuda::ConvMath math);
 
 // Forward convolution nodes (the tensor-core kernel and its epilogue statistics apply to them).
 bool is_conv_forward(OpKind k) { return k == OpKind::BnReluConv2d || k == OpKind::Conv2d; }
 
 // With TF32 allowed, whether a convolution node's hand-written kernel runs on tensor cores.
-bool tensor_core_can_run(const Node& n) {
+bool tensor_core_can_run(const Graph& g, const Node& n) {
+  if (n.op == OpKind::ConvBnSum) return conv_bn_sum_can_run(g, n, cuda::ConvMath::Tf32);
   if (is_conv_forward(n.op)) return cuda::bn_relu_conv_tc_can_run(n.conv.shape, cuda::ConvMath::Tf32);
   if (has_handwritten_kernel(n.op)) return cuda::bn_relu_conv_bwd_tc_can_run(n.conv.shape, cuda::ConvMath::Tf32);
   return false;
@@ -101,14 +123,20 @@ size_t staging_bytes(const Graph& g, const Node& n) {
   return (size_t(numel(g.tensor(n.in[0]).shape)) * sizeof(float) + 255) / 256 * 256;
 }
 
-// A convolution node with a bf16 input or output (bf16 activations): only the hand-written bf16
-// tensor-core kernel runs it.
+// A convolution node (or conv-BN sum) with a bf16 input or output (bf16 activations): only the
+// hand-written bf16 tensor-core kernel runs it.
 bool conv_bf16(const Graph& g, const Node& n) {
-  return is_conv_op(n.op) && (g.tensor(n.in[0]).dtype == DType::BF16 || g.tensor(n.out[0]).dtype == DType::BF16);
+  return (is_conv_op(n.op) || n.op == OpKind::ConvBnSum) &&
+         (g.tensor(n.in[0]).dtype == DType::BF16 || g.tensor(n.out[0]).dtype == DType::BF16);
 }
 
 cuda::Storage storage_of(const TensorInfo& t) {
   return t.dtype == DType::BF16 ? cuda::Storage::Bf16 : cuda::Storage::F32;
+}
+
+bool conv_bn_sum_can_run(const Graph& g, const Node& n, cuda::ConvMath math) {
+  return cuda::conv_bn_sum_tc_can_run(n.branches.shapes.data(), int(n.branches.shapes.size()), math,
+                                      storage_of(g.tensor(n.in[0])), storage_of(g.tensor(n.out[0])));
 }
 
 // Whether g stores activations in bf16, after checking that it agrees with `precision` and that
@@ -143,7 +171,8 @@ bool check_storage(const Graph& g, Precision precision) {
     };
     switch (n.op) {
       case OpKind::Conv2d:
-      case OpKind::BnReluConv2d: break;
+      case OpKind::BnReluConv2d:
+      case OpKind::ConvBnSum: break;
       case OpKind::BatchNorm:
       case OpKind::BatchNormStats:
         if (n.bn.training)
@@ -241,15 +270,13 @@ void CudaExecutor::init() {
 
   // One CudnnConv per distinct shape, algorithms chosen once (cuDNN's heuristics, no timing).
   impl_->node_conv.assign(size_t(nn), nullptr);
-  for (int i = 0; i < nn; ++i) {
-    const Node& n = g_.node(i);
-    if (!is_conv_op(n.op) || conv_bf16(g_, n)) continue;  // bf16: hand-written only, no cuDNN
-    const ConvKey key = conv_key(n.conv.shape);
+  auto prepare = [&](const Node& n, const cpu::Conv2dShape& shape) {
+    const ConvKey key = conv_key(shape);
     auto it = impl_->convs.find(key);
     if (it == impl_->convs.end()) {
       std::unique_ptr<cuda::CudnnConv> conv;
       try {
-        conv = std::make_unique<cuda::CudnnConv>(n.conv.shape);
+        conv = std::make_unique<cuda::CudnnConv>(shape);
         conv->choose_algorithms(impl_->handle, opt_.deterministic, opt_.allow_tf32, nullptr,
                                 opt_.conv_workspace_limit);
       } catch (const Error& e) {
@@ -258,7 +285,14 @@ void CudaExecutor::init() {
       it = impl_->convs.emplace(key, std::move(conv)).first;
     }
     ++impl_->conv_users[key];
-    impl_->node_conv[size_t(i)] = it->second.get();
+    return it->second.get();
+  };
+  for (int i = 0; i < nn; ++i) {
+    const Node& n = g_.node(i);
+    if (conv_bf16(g_, n)) continue;  // bf16: hand-written only, no cuDNN
+    if (is_conv_op(n.op)) impl_->node_conv[size_t(i)] = prepare(n, n.conv.shape);
+    if (n.op == OpKind::ConvBnSum)  // the cuDNN path runs the branches one by one
+      for (const cpu::Conv2dShape& b : n.branches.shapes) prepare(n, b);
   }
 
   // Epilogue-sums candidates (hand-written kernels possible):
@@ -411,15 +445,17 @@ void CudaExecutor::choose_kernels() {
   impl_->stats_src.assign(size_t(nn), -1);
   for (int i = 0; i < nn; ++i) {
     const Node& n = g_.node(i);
-    impl_->tensor_core[size_t(i)] = opt_.allow_tf32 && tensor_core_can_run(n);
+    impl_->tensor_core[size_t(i)] = opt_.allow_tf32 && tensor_core_can_run(g_, n);
   }
   std::map<std::pair<int, ConvKey>, std::pair<bool, std::string>> decided;
   for (int i = 0; i < nn; ++i) {
     const Node& n = g_.node(i);
     if (!has_handwritten_kernel(n.op)) continue;
     if (conv_bf16(g_, n)) {
-      if (!cuda::bn_relu_conv_tc_can_run(n.conv.shape, cuda::ConvMath::Bf16, storage_of(g_.tensor(n.in[0])),
-                                         storage_of(g_.tensor(n.out[0]))))
+      if (n.op == OpKind::ConvBnSum ? !conv_bn_sum_can_run(g_, n, cuda::ConvMath::Bf16)
+                                    : !cuda::bn_relu_conv_tc_can_run(n.conv.shape, cuda::ConvMath::Bf16,
+                                                                     storage_of(g_.tensor(n.in[0])),
+                                                                     storage_of(g_.tensor(n.out[0]))))
         fail("CUDA executor: node ", n.name, " (", op_name(n.op),
              ") has bf16 activations and a shape the bf16 tensor-core kernel cannot run");
       impl_->handwritten[size_t(i)] = 1;
@@ -427,8 +463,10 @@ void CudaExecutor::choose_kernels() {
       impl_->kernel_reason[size_t(i)] = "bf16 activations (the cuDNN path is fp32 only)";
       continue;
     }
-    const bool can = impl_->tensor_core[size_t(i)] || (is_conv_forward(n.op) ? cuda::bn_relu_conv_can_run(n.conv.shape)
-                                                                             : cuda::bn_relu_conv_bwd_can_run(n.conv.shape));
+    // The conv-BN sum has only the tensor-core kernel (TF32 allowed).
+    const bool can = impl_->tensor_core[size_t(i)] ||
+                     (n.op != OpKind::ConvBnSum && (is_conv_forward(n.op) ? cuda::bn_relu_conv_can_run(n.conv.shape)
+                                                                          : cuda::bn_relu_conv_bwd_can_run(n.conv.shape)));
     std::pair<bool, std::string> choice;
     switch (opt_.kernels) {
       case KernelChoice::Cudnn: choice = {false, "forced (--kernels cudnn)"}; break;
@@ -443,7 +481,7 @@ void CudaExecutor::choose_kernels() {
           break;
         }
         const std::pair<int, ConvKey> key{int(n.op), conv_key(n.conv.shape)};
-        auto it = decided.find(key);
+        auto it = n.op == OpKind::ConvBnSum ? decided.end() : decided.find(key);  // branches not in the key
         if (it != decided.end()) {
           choice = it->second;
           break;
@@ -584,18 +622,22 @@ std::vector<char> cuda_ohwi_tensors(const Graph& g) {
   std::vector<char> ohwi(size_t(nt), 0);
   auto name = [&](int t) { return g.tensor(t).name; };
   for (const Node& n : g.nodes()) {
-    int w = -1;
+    std::vector<int> ws;
     if (n.op == OpKind::Conv2d || n.op == OpKind::Conv2dBwdData || n.op == OpKind::BnReluConv2dBwdData)
-      w = n.in.size() > 1 ? n.in[1] : -1;
+      ws.push_back(n.in.size() > 1 ? n.in[1] : -1);
     else if (n.op == OpKind::BnReluConv2d)
-      w = n.in.size() > 5 ? n.in[5] : -1;
+      ws.push_back(n.in.size() > 5 ? n.in[5] : -1);
+    else if (n.op == OpKind::ConvBnSum)
+      for (size_t b = 0; b < n.branches.shapes.size(); ++b) ws.push_back(1 + 6 * b < n.in.size() ? n.in[1 + 6 * b] : -1);
     else
       continue;
-    if (w < 0 || g.tensor(w).kind != TensorKind::Param)
-      fail("CUDA executor: convolution ", n.name, " takes its weight from ",
-           w < 0 ? std::string("nowhere") : "tensor " + name(w),
-           "; this backend needs convolution weights to be parameters (kept in OHWI on the device)");
-    ohwi[size_t(w)] = 1;
+    for (int w : ws) {
+      if (w < 0 || g.tensor(w).kind != TensorKind::Param)
+        fail("CUDA executor: convolution ", n.name, " takes its weight from ",
+             w < 0 ? std::string("nowhere") : "tensor " + name(w),
+             "; this backend needs convolution weights to be parameters (kept in OHWI on the device)");
+      ohwi[size_t(w)] = 1;
+    }
   }
   for (const Node& n : g.nodes()) {
     auto marked = [&](int t) { return t >= 0 && ohwi[size_t(t)]; };
@@ -619,6 +661,10 @@ std::vector<char> cuda_ohwi_tensors(const Graph& g) {
       case OpKind::BnReluConv2dBwdData:  // dz, w, x, gamma, beta, mean, invstd: only w is OHWI
         for (size_t i = 0; i < n.in.size(); ++i)
           if (i != 1 && marked(n.in[i])) refuse(n.in[i]);
+        break;
+      case OpKind::ConvBnSum:  // x, then per branch w, b, gamma, beta, mean, var: only the w are OHWI
+        for (size_t i = 0; i < n.in.size(); ++i)
+          if (i % 6 != 1 && marked(n.in[i])) refuse(n.in[i]);
         break;
       case OpKind::BnReluConv2dBwdFilter:
       case OpKind::Conv2dBwdFilter:
@@ -697,6 +743,12 @@ size_t CudaExecutor::workspace_need(const Node& n) const {
     case OpKind::BnReluConv2dBwdFilter:  // the cuDNN path or a hand-written kernel's split-K partials
       return std::max(staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).backward_filter_workspace_bytes(),
                       handwritten_filter_workspace(n));
+    case OpKind::ConvBnSum: {  // the cuDNN path: one branch's output, then the convolution's workspace
+      size_t conv_ws = 0;
+      for (const cpu::Conv2dShape& b : n.branches.shapes)
+        conv_ws = std::max(conv_ws, impl_->conv_for(b).forward_workspace_bytes());
+      return align_up(size_t(numel(sh(n.out[0]))) * sizeof(float)) + conv_ws;
+    }
     case OpKind::BatchNormStats: {
       if (!n.bn.training) return 0;
       const Shape& xs = sh(n.in[0]);
@@ -1007,9 +1059,14 @@ bool CudaExecutor::launch_bf16(int index) {
     if (n.op == OpKind::Conv2d)  // in: x, w, b
       cuda::bn_relu_conv_tc_forward(n.conv.shape, cuda::ConvMath::Bf16, xs, ptr(n.in[0]), nullptr, nullptr, nullptr,
                                     nullptr, f(1), f(2), ys, ptr(n.out[0]), nullptr, nullptr, nullptr, s);
-    else  // BnReluConv2d: x, gamma, beta, mean, invstd, w, b
+    else if (n.op == OpKind::BnReluConv2d)  // x, gamma, beta, mean, invstd, w, b
       cuda::bn_relu_conv_tc_forward(n.conv.shape, cuda::ConvMath::Bf16, xs, ptr(n.in[0]), f(1), f(2), f(3), f(4),
                                     f(5), f(6), ys, ptr(n.out[0]), nullptr, nullptr, nullptr, s);
+    else {  // ConvBnSum
+      cuda::ConvBnBranch br[cuda::kConvBnSumMaxBranches];
+      const int count = conv_bn_sum_branches(n, [&](int t) { return fptr(t); }, br);
+      cuda::conv_bn_sum_tc_forward(br, count, n.bn.eps, cuda::ConvMath::Bf16, xs, ptr(n.in[0]), ys, ptr(n.out[0]), s);
+    }
     return true;
   }
   if (n.out.empty() || !is_bf16(n.out[0])) {
@@ -1124,6 +1181,29 @@ void CudaExecutor::launch(int index) {
       cuda::batchnorm_apply(count(n.in[0]) / c, c, in(0), in(1), in(2), in(3), in(4), /*relu=*/true, staged, s);
       impl_->node_conv[size_t(index)]->forward(h, staged, in(5), in(6), out(0),
                                               static_cast<char*>(ws) + staging_bytes(g_, n));
+      break;
+    }
+    case OpKind::ConvBnSum: {  // in: x, then per branch w, b, gamma, beta, running_mean, running_var
+      cuda::ConvBnBranch br[cuda::kConvBnSumMaxBranches];
+      const int nb = conv_bn_sum_branches(n, [&](int t) { return fptr(t); }, br);
+      if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)]) {
+        cuda::conv_bn_sum_tc_forward(br, nb, n.bn.eps, cuda::ConvMath::Tf32, cuda::Storage::F32, in(0),
+                                     cuda::Storage::F32, out(0), s);
+        break;
+      }
+      // The cuDNN path, as the unfused graph runs it: per branch the conv into the workspace, its
+      // eval BN (into y for the first branch, in place after), and the add into y.
+      const int64_t cnt = count(n.out[0]);
+      const int c = int(sh(n.out[0]).back());
+      float* branch = static_cast<float*>(ws);
+      void* conv_ws = static_cast<char*>(ws) + align_up(size_t(cnt) * sizeof(float));
+      for (int b = 0; b < nb; ++b) {
+        impl_->conv_for(br[b].shape).forward(h, in(0), br[b].w_ohwi, br[b].bias, branch, conv_ws);
+        float* y = b == 0 ? out(0) : branch;
+        cuda::batchnorm_forward_eval(cnt / c, c, branch, br[b].gamma, br[b].beta, br[b].running_mean,
+                                     br[b].running_var, n.bn.eps, y, s);
+        if (b > 0) cuda::add(cnt, out(0), branch, out(0), s);
+      }
       break;
     }
     case OpKind::BnReluConv2dBwdData: {  // in: dz, w, x, gamma, beta, mean, invstd

@@ -1,5 +1,8 @@
-// runtime/fusion.cpp — the BN -> ReLU -> Conv rewrite of runtime/fusion.h.
+// runtime/fusion.cpp — the graph rewrites of runtime/fusion.h: BN -> ReLU -> Conv, the conv-BN sum (ASPP)
+// and the bf16 marking of activations.
 #include "runtime/fusion.h"
+
+#include <algorithm>
 
 namespace rpp {
 
@@ -65,6 +68,107 @@ FusionReport fuse_bn_relu_conv(Graph& g) {
     if (!drop[size_t(i)]) kept.push_back(std::move(nodes[size_t(i)]));
   g.set_nodes(std::move(kept));
   return report;
+}
+
+std::vector<std::string> fuse_conv_bn_sum(Graph& g) {
+  for (const Node& n : g.nodes())
+    RPP_CHECK(is_forward(n.op), "fusion runs on forward graphs; node ", n.name, " is ", op_name(n.op));
+  const int nn = g.num_nodes();
+  std::vector<std::vector<int>> readers(size_t(g.num_tensors()));
+  std::vector<int> producer(size_t(g.num_tensors()), -1);
+  for (int i = 0; i < nn; ++i) {
+    for (int t : g.node(i).in)
+      if (t >= 0) readers[size_t(t)].push_back(i);
+    for (int t : g.node(i).out)
+      if (t >= 0) producer[size_t(t)] = i;
+  }
+  // The node that produces t, when t is an intermediate with that one reader.
+  auto private_producer = [&](int t, int reader) {
+    if (t < 0 || g.tensor(t).is_output || readers[size_t(t)].size() != 1 || readers[size_t(t)][0] != reader) return -1;
+    return producer[size_t(t)];
+  };
+  auto is_add_into_chain = [&](int i) {  // node i's output feeds the next add of a chain as its left term
+    const int t = g.node(i).out[0];
+    if (readers[size_t(t)].size() != 1 || g.tensor(t).is_output) return false;
+    const Node& r = g.node(readers[size_t(t)][0]);
+    return r.op == OpKind::Add && r.in[0] == t;
+  };
+  struct Term { int bn, conv; };
+  // A term bn(conv(x)) read only by `reader`: the BN node and the conv node, or {-1, -1}.
+  auto term = [&](int t, int reader) -> Term {
+    const int b = private_producer(t, reader);
+    if (b < 0 || g.node(b).op != OpKind::BatchNorm || g.node(b).bn.training || g.node(b).in.size() < 5) return {-1, -1};
+    const int c = private_producer(g.node(b).in[0], b);
+    if (c < 0 || g.node(c).op != OpKind::Conv2d || g.node(c).in.size() < 3 || g.node(c).in[2] < 0) return {-1, -1};
+    return {b, c};
+  };
+
+  std::vector<char> drop(size_t(nn), 0);
+  std::vector<Node> nodes = g.nodes();
+  std::vector<std::string> names;
+  for (int top = 0; top < nn; ++top) {
+    if (g.node(top).op != OpKind::Add || is_add_into_chain(top)) continue;
+    // Walk the left-deep chain down from its last add, collecting the terms right to left.
+    std::vector<Term> terms;
+    std::vector<int> adds;
+    int a = top;
+    bool ok = true;
+    for (;;) {
+      const Node& add = g.node(a);
+      adds.push_back(a);
+      const Term right = term(add.in[1], a);
+      if (right.bn < 0) { ok = false; break; }
+      terms.push_back(right);
+      const Term left = term(add.in[0], a);
+      if (left.bn >= 0) {
+        terms.push_back(left);
+        break;
+      }
+      const int next = private_producer(add.in[0], a);
+      if (next < 0 || g.node(next).op != OpKind::Add) { ok = false; break; }
+      a = next;
+    }
+    if (!ok || terms.size() > 4) continue;
+    std::reverse(terms.begin(), terms.end());
+    const Node& conv0 = g.node(terms[0].conv);
+    const cpu::Conv2dShape& s0 = conv0.conv.shape;
+    const double eps = g.node(terms[0].bn).bn.eps;
+    for (const Term& t : terms) {
+      const Node& c = g.node(t.conv);
+      const cpu::Conv2dShape& s = c.conv.shape;
+      ok = ok && c.in[0] == conv0.in[0] && s.n == s0.n && s.h == s0.h && s.w == s0.w && s.cin == s0.cin &&
+           s.cout == s0.cout && s.kh == s0.kh && s.kw == s0.kw && s.stride == s0.stride && s.ho() == s0.ho() &&
+           s.wo() == s0.wo() && g.node(t.bn).bn.eps == eps;
+    }
+    if (!ok) continue;
+
+    Node fused = g.node(top);
+    fused.op = OpKind::ConvBnSum;
+    fused.in = {conv0.in[0]};
+    fused.conv = conv0.conv;
+    fused.bn = g.node(terms[0].bn).bn;
+    fused.branches.shapes.clear();
+    fused.flops = 0;
+    for (const Term& t : terms) {
+      const Node& c = g.node(t.conv);
+      const Node& b = g.node(t.bn);
+      fused.in.insert(fused.in.end(), {c.in[1], c.in[2], b.in[1], b.in[2], b.in[3], b.in[4]});
+      fused.branches.shapes.push_back(c.conv.shape);
+      fused.flops += c.flops + b.flops;
+      drop[size_t(t.conv)] = drop[size_t(t.bn)] = 1;
+    }
+    for (int i : adds) {
+      fused.flops += g.node(i).flops;
+      if (i != top) drop[size_t(i)] = 1;
+    }
+    nodes[size_t(top)] = std::move(fused);
+    names.push_back(g.node(top).name + " (" + std::to_string(terms.size()) + " branches)");
+  }
+  std::vector<Node> kept;
+  for (int i = 0; i < nn; ++i)
+    if (!drop[size_t(i)]) kept.push_back(std::move(nodes[size_t(i)]));
+  g.set_nodes(std::move(kept));
+  return names;
 }
 
 int store_activations_in_bf16(Graph& g) {

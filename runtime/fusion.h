@@ -28,6 +28,14 @@ struct FusionReport {
 // graph output. Must run before autodiff (throws if g already has backward nodes).
 FusionReport fuse_bn_relu_conv(Graph& g);
 
+// Inference: rewrites every left-deep sum ((y1 + y2) + y3) + ... of 2 to 4 terms y_i = bn_i(conv_i(x))
+// (eval-mode BNs; convolutions of one input x with biases, the same n, h, w, cin, cout, kernel,
+// stride and output size, padding and dilation free: the ASPP block) into one ConvBnSum node, when
+// no intermediate tensor has another reader or is a graph output. The branch outputs, the BN
+// outputs and the partial sums then never exist. Returns the names of the fused sums (the last
+// add's name and the branch count). Must run before autodiff; training-mode BNs never match.
+std::vector<std::string> fuse_conv_bn_sum(Graph& g);
+
 // bf16 mixed precision for inference: marks every activation tensor of rank 4 (N, H, W, C) that
 // is neither a graph input nor an output as stored in bf16 (TensorInfo::dtype = BF16). Images,
 // logits, per-channel vectors (SE), BN statistics and every persistent tensor stay fp32; all

@@ -19,6 +19,7 @@ const char* op_name(OpKind k) {
     case OpKind::Concat: return "concat";
     case OpKind::BatchNormStats: return "batchnorm_stats";
     case OpKind::BnReluConv2d: return "bn_relu_conv2d";
+    case OpKind::ConvBnSum: return "conv_bn_sum";
     case OpKind::Loss: return "loss";
     case OpKind::Conv2dBwdData: return "conv2d_bwd_data";
     case OpKind::Conv2dBwdFilter: return "conv2d_bwd_filter";
@@ -157,7 +158,7 @@ int GraphBuilder::conv2d(const std::string& scope, int x, int w, int b, int stri
   if (s.ho() <= 0 || s.wo() <= 0) fail(scope, ": conv output would be empty for input ", shape_str(xs));
   if (b >= 0 && g_.tensor(b).shape != Shape{s.cout}) fail(scope, ": conv bias shape mismatch");
   int y = activation(scope + ".out", {s.n, s.ho(), s.wo(), s.cout}, rg(x) || rg(w));
-  Node n{OpKind::Conv2d, {x, w, b}, {y}, scope, {}, {}, {}, {}, 0};
+  Node n{OpKind::Conv2d, {x, w, b}, {y}, scope, {}, {}, {}, {}, 0, {}};
   n.conv.shape = s;
   n.flops = 2ll * s.n * s.ho() * s.wo() * s.cout * s.kh * s.kw * s.cin;
   g_.add_node(std::move(n));
@@ -171,7 +172,7 @@ int GraphBuilder::batchnorm(const std::string& scope, int x, int gamma, int beta
   for (int p : {gamma, beta, rmean, rvar})
     if (g_.tensor(p).shape != Shape{c}) fail(scope, ": batchnorm parameter ", g_.tensor(p).name, " is not [", c, "]");
   int y = activation(scope + ".out", xs, true);
-  Node n{OpKind::BatchNorm, {x, gamma, beta, rmean, rvar, nbt}, {y}, scope, {}, {}, {}, {}, 0};
+  Node n{OpKind::BatchNorm, {x, gamma, beta, rmean, rvar, nbt}, {y}, scope, {}, {}, {}, {}, 0, {}};
   n.bn.training = training_;
   if (training_) {
     n.out.push_back(activation(scope + ".save_mean", {c}, false));
@@ -184,7 +185,7 @@ int GraphBuilder::batchnorm(const std::string& scope, int x, int gamma, int beta
 
 namespace {
 Node simple(OpKind k, std::vector<int> in, int out, const std::string& scope, int64_t flops) {
-  Node n{k, std::move(in), {out}, scope, {}, {}, {}, {}, flops};
+  Node n{k, std::move(in), {out}, scope, {}, {}, {}, {}, flops, {}};
   return n;
 }
 }  // namespace

@@ -33,6 +33,9 @@ enum class OpKind : uint8_t {
   BatchNormStats, // in: x, running_mean, running_var, num_batches_tracked   out: mean, invstd
                   // (training: batch statistics, running update; eval: from the running ones)
   BnReluConv2d,   // in: x, gamma, beta, mean, invstd, w(HWIO), b   out: conv(relu(bn(x)))
+  ConvBnSum,      // inference only (eval BN): in: x, then per branch w(HWIO), b, gamma, beta,
+                  // running_mean, running_var   out: sum over the branches of bn(conv(x)), added
+                  // in branch order (the ASPP block); Node::branches holds each branch's shape
   Loss,           // in: logits, target         out: loss (scalar)
   // backward
   Conv2dBwdData,    // in: dy, w              out: dx
@@ -88,6 +91,9 @@ struct ConvAttrs { cpu::Conv2dShape shape; };
 struct BNAttrs { double momentum = 0.1, eps = 1e-5; bool training = true; };
 struct LossAttrs { LossKind kind = LossKind::BCEDice; };
 struct OptAttrs { OptimizerKind kind = OptimizerKind::Adam; };
+// ConvBnSum: the convolution of each branch (same n, h, w, cin, cout, kernel, stride and output
+// size; padding and dilation per branch). conv.shape is branches[0].
+struct BranchAttrs { std::vector<cpu::Conv2dShape> shapes; };
 
 struct Node {
   OpKind op;
@@ -98,6 +104,7 @@ struct Node {
   LossAttrs loss;
   OptAttrs opt;
   int64_t flops = 0;  // multiply-adds count 2
+  BranchAttrs branches;
 };
 
 class Graph {

@@ -1,6 +1,6 @@
-// tests/test_fusion.cpp — the BN -> ReLU -> Conv fusion pass (runtime/fusion.h): which chains it
-// rewrites, and that the fused graph trains and infers to the same bits as the unfused one on the
-// CPU while planning less memory.
+// tests/test_fusion.cpp — the fusion passes (runtime/fusion.h: BN -> ReLU -> Conv, and the ASPP's
+// conv-BN sum in inference): which chains they rewrite, and that the fused graph trains and infers
+// to the same bits as the unfused one on the CPU while planning less memory.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -79,8 +79,20 @@ TEST(Fusion, RewritesEveryBnReluConvChainOfTheNetwork) {
     EXPECT_EQ(count_ops(fused.graph, OpKind::BnReluConv2d), 22);
     EXPECT_EQ(count_ops(fused.graph, OpKind::BatchNormStats), 22);
     EXPECT_EQ(count_ops(plain.graph, OpKind::BnReluConv2d), 0);
-    EXPECT_EQ(count_ops(fused.graph, OpKind::BatchNorm), count_ops(plain.graph, OpKind::BatchNorm) - 22);
-    EXPECT_EQ(count_ops(fused.graph, OpKind::Conv2d), count_ops(plain.graph, OpKind::Conv2d) - 22);
+    // Inference also fuses the two ASPP blocks: 4 convs, 4 BNs and 3 adds each.
+    const int aspp = training ? 0 : 2;
+    EXPECT_EQ(count_ops(fused.graph, OpKind::ConvBnSum), aspp);
+    EXPECT_EQ(count_ops(fused.graph, OpKind::BatchNorm), count_ops(plain.graph, OpKind::BatchNorm) - 22 - 4 * aspp);
+    EXPECT_EQ(count_ops(fused.graph, OpKind::Conv2d), count_ops(plain.graph, OpKind::Conv2d) - 22 - 4 * aspp);
+    EXPECT_EQ(count_ops(fused.graph, OpKind::Add), count_ops(plain.graph, OpKind::Add) - 3 * aspp);
+    if (!training) {  // the fused node counts the work of the nodes it replaced
+      int64_t replaced = 0, fused_flops = -1;
+      for (const Node& n : plain.graph.nodes())
+        if (n.name == "b1" || n.name.rfind("b1.c", 0) == 0) replaced += n.name.rfind("b1.c5", 0) == 0 ? 0 : n.flops;
+      for (const Node& n : fused.graph.nodes())
+        if (n.op == OpKind::ConvBnSum && n.name == "b1") fused_flops = n.flops;
+      EXPECT_EQ(fused_flops, replaced);
+    }
     // The ReLUs left are the SE layers' (one per SE block: stem + 6 residual blocks).
     EXPECT_EQ(count_ops(fused.graph, OpKind::Relu), 7);
     EXPECT_EQ(count_params(fused.graph), count_params(plain.graph));
@@ -120,6 +132,63 @@ TEST(Fusion, LeavesChainsWithOtherReadersAlone) {
   ASSERT_EQ(r.bn_relu_conv, 1);
   EXPECT_EQ(r.names[0], "c -> c.conv");
   EXPECT_EQ(count_ops(g, OpKind::BatchNorm), 2);
+}
+
+TEST(Fusion, ConvBnSumFusesOnlyPrivateEvalBranchesOfOneInput) {
+  Graph g;
+  GraphBuilder b(g, false);
+  const int x = b.input("x", {2, 8, 8, 4});
+  const int x2 = b.input("x2", {2, 8, 8, 4});
+  auto branch = [&](const std::string& s, int in, int dil) {
+    const int c = b.conv2d(s + ".0", in, b.param(s + ".0.weight", {3, 3, 4, 4}), b.param(s + ".0.bias", {4}), 1, dil,
+                           dil);
+    return b.batchnorm(s + ".1", c, b.param(s + ".1.weight", {4}), b.param(s + ".1.bias", {4}),
+                       b.buffer(s + ".1.running_mean", {4}), b.buffer(s + ".1.running_var", {4}),
+                       b.buffer(s + ".1.num_batches_tracked", {}, DType::I64));
+  };
+  // A: three branches of x: fused.
+  const int a = b.add("A", b.add("A", branch("A.c1", x, 1), branch("A.c2", x, 2)), branch("A.c3", x, 3));
+  // B: a branch output also read by a Mul: left alone.
+  const int b1 = branch("B.c1", x, 1);
+  const int bsum = b.add("B", b1, branch("B.c2", x, 2));
+  const int bm = b.mul("B.m", bsum, b1);
+  // C: branches of two different inputs: left alone.
+  const int csum = b.add("C", branch("C.c1", x, 1), branch("C.c2", x2, 1));
+  // D: five branches: more than the kernel's four, left alone.
+  int d = branch("D.c1", x, 1);
+  for (int i = 2; i <= 5; ++i) d = b.add("D", d, branch("D.c" + std::to_string(i), x, i));
+  // E: the inner partial sum is an output: only it is fused (2 branches), the last add stays.
+  const int e01 = b.add("E", branch("E.c1", x, 1), branch("E.c2", x, 2));
+  g.tensor(e01).is_output = true;
+  const int e = b.add("E", e01, branch("E.c3", x, 3));
+  for (int t : {a, bm, csum, d, e}) g.tensor(t).is_output = true;
+  const int convs = count_ops(g, OpKind::Conv2d), bns = count_ops(g, OpKind::BatchNorm);
+  const std::vector<std::string> names = fuse_conv_bn_sum(g);
+  ASSERT_EQ(names.size(), 2u);
+  EXPECT_EQ(names[0], "A (3 branches)");
+  EXPECT_EQ(names[1], "E (2 branches)");
+  EXPECT_EQ(count_ops(g, OpKind::ConvBnSum), 2);
+  EXPECT_EQ(count_ops(g, OpKind::Conv2d), convs - 5);
+  EXPECT_EQ(count_ops(g, OpKind::BatchNorm), bns - 5);
+  for (const Node& n : g.nodes()) {
+    if (n.op != OpKind::ConvBnSum) continue;
+    if (n.name == "E") {
+      EXPECT_EQ(n.out[0], e01);
+      continue;
+    }
+    ASSERT_EQ(n.in.size(), 1u + 3 * 6);
+    EXPECT_EQ(n.in[0], x);
+    EXPECT_EQ(n.out[0], a);
+    ASSERT_EQ(n.branches.shapes.size(), 3u);
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_EQ(n.branches.shapes[size_t(i)].dil, i + 1);
+      EXPECT_EQ(g.tensor(n.in[size_t(1 + 6 * i)]).name, "A.c" + std::to_string(i + 1) + ".0.weight");
+      EXPECT_EQ(g.tensor(n.in[size_t(6 + 6 * i)]).name, "A.c" + std::to_string(i + 1) + ".1.running_var");
+    }
+  }
+  // Training-mode BNs never match.
+  ModelGraph train = build_resunetpp(small_model(false), 1, 16, 16, true);
+  EXPECT_TRUE(fuse_conv_bn_sum(train.graph).empty());
 }
 
 TEST(Fusion, RefusesAGraphWithBackwardNodes) {
@@ -184,6 +253,27 @@ TEST(Fusion, InferenceIsBitIdenticalToTheUnfusedGraph) {
   const float* b = f.data(mf.logits);
   for (int64_t i = 0; i < m; ++i) ASSERT_TRUE(std::isfinite(a[i])) << i;
   EXPECT_EQ(0, std::memcmp(a, b, size_t(m) * sizeof(float)));
+  EXPECT_EQ(count_ops(mf.graph, OpKind::ConvBnSum), 2);  // the ASPP blocks ran fused
+}
+
+TEST(Fusion, FusedInferencePlanDropsTheAsppBranchTensors) {
+  ModelConfig plain_cfg, fused_cfg;
+  plain_cfg.fuse = false;
+  ModelGraph mp = build_resunetpp(plain_cfg, 16, 256, 256, false);
+  ModelGraph mf = build_resunetpp(fused_cfg, 16, 256, 256, false);
+  ModelGraph mb = build_resunetpp(plain_cfg, 16, 256, 256, false);
+  fuse_bn_relu_conv(mb.graph);  // BN-ReLU-conv fused only
+  const Plan pp = make_plan(mp.graph, PlanMode::BestFit, cpu_workspace_bytes);
+  const Plan pb = make_plan(mb.graph, PlanMode::BestFit, cpu_workspace_bytes);
+  const Plan pf = make_plan(mf.graph, PlanMode::BestFit, cpu_workspace_bytes);
+  EXPECT_NO_THROW(verify_plan(mf.graph, pf));
+  // The last ASPP's four 256x256x16 branch outputs (and their BN outputs) no longer exist.
+  EXPECT_LT(pf.naive_bytes, pb.naive_bytes);
+  EXPECT_LE(pf.arena_bytes, pb.arena_bytes);
+  EXPECT_LT(pb.arena_bytes, pp.arena_bytes);
+  RecordProperty("inference_arena_bytes_unfused", std::to_string(pp.arena_bytes));
+  RecordProperty("inference_arena_bytes_bn_relu_conv_fused", std::to_string(pb.arena_bytes));
+  RecordProperty("inference_arena_bytes_fused", std::to_string(pf.arena_bytes));
 }
 
 TEST(Fusion, FusedTrainingPlanNeedsLessMemory) {

@@ -149,11 +149,12 @@ TEST(Model, ForwardFlopsMatchTheArchitecture) {
     cfg.fuse = fuse;
     ModelGraph m = build_resunetpp(cfg, 1, 256, 256, false);
     int64_t conv = 0;
-    for (const Node& n : m.graph.nodes())
-      if (n.op == OpKind::Conv2d || n.op == OpKind::BnReluConv2d) {
-        const cpu::Conv2dShape& s = n.conv.shape;
-        conv += 2ll * s.n * s.ho() * s.wo() * s.cout * s.kh * s.kw * s.cin;
-      }
+    auto add = [&](const cpu::Conv2dShape& s) { conv += 2ll * s.n * s.ho() * s.wo() * s.cout * s.kh * s.kw * s.cin; };
+    for (const Node& n : m.graph.nodes()) {
+      if (n.op == OpKind::Conv2d || n.op == OpKind::BnReluConv2d) add(n.conv.shape);
+      if (n.op == OpKind::ConvBnSum)  // the fused ASPP blocks (inference)
+        for (const cpu::Conv2dShape& s : n.branches.shapes) add(s);
+    }
     EXPECT_NEAR(double(conv) / 1e9, 31.4, 0.1) << "fuse " << fuse;  // 31.34 counted here
     EXPECT_GT(m.graph.forward_flops(), conv);
     EXPECT_LT(double(m.graph.forward_flops()), 1.01 * double(conv));

@@ -476,6 +476,69 @@ TEST(GpuExecutor, Bf16InferenceSmoke) {
   check_bf16_inference(ModelConfig{{8, 8, 16, 16, 32}, 3}, 32, 4e-2);
 }
 
+// Random BN running statistics and affine parameters (init_params makes every eval BN close to
+// the identity, which would hide a BN folded the wrong way).
+void randomise_bn(const Graph& g, ParamStore& store, uint64_t seed) {
+  Rng r{seed};
+  for (int t = 0; t < g.num_tensors(); ++t) {
+    const TensorInfo& ti = g.tensor(t);
+    const std::string& n = ti.name;
+    if (!is_persistent(ti.kind) || ti.dtype != DType::F32 || ti.shape.size() != 1) continue;
+    const std::string mod = n.substr(0, n.rfind('.'));
+    if (g.find(mod + ".running_mean") < 0) continue;  // not a BN
+    const std::string what = n.substr(n.rfind('.') + 1);
+    float* p = store.get(n).data<float>();
+    for (int64_t i = 0; i < numel(ti.shape); ++i)
+      p[i] = what == "running_mean" ? r.uniform(-0.2f, 0.2f)
+             : what == "running_var" ? r.uniform(0.5f, 2.f)
+             : what == "weight"      ? r.uniform(0.5f, 1.5f)
+                                     : r.uniform(-0.3f, 0.3f);
+  }
+}
+
+// The two ASPP blocks of an inference graph run as ConvBnSum nodes (runtime/fusion.h): on the
+// cuDNN path (branch by branch, as the unfused graph) and hand-written on TF32 tensor cores
+// (kernels/cuda/conv_bn_sum.cuh), against the CPU's fp32 with random BN statistics; graph replay
+// equals eager launches; the kernel choice is reported.
+TEST(GpuExecutor, AsppConvBnSumMatchesCpu) {
+  REQUIRE_GPU();
+  const ModelConfig cfg{{8, 8, 16, 16, 32}, 3};
+  const int size = 32;
+  ExecOptions tc = strict_options(true), tc_eager = strict_options(false);
+  for (ExecOptions* o : {&tc, &tc_eager}) {
+    o->allow_tf32 = true;
+    o->kernels = KernelChoice::Handwritten;
+  }
+  Predictor pc(cfg, size, 2, "cpu"), pd(cfg, size, 2, "cuda", strict_options()), pt(cfg, size, 2, "cuda", tc),
+      pe(cfg, size, 2, "cuda", tc_eager);
+  int sums = 0;
+  for (const Node& n : pt.graph().nodes()) sums += n.op == OpKind::ConvBnSum;
+  ASSERT_EQ(sums, 2);
+  Floats images, masks;
+  synthetic_batch(41, 3, size, images, masks);
+  for (Predictor* p : {&pc, &pd, &pt, &pe}) {
+    init_params(p->graph(), p->store(), 5);
+    randomise_bn(p->graph(), p->store(), 6);
+  }
+  const Floats c = pc.logits(images, 3, false), d = pd.logits(images, 3, false);
+  EXPECT_LT(compare(d.data(), c.data(), c.size()).scaled(), 1e-4) << "cuDNN path";
+  Floats t, e;
+  for (int rep = 0; rep < 2; ++rep) {  // eager, capture, replay
+    t = pt.logits(images, 3, false);
+    e = pe.logits(images, 3, false);
+    EXPECT_TRUE(gputest::same_bits(t, e)) << "graph replay differs from eager launches";
+  }
+  const Agreement a = agreement(t.data(), c.data(), c.size());
+  std::cout << "TF32 tensor cores with the fused ASPP: logits relative L2 " << a.l2 << " against the CPU\n";
+  EXPECT_TRUE(a.finite);
+  EXPECT_LT(a.l2, 1e-2);
+  const std::string hand = dynamic_cast<CudaExecutor&>(pt.ready_executor()).describe_kernels();
+  const std::string dnn = dynamic_cast<CudaExecutor&>(pd.ready_executor()).describe_kernels();
+  for (const char* name : {"b1 (conv_bn_sum): hand-written (TF32 tensor cores)", "aspp (conv_bn_sum): hand-written"})
+    EXPECT_NE(hand.find(name), std::string::npos) << hand;
+  EXPECT_NE(dnn.find("aspp (conv_bn_sum): cuDNN path"), std::string::npos) << dnn;
+}
+
 // The hand-written convolution kernels inside the executor (--kernels handwritten: the fused and
 // plain forward, backward-data and backward-filter nodes) against the CPU: the same loss, logits and
 // gradients within the tolerances of a), and --kernels auto builds, chooses and describes every
