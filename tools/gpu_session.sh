@@ -4,13 +4,13 @@
 #           errors), using the bundled .vendor/googletest and .vendor/stb when present
 #   test    every GPU suite (gpu_test_device, gpu_test_ops_gpu, gpu_test_conv_gpu,
 #           gpu_test_bn_relu_conv_gpu, gpu_test_bn_relu_conv_bwd_gpu, gpu_test_bn_relu_conv_tc_gpu,
-#           gpu_test_bn_relu_conv_bwd_tc_gpu, gpu_test_bf16_gpu, gpu_test_image_ops_gpu, gpu_test_executor_gpu,
-#           rpp_test_capi_gpu) with
+#           gpu_test_bn_relu_conv_bwd_tc_gpu, gpu_test_bf16_gpu, gpu_test_conv_bn_sum_gpu,
+#           gpu_test_image_ops_gpu, gpu_test_executor_gpu, rpp_test_capi_gpu) with
 #           RPP_EXPECT_GPU=1 (no device
 #           is a failure, not a skip), then the CPU suite without the slow label
-#   sanitize  compute-sanitizer memcheck and racecheck on gpu_test_ops_gpu, the three
-#           gpu_test_bn_relu_conv*_gpu suites and gpu_test_executor_gpu, with --gtest_filter subsets that
-#           finish in minutes
+#   sanitize  compute-sanitizer memcheck and racecheck on gpu_test_ops_gpu, the convolution
+#           suites (gpu_test_bn_relu_conv*_gpu, gpu_test_bf16_gpu, gpu_test_conv_bn_sum_gpu) and
+#           gpu_test_executor_gpu, with --gtest_filter subsets that finish in minutes
 #   bench   resunetpp-bench at 256x256 batch 16 (kernel rows verified then timed, the training
 #           step timeline, inference batch 1 and 32) in fp32, and the timeline and inference with
 #           TF32, with the cuDNN path and with every fused node hand-written, and inference with bf16
@@ -98,7 +98,7 @@ if want test && [ $build_ok -eq 1 ]; then
   export RPP_EXPECT_GPU=1  # a missing or unusable device fails the GPU tests instead of skipping them
   for t in gpu_test_device gpu_test_ops_gpu gpu_test_conv_gpu gpu_test_bn_relu_conv_gpu \
            gpu_test_bn_relu_conv_bwd_gpu gpu_test_bn_relu_conv_tc_gpu gpu_test_bn_relu_conv_bwd_tc_gpu \
-           gpu_test_bf16_gpu gpu_test_image_ops_gpu gpu_test_executor_gpu \
+           gpu_test_bf16_gpu gpu_test_conv_bn_sum_gpu gpu_test_image_ops_gpu gpu_test_executor_gpu \
            rpp_test_capi_gpu; do
     exe=$build/$t
     if [ ! -x "$exe" ]; then fail "$t not built"; continue; fi
@@ -135,7 +135,7 @@ if want sanitize && [ $build_ok -eq 1 ]; then
   else
     # Reductions and shared-memory kernels for racecheck; everything for memcheck.
     ops_filter=${OPS_FILTER:-'GpuBatchNorm.*:GpuElementwise.*:GpuLoss.*:GpuOptim.*'}
-    exec_filter=${EXEC_FILTER:-'GpuExecutor.SmallNetworkSanitizerSmoke:GpuExecutor.NonFiniteStepIsSkippedOnTheDevice:GpuExecutor.Tf32TensorCoreKernelsAndEpilogueStatistics:GpuExecutor.Bf16InferenceSmoke:GpuExecutorHost.*'}
+    exec_filter=${EXEC_FILTER:-'GpuExecutor.SmallNetworkSanitizerSmoke:GpuExecutor.NonFiniteStepIsSkippedOnTheDevice:GpuExecutor.Tf32TensorCoreKernelsAndEpilogueStatistics:GpuExecutor.Bf16InferenceSmoke:GpuExecutor.AsppConvBnSumMatchesCpu:GpuExecutorHost.*'}
     race_ops_filter=${RACE_OPS_FILTER:-'GpuBatchNorm.TrainForwardMatchesCpu:GpuBatchNorm.BackwardMatchesCpu:GpuElementwise.ScaleChannelsForwardBackward:GpuElementwise.GlobalAvgPoolForwardBackward:GpuElementwise.LinearForwardBackward:GpuLoss.*:GpuOptim.SumSquaresClipFactorAndScale'}
     race_exec_filter=${RACE_EXEC_FILTER:-'GpuExecutor.SmallNetworkSanitizerSmoke'}
     run_cs() {  # tool binary filter
@@ -167,6 +167,8 @@ if want sanitize && [ $build_ok -eq 1 ]; then
     run_cs memcheck gpu_test_bn_relu_conv_bwd_tc_gpu "*Ragged*:*NaN*"
     run_cs memcheck gpu_test_bf16_gpu "*"
     run_cs racecheck gpu_test_bf16_gpu "Bf16Ops.GlobalAvgPool*:Bf16Conv.*"
+    run_cs memcheck gpu_test_conv_bn_sum_gpu "*At64*:*Ragged*:*Exact*:*Bf16*"
+    run_cs racecheck gpu_test_conv_bn_sum_gpu "*Ragged*:*Bf16*"
     run_cs racecheck gpu_test_executor_gpu "$race_exec_filter"
   fi
 fi

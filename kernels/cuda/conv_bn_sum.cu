@@ -68,7 +68,7 @@ void conv_bn_sum_tc_forward(const ConvBnBranch* branches, int count, double eps,
   detail::check_not_null(op, {{"x", x}, {"y", y}});
   conv_tc::Branches br;
   br.count = count;
-  br.eps = float(eps);
+  br.eps = eps;
   for (int b = 0; b < count; ++b) {
     const ConvBnBranch& c = branches[b];
     const std::string where = std::string(op) + " (branch " + std::to_string(b) + ")";

@@ -34,7 +34,7 @@
 // dilation 12 or 18 on a 32x32 map that is a third of the tap rows of a tile.
 //
 // Shared memory (static): TF32 and kBN = 64: max(A+B slices 27,648, C tile 36,864) + pixel table
-// 2,048 + row-group sums 4,096 = 43,008 bytes, plus 1,348 in branch-sum mode; less for BF16 or
+// 2,048 + row-group sums 4,096 = 43,008 bytes, plus 1,360 in branch-sum mode; less for BF16 or
 // kBN = 32.
 #pragma once
 
@@ -62,7 +62,7 @@ struct Dims {
 // Branch-sum mode: the branches' padding, dilation, OHWI weights, conv bias (or null) and eval BN.
 struct Branches {
   int count = 0;  // 1..kMaxBranches
-  float eps = 0.f;
+  double eps = 0.0;
   int pad[kMaxBranches] = {};
   int dil[kMaxBranches] = {};
   const float* w[kMaxBranches] = {};
@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
       for (int b = 0; b < kMaxBranches; ++b) {
         float scale = 0.f;
         if (b < br.count && co < d.cout) {
-          const double s = double(br.gamma[b][co]) / sqrt(double(br.var[b][co]) + double(br.eps));
+          const double s = double(br.gamma[b][co]) / sqrt(double(br.var[b][co]) + br.eps);
           scale = float(s);
           const double cb = br.bias[b] ? double(br.bias[b][co]) : 0.0;
           shift += (cb - double(br.mean[b][co])) * s + double(br.beta[b][co]);

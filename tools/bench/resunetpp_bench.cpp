@@ -26,6 +26,15 @@
 //          (dw in OHWI, db; relu(bn(x)) recomputed on load);
 //        the hand-written kernels when bn_relu_conv_bwd_can_run(shape). cuDNN's algorithms are
 //        chosen as for the forward.
+//      * cuda, tensor cores (more paths of the forward rows): the fallback with cuDNN's TF32
+//        allowed, and the hand-written tensor-core kernel (kernels/cuda/bn_relu_conv_tc.cuh) with
+//        TF32 and with BF16 operands; their speed-up is over the TF32 fallback.
+//      * cuda, ASPP (a third table; JSON "kernels_aspp"): one row per ConvBnSum node of the
+//        inference graph (the two ASPP blocks: four dilated conv branches with eval BNs, summed):
+//        the fallback as the executor's cuDNN path runs it (per branch the cuDNN conv, the eval
+//        BN, the add), in fp32 and with TF32 allowed, and the hand-written kernel
+//        (kernels/cuda/conv_bn_sum.cuh) with TF32 and BF16 operands; x normal (mean 0.2), weights
+//        U(+-1/sqrt(fan_in)), random biases and BN statistics, eps 1e-5.
 //   2. Timeline (unless --no-timeline): one training step of the whole network (Adam, BCE + Dice,
 //      the graph the device's executor runs: unfused on the CPU, fused on CUDA) with seeded
 //      parameters and inputs; per-node times aggregated by op kind, the ten slowest nodes, the
@@ -68,7 +77,12 @@
 //     element of row N's checked path (cpu: the CPU path; cuda: the hand-written kernel, else the
 //     fallback) before its check, so that tests can see a failing row reported without timings.
 //     RPP_BENCH_CORRUPT_ROW=N:backward_data or N:backward_filter does the same to that backward
-//     row of shape N (dx[0], or dw[0]); N alone (or N:forward) means the forward row.
+//     row of shape N (dx[0], or dw[0]); N:aspp to ASPP row N (the TF32 kernel's y[0]); N alone
+//     (or N:forward) means the forward row.
+//   * Tensor-core paths (TF32, BF16) against the fp32 fallback's whole output, tolerance 5e-3 and
+//     4e-2 of the same error measure: gates against gross errors, since the operands are rounded
+//     (tests/gpu holds the kernels to per-element bounds). ASPP rows: the fp32 fallback against a
+//     double reference of the branch sum (a subset of the pixels on large shapes), tolerance 1e-4.
 //
 // Timing
 //   * cuda: --warmup launches, then --repeats launches, each preceded by an L2 flush
@@ -143,8 +157,11 @@
 #include "kernels/cuda/batchnorm.cuh"
 #include "kernels/cuda/bn_relu_conv.cuh"
 #include "kernels/cuda/bn_relu_conv_bwd.cuh"
+#include "kernels/cuda/bn_relu_conv_tc.cuh"
+#include "kernels/cuda/conv_bn_sum.cuh"
 #include "kernels/cuda/cudnn/conv_cudnn.cuh"
 #include "kernels/cuda/device.cuh"
+#include "kernels/cuda/elementwise.cuh"
 #define RPP_BENCH_CUDA 1
 #endif
 
@@ -152,6 +169,9 @@ namespace rpp::bench {
 namespace {
 
 constexpr double kTolerance = 1e-4;          // max |got - ref| / (|ref| + rms(ref))
+// The tensor-core paths against the fp32 fallback: operands rounded to TF32 (2^-11) or BF16
+// (2^-8). Gross-error gates; the per-element bounds are tested in tests/gpu.
+constexpr double kTf32Tolerance = 5e-3, kBf16Tolerance = 4e-2;
 constexpr double kVerifyBudgetMacs = 3e8;    // multiply-adds of the double reference per shape
 constexpr int kMinGpuRepeats = 20;
 constexpr int kCpuDefaultRepeats = 5;
@@ -167,8 +187,9 @@ bool corrupt(size_t row, const char* pass) {
   std::string want = "forward";
   if (*end == ':') {
     want = end + 1;
-    if (want != "forward" && want != "backward_data" && want != "backward_filter")
-      fail("RPP_BENCH_CORRUPT_ROW=", e, ": the pass after ':' must be forward, backward_data or backward_filter");
+    if (want != "forward" && want != "backward_data" && want != "backward_filter" && want != "aspp")
+      fail("RPP_BENCH_CORRUPT_ROW=", e,
+           ": the pass after ':' must be forward, backward_data, backward_filter or aspp");
   }
   return n == int64_t(row) && want == pass;
 }
@@ -393,6 +414,12 @@ std::vector<ShapeRow> fused_shapes(int batch, int size) {
   return rows;
 }
 
+struct AsppRow {
+  ShapeRow row;                      // row.s: the first branch
+  std::vector<Conv2dShape> branches;
+};
+
+
 struct HostData {
   std::vector<float> x, w, bias, gamma, beta, mean, invstd;
 };
@@ -566,7 +593,7 @@ Check compare(const std::string& what, const std::string& output, const std::str
 }
 
 Check check_full(const std::string& what, const Conv2dShape& s, const std::vector<float>& got,
-                 const std::vector<float>& ref) {
+                 const std::vector<float>& ref, double tolerance = kTolerance) {
   Check c = compare(
       what, "y", "fb", ref.size(), [&](size_t i) { return double(got[i]); },
       [&](size_t i) { return double(ref[i]); },
@@ -574,8 +601,11 @@ Check check_full(const std::string& what, const Conv2dShape& s, const std::vecto
         return "output pixel " + std::to_string(int64_t(i) / s.cout) + " channel " + std::to_string(int64_t(i) % s.cout);
       });
   c.total = int64_t(ref.size());
+  c.tolerance = tolerance;
+  c.passed = c.max_err <= tolerance;  // a non-finite element has max_err HUGE_VAL
   return c;
 }
+
 
 // ---- references of the backward rows (cuda) ----
 
@@ -823,9 +853,11 @@ Stats stats_of(std::vector<double> us) {
 }
 
 struct PathTiming {
-  std::string path;  // "cpu", "fallback", "cudnn_conv", "handwritten"
+  std::string path;  // "cpu", "fallback", "cudnn_conv", "handwritten", "fallback_tf32", "handwritten_tf32", ...
   std::string label; // as printed
   Stats st;
+  int check = -1;       // index in KernelRow::checks of this path's own verification, or -1
+  double speedup = 0;   // the path's baseline (fallback of the same math) / this path, 0 when none
 };
 
 struct KernelRow {
@@ -1078,6 +1110,28 @@ std::unique_ptr<Gpu> open_gpu(int device, Environment& env) {
   return g;
 }
 
+// Verifies one tensor-core path against the fp32 fallback's y (output poisoned first), then
+// times it against `baseline` (the index of the fallback timing of the same math). False when
+// the check failed (the row is then marked FAILED and nothing more of it is timed).
+bool verify_and_time_tc(Gpu& g, KernelRow& k, const Conv2dShape& s, const std::string& path, const std::string& label,
+                        double tolerance, DevMem& y, const std::vector<float>& ref, size_t baseline,
+                        const Environment& env, const std::function<void()>& launch) {
+  BENCH_CU(cudaMemsetAsync(y.p(), 0xFF, y.bytes(), g.stream));
+  launch();
+  BENCH_CU(cudaStreamSynchronize(g.stream));
+  BENCH_CU(cudaGetLastError());
+  k.checks.push_back(check_full(label + " vs fp32 fallback", s, download(y, ref.size(), g.stream), ref, tolerance));
+  k.checks.back().basis = "fb_tc";  // printed with its path, not in the fp32 kernel's "fb" summary
+  if (!k.checks.back().passed) {
+    k.failed = true;
+    return false;
+  }
+  PathTiming t{path, label, stats_of(time_gpu(g, env.warmup, env.repeats, launch)), int(k.checks.size()) - 1, 0.0};
+  t.speedup = k.timings.at(baseline).st.median_us / t.st.median_us;
+  k.timings.push_back(std::move(t));
+  return true;
+}
+
 KernelRow bench_cuda_shape(Gpu& g, const ShapeRow& row, const Options& o, const Environment& env) {
   const size_t index = row.id;
   KernelRow k;
@@ -1148,6 +1202,222 @@ KernelRow bench_cuda_shape(Gpu& g, const ShapeRow& row, const Options& o, const 
     k.timings.push_back(
         {"handwritten", "hand-written fused", stats_of(time_gpu(g, env.warmup, env.repeats, handwritten))});
     k.speedup = k.timings[0].st.median_us / k.timings[2].st.median_us;
+    k.timings.back().speedup = k.speedup;
+  }
+
+  // Tensor cores: the same chain with cuDNN's TF32 allowed (the baseline of the TF32 kernel; BF16
+  // has no cuDNN path here, so its speed-up is also against the TF32 fallback).
+  if (!cuda::bn_relu_conv_tc_can_run(s, cuda::ConvMath::Tf32)) return k;
+  cuda::CudnnConv conv_tf32(s);
+  conv_tf32.choose_algorithms(g.handle, /*deterministic=*/true, /*allow_tf32=*/true, nullptr, size_t(1) << 30);
+  DevMem ws_tf32(conv_tf32.forward_workspace_bytes());
+  auto fallback_tf32 = [&] {
+    cuda::batchnorm_apply(count, s.cin, x->f(), gamma->f(), beta->f(), mean->f(), invstd->f(), true, staged.f(), st);
+    conv_tf32.forward(g.handle, staged.f(), w->f(), bias->f(), yhw.f(), ws_tf32.p());
+  };
+  const size_t base = k.timings.size();
+  if (!verify_and_time_tc(g, k, s, "fallback_tf32", "cuDNN fallback, TF32 allowed", kTf32Tolerance, yhw, ref, 0, env,
+                          fallback_tf32))
+    return k;
+  auto tc = [&](cuda::ConvMath m) {
+    return [&, m] {
+      cuda::bn_relu_conv_tc_forward(s, m, x->f(), gamma->f(), beta->f(), mean->f(), invstd->f(), w->f(), bias->f(),
+                                    yhw.f(), nullptr, nullptr, nullptr, st);
+    };
+  };
+  if (!verify_and_time_tc(g, k, s, "handwritten_tf32", "hand-written, TF32 tensor cores", kTf32Tolerance, yhw, ref,
+                          base, env, tc(cuda::ConvMath::Tf32)))
+    return k;
+  verify_and_time_tc(g, k, s, "handwritten_bf16", "hand-written, BF16 tensor cores", kBf16Tolerance, yhw, ref, base,
+                     env, tc(cuda::ConvMath::Bf16));
+  return k;
+}
+
+// ---- the fused ASPP of inference (ConvBnSum, kernels/cuda/conv_bn_sum.cuh) ----
+
+// The ConvBnSum nodes of the inference graph (the two ASPP blocks), in graph order.
+std::vector<AsppRow> aspp_rows(int batch, int size) {
+  ModelConfig cfg;
+  cfg.fuse = true;
+  const ModelGraph m = build_resunetpp(cfg, batch, size, size, /*training=*/false);
+  std::vector<AsppRow> rows;
+  for (const Node& n : m.graph.nodes())
+    if (n.op == OpKind::ConvBnSum) rows.push_back({{rows.size(), n.conv.shape, {n.name}}, n.branches.shapes});
+  return rows;
+}
+
+struct AsppBranchData {
+  std::vector<float> w, bias, gamma, beta, mean, var;  // w HWIO
+};
+
+// y at one output pixel, every channel, in double: sum over the branches of
+// (conv_b(x) + bias_b - mean_b) * gamma_b / sqrt(var_b + eps) + beta_b.
+void reference_aspp_pixel(const AsppRow& r, const std::vector<float>& x, const std::vector<AsppBranchData>& br,
+                          double eps, const Pixel& p, std::vector<double>& acc) {
+  const Conv2dShape& s0 = r.branches[0];
+  acc.assign(sz(s0.cout), 0.0);
+  std::vector<double> conv(sz(s0.cout));
+  for (size_t b = 0; b < r.branches.size(); ++b) {
+    const Conv2dShape& s = r.branches[b];
+    const AsppBranchData& d = br[b];
+    std::fill(conv.begin(), conv.end(), 0.0);
+    for (int ky = 0; ky < s.kh; ++ky) {
+      const int iy = p.y * s.stride - s.pad + ky * s.dil;
+      if (iy < 0 || iy >= s.h) continue;
+      for (int kx = 0; kx < s.kw; ++kx) {
+        const int ix = p.x * s.stride - s.pad + kx * s.dil;
+        if (ix < 0 || ix >= s.w) continue;
+        const float* xin = x.data() + ((int64_t(p.n) * s.h + iy) * s.w + ix) * s.cin;
+        for (int ci = 0; ci < s.cin; ++ci) {
+          const float* wrow = d.w.data() + ((int64_t(ky) * s.kw + kx) * s.cin + ci) * s.cout;
+          for (int co = 0; co < s.cout; ++co) conv[sz(co)] += double(xin[ci]) * double(wrow[co]);
+        }
+      }
+    }
+    for (int co = 0; co < s.cout; ++co) {
+      const size_t c = sz(co);
+      acc[c] += (conv[c] + d.bias[c] - d.mean[c]) * (double(d.gamma[c]) / std::sqrt(double(d.var[c]) + eps)) + d.beta[c];
+    }
+  }
+}
+
+// One ASPP row: the fallback as the executor's cuDNN path runs a ConvBnSum node (per branch the
+// cuDNN conv into a buffer, cuda::batchnorm_forward_eval, cuda::add into y), fp32 and with TF32
+// allowed, and the hand-written kernel with TF32 and BF16 operands. The fp32 fallback is checked
+// against the double reference (a subset of the pixels on large shapes), the others against it.
+KernelRow bench_cuda_aspp(Gpu& g, const AsppRow& a, const Options& o, const Environment& env) {
+  const size_t index = a.row.id;
+  const int nb = int(a.branches.size());
+  const double eps = 1e-5;
+  KernelRow k;
+  k.shape = a.row;
+  k.pass = "aspp";
+  const Conv2dShape& s = a.row.s;
+  for (const Conv2dShape& b : a.branches) k.flops += 2 * macs(b);
+  k.bytes = (in_elems(s) + out_elems(s) + int64_t(nb) * (w_elems(s) + 5 * s.cout)) * int64_t(sizeof(float));
+  k.note = std::to_string(nb) + " branches, dilations";
+  for (const Conv2dShape& b : a.branches) k.note += " " + std::to_string(b.dil);
+  Rng rng(uint64_t(o.seed), 8000 + index);
+  std::vector<float> x(sz(in_elems(s)));
+  for (float& v : x) v = 0.2f + rng.normal();
+  std::vector<AsppBranchData> hb(sz(nb));
+  const cudaStream_t st = g.stream;
+  const auto dx = upload(x, st);
+  std::vector<std::unique_ptr<DevMem>> dev;  // per branch: w (OHWI), bias, gamma, beta, mean, var
+  std::vector<cuda::ConvBnBranch> br;
+  const float bound = 1.f / std::sqrt(float(s.kh * s.kw * s.cin));
+  for (int b = 0; b < nb; ++b) {
+    AsppBranchData& d = hb[sz(b)];
+    d.w.resize(sz(w_elems(s)));
+    for (float& v : d.w) v = rng.uniform(-bound, bound);
+    for (auto* v : {&d.bias, &d.gamma, &d.beta, &d.mean, &d.var}) v->resize(sz(s.cout));
+    for (int c = 0; c < s.cout; ++c) {
+      d.bias[sz(c)] = rng.uniform(-0.5f, 0.5f);
+      d.gamma[sz(c)] = rng.uniform(0.5f, 1.5f);
+      d.beta[sz(c)] = rng.uniform(-0.3f, 0.3f);
+      d.mean[sz(c)] = rng.uniform(-0.3f, 0.3f);
+      d.var[sz(c)] = rng.uniform(0.5f, 2.f);
+    }
+    std::vector<float> w_ohwi(d.w.size());
+    cuda::repack_hwio_to_ohwi_host(s.kh, s.kw, s.cin, s.cout, d.w.data(), w_ohwi.data());
+    for (const std::vector<float>* h : {&w_ohwi, &d.bias, &d.gamma, &d.beta, &d.mean, &d.var})
+      dev.push_back(upload(*h, st));
+    const size_t o6 = sz(6 * b);
+    br.push_back({a.branches[sz(b)], dev[o6]->f(), dev[o6 + 1]->f(), dev[o6 + 2]->f(), dev[o6 + 3]->f(),
+                  dev[o6 + 4]->f(), dev[o6 + 5]->f()});
+  }
+  const size_t ny = sz(out_elems(s));
+  DevMem branch(ny * sizeof(float)), yref(ny * sizeof(float)), yhw(ny * sizeof(float));
+  std::vector<std::unique_ptr<cuda::CudnnConv>> convs, convs_tf32;
+  size_t ws_bytes = 0;
+  for (const Conv2dShape& b : a.branches)
+    for (bool tf32 : {false, true}) {
+      auto c = std::make_unique<cuda::CudnnConv>(b);
+      c->choose_algorithms(g.handle, /*deterministic=*/true, tf32, nullptr, size_t(1) << 30);
+      ws_bytes = std::max(ws_bytes, c->forward_workspace_bytes());
+      (tf32 ? convs_tf32 : convs).push_back(std::move(c));
+    }
+  k.algorithms = convs[0]->describe_algorithms();
+  DevMem ws(ws_bytes);
+  const int64_t pixels = out_elems(s) / s.cout;
+  auto fallback_of = [&](const std::vector<std::unique_ptr<cuda::CudnnConv>>* cv, DevMem* y) {
+    return [&, cv, y] {
+      for (int b = 0; b < nb; ++b) {
+        const cuda::ConvBnBranch& q = br[sz(b)];
+        (*cv)[sz(b)]->forward(g.handle, dx->f(), q.w_ohwi, q.bias, branch.f(), ws.p());
+        cuda::batchnorm_forward_eval(pixels, s.cout, branch.f(), q.gamma, q.beta, q.running_mean, q.running_var, eps,
+                                     b == 0 ? y->f() : branch.f(), st);
+        if (b > 0) cuda::add(int64_t(ny), y->f(), branch.f(), y->f(), st);
+      }
+    };
+  };
+  const auto fallback = fallback_of(&convs, &yref);
+  const auto fallback_tf32 = fallback_of(&convs_tf32, &yhw);
+
+  BENCH_CU(cudaMemsetAsync(yref.p(), 0xFF, yref.bytes(), st));
+  fallback();
+  BENCH_CU(cudaStreamSynchronize(st));
+  BENCH_CU(cudaGetLastError());
+  std::vector<float> ref = download(yref, ny, st);
+  const bool can_hw =
+      cuda::conv_bn_sum_tc_can_run(a.branches.data(), nb, cuda::ConvMath::Tf32, cuda::Storage::F32, cuda::Storage::F32);
+  if (!can_hw && corrupt(index, "aspp")) ref[0] += 1.f;
+  {  // the fp32 fallback against the double reference
+    const double per_pixel = double(nb) * s.kh * s.kw * s.cin * s.cout;
+    const std::vector<Pixel> px = pick_pixels_of(s.n, s.ho(), s.wo(), per_pixel, uint64_t(o.seed) + index, 98);
+    std::vector<double> want(px.size() * sz(s.cout)), acc;
+    for (size_t i = 0; i < px.size(); ++i) {
+      reference_aspp_pixel(a, x, hb, eps, px[i], acc);
+      std::copy(acc.begin(), acc.end(), want.begin() + std::ptrdiff_t(i * sz(s.cout)));
+    }
+    const size_t c = sz(s.cout);
+    auto at = [&](size_t i) {
+      const Pixel& q = px[i / c];
+      return sz(((int64_t(q.n) * s.ho() + q.y) * s.wo() + q.x) * s.cout) + i % c;
+    };
+    Check ck = compare(
+        "cuDNN fallback vs double reference", "y", "ref", want.size(), [&](size_t i) { return double(ref[at(i)]); },
+        [&](size_t i) { return want[i]; },
+        [&](size_t i) {
+          const Pixel& q = px[i / c];
+          return "image " + std::to_string(q.n) + " pixel (" + std::to_string(q.y) + ", " + std::to_string(q.x) +
+                 ") channel " + std::to_string(i % c);
+        });
+    ck.total = int64_t(ny);
+    k.checks.push_back(ck);
+    if (!ck.passed) {
+      k.failed = true;
+      return k;
+    }
+  }
+  k.timings.push_back(
+      {"fallback", "cuDNN fallback (4 x conv + BN, adds)", stats_of(time_gpu(g, env.warmup, env.repeats, fallback))});
+  if (!can_hw) {
+    k.note += "; the hand-written kernel cannot run these branches (conv_bn_sum_tc_can_run)";
+    return k;
+  }
+  const size_t base = k.timings.size();
+  if (!verify_and_time_tc(g, k, s, "fallback_tf32", "cuDNN fallback, TF32 allowed", kTf32Tolerance, yhw, ref, 0, env,
+                          fallback_tf32))
+    return k;
+  for (cuda::ConvMath m : {cuda::ConvMath::Tf32, cuda::ConvMath::Bf16}) {
+    const bool tf32 = m == cuda::ConvMath::Tf32;
+    auto hand = [&, m, tf32] {
+      cuda::conv_bn_sum_tc_forward(br.data(), nb, eps, m, cuda::Storage::F32, dx->f(), cuda::Storage::F32, yhw.f(), st);
+      if (tf32 && corrupt(index, "aspp")) {  // test hook: one wrong element in the checked output
+        const float one = 1.f;
+        std::vector<float> first(1);
+        BENCH_CU(cudaMemcpyAsync(first.data(), yhw.p(), sizeof(float), cudaMemcpyDeviceToHost, st));
+        BENCH_CU(cudaStreamSynchronize(st));
+        first[0] += one;
+        BENCH_CU(cudaMemcpyAsync(yhw.p(), first.data(), sizeof(float), cudaMemcpyHostToDevice, st));
+        BENCH_CU(cudaStreamSynchronize(st));
+      }
+    };
+    if (!verify_and_time_tc(g, k, s, tf32 ? "handwritten_tf32" : "handwritten_bf16",
+                            tf32 ? "hand-written, TF32 tensor cores" : "hand-written, BF16 tensor cores",
+                            tf32 ? kTf32Tolerance : kBf16Tolerance, yhw, ref, base, env, hand))
+      return k;
   }
   return k;
 }
@@ -1234,6 +1504,7 @@ KernelRow bench_cuda_bwd_data(Gpu& g, BwdData& b, const Options& o, const Enviro
     k.timings.push_back(
         {"handwritten", "hand-written dgrad (masked)", stats_of(time_gpu(g, env.warmup, env.repeats, handwritten))});
     k.speedup = k.timings[0].st.median_us / k.timings[2].st.median_us;
+    k.timings.back().speedup = k.speedup;
   }
   return k;
 }
@@ -1312,6 +1583,7 @@ KernelRow bench_cuda_bwd_filter(Gpu& g, BwdData& b, const Options& o, const Envi
     k.timings.push_back(
         {"handwritten", "hand-written wgrad (fused)", stats_of(time_gpu(g, env.warmup, env.repeats, handwritten))});
     k.speedup = k.timings[0].st.median_us / k.timings[2].st.median_us;
+    k.timings.back().speedup = k.speedup;
   }
   return k;
 }
@@ -1584,7 +1856,8 @@ std::string checks_text(const KernelRow& k, const std::string& basis) {
 
 // One table of kernel rows: the forward rows (with the nodes of every shape after it), or the
 // backward rows of cuda (a pass column, backward_data / backward_filter).
-void print_kernels(const std::vector<KernelRow>& rows, const Environment& env, bool cuda, bool backward = false) {
+void print_kernels(const std::vector<KernelRow>& rows, const Environment& env, bool cuda, bool backward = false,
+                   bool aspp = false) {
   std::cout << "\n  #  " << pad("shape (NxHxWxC -> NxHoxWoxCout, kernel s p d)", 48) << (backward ? pad("pass", 17) : "")
             << pad("path", 33) << pad("verified (max err)", 20) << lpad("median µs", 11)
             << lpad(cuda ? "TFLOP/s" : "GFLOP/s", 10) << lpad("GB/s", 9);
@@ -1606,7 +1879,8 @@ void print_kernels(const std::vector<KernelRow>& rows, const Environment& env, b
     for (size_t t = 0; t < k.timings.size(); ++t) {
       const PathTiming& p = k.timings[t];
       std::string ver;
-      if (p.path == "cpu" || p.path == "fallback") ver = checks_text(k, "ref");
+      if (p.check >= 0) ver = check_text(k.checks[sz(p.check)]) + " fb";
+      else if (p.path == "cpu" || p.path == "fallback") ver = checks_text(k, "ref");
       else if (p.path == "handwritten") ver = checks_text(k, "fb");
       else ver = "(fallback's)";
       std::cout << (t == 0 ? head : blank) << pad(p.label, 33) << pad(ver, 20) << lpad(fmt("%.1f", p.st.median_us), 11)
@@ -1614,7 +1888,7 @@ void print_kernels(const std::vector<KernelRow>& rows, const Environment& env, b
                 << lpad(fmt("%.1f", gbs(k, p.st)), 9);
       if (cuda) {
         std::cout << lpad(env.peak_gbs > 0 ? fmt("%.1f%%", 100.0 * gbs(k, p.st) / env.peak_gbs) : "-", 8);
-        if (p.path == "handwritten") std::cout << lpad(fmt("%.2fx", k.speedup), 10);
+        if (p.speedup > 0) std::cout << lpad(fmt("%.2fx", p.speedup), 10);
       }
       std::cout << "\n";
     }
@@ -1623,6 +1897,16 @@ void print_kernels(const std::vector<KernelRow>& rows, const Environment& env, b
         std::cout << blank << "(" << c.what << ": " << c.excused << " ReLU-mask tie" << (c.excused == 1 ? "" : "s")
                   << " excused, |bn(x)| <= 1e-6 of its terms)\n";
     if (!k.note.empty()) std::cout << blank << "(" << k.note << ")\n";
+  }
+  if (aspp) {
+    std::cout << "  verified: max |got - ref| / (|ref| + rms(ref)); ref: the fp32 fallback against the double "
+                 "reference (a subset of the output pixels on large shapes, every channel), tolerance "
+              << fmt("%.0e", kTolerance) << "; fb: against the fp32 fallback's whole output, tolerance "
+              << fmt("%.0e", kTf32Tolerance) << " (TF32) and " << fmt("%.0e", kBf16Tolerance)
+              << " (BF16); speed-up: over the fallback with TF32 allowed; flops 2 x multiply-adds of the branches; "
+                 "bytes: x + y + the branches' weights and BN vectors (fp32)\n";
+    for (const KernelRow& k : rows) std::cout << lpad(std::to_string(k.shape.id + 1), 5) << "  " << k.shape.nodes[0] << "\n";
+    return;
   }
   if (backward) {
     std::cout << "  verified: max |got - ref| / (|ref| + rms(ref)), tolerance " << fmt("%.0e", kTolerance)
@@ -1682,7 +1966,7 @@ json::Value stats_json(const Stats& st) {
 }
 
 json::Value report_json(const Options& o, const Environment& env, bool cuda, const std::vector<KernelRow>& rows,
-                        const std::vector<KernelRow>& brows, size_t total_shapes, const TimelineResult& tr, const std::vector<InferenceResult>& inf,
+                        const std::vector<KernelRow>& brows, const std::vector<KernelRow>& arows, size_t total_shapes, const TimelineResult& tr, const std::vector<InferenceResult>& inf,
                         int failures) {
   json::Value root = json::Value::object();
   root.set("tool", "resunetpp-bench");
@@ -1741,6 +2025,7 @@ json::Value report_json(const Options& o, const Environment& env, bool cuda, con
       t.set("path", p.path).set("label", p.label);
       t.set("tflop_per_s", tflops(k, p.st)).set("gflop_per_s", tflops(k, p.st) * 1e3).set("gb_per_s", gbs(k, p.st));
       if (cuda && env.peak_gbs > 0) t.set("percent_of_peak_bandwidth", 100.0 * gbs(k, p.st) / env.peak_gbs);
+      if (p.speedup > 0) t.set("speedup_over_baseline", p.speedup);
       ts.push_back(t);
     }
     r.set("timings", ts);
@@ -1754,6 +2039,9 @@ json::Value report_json(const Options& o, const Environment& env, bool cuda, con
     json::Value bs = json::Value::array();
     for (const KernelRow& k : brows) bs.push_back(row_json(k));
     root.set("kernels_backward", bs);
+    json::Value as = json::Value::array();
+    for (const KernelRow& k : arows) as.push_back(row_json(k));
+    root.set("kernels_aspp", as);
   }
   root.set("kernel_shapes_total", int64_t(total_shapes));
 
@@ -1841,17 +2129,29 @@ int run(int argc, char** argv) {
   const size_t total_shapes = shapes.size();
   int fused_nodes = 0;
   for (const ShapeRow& r : shapes) fused_nodes += int(r.nodes.size());
+  // cuda: the fused ASPP blocks of the inference graph (a third table).
+  std::vector<AsppRow> aspp;
+#ifdef RPP_BENCH_CUDA
+  if (cuda) aspp = aspp_rows(o.batch, o.size);
+#endif
   if (!o.filter.empty()) {
+    auto hit = [&](const ShapeRow& r) {
+      bool h = shape_text(r.s).find(o.filter) != std::string::npos;
+      for (const std::string& n : r.nodes) h = h || n.find(o.filter) != std::string::npos;
+      return h;
+    };
     std::vector<ShapeRow> kept;
-    for (const ShapeRow& r : shapes) {
-      bool hit = shape_text(r.s).find(o.filter) != std::string::npos;
-      for (const std::string& n : r.nodes) hit = hit || n.find(o.filter) != std::string::npos;
-      if (hit) kept.push_back(r);
-    }
-    if (kept.empty())
+    for (const ShapeRow& r : shapes)
+      if (hit(r)) kept.push_back(r);
+    std::vector<AsppRow> kept_aspp;
+    for (const AsppRow& a : aspp)
+      if (hit(a.row)) kept_aspp.push_back(a);
+    if (kept.empty() && kept_aspp.empty())
       throw UsageError("--filter '" + o.filter + "' matches none of the " + std::to_string(total_shapes) +
-                       " kernel shapes (their shape texts and node names)");
+                       " kernel shapes (their shape texts and node names)" +
+                       (aspp.empty() ? std::string() : " nor the ASPP blocks"));
     shapes = std::move(kept);
+    aspp = std::move(kept_aspp);
   }
 
 #ifdef RPP_BENCH_CUDA
@@ -1910,6 +2210,18 @@ int run(int argc, char** argv) {
     for (const KernelRow& k : brows) failures += k.failed;
     print_kernels(brows, env, cuda, /*backward=*/true);
   }
+  std::vector<KernelRow> arows;
+  if (cuda && !aspp.empty()) {
+    std::cout << "\n== kernels: the fused ASPP of inference (ConvBnSum: the dilated conv branches and their eval "
+                 "BNs, summed), "
+              << aspp.size() << " block" << (aspp.size() == 1 ? "" : "s") << ", median of " << env.repeats
+              << " after " << env.warmup << " warm-up, CUDA events, L2 flushed ==\n";
+    for (const AsppRow& a : aspp) arows.push_back(bench_cuda_aspp(*gpu, a, o, env));
+    for (const KernelRow& k : arows) failures += k.failed;
+    print_kernels(arows, env, cuda, /*backward=*/false, /*aspp=*/true);
+  }
+#else
+  const std::vector<KernelRow> arows;
 #endif
 
   TimelineResult tr;
@@ -1946,7 +2258,7 @@ int run(int argc, char** argv) {
 
   if (!o.json_path.empty()) {
     write_file_atomic(o.json_path,
-                      json::dump(report_json(o, env, cuda, rows, brows, total_shapes, tr, inf, failures), 2) + "\n");
+                      json::dump(report_json(o, env, cuda, rows, brows, arows, total_shapes, tr, inf, failures), 2) + "\n");
     std::cout << "\nwrote " << o.json_path << "\n";
   }
   if (failures) {
@@ -1954,7 +2266,7 @@ int run(int argc, char** argv) {
               << " did not pass (rows marked FAILED have no timing)\n";
     return 3;
   }
-  std::cout << "\nall " << rows.size() + brows.size() << " kernel rows verified" << (o.timeline ? ", step loss finite" : "") << "\n";
+  std::cout << "\nall " << rows.size() + brows.size() + arows.size() << " kernel rows verified" << (o.timeline ? ", step loss finite" : "") << "\n";
   return 0;
 }
 
