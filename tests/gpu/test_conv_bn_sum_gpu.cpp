@@ -313,7 +313,8 @@ TEST(ConvBnSumHost, RejectsBadArguments) {
 
 TEST(ConvBnSumGpu, NetworkAsppShapesAt64MatchCpu) {
   REQUIRE_GPU();
-  for (const Shapes& s : {aspp(2, 8, 8, 128, 256), aspp(1, 64, 64, 32, 16)}) {
+  // Under the sanitizers the emulator keeps only the bridge (the other runs in its Release build).
+  for (const Shapes& s : thin_for_emulator(std::vector<Shapes>{aspp(2, 8, 8, 128, 256), aspp(1, 64, 64, 32, 16)})) {
     check_random(s);
     check_exact(s);
   }
