@@ -19,6 +19,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/device_math.cuh"
 #include "runtime/error.h"
 
 namespace rpp::cuda {
@@ -26,6 +27,8 @@ namespace rpp::cuda {
 namespace {
 
 using detail::check_not_null;
+using device_math::sigmoid_stable;
+using device_math::warp_sum;
 using detail::check_workspace;
 using detail::from_f32;
 using detail::launch_flat;
@@ -38,12 +41,6 @@ constexpr int64_t kMaxWarpBlocks = 2048;
 
 // ---- Elementwise functors ----
 
-__device__ __forceinline__ float sigmoid_stable(float v) {
-  // exp of a non-positive argument only, so nothing overflows for large |v|.
-  if (v >= 0.f) return 1.f / (1.f + expf(-v));
-  const float z = expf(v);
-  return z / (1.f + z);
-}
 
 template <class T>
 struct ReluFwd {
@@ -398,11 +395,6 @@ void channel_sums(const char* op, int n, int64_t hw, int c, const T* x, const fl
 
 // ---- Linear: one warp per output dot product ----
 
-// Sum over the warp's lanes in a fixed tree; lane 0 holds the result.
-__device__ __forceinline__ double warp_sum(double v) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  return v;
-}
 
 constexpr int kWarpsPerBlock = kThreads / 32;
 
