@@ -41,6 +41,7 @@ ModelGraph build_resunetpp(const ModelConfig& cfg, int n, int h, int w, bool tra
   }
   if (cfg.fuse) {
     fuse_bn_relu_conv(m.graph);
+    fuse_se_excite(m.graph);
     if (!training) fuse_conv_bn_sum(m.graph);  // the ASPP blocks; training BNs need the branches
   }
   return m;

@@ -173,6 +173,12 @@ class Autodiff {
         emit(OpKind::LinearBwd, {x, w, dy}, {out_for(x), out_for(w)}, n, 2 * n.flops, {x, w});
         break;
       }
+      case OpKind::SeExcite: {  // in: p, w1, w2   out: s
+        const int p = n.in[0], w1 = n.in[1], w2 = n.in[2];
+        emit(OpKind::SeExciteBwd, {p, w1, w2, n.out[0], dy}, {out_for(p), out_for(w1), out_for(w2)}, n, 2 * n.flops,
+             {p, w1, w2});
+        break;
+      }
       case OpKind::Sigmoid:
         if (needs(n.in[0])) emit(OpKind::SigmoidBwd, {n.out[0], dy}, {new_grad(n.in[0])}, n, n.flops, {n.in[0]});
         break;

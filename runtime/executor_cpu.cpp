@@ -34,6 +34,14 @@ size_t cpu_workspace_bytes(const Graph& g, const Node& n) {
       return bn_relu_staging_floats(g, n) * sizeof(float) +
              cpu::conv2d_forward_workspace(n.conv.shape) * sizeof(float);
     case OpKind::BnReluConv2dBwdData: return cpu::conv2d_backward_data_workspace(n.conv.shape) * sizeof(float);
+    // The SE MLP's hidden layer (forward); backward also da and the hidden gradient.
+    case OpKind::SeExcite:
+    case OpKind::SeExciteBwd: {
+      const int64_t rows = g.tensor(n.in[0]).shape[0];
+      const Shape& w1 = g.tensor(n.in[1]).shape;  // (hidden, c)
+      const int64_t per = n.op == OpKind::SeExcite ? w1[0] : 2 * w1[0] + w1[1];
+      return size_t(rows * per) * sizeof(float);
+    }
     // One branch's conv output, then the largest of the branches' conv workspaces.
     case OpKind::ConvBnSum: {
       size_t conv_ws = 0;
@@ -170,6 +178,27 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
         cpu::batchnorm_forward_eval(cnt / c, c, branch, in(i + 2), in(i + 3), in(i + 4), in(i + 5), n.bn.eps, y);
         if (b > 0) cpu::add(cnt, out(0), branch, out(0));
       }
+      break;
+    }
+    case OpKind::SeExcite: {  // in: p, w1, w2   out: s; the unfused chain's kernels in its order
+      const int rows = int(sh(n.in[0])[0]), hidden = int(sh(n.in[1])[0]), c = int(sh(n.in[1])[1]);
+      cpu::linear_forward(rows, c, hidden, in(0), in(1), ws);
+      cpu::relu_forward(int64_t(rows) * hidden, ws, ws);
+      cpu::linear_forward(rows, hidden, c, ws, in(2), out(0));
+      cpu::sigmoid_forward(int64_t(rows) * c, out(0), out(0));
+      break;
+    }
+    case OpKind::SeExciteBwd: {  // in: p, w1, w2, s, ds   out: dp, dw1, dw2
+      const int rows = int(sh(n.in[0])[0]), hidden = int(sh(n.in[1])[0]), c = int(sh(n.in[1])[1]);
+      float* r = ws;
+      float* da = r + int64_t(rows) * hidden;
+      float* dr = da + int64_t(rows) * c;
+      cpu::linear_forward(rows, c, hidden, in(0), in(1), r);
+      cpu::relu_forward(int64_t(rows) * hidden, r, r);
+      cpu::sigmoid_backward(int64_t(rows) * c, in(3), in(4), da);
+      cpu::linear_backward(rows, hidden, c, r, in(2), da, dr, out(2));
+      cpu::relu_backward(int64_t(rows) * hidden, r, dr, dr);
+      cpu::linear_backward(rows, c, hidden, in(0), in(1), dr, out(0), out(1));
       break;
     }
     case OpKind::BnReluConv2dBwdData: {  // in: dz, w, x, gamma, beta, mean, invstd

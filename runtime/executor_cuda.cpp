@@ -36,6 +36,7 @@
 #include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/loss.cuh"
 #include "kernels/cuda/optim.cuh"
+#include "kernels/cuda/se.cuh"
 
 namespace rpp {
 
@@ -192,7 +193,8 @@ bool check_storage(const Graph& g, Precision precision) {
         break;
       case OpKind::GlobalAvgPool: need_f32({n.out[0]}); break;
       case OpKind::Linear:
-      case OpKind::Sigmoid: need_f32({n.in[0], n.out[0]}); break;
+      case OpKind::Sigmoid:
+      case OpKind::SeExcite: need_f32({n.in[0], n.out[0]}); break;
       default:
         fail("CUDA executor: bf16 activations are for inference only in this version; the graph has a ",
              op_name(n.op), " node (", n.name, ")");
@@ -772,6 +774,10 @@ size_t CudaExecutor::workspace_need(const Node& n) const {
     }
     case OpKind::Loss:
     case OpKind::LossBwd: return cuda::loss_workspace_bytes(numel(sh(n.in[0])));
+    case OpKind::SeExciteBwd: {
+      const Shape& w1 = sh(n.in[1]);  // (hidden, c)
+      return cuda::se_excite_backward_workspace_bytes(int(sh(n.in[0])[0]), int(w1[1]), int(w1[0]));
+    }
     case OpKind::ClipGradNorm: {
       size_t need = 0;
       for (int t : n.in) need = std::max(need, cuda::sum_squares_workspace_bytes(numel(sh(t))));
@@ -1268,6 +1274,17 @@ void CudaExecutor::launch(int index) {
       break;
     }
     case OpKind::Sigmoid: cuda::sigmoid_forward(count(n.in[0]), in(0), out(0), s); break;
+    case OpKind::SeExcite: {  // in: p, w1 (hidden, c), w2   out: s
+      const Shape& w1 = sh(n.in[1]);
+      cuda::se_excite_forward(int(sh(n.in[0])[0]), int(w1[1]), int(w1[0]), in(0), in(1), in(2), out(0), s);
+      break;
+    }
+    case OpKind::SeExciteBwd: {  // in: p, w1, w2, s, ds   out: dp, dw1, dw2
+      const Shape& w1 = sh(n.in[1]);
+      cuda::se_excite_backward(int(sh(n.in[0])[0]), int(w1[1]), int(w1[0]), in(0), in(1), in(2), in(3), in(4), out(0),
+                               out(1), out(2), ws, s);
+      break;
+    }
     case OpKind::MaxPool2: {
       const Shape& xs = sh(n.in[0]);
       cuda::maxpool2_forward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), in(0), out(0), s);

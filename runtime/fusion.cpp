@@ -1,5 +1,5 @@
-// runtime/fusion.cpp — the graph rewrites of runtime/fusion.h: BN -> ReLU -> Conv, the conv-BN sum (ASPP)
-// and the bf16 marking of activations.
+// runtime/fusion.cpp — the graph rewrites of runtime/fusion.h: BN -> ReLU -> Conv, the SE MLP, the
+// conv-BN sum (ASPP) and the bf16 marking of activations.
 #include "runtime/fusion.h"
 
 #include <algorithm>
@@ -169,6 +169,51 @@ std::vector<std::string> fuse_conv_bn_sum(Graph& g) {
     if (!drop[size_t(i)]) kept.push_back(std::move(nodes[size_t(i)]));
   g.set_nodes(std::move(kept));
   return names;
+}
+
+int fuse_se_excite(Graph& g) {
+  for (const Node& n : g.nodes())
+    RPP_CHECK(is_forward(n.op), "fusion runs on forward graphs; node ", n.name, " is ", op_name(n.op));
+  const int nn = g.num_nodes();
+  std::vector<std::vector<int>> readers(size_t(g.num_tensors()));
+  std::vector<int> producer(size_t(g.num_tensors()), -1);
+  for (int i = 0; i < nn; ++i) {
+    for (int t : g.node(i).in)
+      if (t >= 0) readers[size_t(t)].push_back(i);
+    for (int t : g.node(i).out)
+      if (t >= 0) producer[size_t(t)] = i;
+  }
+  // The producer of t when t is an intermediate whose one reader is `reader`, reading it as in[0].
+  auto feeds = [&](int t, int reader, OpKind want) {
+    if (t < 0 || g.tensor(t).is_output || readers[size_t(t)].size() != 1 || readers[size_t(t)][0] != reader) return -1;
+    const int p = producer[size_t(t)];
+    return p >= 0 && g.node(p).op == want && g.node(reader).in[0] == t ? p : -1;
+  };
+  std::vector<char> drop(size_t(nn), 0);
+  std::vector<Node> nodes = g.nodes();
+  int fused = 0;
+  for (int sg = 0; sg < nn; ++sg) {
+    if (g.node(sg).op != OpKind::Sigmoid) continue;
+    const int l2 = feeds(g.node(sg).in[0], sg, OpKind::Linear);
+    if (l2 < 0) continue;
+    const int rl = feeds(g.node(l2).in[0], l2, OpKind::Relu);
+    if (rl < 0) continue;
+    const int l1 = feeds(g.node(rl).in[0], rl, OpKind::Linear);
+    if (l1 < 0) continue;
+    Node f = g.node(sg);
+    f.op = OpKind::SeExcite;
+    f.in = {g.node(l1).in[0], g.node(l1).in[1], g.node(l2).in[1]};
+    f.name = g.node(l1).name.substr(0, g.node(l1).name.rfind(".net"));  // the SE block's scope
+    f.flops = g.node(l1).flops + g.node(rl).flops + g.node(l2).flops + g.node(sg).flops;
+    nodes[size_t(sg)] = std::move(f);
+    drop[size_t(l1)] = drop[size_t(rl)] = drop[size_t(l2)] = 1;
+    ++fused;
+  }
+  std::vector<Node> kept;
+  for (int i = 0; i < nn; ++i)
+    if (!drop[size_t(i)]) kept.push_back(std::move(nodes[size_t(i)]));
+  g.set_nodes(std::move(kept));
+  return fused;
 }
 
 int store_activations_in_bf16(Graph& g) {

@@ -28,6 +28,13 @@ struct FusionReport {
 // graph output. Must run before autodiff (throws if g already has backward nodes).
 FusionReport fuse_bn_relu_conv(Graph& g);
 
+// Rewrites every squeeze-and-excitation MLP, Linear(p, w1) -> ReLU -> Linear(., w2) -> Sigmoid with
+// no intermediate read elsewhere or a graph output, into one SeExcite node (autodiff then emits
+// one SeExciteBwd, which recomputes the ReLU output). Returns the number rewritten. On the CPU the
+// fused node runs the same kernels in the same order, so results are bit-identical. Must run
+// before autodiff.
+int fuse_se_excite(Graph& g);
+
 // Inference: rewrites every left-deep sum ((y1 + y2) + y3) + ... of 2 to 4 terms y_i = bn_i(conv_i(x))
 // (eval-mode BNs; convolutions of one input x with biases, the same n, h, w, cin, cout, kernel,
 // stride and output size, padding and dilation free: the ASPP block) into one ConvBnSum node, when

@@ -33,6 +33,7 @@ enum class OpKind : uint8_t {
   BatchNormStats, // in: x, running_mean, running_var, num_batches_tracked   out: mean, invstd
                   // (training: batch statistics, running update; eval: from the running ones)
   BnReluConv2d,   // in: x, gamma, beta, mean, invstd, w(HWIO), b   out: conv(relu(bn(x)))
+  SeExcite,       // in: p (N,C), w1 (C/r,C), w2 (C,C/r)   out: s = sigmoid(w2 relu(w1 p)) (the SE's MLP)
   ConvBnSum,      // inference only (eval BN): in: x, then per branch w(HWIO), b, gamma, beta,
                   // running_mean, running_var   out: sum over the branches of bn(conv(x)), added
                   // in branch order (the ASPP block); Node::branches holds each branch's shape
@@ -52,6 +53,7 @@ enum class OpKind : uint8_t {
   LossBwd,          // in: logits, target     out: dlogits (for dloss = 1)
   BnReluConv2dBwdData,   // in: dz, w, x, gamma, beta, mean, invstd   out: d(bn output), ReLU-masked
   BnReluConv2dBwdFilter, // in: x, gamma, beta, mean, invstd, dz      out: dw, db
+  SeExciteBwd,           // in: p, w1, w2, s, ds   out: dp, dw1, dw2 (relu(w1 p) recomputed)
   // optimiser
   ClipGradNorm,     // in: every parameter gradient (scaled in place when over the limit)  out: none
   OptimizerUpdate,  // in: param, grad, state... (updated in place)   out: none

@@ -93,8 +93,10 @@ TEST(Fusion, RewritesEveryBnReluConvChainOfTheNetwork) {
         if (n.op == OpKind::ConvBnSum && n.name == "b1") fused_flops = n.flops;
       EXPECT_EQ(fused_flops, replaced);
     }
-    // The ReLUs left are the SE layers' (one per SE block: stem + 6 residual blocks).
-    EXPECT_EQ(count_ops(fused.graph, OpKind::Relu), 7);
+    // The SE blocks' MLPs (stem + 6 residual blocks) are fused too: no ReLU, Linear or Sigmoid is left.
+    EXPECT_EQ(count_ops(fused.graph, OpKind::SeExcite), 7);
+    EXPECT_EQ(count_ops(plain.graph, OpKind::Linear), 14);
+    for (OpKind k : {OpKind::Relu, OpKind::Linear, OpKind::Sigmoid}) EXPECT_EQ(count_ops(fused.graph, k), 0);
     EXPECT_EQ(count_params(fused.graph), count_params(plain.graph));
   }
   Graph g = build_resunetpp(small_model(false), 1, 16, 16, true).graph;
@@ -189,6 +191,40 @@ TEST(Fusion, ConvBnSumFusesOnlyPrivateEvalBranchesOfOneInput) {
   // Training-mode BNs never match.
   ModelGraph train = build_resunetpp(small_model(false), 1, 16, 16, true);
   EXPECT_TRUE(fuse_conv_bn_sum(train.graph).empty());
+}
+
+TEST(Fusion, SeExciteFusesOnlyPrivateMlps) {
+  Graph g;
+  GraphBuilder b(g, true);
+  const int x = b.input("x", {2, 4, 4, 16});
+  auto mlp = [&](const std::string& s, int p, int* hidden_out) {
+    const int h = b.relu(s + ".net.1", b.linear(s + ".net.0", p, b.param(s + ".net.0.weight", {2, 16})));
+    if (hidden_out) *hidden_out = h;
+    return b.sigmoid(s + ".net.3", b.linear(s + ".net.2", h, b.param(s + ".net.2.weight", {16, 2})));
+  };
+  const int p = b.global_avg_pool("pool", x);
+  const int a = mlp("a.attn", p, nullptr);  // fused
+  int h = -1;
+  const int c = mlp("c.attn", p, &h);  // its ReLU output is also read: left alone
+  const int q = b.sigmoid("q.s", b.linear("q", h, b.param("q.weight", {16, 2})));  // the second reader of h
+  const int y = b.add("sum", b.scale_channels("a.attn", x, a), b.scale_channels("c.attn", x, c));
+  const int loss = b.loss("loss", b.add("out", y, b.scale_channels("q", x, q)), b.input("t", {2, 4, 4, 16}),
+                          LossKind::BCE);
+  EXPECT_EQ(fuse_se_excite(g), 1);
+  EXPECT_EQ(count_ops(g, OpKind::SeExcite), 1);
+  EXPECT_EQ(count_ops(g, OpKind::Sigmoid), 2);
+  for (const Node& n : g.nodes())
+    if (n.op == OpKind::SeExcite) {
+      EXPECT_EQ(n.name, "a.attn");
+      ASSERT_EQ(n.in.size(), 3u);
+      EXPECT_EQ(n.in[0], p);
+      EXPECT_EQ(g.tensor(n.in[1]).name, "a.attn.net.0.weight");
+      EXPECT_EQ(g.tensor(n.in[2]).name, "a.attn.net.2.weight");
+      EXPECT_EQ(n.out[0], a);
+    }
+  // Autodiff emits its backward node.
+  append_backward_and_update(g, loss, OptimizerKind::SGD);
+  EXPECT_EQ(count_ops(g, OpKind::SeExciteBwd), 1);
 }
 
 TEST(Fusion, RefusesAGraphWithBackwardNodes) {

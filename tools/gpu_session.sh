@@ -5,11 +5,12 @@
 #   test    every GPU suite (gpu_test_device, gpu_test_ops_gpu, gpu_test_conv_gpu,
 #           gpu_test_bn_relu_conv_gpu, gpu_test_bn_relu_conv_bwd_gpu, gpu_test_bn_relu_conv_tc_gpu,
 #           gpu_test_bn_relu_conv_bwd_tc_gpu, gpu_test_bf16_gpu, gpu_test_conv_bn_sum_gpu,
-#           gpu_test_image_ops_gpu, gpu_test_executor_gpu, rpp_test_capi_gpu) with
+#           gpu_test_se_gpu, gpu_test_image_ops_gpu, gpu_test_executor_gpu, rpp_test_capi_gpu) with
 #           RPP_EXPECT_GPU=1 (no device
 #           is a failure, not a skip), then the CPU suite without the slow label
 #   sanitize  compute-sanitizer memcheck and racecheck on gpu_test_ops_gpu, the convolution
-#           suites (gpu_test_bn_relu_conv*_gpu, gpu_test_bf16_gpu, gpu_test_conv_bn_sum_gpu) and
+#           suites (gpu_test_bn_relu_conv*_gpu, gpu_test_bf16_gpu, gpu_test_conv_bn_sum_gpu),
+#           gpu_test_se_gpu and
 #           gpu_test_executor_gpu, with --gtest_filter subsets that finish in minutes
 #   bench   resunetpp-bench at 256x256 batch 16 (kernel rows verified then timed, the training
 #           step timeline, inference batch 1 and 32) in fp32, and the timeline and inference with
@@ -98,7 +99,7 @@ if want test && [ $build_ok -eq 1 ]; then
   export RPP_EXPECT_GPU=1  # a missing or unusable device fails the GPU tests instead of skipping them
   for t in gpu_test_device gpu_test_ops_gpu gpu_test_conv_gpu gpu_test_bn_relu_conv_gpu \
            gpu_test_bn_relu_conv_bwd_gpu gpu_test_bn_relu_conv_tc_gpu gpu_test_bn_relu_conv_bwd_tc_gpu \
-           gpu_test_bf16_gpu gpu_test_conv_bn_sum_gpu gpu_test_image_ops_gpu gpu_test_executor_gpu \
+           gpu_test_bf16_gpu gpu_test_conv_bn_sum_gpu gpu_test_se_gpu gpu_test_image_ops_gpu gpu_test_executor_gpu \
            rpp_test_capi_gpu; do
     exe=$build/$t
     if [ ! -x "$exe" ]; then fail "$t not built"; continue; fi
@@ -169,6 +170,8 @@ if want sanitize && [ $build_ok -eq 1 ]; then
     run_cs racecheck gpu_test_bf16_gpu "Bf16Ops.GlobalAvgPool*:Bf16Conv.*"
     run_cs memcheck gpu_test_conv_bn_sum_gpu "*At64*:*Ragged*:*Exact*:*Bf16*"
     run_cs racecheck gpu_test_conv_bn_sum_gpu "*Ragged*:*Bf16*"
+    run_cs memcheck gpu_test_se_gpu "*"
+    run_cs racecheck gpu_test_se_gpu "*"
     run_cs racecheck gpu_test_executor_gpu "$race_exec_filter"
   fi
 fi

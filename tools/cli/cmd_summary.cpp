@@ -75,8 +75,8 @@ int cmd_summary(int argc, char** argv) {
   f.add("kernels", &kernels, "with --device cuda: cudnn, handwritten or auto (see train --help)", "NAME");
   std::string fuse = "auto";
   f.add("fuse", &fuse,
-        "BN-ReLU-conv fusion (and, for inference, the ASPP conv-BN sums): auto (as the device runs it: on for "
-        "cuda, off for cpu), on or off",
+        "BN-ReLU-conv and SE-MLP fusion (and, for inference, the ASPP conv-BN sums): auto (as the device "
+        "runs it: on for cuda, off for cpu), on or off",
         "MODE");
   if (!f.parse(argc, argv, 2, std::cout)) return 0;
   ModelConfig cfg;
@@ -135,13 +135,17 @@ int cmd_summary(int argc, char** argv) {
     if (!is_forward(n.op)) bwd += n.flops;
   std::cout << double(bwd) / batch / 1e9 << " = " << double(train.graph.forward_flops() + bwd) / batch / 1e9
             << " GFLOP per image (multiply-add = 2)\n";
-  int fused = 0, sums = 0;
-  for (const Node& n : g.nodes()) fused += n.op == OpKind::BnReluConv2d;
+  int fused = 0, sums = 0, se = 0;
+  for (const Node& n : g.nodes()) {
+    fused += n.op == OpKind::BnReluConv2d;
+    se += n.op == OpKind::SeExcite;
+  }
   for (const Node& n : infer.graph.nodes()) sums += n.op == OpKind::ConvBnSum;
   if (cfg.fuse)
     std::cout << "fusion: " << fused << " BN-ReLU-conv chains fused (only their pre-BN inputs are kept for "
-                 "backward); inference: "
-              << sums << " ASPP blocks fused into one conv-BN sum each (their branch outputs never exist)\n\n";
+                 "backward); "
+              << se << " SE MLPs fused (linear, ReLU, linear, sigmoid: one kernel each way); inference: " << sums
+              << " ASPP blocks fused into one conv-BN sum each (their branch outputs never exist)\n\n";
   else
     std::cout << "fusion: off (--fuse on shows the fused graph the CUDA executor runs)\n\n";
   for (auto* mg : {&train, &infer}) {
