@@ -239,6 +239,18 @@ if want torch && [ $build_ok -eq 1 ]; then
         fail "torch parity, resunetpp on $dev (see $logs/torch_parity_$dev.log)"
       fi
     done
+    # bf16 inference (activations in bf16, every convolution on bf16 tensor cores, the fused ASPP)
+    # against PyTorch fp64: a gross-error gate, 5e-2 of the largest logit (bf16 operands).
+    "$bin" predict --checkpoint "$ck" --input "$w/data/images" --out "$w/pred_bf16" --logits --device cuda \
+      --precision bf16 >"$w/pred_bf16.log" 2>&1
+    if "$py" tools/bench/torch_resunetpp.py parity --checkpoint "$ck" --images "$w/data/images" --max-images 4 \
+        --logits "$w/pred_bf16/logits" --tol 5e-2 --json "$logs/torch_parity_bf16.json" \
+        >"$logs/torch_parity_bf16.log" 2>&1; then
+      note "torch parity (resunetpp cuda bf16 logits vs PyTorch fp64, tol 5e-2): ok"
+    else
+      fail "torch parity, resunetpp cuda bf16 (see $logs/torch_parity_bf16.log)"
+    fi
+    grep -E 'max abs|mask pixels' "$logs/torch_parity_bf16.log" | sed 's/^/  bf16 /' | tee -a "$summary"
     for mode in eager_fp32 amp_bf16_cl compile_fp32 compile_bf16_cl; do
       t0=$(date +%s)
       timeout "${TORCH_MODE_SECONDS:-420}" "$py" tools/bench/torch_resunetpp.py bench --device cuda --size 256 \
