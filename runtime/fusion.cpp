@@ -6,6 +6,27 @@
 
 namespace rpp {
 
+namespace {
+// Per tensor: the nodes that read it and the node that writes it (-1 for none).
+struct Uses {
+  std::vector<std::vector<int>> readers;
+  std::vector<int> producer;
+};
+
+Uses uses_of(const Graph& g) {
+  Uses u;
+  u.readers.resize(size_t(g.num_tensors()));
+  u.producer.assign(size_t(g.num_tensors()), -1);
+  for (int i = 0; i < g.num_nodes(); ++i) {
+    for (int t : g.node(i).in)
+      if (t >= 0) u.readers[size_t(t)].push_back(i);
+    for (int t : g.node(i).out)
+      if (t >= 0) u.producer[size_t(t)] = i;
+  }
+  return u;
+}
+}  // namespace
+
 FusionReport fuse_bn_relu_conv(Graph& g) {
   for (const Node& n : g.nodes())
     RPP_CHECK(is_forward(n.op), "fusion runs on forward graphs; node ", n.name, " is ", op_name(n.op));
@@ -74,14 +95,9 @@ std::vector<std::string> fuse_conv_bn_sum(Graph& g) {
   for (const Node& n : g.nodes())
     RPP_CHECK(is_forward(n.op), "fusion runs on forward graphs; node ", n.name, " is ", op_name(n.op));
   const int nn = g.num_nodes();
-  std::vector<std::vector<int>> readers(size_t(g.num_tensors()));
-  std::vector<int> producer(size_t(g.num_tensors()), -1);
-  for (int i = 0; i < nn; ++i) {
-    for (int t : g.node(i).in)
-      if (t >= 0) readers[size_t(t)].push_back(i);
-    for (int t : g.node(i).out)
-      if (t >= 0) producer[size_t(t)] = i;
-  }
+  const Uses u = uses_of(g);
+  const std::vector<std::vector<int>>& readers = u.readers;
+  const std::vector<int>& producer = u.producer;
   // The node that produces t, when t is an intermediate with that one reader.
   auto private_producer = [&](int t, int reader) {
     if (t < 0 || g.tensor(t).is_output || readers[size_t(t)].size() != 1 || readers[size_t(t)][0] != reader) return -1;
@@ -175,14 +191,9 @@ int fuse_se_excite(Graph& g) {
   for (const Node& n : g.nodes())
     RPP_CHECK(is_forward(n.op), "fusion runs on forward graphs; node ", n.name, " is ", op_name(n.op));
   const int nn = g.num_nodes();
-  std::vector<std::vector<int>> readers(size_t(g.num_tensors()));
-  std::vector<int> producer(size_t(g.num_tensors()), -1);
-  for (int i = 0; i < nn; ++i) {
-    for (int t : g.node(i).in)
-      if (t >= 0) readers[size_t(t)].push_back(i);
-    for (int t : g.node(i).out)
-      if (t >= 0) producer[size_t(t)] = i;
-  }
+  const Uses u = uses_of(g);
+  const std::vector<std::vector<int>>& readers = u.readers;
+  const std::vector<int>& producer = u.producer;
   // The producer of t when t is an intermediate whose one reader is `reader`, reading it as in[0].
   auto feeds = [&](int t, int reader, OpKind want) {
     if (t < 0 || g.tensor(t).is_output || readers[size_t(t)].size() != 1 || readers[size_t(t)][0] != reader) return -1;

@@ -482,26 +482,34 @@ std::vector<Pixel> pick_pixels(const Conv2dShape& s, uint64_t seed) {
   return pick_pixels_of(s.n, s.ho(), s.wo(), double(s.kh) * s.kw * s.cin * s.cout, seed, 99);
 }
 
-// conv(relu(bn(x))) + bias at one output pixel, every output channel, in double, directly from
-// the definition (zero padding after BN-ReLU).
-void reference_pixel(const Conv2dShape& s, const HostData& d, const Pixel& p, std::vector<double>& acc) {
-  acc.assign(sz(s.cout), 0.0);
+// Calls f(xin, tap) for every kernel tap of output pixel p that lands inside the image: xin points
+// at that input pixel's cin values of x (NHWC), tap = ky * kw + kx (the HWIO weight row block).
+template <class F>
+void for_each_live_tap(const Conv2dShape& s, const float* x, const Pixel& p, F f) {
   for (int ky = 0; ky < s.kh; ++ky) {
     const int iy = p.y * s.stride - s.pad + ky * s.dil;
     if (iy < 0 || iy >= s.h) continue;
     for (int kx = 0; kx < s.kw; ++kx) {
       const int ix = p.x * s.stride - s.pad + kx * s.dil;
       if (ix < 0 || ix >= s.w) continue;
-      const float* xin = d.x.data() + ((int64_t(p.n) * s.h + iy) * s.w + ix) * s.cin;
-      for (int ci = 0; ci < s.cin; ++ci) {
-        const size_t c = sz(ci);
-        double a = (double(xin[ci]) - d.mean[c]) * (double(d.gamma[c]) * d.invstd[c]) + d.beta[c];
-        if (!(a > 0)) continue;
-        const float* wrow = d.w.data() + ((int64_t(ky) * s.kw + kx) * s.cin + ci) * s.cout;
-        for (int co = 0; co < s.cout; ++co) acc[sz(co)] += a * double(wrow[co]);
-      }
+      f(x + ((int64_t(p.n) * s.h + iy) * s.w + ix) * s.cin, ky * s.kw + kx);
     }
   }
+}
+
+// conv(relu(bn(x))) + bias at one output pixel, every output channel, in double, directly from
+// the definition (zero padding after BN-ReLU).
+void reference_pixel(const Conv2dShape& s, const HostData& d, const Pixel& p, std::vector<double>& acc) {
+  acc.assign(sz(s.cout), 0.0);
+  for_each_live_tap(s, d.x.data(), p, [&](const float* xin, int tap) {
+    for (int ci = 0; ci < s.cin; ++ci) {
+      const size_t c = sz(ci);
+      double a = (double(xin[ci]) - d.mean[c]) * (double(d.gamma[c]) * d.invstd[c]) + d.beta[c];
+      if (!(a > 0)) continue;
+      const float* wrow = d.w.data() + (int64_t(tap) * s.cin + ci) * s.cout;
+      for (int co = 0; co < s.cout; ++co) acc[sz(co)] += a * double(wrow[co]);
+    }
+  });
   for (int co = 0; co < s.cout; ++co) acc[sz(co)] += d.bias[sz(co)];
 }
 
@@ -1261,19 +1269,12 @@ void reference_aspp_pixel(const AsppRow& r, const std::vector<float>& x, const s
     const Conv2dShape& s = r.branches[b];
     const AsppBranchData& d = br[b];
     std::fill(conv.begin(), conv.end(), 0.0);
-    for (int ky = 0; ky < s.kh; ++ky) {
-      const int iy = p.y * s.stride - s.pad + ky * s.dil;
-      if (iy < 0 || iy >= s.h) continue;
-      for (int kx = 0; kx < s.kw; ++kx) {
-        const int ix = p.x * s.stride - s.pad + kx * s.dil;
-        if (ix < 0 || ix >= s.w) continue;
-        const float* xin = x.data() + ((int64_t(p.n) * s.h + iy) * s.w + ix) * s.cin;
-        for (int ci = 0; ci < s.cin; ++ci) {
-          const float* wrow = d.w.data() + ((int64_t(ky) * s.kw + kx) * s.cin + ci) * s.cout;
-          for (int co = 0; co < s.cout; ++co) conv[sz(co)] += double(xin[ci]) * double(wrow[co]);
-        }
+    for_each_live_tap(s, x.data(), p, [&](const float* xin, int tap) {
+      for (int ci = 0; ci < s.cin; ++ci) {
+        const float* wrow = d.w.data() + (int64_t(tap) * s.cin + ci) * s.cout;
+        for (int co = 0; co < s.cout; ++co) conv[sz(co)] += double(xin[ci]) * double(wrow[co]);
       }
-    }
+    });
     for (int co = 0; co < s.cout; ++co) {
       const size_t c = sz(co);
       acc[c] += (conv[c] + d.bias[c] - d.mean[c]) * (double(d.gamma[c]) / std::sqrt(double(d.var[c]) + eps)) + d.beta[c];
