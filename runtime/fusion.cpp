@@ -25,11 +25,23 @@ Uses uses_of(const Graph& g) {
   }
   return u;
 }
+
+void require_forward(const Graph& g) {
+  for (const Node& n : g.nodes())
+    RPP_CHECK(is_forward(n.op), "fusion runs on forward graphs; node ", n.name, " is ", op_name(n.op));
+}
+
+// g's nodes become `nodes` (the rewritten list, same length) without those marked in drop.
+void replace_nodes(Graph& g, std::vector<Node> nodes, const std::vector<char>& drop) {
+  std::vector<Node> kept;
+  for (size_t i = 0; i < nodes.size(); ++i)
+    if (!drop[i]) kept.push_back(std::move(nodes[i]));
+  g.set_nodes(std::move(kept));
+}
 }  // namespace
 
 FusionReport fuse_bn_relu_conv(Graph& g) {
-  for (const Node& n : g.nodes())
-    RPP_CHECK(is_forward(n.op), "fusion runs on forward graphs; node ", n.name, " is ", op_name(n.op));
+  require_forward(g);
   const int nn = g.num_nodes();
   // Readers of every tensor, by node index.
   std::vector<std::vector<int>> readers(size_t(g.num_tensors()));
@@ -84,16 +96,12 @@ FusionReport fuse_bn_relu_conv(Graph& g) {
     ++report.bn_relu_conv;
     report.names.push_back(bn.name + " -> " + conv.name);
   }
-  std::vector<Node> kept;
-  for (int i = 0; i < nn; ++i)
-    if (!drop[size_t(i)]) kept.push_back(std::move(nodes[size_t(i)]));
-  g.set_nodes(std::move(kept));
+  replace_nodes(g, std::move(nodes), drop);
   return report;
 }
 
 std::vector<std::string> fuse_conv_bn_sum(Graph& g) {
-  for (const Node& n : g.nodes())
-    RPP_CHECK(is_forward(n.op), "fusion runs on forward graphs; node ", n.name, " is ", op_name(n.op));
+  require_forward(g);
   const int nn = g.num_nodes();
   const Uses u = uses_of(g);
   const std::vector<std::vector<int>>& readers = u.readers;
@@ -180,16 +188,12 @@ std::vector<std::string> fuse_conv_bn_sum(Graph& g) {
     nodes[size_t(top)] = std::move(fused);
     names.push_back(g.node(top).name + " (" + std::to_string(terms.size()) + " branches)");
   }
-  std::vector<Node> kept;
-  for (int i = 0; i < nn; ++i)
-    if (!drop[size_t(i)]) kept.push_back(std::move(nodes[size_t(i)]));
-  g.set_nodes(std::move(kept));
+  replace_nodes(g, std::move(nodes), drop);
   return names;
 }
 
 int fuse_se_excite(Graph& g) {
-  for (const Node& n : g.nodes())
-    RPP_CHECK(is_forward(n.op), "fusion runs on forward graphs; node ", n.name, " is ", op_name(n.op));
+  require_forward(g);
   const int nn = g.num_nodes();
   const Uses u = uses_of(g);
   const std::vector<std::vector<int>>& readers = u.readers;
@@ -220,10 +224,7 @@ int fuse_se_excite(Graph& g) {
     drop[size_t(l1)] = drop[size_t(rl)] = drop[size_t(l2)] = 1;
     ++fused;
   }
-  std::vector<Node> kept;
-  for (int i = 0; i < nn; ++i)
-    if (!drop[size_t(i)]) kept.push_back(std::move(nodes[size_t(i)]));
-  g.set_nodes(std::move(kept));
+  replace_nodes(g, std::move(nodes), drop);
   return fused;
 }
 
