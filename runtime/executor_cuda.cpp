@@ -473,6 +473,11 @@ void CudaExecutor::choose_kernels() {
     switch (opt_.kernels) {
       case KernelChoice::Cudnn: choice = {false, "forced (--kernels cudnn)"}; break;
       case KernelChoice::Handwritten:
+        if (!can && n.op == OpKind::ConvBnSum && !opt_.allow_tf32) {
+          // Its only hand-written kernel uses tensor cores; in strict fp32 the branches run on cuDNN.
+          choice = {false, "the fused ASPP kernel needs tensor cores (--allow-tf32 or bf16); cuDNN path"};
+          break;
+        }
         if (!can) fail("CUDA executor: --kernels handwritten, but node ", n.name, " (", op_name(n.op),
                        ") has a shape the hand-written kernel cannot run");
         choice = {true, "forced (--kernels handwritten)"};

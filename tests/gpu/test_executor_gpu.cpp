@@ -537,6 +537,18 @@ TEST(GpuExecutor, AsppConvBnSumMatchesCpu) {
   for (const char* name : {"b1 (conv_bn_sum): hand-written (TF32 tensor cores)", "aspp (conv_bn_sum): hand-written"})
     EXPECT_NE(hand.find(name), std::string::npos) << hand;
   EXPECT_NE(dnn.find("aspp (conv_bn_sum): cuDNN path"), std::string::npos) << dnn;
+  // --kernels handwritten in strict fp32: the other convolutions run hand-written on CUDA cores,
+  // the conv-BN sums (tensor cores only) fall back to the cuDNN path instead of failing.
+  ExecOptions hw = strict_options();
+  hw.kernels = KernelChoice::Handwritten;
+  Predictor ph(cfg, size, 2, "cuda", hw);
+  init_params(ph.graph(), ph.store(), 5);
+  randomise_bn(ph.graph(), ph.store(), 6);
+  const Floats h = ph.logits(images, 3, false);
+  EXPECT_LT(compare(h.data(), c.data(), c.size()).scaled(), 1e-4) << "hand-written fp32";
+  const std::string strict = dynamic_cast<CudaExecutor&>(ph.ready_executor()).describe_kernels();
+  EXPECT_NE(strict.find("b1 (conv_bn_sum): cuDNN path, the fused ASPP kernel needs tensor cores"), std::string::npos)
+      << strict;
 }
 
 // The hand-written convolution kernels inside the executor (--kernels handwritten: the fused and
