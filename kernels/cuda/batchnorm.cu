@@ -625,6 +625,75 @@ void batchnorm_apply(int64_t count, int c, const float* x, const float* gamma, c
   launch_bn_relu<false>(op, count, c, x, gamma, beta, mean, invstd, relu, y, stream);
 }
 
+namespace {
+struct SumArgs {
+  int nb;
+  const float* x[kBnSumMaxBranches];
+  const float* gamma[kBnSumMaxBranches];
+  const float* beta[kBnSumMaxBranches];
+  const float* mean[kBnSumMaxBranches];
+  const float* invstd[kBnSumMaxBranches];
+};
+
+// Dynamic shared memory: 3 * nb * c doubles (mean, scale, shift per branch and channel).
+template <class Idx>
+__global__ void __launch_bounds__(kThreads) apply_sum_kernel(Idx total, int c, SumArgs a, float* __restrict__ y) {
+  extern __shared__ double dtable[];
+#pragma unroll
+  for (int b = 0; b < kBnSumMaxBranches; ++b) {
+    if (b >= a.nb) break;
+    double* t = dtable + 3 * b * c;
+    for (int ch = int(threadIdx.x); ch < c; ch += kThreads) {
+      t[ch] = double(a.mean[b][ch]);
+      t[c + ch] = double(a.gamma[b][ch]) * double(a.invstd[b][ch]);
+      t[2 * c + ch] = double(a.beta[b][ch]);
+    }
+  }
+  __syncthreads();
+  const Idx stride = Idx(gridDim.x) * Idx(kThreads);
+  for (Idx i = Idx(blockIdx.x) * Idx(kThreads) + Idx(threadIdx.x); i < total; i += stride) {
+    const int ch = int(i % Idx(c));
+    float acc = 0.f;
+#pragma unroll
+    for (int b = 0; b < kBnSumMaxBranches; ++b) {
+      if (b >= a.nb) break;
+      const double* t = dtable + 3 * b * c;
+      const float v = float((double(a.x[b][i]) - t[ch]) * t[c + ch] + t[2 * c + ch]);
+      acc = b == 0 ? v : acc + v;
+    }
+    y[i] = acc;
+  }
+}
+}  // namespace
+
+void batchnorm_apply_sum(int64_t count, int c, const BnSumBranch* branches, int nb, float* y, cudaStream_t stream) {
+  const char* op = "batchnorm_apply_sum";
+  check_sizes(op, count, c, false);
+  if (branches == nullptr || nb < 1 || nb > kBnSumMaxBranches || int64_t(c) * nb > 2048)
+    fail(op, ": ", nb, " branches of ", c, " channels; 1 to ", kBnSumMaxBranches,
+         " branches and at most 2048 channels in all are supported");
+  check_not_null(op, {{"y", y}});
+  SumArgs a{};
+  a.nb = nb;
+  for (int b = 0; b < nb; ++b) {
+    const BnSumBranch& q = branches[b];
+    check_not_null(op, {{"x", q.x}, {"gamma", q.gamma}, {"beta", q.beta}, {"mean", q.mean}, {"invstd", q.invstd}});
+    a.x[b] = q.x;
+    a.gamma[b] = q.gamma;
+    a.beta[b] = q.beta;
+    a.mean[b] = q.mean;
+    a.invstd[b] = q.invstd;
+  }
+  const int64_t total = count * c;
+  if (total == 0) return;
+  const size_t shmem = 3 * size_t(nb) * size_t(c) * sizeof(double);
+  if (index_fits_32(total))
+    apply_sum_kernel<uint32_t><<<flat_blocks(total), kThreads, shmem, stream>>>(uint32_t(total), c, a, y);
+  else
+    apply_sum_kernel<uint64_t><<<flat_blocks(total), kThreads, shmem, stream>>>(uint64_t(total), c, a, y);
+  RPP_CUDA_CHECK_LAUNCH(op);
+}
+
 void bn_relu_mask_inplace(int64_t count, int c, const float* x, const float* gamma,
                           const float* beta, const float* mean, const float* invstd, float* dy,
                           cudaStream_t stream) {

@@ -73,6 +73,21 @@ void batchnorm_stats_from_sums(int64_t count, int c, const double* sum, const do
 void batchnorm_apply(int64_t count, int c, const float* x, const float* gamma, const float* beta,
                      const float* mean, const float* invstd, bool relu, float* y,
                      cudaStream_t stream);
+// Training, the ASPP block's normalise-and-add (the BnApplySum node): y = bn_0(x_0) + bn_1(x_1) +
+// ..., over 1 to kBnSumMaxBranches branches of count x c values, bn_b(x) = (x - mean_b) *
+// (gamma_b * invstd_b) + beta_b from saved statistics. Each term is computed as batchnorm_apply
+// computes it (double, rounded once) and the terms are added in fp32 in branch order, as add()
+// would: the same bits as the unfused applies and adds. c * branches <= 2048 (the per-channel
+// tables in shared memory).
+constexpr int kBnSumMaxBranches = 4;
+struct BnSumBranch {
+  const float* x = nullptr;
+  const float* gamma = nullptr;
+  const float* beta = nullptr;
+  const float* mean = nullptr;
+  const float* invstd = nullptr;
+};
+void batchnorm_apply_sum(int64_t count, int c, const BnSumBranch* branches, int nb, float* y, cudaStream_t stream);
 void bn_relu_mask_inplace(int64_t count, int c, const float* x, const float* gamma,
                           const float* beta, const float* mean, const float* invstd, float* dy,
                           cudaStream_t stream);

@@ -22,7 +22,9 @@
 // Integer-valued data (eps 0, variance 1, gamma a power of two) make every operand exact in TF32
 // and BF16 and every sum exact in fp32, so there the kernel must match the reference exactly: a
 // missing tap, a wrong dilation or padding, or a live slice skipped shows as a wrong value.
-// GPU tests skip without a device; ConvBnSumHost runs everywhere.
+// Also the training form's normalise-and-add (batchnorm_apply_sum), bit for bit against the unfused
+// GPU kernels and the CPU.
+// GPU tests skip without a device; ConvBnSumHost and BnApplySumHost run everywhere.
 //   ./build/gpu_test_conv_bn_sum_gpu
 #include <gtest/gtest.h>
 
@@ -41,7 +43,9 @@
 #include "gpu_test_util.h"
 #include "kernels/cpu/conv2d.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cuda/batchnorm.cuh"
 #include "kernels/cuda/conv_bn_sum.cuh"
+#include "kernels/cuda/elementwise.cuh"
 #include "runtime/error.h"
 
 using namespace rpp;
@@ -370,4 +374,72 @@ TEST(ConvBnSumGpu, Bf16StorageMatchesTheFp32StorageKernelBitForBit) {
     d.expect_guards_intact();
     expect_guards({&dxh, &dyh, &dyf});
   }
+}
+
+// ---- training: the ASPP's normalise-and-add (kernels/cuda/batchnorm.cuh, batchnorm_apply_sum) ----
+
+// Bit for bit against the unfused GPU kernels it replaces (batchnorm_apply per branch, then add in
+// branch order) and against the CPU reference (cpu::batchnorm_apply, cpu::add), which compute the
+// same double expression rounded once and the same fp32 additions.
+TEST(BnApplySumGpu, EqualsTheUnfusedAppliesAndAddsBitForBit) {
+  REQUIRE_GPU();
+  Stream st;
+  struct Case {
+    int64_t count;
+    int c, nb;
+  };
+  for (const Case& k : {Case{2 * 32 * 32, 256, 4}, Case{1 * 64 * 64, 16, 4}, Case{999, 37, 3}, Case{50, 8, 2},
+                        Case{7, 5, 1}}) {
+    SCOPED_TRACE("count " + std::to_string(k.count) + " c " + std::to_string(k.c) + " branches " +
+                 std::to_string(k.nb));
+    const size_t n = size_t(k.count) * size_t(k.c);
+    std::vector<Floats> x, g, b, m, is;
+    std::vector<std::unique_ptr<DevFloats>> dev;
+    std::vector<cuda::BnSumBranch> br;
+    for (int i = 0; i < k.nb; ++i) {
+      x.push_back(normal(n, 0.3f, 2.f));
+      g.push_back(uniform(size_t(k.c), 0.5f, 1.5f));
+      b.push_back(uniform(size_t(k.c), -0.5f, 0.5f));
+      m.push_back(uniform(size_t(k.c), -0.3f, 0.3f));
+      is.push_back(uniform(size_t(k.c), 0.5f, 2.f));
+      for (const Floats* h : {&x.back(), &g.back(), &b.back(), &m.back(), &is.back()})
+        dev.push_back(std::make_unique<DevFloats>(*h));
+      const size_t o = size_t(5 * i);
+      br.push_back({dev[o]->p(), dev[o + 1]->p(), dev[o + 2]->p(), dev[o + 3]->p(), dev[o + 4]->p()});
+    }
+    DevFloats y(n), y2(n), tmp(n);
+    const Floats fused = run_twice(st, {&y}, nullptr, [&] {
+      cuda::batchnorm_apply_sum(k.count, k.c, br.data(), k.nb, y.p(), st);
+    })[0];
+    const Floats unfused = run_twice(st, {&y2}, nullptr, [&] {
+      for (int i = 0; i < k.nb; ++i) {
+        const cuda::BnSumBranch& q = br[size_t(i)];
+        cuda::batchnorm_apply(k.count, k.c, q.x, q.gamma, q.beta, q.mean, q.invstd, false, i == 0 ? y2.p() : tmp.p(),
+                              st);
+        if (i > 0) cuda::add(int64_t(n), y2.p(), tmp.p(), y2.p(), st);
+      }
+    })[0];
+    EXPECT_TRUE(same_bits(fused, unfused)) << "fused and unfused GPU kernels differ";
+    Floats cpu_y(n), cpu_t(n);
+    for (int i = 0; i < k.nb; ++i) {
+      const size_t j = size_t(i);
+      cpu::batchnorm_apply(k.count, k.c, x[j].data(), g[j].data(), b[j].data(), m[j].data(), is[j].data(), false,
+                           i == 0 ? cpu_y.data() : cpu_t.data());
+      if (i > 0) cpu::add(int64_t(n), cpu_y.data(), cpu_t.data(), cpu_y.data());
+    }
+    EXPECT_TRUE(same_bits(fused, cpu_y)) << "GPU and CPU differ";
+    for (const auto& d : dev) expect_guards({d.get()});
+    expect_guards({&y, &y2, &tmp});
+  }
+}
+
+TEST(BnApplySumHost, RejectsBadArguments) {
+  float dummy[4] = {};
+  cuda::BnSumBranch br[5];
+  for (auto& b : br) b = {dummy, dummy, dummy, dummy, dummy};
+  EXPECT_THROW(cuda::batchnorm_apply_sum(4, 8, br, 0, dummy, nullptr), Error);
+  EXPECT_THROW(cuda::batchnorm_apply_sum(4, 8, br, 5, dummy, nullptr), Error);
+  EXPECT_THROW(cuda::batchnorm_apply_sum(4, 1024, br, 3, dummy, nullptr), Error);  // 3072 channels in all
+  br[1].invstd = nullptr;
+  EXPECT_THROW(cuda::batchnorm_apply_sum(4, 8, br, 2, dummy, nullptr), Error);
 }
