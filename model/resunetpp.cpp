@@ -42,7 +42,10 @@ ModelGraph build_resunetpp(const ModelConfig& cfg, int n, int h, int w, bool tra
   if (cfg.fuse) {
     fuse_bn_relu_conv(m.graph);
     fuse_se_excite(m.graph);
-    if (!training) fuse_conv_bn_sum(m.graph);  // the ASPP blocks; training BNs need the branches
+    if (training)
+      fuse_bn_apply_sum(m.graph);  // the ASPP blocks: BN statistics per branch, one normalise-and-add
+    else
+      fuse_conv_bn_sum(m.graph);  // the ASPP blocks whole: eval BNs fold into the convolutions
   }
   return m;
 }

@@ -114,8 +114,8 @@ struct ModelGraph {
 // Forward graph for a batch of n images of h x w (multiples of 8). A training graph uses batch
 // statistics in BatchNorm and ends in the loss; an inference graph uses running statistics and
 // marks the logits as output. With cfg.fuse the BN -> ReLU -> Conv chains and the SE blocks' MLPs
-// are fused, and in an inference graph also the two ASPP blocks' four conv-BN branches and their
-// sum. Autodiff and
+// are fused, and the two ASPP blocks: in an inference graph their four conv-BN branches and their
+// sum, in a training graph the four BN applications and the sum. Autodiff and
 // the optimiser are appended by the caller.
 ModelGraph build_resunetpp(const ModelConfig& cfg, int n, int h, int w, bool training,
                            LossKind loss = LossKind::BCEDice);

@@ -173,6 +173,16 @@ class Autodiff {
         emit(OpKind::LinearBwd, {x, w, dy}, {out_for(x), out_for(w)}, n, 2 * n.flops, {x, w});
         break;
       }
+      case OpKind::BnApplySum:  // per branch: x, gamma, beta, mean, invstd; dy of every BN output is dy
+        for (size_t i = 0; i + 4 < n.in.size(); i += 5) {
+          const int x = n.in[i], gamma = n.in[i + 1], beta = n.in[i + 2];
+          Node bn = n;  // named after the branch's BN (its gamma is "<bn>.weight")
+          const std::string& gn = g_.tensor(gamma).name;
+          bn.name = gn.substr(0, gn.rfind('.'));
+          emit(OpKind::BatchNormBwd, {x, dy, gamma, n.in[i + 3], n.in[i + 4]}, {out_for(x), out_for(gamma), out_for(beta)},
+               bn, 2 * 4 * numel(g_.tensor(x).shape), {x, gamma, beta});
+        }
+        break;
       case OpKind::SeExcite: {  // in: p, w1, w2   out: s
         const int p = n.in[0], w1 = n.in[1], w2 = n.in[2];
         emit(OpKind::SeExciteBwd, {p, w1, w2, n.out[0], dy}, {out_for(p), out_for(w1), out_for(w2)}, n, 2 * n.flops,

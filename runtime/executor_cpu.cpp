@@ -34,6 +34,7 @@ size_t cpu_workspace_bytes(const Graph& g, const Node& n) {
       return bn_relu_staging_floats(g, n) * sizeof(float) +
              cpu::conv2d_forward_workspace(n.conv.shape) * sizeof(float);
     case OpKind::BnReluConv2dBwdData: return cpu::conv2d_backward_data_workspace(n.conv.shape) * sizeof(float);
+    case OpKind::BnApplySum: return size_t(numel(g.tensor(n.out[0]).shape)) * sizeof(float);  // one branch
     // The SE MLP's hidden layer (forward); backward also da and the hidden gradient.
     case OpKind::SeExcite:
     case OpKind::SeExciteBwd: {
@@ -177,6 +178,16 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
         float* y = b == 0 ? out(0) : branch;
         cpu::batchnorm_forward_eval(cnt / c, c, branch, in(i + 2), in(i + 3), in(i + 4), in(i + 5), n.bn.eps, y);
         if (b > 0) cpu::add(cnt, out(0), branch, out(0));
+      }
+      break;
+    }
+    case OpKind::BnApplySum: {  // per branch: x, gamma, beta, mean, invstd; as the unfused BN applies and adds
+      const int64_t cnt = count(n.out[0]);
+      const int c = int(sh(n.out[0]).back());
+      for (size_t i = 0; i + 4 < n.in.size(); i += 5) {
+        float* y = i == 0 ? out(0) : ws;
+        cpu::batchnorm_apply(cnt / c, c, in(i), in(i + 1), in(i + 2), in(i + 3), in(i + 4), /*relu=*/false, y);
+        if (i > 0) cpu::add(cnt, out(0), ws, out(0));
       }
       break;
     }

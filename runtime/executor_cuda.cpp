@@ -1279,6 +1279,18 @@ void CudaExecutor::launch(int index) {
       break;
     }
     case OpKind::Sigmoid: cuda::sigmoid_forward(count(n.in[0]), in(0), out(0), s); break;
+    case OpKind::BnApplySum: {  // per branch: x, gamma, beta, mean, invstd   out: the sum of the BN outputs
+      cuda::BnSumBranch br[cuda::kBnSumMaxBranches];
+      const int nb = int(n.in.size() / 5);
+      if (nb < 1 || nb > cuda::kBnSumMaxBranches || n.in.size() % 5 != 0)
+        fail("CUDA executor: BnApplySum node ", n.name, " has ", n.in.size(), " inputs");
+      for (int b = 0; b < nb; ++b)
+        br[b] = {in(size_t(5 * b)), in(size_t(5 * b + 1)), in(size_t(5 * b + 2)), in(size_t(5 * b + 3)),
+                 in(size_t(5 * b + 4))};
+      const int c = int(sh(n.out[0]).back());
+      cuda::batchnorm_apply_sum(count(n.out[0]) / c, c, br, nb, out(0), s);
+      break;
+    }
     case OpKind::SeExcite: {  // in: p, w1 (hidden, c), w2   out: s
       const Shape& w1 = sh(n.in[1]);
       cuda::se_excite_forward(int(sh(n.in[0])[0]), int(w1[1]), int(w1[0]), in(0), in(1), in(2), out(0), s);

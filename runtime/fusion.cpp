@@ -100,69 +100,84 @@ FusionReport fuse_bn_relu_conv(Graph& g) {
   return report;
 }
 
+namespace {
+
+// The node that produces t, when t is an intermediate (not a graph output) whose one reader is
+// `reader`; else -1.
+int private_producer(const Graph& g, const Uses& u, int t, int reader) {
+  if (t < 0 || g.tensor(t).is_output || u.readers[size_t(t)].size() != 1 || u.readers[size_t(t)][0] != reader)
+    return -1;
+  return u.producer[size_t(t)];
+}
+
+// The BatchNorm terms (training or eval mode, as asked) of the left-deep sum ((t1 + t2) + ...) + tk
+// whose last add is node `top`, left to right, when every term is such a BN's output and every
+// term and partial sum has only its add as reader; the chain's adds go to *adds. Empty when `top`
+// is not the last add of such a chain (or feeds a further add of one as its left term).
+std::vector<int> bn_sum_chain(const Graph& g, const Uses& u, int top, bool training, std::vector<int>* adds) {
+  adds->clear();
+  if (g.node(top).op != OpKind::Add) return {};
+  const int out = g.node(top).out[0];
+  if (u.readers[size_t(out)].size() == 1 && !g.tensor(out).is_output) {
+    const Node& r = g.node(u.readers[size_t(out)][0]);
+    if (r.op == OpKind::Add && r.in[0] == out) return {};  // not the last add
+  }
+  auto term = [&](int t, int reader) {
+    const int b = private_producer(g, u, t, reader);
+    const bool ok = b >= 0 && g.node(b).op == OpKind::BatchNorm && g.node(b).bn.training == training &&
+                    g.node(b).in.size() >= 5 && g.node(b).out.size() == (training ? 3u : 1u);
+    return ok ? b : -1;
+  };
+  std::vector<int> terms;
+  for (int a = top;;) {
+    const Node& add = g.node(a);
+    adds->push_back(a);
+    const int right = term(add.in[1], a);
+    if (right < 0) return {};
+    terms.push_back(right);
+    const int left = term(add.in[0], a);
+    if (left >= 0) {
+      terms.push_back(left);
+      break;
+    }
+    a = private_producer(g, u, add.in[0], a);
+    if (a < 0 || g.node(a).op != OpKind::Add) return {};
+  }
+  std::reverse(terms.begin(), terms.end());
+  return terms;
+}
+
+}  // namespace
+
 std::vector<std::string> fuse_conv_bn_sum(Graph& g) {
   require_forward(g);
   const int nn = g.num_nodes();
   const Uses u = uses_of(g);
-  const std::vector<std::vector<int>>& readers = u.readers;
-  const std::vector<int>& producer = u.producer;
-  // The node that produces t, when t is an intermediate with that one reader.
-  auto private_producer = [&](int t, int reader) {
-    if (t < 0 || g.tensor(t).is_output || readers[size_t(t)].size() != 1 || readers[size_t(t)][0] != reader) return -1;
-    return producer[size_t(t)];
-  };
-  auto is_add_into_chain = [&](int i) {  // node i's output feeds the next add of a chain as its left term
-    const int t = g.node(i).out[0];
-    if (readers[size_t(t)].size() != 1 || g.tensor(t).is_output) return false;
-    const Node& r = g.node(readers[size_t(t)][0]);
-    return r.op == OpKind::Add && r.in[0] == t;
-  };
-  struct Term { int bn, conv; };
-  // A term bn(conv(x)) read only by `reader`: the BN node and the conv node, or {-1, -1}.
-  auto term = [&](int t, int reader) -> Term {
-    const int b = private_producer(t, reader);
-    if (b < 0 || g.node(b).op != OpKind::BatchNorm || g.node(b).bn.training || g.node(b).in.size() < 5) return {-1, -1};
-    const int c = private_producer(g.node(b).in[0], b);
-    if (c < 0 || g.node(c).op != OpKind::Conv2d || g.node(c).in.size() < 3 || g.node(c).in[2] < 0) return {-1, -1};
-    return {b, c};
-  };
-
   std::vector<char> drop(size_t(nn), 0);
   std::vector<Node> nodes = g.nodes();
   std::vector<std::string> names;
+  std::vector<int> adds;
   for (int top = 0; top < nn; ++top) {
-    if (g.node(top).op != OpKind::Add || is_add_into_chain(top)) continue;
-    // Walk the left-deep chain down from its last add, collecting the terms right to left.
-    std::vector<Term> terms;
-    std::vector<int> adds;
-    int a = top;
-    bool ok = true;
-    for (;;) {
-      const Node& add = g.node(a);
-      adds.push_back(a);
-      const Term right = term(add.in[1], a);
-      if (right.bn < 0) { ok = false; break; }
-      terms.push_back(right);
-      const Term left = term(add.in[0], a);
-      if (left.bn >= 0) {
-        terms.push_back(left);
-        break;
-      }
-      const int next = private_producer(add.in[0], a);
-      if (next < 0 || g.node(next).op != OpKind::Add) { ok = false; break; }
-      a = next;
+    const std::vector<int> bns = bn_sum_chain(g, u, top, /*training=*/false, &adds);
+    if (bns.size() < 2 || bns.size() > 4) continue;
+    // Each term a biased conv of the same x, read only by its BN.
+    std::vector<int> convs;
+    for (int b : bns) {
+      const int c = private_producer(g, u, g.node(b).in[0], b);
+      if (c < 0 || g.node(c).op != OpKind::Conv2d || g.node(c).in.size() < 3 || g.node(c).in[2] < 0) break;
+      convs.push_back(c);
     }
-    if (!ok || terms.size() > 4) continue;
-    std::reverse(terms.begin(), terms.end());
-    const Node& conv0 = g.node(terms[0].conv);
+    if (convs.size() != bns.size()) continue;
+    const Node& conv0 = g.node(convs[0]);
     const cpu::Conv2dShape& s0 = conv0.conv.shape;
-    const double eps = g.node(terms[0].bn).bn.eps;
-    for (const Term& t : terms) {
-      const Node& c = g.node(t.conv);
+    const double eps = g.node(bns[0]).bn.eps;
+    bool ok = true;
+    for (size_t i = 0; i < bns.size(); ++i) {
+      const Node& c = g.node(convs[i]);
       const cpu::Conv2dShape& s = c.conv.shape;
       ok = ok && c.in[0] == conv0.in[0] && s.n == s0.n && s.h == s0.h && s.w == s0.w && s.cin == s0.cin &&
            s.cout == s0.cout && s.kh == s0.kh && s.kw == s0.kw && s.stride == s0.stride && s.ho() == s0.ho() &&
-           s.wo() == s0.wo() && g.node(t.bn).bn.eps == eps;
+           s.wo() == s0.wo() && g.node(bns[i]).bn.eps == eps;
     }
     if (!ok) continue;
 
@@ -170,23 +185,67 @@ std::vector<std::string> fuse_conv_bn_sum(Graph& g) {
     fused.op = OpKind::ConvBnSum;
     fused.in = {conv0.in[0]};
     fused.conv = conv0.conv;
-    fused.bn = g.node(terms[0].bn).bn;
+    fused.bn = g.node(bns[0]).bn;
     fused.branches.shapes.clear();
     fused.flops = 0;
-    for (const Term& t : terms) {
-      const Node& c = g.node(t.conv);
-      const Node& b = g.node(t.bn);
+    for (size_t i = 0; i < bns.size(); ++i) {
+      const Node& c = g.node(convs[i]);
+      const Node& b = g.node(bns[i]);
       fused.in.insert(fused.in.end(), {c.in[1], c.in[2], b.in[1], b.in[2], b.in[3], b.in[4]});
       fused.branches.shapes.push_back(c.conv.shape);
       fused.flops += c.flops + b.flops;
-      drop[size_t(t.conv)] = drop[size_t(t.bn)] = 1;
+      drop[size_t(convs[i])] = drop[size_t(bns[i])] = 1;
     }
     for (int i : adds) {
       fused.flops += g.node(i).flops;
       if (i != top) drop[size_t(i)] = 1;
     }
     nodes[size_t(top)] = std::move(fused);
-    names.push_back(g.node(top).name + " (" + std::to_string(terms.size()) + " branches)");
+    names.push_back(g.node(top).name + " (" + std::to_string(bns.size()) + " branches)");
+  }
+  replace_nodes(g, std::move(nodes), drop);
+  return names;
+}
+
+std::vector<std::string> fuse_bn_apply_sum(Graph& g) {
+  require_forward(g);
+  const int nn = g.num_nodes();
+  const Uses u = uses_of(g);
+  std::vector<char> drop(size_t(nn), 0);
+  std::vector<Node> nodes = g.nodes();
+  std::vector<std::string> names;
+  std::vector<int> adds;
+  for (int top = 0; top < nn; ++top) {
+    const std::vector<int> bns = bn_sum_chain(g, u, top, /*training=*/true, &adds);
+    if (bns.size() < 2 || bns.size() > 4) continue;
+    const BNAttrs& a0 = g.node(bns[0]).bn;
+    bool ok = true;
+    for (int b : bns) ok = ok && g.node(b).bn.eps == a0.eps && g.node(b).bn.momentum == a0.momentum;
+    if (!ok) continue;
+    Node fused = g.node(top);
+    fused.op = OpKind::BnApplySum;
+    fused.in.clear();
+    fused.bn = a0;
+    fused.flops = 0;
+    for (int i : bns) {
+      const Node& bn = g.node(i);
+      // The BN keeps its statistics (and running update) as a BatchNormStats node, in place.
+      Node stats = bn;
+      stats.op = OpKind::BatchNormStats;
+      stats.in = {bn.in[0], bn.in[3], bn.in[4]};
+      if (bn.in.size() > 5) stats.in.push_back(bn.in[5]);
+      stats.out = {bn.out[1], bn.out[2]};
+      stats.flops = 3 * numel(g.tensor(bn.in[0]).shape);
+      nodes[size_t(i)] = std::move(stats);
+      fused.in.insert(fused.in.end(), {bn.in[0], bn.in[1], bn.in[2], bn.out[1], bn.out[2]});
+      fused.flops += bn.flops;
+    }
+    for (int i : adds) {
+      fused.flops += g.node(i).flops;
+      if (i != top) drop[size_t(i)] = 1;
+    }
+    nodes[size_t(top)] = std::move(fused);
+    names.push_back(g.node(top).name + " (" + std::to_string(bns.size()) + " branches)");
   }
   replace_nodes(g, std::move(nodes), drop);
   return names;

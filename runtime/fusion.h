@@ -43,6 +43,13 @@ int fuse_se_excite(Graph& g);
 // add's name and the branch count). Must run before autodiff; training-mode BNs never match.
 std::vector<std::string> fuse_conv_bn_sum(Graph& g);
 
+// Training: rewrites every left-deep sum of 2 to 4 training-mode BN outputs (the ASPP block's
+// branches), none read elsewhere, into BatchNormStats nodes (the BNs' batch statistics and running
+// updates, in place of the BNs) and one BnApplySum node that normalises every branch and adds them
+// up in one pass. The BN outputs and partial sums never exist. Autodiff emits the BNs' ordinary
+// BatchNormBwd nodes, so gradients are bit-identical on the CPU. Returns the fused sums' names.
+std::vector<std::string> fuse_bn_apply_sum(Graph& g);
+
 // bf16 mixed precision for inference: marks every activation tensor of rank 4 (N, H, W, C) that
 // is neither a graph input nor an output as stored in bf16 (TensorInfo::dtype = BF16). Images,
 // logits, per-channel vectors (SE), BN statistics and every persistent tensor stay fp32; all

@@ -21,6 +21,7 @@ const char* op_name(OpKind k) {
     case OpKind::BnReluConv2d: return "bn_relu_conv2d";
     case OpKind::ConvBnSum: return "conv_bn_sum";
     case OpKind::SeExcite: return "se_excite";
+    case OpKind::BnApplySum: return "bn_apply_sum";
     case OpKind::SeExciteBwd: return "se_excite_bwd";
     case OpKind::Loss: return "loss";
     case OpKind::Conv2dBwdData: return "conv2d_bwd_data";

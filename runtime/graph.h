@@ -34,6 +34,8 @@ enum class OpKind : uint8_t {
                   // (training: batch statistics, running update; eval: from the running ones)
   BnReluConv2d,   // in: x, gamma, beta, mean, invstd, w(HWIO), b   out: conv(relu(bn(x)))
   SeExcite,       // in: p (N,C), w1 (C/r,C), w2 (C,C/r)   out: s = sigmoid(w2 relu(w1 p)) (the SE's MLP)
+  BnApplySum,     // training: in: per branch x, gamma, beta, mean, invstd (saved statistics)
+                  // out: sum over the branches of bn(x), added in branch order (the ASPP block)
   ConvBnSum,      // inference only (eval BN): in: x, then per branch w(HWIO), b, gamma, beta,
                   // running_mean, running_var   out: sum over the branches of bn(conv(x)), added
                   // in branch order (the ASPP block); Node::branches holds each branch's shape
