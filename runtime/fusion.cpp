@@ -149,7 +149,12 @@ std::vector<int> bn_sum_chain(const Graph& g, const Uses& u, int top, bool train
 
 }  // namespace
 
-std::vector<std::string> fuse_conv_bn_sum(Graph& g) {
+namespace {
+// Runs `rewrite(top, bns, adds, nodes, drop)` on every BN sum chain (bn_sum_chain) of 2 to 4 terms
+// whose BNs are in the given mode; it rewrites `nodes` and marks `drop`, returning whether it
+// fused. Returns the names of the fused sums.
+template <class F>
+std::vector<std::string> rewrite_bn_sums(Graph& g, bool training, F rewrite) {
   require_forward(g);
   const int nn = g.num_nodes();
   const Uses u = uses_of(g);
@@ -158,75 +163,76 @@ std::vector<std::string> fuse_conv_bn_sum(Graph& g) {
   std::vector<std::string> names;
   std::vector<int> adds;
   for (int top = 0; top < nn; ++top) {
-    const std::vector<int> bns = bn_sum_chain(g, u, top, /*training=*/false, &adds);
-    if (bns.size() < 2 || bns.size() > 4) continue;
-    // Each term a biased conv of the same x, read only by its BN.
-    std::vector<int> convs;
-    for (int b : bns) {
-      const int c = private_producer(g, u, g.node(b).in[0], b);
-      if (c < 0 || g.node(c).op != OpKind::Conv2d || g.node(c).in.size() < 3 || g.node(c).in[2] < 0) break;
-      convs.push_back(c);
-    }
-    if (convs.size() != bns.size()) continue;
-    const Node& conv0 = g.node(convs[0]);
-    const cpu::Conv2dShape& s0 = conv0.conv.shape;
-    const double eps = g.node(bns[0]).bn.eps;
-    bool ok = true;
-    for (size_t i = 0; i < bns.size(); ++i) {
-      const Node& c = g.node(convs[i]);
-      const cpu::Conv2dShape& s = c.conv.shape;
-      ok = ok && c.in[0] == conv0.in[0] && s.n == s0.n && s.h == s0.h && s.w == s0.w && s.cin == s0.cin &&
-           s.cout == s0.cout && s.kh == s0.kh && s.kw == s0.kw && s.stride == s0.stride && s.ho() == s0.ho() &&
-           s.wo() == s0.wo() && g.node(bns[i]).bn.eps == eps;
-    }
-    if (!ok) continue;
-
-    Node fused = g.node(top);
-    fused.op = OpKind::ConvBnSum;
-    fused.in = {conv0.in[0]};
-    fused.conv = conv0.conv;
-    fused.bn = g.node(bns[0]).bn;
-    fused.branches.shapes.clear();
-    fused.flops = 0;
-    for (size_t i = 0; i < bns.size(); ++i) {
-      const Node& c = g.node(convs[i]);
-      const Node& b = g.node(bns[i]);
-      fused.in.insert(fused.in.end(), {c.in[1], c.in[2], b.in[1], b.in[2], b.in[3], b.in[4]});
-      fused.branches.shapes.push_back(c.conv.shape);
-      fused.flops += c.flops + b.flops;
-      drop[size_t(convs[i])] = drop[size_t(bns[i])] = 1;
-    }
-    for (int i : adds) {
-      fused.flops += g.node(i).flops;
+    const std::vector<int> bns = bn_sum_chain(g, u, top, training, &adds);
+    if (bns.size() < 2 || bns.size() > 4 || !rewrite(u, top, bns, adds, nodes, drop)) continue;
+    for (int i : adds)
       if (i != top) drop[size_t(i)] = 1;
-    }
-    nodes[size_t(top)] = std::move(fused);
     names.push_back(g.node(top).name + " (" + std::to_string(bns.size()) + " branches)");
   }
   replace_nodes(g, std::move(nodes), drop);
   return names;
 }
 
+int64_t flops_of(const Graph& g, const std::vector<int>& ids) {
+  int64_t f = 0;
+  for (int i : ids) f += g.node(i).flops;
+  return f;
+}
+}  // namespace
+
+std::vector<std::string> fuse_conv_bn_sum(Graph& g) {
+  return rewrite_bn_sums(g, /*training=*/false, [&](const Uses& u, int top, const std::vector<int>& bns,
+                                                    const std::vector<int>& adds, std::vector<Node>& nodes,
+                                                    std::vector<char>& drop) {
+    // Each term a biased conv of the same x, read only by its BN.
+    std::vector<int> convs;
+    for (int b : bns) {
+      const int c = private_producer(g, u, g.node(b).in[0], b);
+      if (c < 0 || g.node(c).op != OpKind::Conv2d || g.node(c).in.size() < 3 || g.node(c).in[2] < 0) return false;
+      convs.push_back(c);
+    }
+    const Node& conv0 = g.node(convs[0]);
+    const cpu::Conv2dShape& s0 = conv0.conv.shape;
+    const double eps = g.node(bns[0]).bn.eps;
+    for (size_t i = 0; i < bns.size(); ++i) {
+      const Node& c = g.node(convs[i]);
+      const cpu::Conv2dShape& s = c.conv.shape;
+      if (c.in[0] != conv0.in[0] || s.n != s0.n || s.h != s0.h || s.w != s0.w || s.cin != s0.cin ||
+          s.cout != s0.cout || s.kh != s0.kh || s.kw != s0.kw || s.stride != s0.stride || s.ho() != s0.ho() ||
+          s.wo() != s0.wo() || g.node(bns[i]).bn.eps != eps)
+        return false;
+    }
+    Node fused = g.node(top);
+    fused.op = OpKind::ConvBnSum;
+    fused.in = {conv0.in[0]};
+    fused.conv = conv0.conv;
+    fused.bn = g.node(bns[0]).bn;
+    fused.branches.shapes.clear();
+    fused.flops = flops_of(g, convs) + flops_of(g, bns) + flops_of(g, adds);
+    for (size_t i = 0; i < bns.size(); ++i) {
+      const Node& c = g.node(convs[i]);
+      const Node& b = g.node(bns[i]);
+      fused.in.insert(fused.in.end(), {c.in[1], c.in[2], b.in[1], b.in[2], b.in[3], b.in[4]});
+      fused.branches.shapes.push_back(c.conv.shape);
+      drop[size_t(convs[i])] = drop[size_t(bns[i])] = 1;
+    }
+    nodes[size_t(top)] = std::move(fused);
+    return true;
+  });
+}
+
 std::vector<std::string> fuse_bn_apply_sum(Graph& g) {
-  require_forward(g);
-  const int nn = g.num_nodes();
-  const Uses u = uses_of(g);
-  std::vector<char> drop(size_t(nn), 0);
-  std::vector<Node> nodes = g.nodes();
-  std::vector<std::string> names;
-  std::vector<int> adds;
-  for (int top = 0; top < nn; ++top) {
-    const std::vector<int> bns = bn_sum_chain(g, u, top, /*training=*/true, &adds);
-    if (bns.size() < 2 || bns.size() > 4) continue;
+  return rewrite_bn_sums(g, /*training=*/true, [&](const Uses&, int top, const std::vector<int>& bns,
+                                                   const std::vector<int>& adds, std::vector<Node>& nodes,
+                                                   std::vector<char>&) {
     const BNAttrs& a0 = g.node(bns[0]).bn;
-    bool ok = true;
-    for (int b : bns) ok = ok && g.node(b).bn.eps == a0.eps && g.node(b).bn.momentum == a0.momentum;
-    if (!ok) continue;
+    for (int b : bns)
+      if (g.node(b).bn.eps != a0.eps || g.node(b).bn.momentum != a0.momentum) return false;
     Node fused = g.node(top);
     fused.op = OpKind::BnApplySum;
     fused.in.clear();
     fused.bn = a0;
-    fused.flops = 0;
+    fused.flops = flops_of(g, bns) + flops_of(g, adds);
     for (int i : bns) {
       const Node& bn = g.node(i);
       // The BN keeps its statistics (and running update) as a BatchNormStats node, in place.
@@ -238,17 +244,10 @@ std::vector<std::string> fuse_bn_apply_sum(Graph& g) {
       stats.flops = 3 * numel(g.tensor(bn.in[0]).shape);
       nodes[size_t(i)] = std::move(stats);
       fused.in.insert(fused.in.end(), {bn.in[0], bn.in[1], bn.in[2], bn.out[1], bn.out[2]});
-      fused.flops += bn.flops;
-    }
-    for (int i : adds) {
-      fused.flops += g.node(i).flops;
-      if (i != top) drop[size_t(i)] = 1;
     }
     nodes[size_t(top)] = std::move(fused);
-    names.push_back(g.node(top).name + " (" + std::to_string(bns.size()) + " branches)");
-  }
-  replace_nodes(g, std::move(nodes), drop);
-  return names;
+    return true;
+  });
 }
 
 int fuse_se_excite(Graph& g) {
