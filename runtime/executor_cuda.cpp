@@ -98,9 +98,16 @@ int conv_bn_sum_branches(const Node& n, F f, cuda::ConvBnBranch* out) {
   return count;
 }
 
+cuda::Storage storage_of(const TensorInfo& t) {
+  return t.dtype == DType::BF16 ? cuda::Storage::Bf16 : cuda::Storage::F32;
+}
+
 // Whether the ConvBnSum node's hand-written tensor-core kernel runs it with this math and the
 // node's storage.
-bool conv_bn_sum_can_run(const Graph& g, const Node& n, cuda::ConvMath math);
+bool conv_bn_sum_can_run(const Graph& g, const Node& n, cuda::ConvMath math) {
+  return cuda::conv_bn_sum_tc_can_run(n.branches.shapes.data(), int(n.branches.shapes.size()), math,
+                                      storage_of(g.tensor(n.in[0])), storage_of(g.tensor(n.out[0])));
+}
 
 // Forward convolution nodes (the tensor-core kernel and its epilogue statistics apply to them).
 bool is_conv_forward(OpKind k) { return k == OpKind::BnReluConv2d || k == OpKind::Conv2d; }
@@ -131,14 +138,6 @@ bool conv_bf16(const Graph& g, const Node& n) {
          (g.tensor(n.in[0]).dtype == DType::BF16 || g.tensor(n.out[0]).dtype == DType::BF16);
 }
 
-cuda::Storage storage_of(const TensorInfo& t) {
-  return t.dtype == DType::BF16 ? cuda::Storage::Bf16 : cuda::Storage::F32;
-}
-
-bool conv_bn_sum_can_run(const Graph& g, const Node& n, cuda::ConvMath math) {
-  return cuda::conv_bn_sum_tc_can_run(n.branches.shapes.data(), int(n.branches.shapes.size()), math,
-                                      storage_of(g.tensor(n.in[0])), storage_of(g.tensor(n.out[0])));
-}
 
 // Whether g stores activations in bf16, after checking that it agrees with `precision` and that
 // every node gets dtypes its kernels take: inference ops only; elementwise, pooling, resampling,
