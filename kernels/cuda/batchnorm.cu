@@ -18,6 +18,9 @@
 //    channel in shared memory; bwd_coefficients and bwd_dx_value are the arithmetic both share.
 // Workspace layout (batchnorm_workspace_bytes): two (groups, c) double arrays, then 3 c doubles
 // (the backward's dx coefficients).
+// bf16 storage: the kernels that read x (and apply_kernel, apply_sum_kernel, which write y) are
+// templated on its storage type T; each x is widened exactly (detail::to_f32) where it is loaded
+// and y rounded once from the fp32 value (detail::from_f32<T>), the arithmetic unchanged.
 #include "kernels/cuda/batchnorm.cuh"
 
 #include <cuda_runtime.h>
@@ -101,9 +104,10 @@ __device__ __forceinline__ int64_t group_rows(int64_t g, int64_t rows, int64_t c
 }
 
 // Forward statistics of one (group, channel tile): sum and M2 about the group mean, in double.
-// grid (groups, tiles), kThreads threads. part_sum/part_m2: (groups, c).
+// grid (groups, tiles), kThreads threads. part_sum/part_m2: (groups, c). T: x's storage (widened).
+template <class T>
 __global__ void __launch_bounds__(kThreads)
-    stats_partial_kernel(const float* __restrict__ x, int64_t count, int c, int tc, int rs,
+    stats_partial_kernel(const T* __restrict__ x, int64_t count, int c, int tc, int rs,
                          int64_t rows, double* __restrict__ part_sum, double* __restrict__ part_m2) {
   __shared__ double red[kThreads];
   __shared__ double group_mean[kTileChannels];
@@ -123,7 +127,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t r = lr + int64_t(k) * rs;
     v[k] = 0.f;
     if (active && r < nb) {
-      v[k] = x[(row0 + r) * c + ch];
+      v[k] = detail::to_f32(x[(row0 + r) * c + ch]);
       s += double(v[k]);
     }
   }
@@ -223,9 +227,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Backward sums of one (group, channel tile): sum dy and sum dy * (x - mean), in double.
+// Backward sums of one (group, channel tile): sum dy and sum dy * (x - mean), in double. T: x's
+// storage (widened).
+template <class T>
 __global__ void __launch_bounds__(kThreads)
-    bwd_partial_kernel(const float* __restrict__ x, const float* __restrict__ dy,
+    bwd_partial_kernel(const T* __restrict__ x, const float* __restrict__ dy,
                        const float* __restrict__ save_mean, int64_t count, int c, int tc, int rs,
                        int64_t rows, double* __restrict__ part_dy, double* __restrict__ part_dyx) {
   __shared__ double red_a[kThreads];
@@ -246,7 +252,7 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t idx = (row0 + r) * c + ch;
         const double gy = double(dy[idx]);
         sdy += gy;
-        sdyx += gy * (double(x[idx]) - mean);
+        sdyx += gy * (double(detail::to_f32(x[idx])) - mean);
       }
     }
   }
@@ -315,24 +321,24 @@ __global__ void __launch_bounds__(kThreads)
 // dx = k1 dy + k2 (x - mean) + k3 per channel, in double as the CPU reference computes it: the
 // three terms can nearly cancel, and float there cost gradients 1e-3 of accuracy deep in the
 // network (seen on the CPU emulator, tests/emu). The coefficients are read from the workspace
-// (3 c doubles) through the cache; no shared-memory table.
-template <class Idx>
+// (3 c doubles) through the cache; no shared-memory table. T: x's storage (widened).
+template <class Idx, class T>
 __global__ void __launch_bounds__(kThreads)
-    bwd_dx_kernel(Idx total, int c, const float* x, const float* dy,
+    bwd_dx_kernel(Idx total, int c, const T* x, const float* dy,
                   const float* __restrict__ save_mean, const double* __restrict__ k, float* dx) {
   const Idx stride = Idx(gridDim.x) * Idx(kThreads);
   for (Idx i = Idx(blockIdx.x) * Idx(kThreads) + Idx(threadIdx.x); i < total; i += stride) {
     const int ch = int(i % Idx(c));
-    dx[i] = bwd_dx_value(x[i], dy[i], save_mean[ch], k[ch], k[c + ch], k[2 * c + ch]);
+    dx[i] = bwd_dx_value(detail::to_f32(x[i]), dy[i], save_mean[ch], k[ch], k[c + ch], k[2 * c + ch]);
   }
 }
 
 // batchnorm_backward_from_sums: every block first forms the constants of all c channels from the
 // sums into shared memory (3 c doubles, dynamic), block 0 also writing dgamma and dbeta, then
 // dx as bwd_dx_kernel.
-template <class Idx>
+template <class Idx, class T>
 __global__ void __launch_bounds__(kThreads)
-    bwd_dx_from_sums_kernel(Idx total, int64_t count, int c, const float* x, const float* dy,
+    bwd_dx_from_sums_kernel(Idx total, int64_t count, int c, const T* x, const float* dy,
                             const float* __restrict__ gamma, const float* __restrict__ save_mean,
                             const float* __restrict__ save_invstd, const double* __restrict__ sum_dy,
                             const double* __restrict__ sum_dy_xhat, float* dx, float* __restrict__ dgamma,
@@ -357,7 +363,7 @@ __global__ void __launch_bounds__(kThreads)
   const Idx stride = Idx(gridDim.x) * Idx(kThreads);
   for (Idx i = Idx(blockIdx.x) * Idx(kThreads) + Idx(threadIdx.x); i < total; i += stride) {
     const int ch = int(i % Idx(c));
-    dx[i] = bwd_dx_value(x[i], dy[i], save_mean[ch], t_k1[ch], t_k2[ch], t_k3[ch]);
+    dx[i] = bwd_dx_value(detail::to_f32(x[i]), dy[i], save_mean[ch], t_k1[ch], t_k2[ch], t_k3[ch]);
   }
 }
 
@@ -465,14 +471,15 @@ void check_grid(const char* op, const Tiling& t) {
 
 // The statistics passes shared by the training forward and the statistics-only launcher: the
 // partial sums, then the finalize (save_mean, save_invstd, running update).
-void launch_stats(const char* op, int64_t count, int c, const float* x, float* save_mean,
+template <class T>
+void launch_stats(const char* op, int64_t count, int c, const T* x, float* save_mean,
                   float* save_invstd, float* running_mean, float* running_var,
                   double momentum, double eps, void* workspace, cudaStream_t stream) {
   check_workspace(op, workspace, batchnorm_workspace_bytes(count, c));
   const Tiling t = tiling_for(count, c);
   check_grid(op, t);
   const Workspace w = carve(workspace, t, c);
-  stats_partial_kernel<<<dim3(unsigned(t.groups), unsigned(t.tiles)), kThreads, 0, stream>>>(
+  stats_partial_kernel<T><<<dim3(unsigned(t.groups), unsigned(t.tiles)), kThreads, 0, stream>>>(
       x, count, c, t.tc, t.rs, t.rows, w.part_a, w.part_b);
   RPP_CUDA_CHECK_LAUNCH(op);
   stats_finalize_kernel<<<unsigned(c), kThreads, 0, stream>>>(
@@ -490,10 +497,11 @@ size_t batchnorm_workspace_bytes(int64_t count, int c) {
   return detail::round_up(bytes, 256);
 }
 
-void batchnorm_forward_train(int64_t count, int c, const float* x, const float* gamma,
-                             const float* beta, float* y, float* save_mean, float* save_invstd,
-                             float* running_mean, float* running_var, double momentum, double eps,
-                             void* workspace, cudaStream_t stream) {
+namespace {
+template <class T>
+void forward_train(int64_t count, int c, const T* x, const float* gamma, const float* beta, T* y, float* save_mean,
+                   float* save_invstd, float* running_mean, float* running_var, double momentum, double eps,
+                   void* workspace, cudaStream_t stream) {
   const char* op = "batchnorm_forward_train";
   check_sizes(op, count, c, true);
   if (!(eps >= 0)) fail(op, ": eps must be >= 0, got ", eps);
@@ -502,6 +510,22 @@ void batchnorm_forward_train(int64_t count, int c, const float* x, const float* 
   launch_stats(op, count, c, x, save_mean, save_invstd, running_mean, running_var, momentum, eps, workspace,
                stream);
   launch_apply<false>(op, count, c, x, save_mean, save_invstd, gamma, beta, nullptr, eps, y, stream);
+}
+}  // namespace
+
+void batchnorm_forward_train(int64_t count, int c, const float* x, const float* gamma,
+                             const float* beta, float* y, float* save_mean, float* save_invstd,
+                             float* running_mean, float* running_var, double momentum, double eps,
+                             void* workspace, cudaStream_t stream) {
+  forward_train(count, c, x, gamma, beta, y, save_mean, save_invstd, running_mean, running_var, momentum, eps,
+                workspace, stream);
+}
+void batchnorm_forward_train(int64_t count, int c, const bf16* x, const float* gamma,
+                             const float* beta, bf16* y, float* save_mean, float* save_invstd,
+                             float* running_mean, float* running_var, double momentum, double eps,
+                             void* workspace, cudaStream_t stream) {
+  forward_train(count, c, x, gamma, beta, y, save_mean, save_invstd, running_mean, running_var, momentum, eps,
+                workspace, stream);
 }
 
 namespace {
@@ -531,9 +555,11 @@ void batchnorm_forward_eval(int64_t count, int c, const bf16* x, const float* ga
   forward_eval(count, c, x, gamma, beta, running_mean, running_var, eps, y, stream);
 }
 
-void batchnorm_backward(int64_t count, int c, const float* x, const float* dy, const float* gamma,
-                        const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
-                        float* dbeta, void* workspace, cudaStream_t stream) {
+namespace {
+template <class T>
+void backward(int64_t count, int c, const T* x, const float* dy, const float* gamma, const float* save_mean,
+              const float* save_invstd, float* dx, float* dgamma, float* dbeta, void* workspace,
+              cudaStream_t stream) {
   const char* op = "batchnorm_backward";
   check_sizes(op, count, c, true);
   check_not_null(op, {{"x", x}, {"dy", dy}, {"gamma", gamma}, {"save_mean", save_mean},
@@ -544,7 +570,7 @@ void batchnorm_backward(int64_t count, int c, const float* x, const float* dy, c
   check_grid(op, t);
   const Workspace w = carve(workspace, t, c);
 
-  bwd_partial_kernel<<<dim3(unsigned(t.groups), unsigned(t.tiles)), kThreads, 0, stream>>>(
+  bwd_partial_kernel<T><<<dim3(unsigned(t.groups), unsigned(t.tiles)), kThreads, 0, stream>>>(
       x, dy, save_mean, count, c, t.tc, t.rs, t.rows, w.part_a, w.part_b);
   RPP_CUDA_CHECK_LAUNCH(op);
   bwd_finalize_kernel<<<unsigned(c), kThreads, 0, stream>>>(
@@ -552,18 +578,18 @@ void batchnorm_backward(int64_t count, int c, const float* x, const float* dy, c
   RPP_CUDA_CHECK_LAUNCH(op);
   const int64_t total = count * c;
   if (index_fits_32(total))
-    bwd_dx_kernel<uint32_t><<<flat_blocks(total), kThreads, 0, stream>>>(uint32_t(total), c, x, dy, save_mean,
-                                                                          w.k, dx);
+    bwd_dx_kernel<uint32_t, T><<<flat_blocks(total), kThreads, 0, stream>>>(uint32_t(total), c, x, dy, save_mean,
+                                                                             w.k, dx);
   else
-    bwd_dx_kernel<uint64_t><<<flat_blocks(total), kThreads, 0, stream>>>(uint64_t(total), c, x, dy, save_mean,
-                                                                          w.k, dx);
+    bwd_dx_kernel<uint64_t, T><<<flat_blocks(total), kThreads, 0, stream>>>(uint64_t(total), c, x, dy, save_mean,
+                                                                             w.k, dx);
   RPP_CUDA_CHECK_LAUNCH(op);
 }
 
-void batchnorm_backward_from_sums(int64_t count, int c, const float* x, const float* dy, const float* gamma,
-                                  const float* save_mean, const float* save_invstd, const double* sum_dy,
-                                  const double* sum_dy_xhat, float* dx, float* dgamma, float* dbeta,
-                                  cudaStream_t stream) {
+template <class T>
+void backward_from_sums(int64_t count, int c, const T* x, const float* dy, const float* gamma,
+                        const float* save_mean, const float* save_invstd, const double* sum_dy,
+                        const double* sum_dy_xhat, float* dx, float* dgamma, float* dbeta, cudaStream_t stream) {
   const char* op = "batchnorm_backward_from_sums";
   check_sizes(op, count, c, true);
   check_not_null(op, {{"x", x}, {"dy", dy}, {"gamma", gamma}, {"save_mean", save_mean},
@@ -572,23 +598,59 @@ void batchnorm_backward_from_sums(int64_t count, int c, const float* x, const fl
   const int64_t total = count * c;
   const size_t shmem = 3 * size_t(c) * sizeof(double);
   if (index_fits_32(total))
-    bwd_dx_from_sums_kernel<uint32_t><<<flat_blocks(total), kThreads, shmem, stream>>>(
+    bwd_dx_from_sums_kernel<uint32_t, T><<<flat_blocks(total), kThreads, shmem, stream>>>(
         uint32_t(total), count, c, x, dy, gamma, save_mean, save_invstd, sum_dy, sum_dy_xhat, dx, dgamma, dbeta);
   else
-    bwd_dx_from_sums_kernel<uint64_t><<<flat_blocks(total), kThreads, shmem, stream>>>(
+    bwd_dx_from_sums_kernel<uint64_t, T><<<flat_blocks(total), kThreads, shmem, stream>>>(
         uint64_t(total), count, c, x, dy, gamma, save_mean, save_invstd, sum_dy, sum_dy_xhat, dx, dgamma, dbeta);
   RPP_CUDA_CHECK_LAUNCH(op);
 }
 
-void batchnorm_stats_train(int64_t count, int c, const float* x, float* save_mean,
-                           float* save_invstd, float* running_mean, float* running_var,
-                           double momentum, double eps, void* workspace, cudaStream_t stream) {
+template <class T>
+void stats_train(int64_t count, int c, const T* x, float* save_mean, float* save_invstd, float* running_mean,
+                 float* running_var, double momentum, double eps, void* workspace, cudaStream_t stream) {
   const char* op = "batchnorm_stats_train";
   check_sizes(op, count, c, true);
   if (!(eps >= 0)) fail(op, ": eps must be >= 0, got ", eps);
   check_not_null(op, {{"x", x}, {"save_mean", save_mean}, {"save_invstd", save_invstd}});
   launch_stats(op, count, c, x, save_mean, save_invstd, running_mean, running_var, momentum, eps, workspace,
                stream);
+}
+}  // namespace
+
+void batchnorm_backward(int64_t count, int c, const float* x, const float* dy, const float* gamma,
+                        const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                        float* dbeta, void* workspace, cudaStream_t stream) {
+  backward(count, c, x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, workspace, stream);
+}
+void batchnorm_backward(int64_t count, int c, const bf16* x, const float* dy, const float* gamma,
+                        const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                        float* dbeta, void* workspace, cudaStream_t stream) {
+  backward(count, c, x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, workspace, stream);
+}
+
+void batchnorm_backward_from_sums(int64_t count, int c, const float* x, const float* dy, const float* gamma,
+                                  const float* save_mean, const float* save_invstd, const double* sum_dy,
+                                  const double* sum_dy_xhat, float* dx, float* dgamma, float* dbeta,
+                                  cudaStream_t stream) {
+  backward_from_sums(count, c, x, dy, gamma, save_mean, save_invstd, sum_dy, sum_dy_xhat, dx, dgamma, dbeta, stream);
+}
+void batchnorm_backward_from_sums(int64_t count, int c, const bf16* x, const float* dy, const float* gamma,
+                                  const float* save_mean, const float* save_invstd, const double* sum_dy,
+                                  const double* sum_dy_xhat, float* dx, float* dgamma, float* dbeta,
+                                  cudaStream_t stream) {
+  backward_from_sums(count, c, x, dy, gamma, save_mean, save_invstd, sum_dy, sum_dy_xhat, dx, dgamma, dbeta, stream);
+}
+
+void batchnorm_stats_train(int64_t count, int c, const float* x, float* save_mean,
+                           float* save_invstd, float* running_mean, float* running_var,
+                           double momentum, double eps, void* workspace, cudaStream_t stream) {
+  stats_train(count, c, x, save_mean, save_invstd, running_mean, running_var, momentum, eps, workspace, stream);
+}
+void batchnorm_stats_train(int64_t count, int c, const bf16* x, float* save_mean,
+                           float* save_invstd, float* running_mean, float* running_var,
+                           double momentum, double eps, void* workspace, cudaStream_t stream) {
+  stats_train(count, c, x, save_mean, save_invstd, running_mean, running_var, momentum, eps, workspace, stream);
 }
 
 void batchnorm_stats_from_sums(int64_t count, int c, const double* sum, const double* sumsq, float* save_mean,
@@ -626,18 +688,20 @@ void batchnorm_apply(int64_t count, int c, const float* x, const float* gamma, c
 }
 
 namespace {
+template <class T>
 struct SumArgs {
   int nb;
-  const float* x[kBnSumMaxBranches];
+  const T* x[kBnSumMaxBranches];
   const float* gamma[kBnSumMaxBranches];
   const float* beta[kBnSumMaxBranches];
   const float* mean[kBnSumMaxBranches];
   const float* invstd[kBnSumMaxBranches];
 };
 
-// Dynamic shared memory: 3 * nb * c doubles (mean, scale, shift per branch and channel).
-template <class Idx>
-__global__ void __launch_bounds__(kThreads) apply_sum_kernel(Idx total, int c, SumArgs a, float* __restrict__ y) {
+// Dynamic shared memory: 3 * nb * c doubles (mean, scale, shift per branch and channel). T: the
+// storage of every x and of y (bf16: x widened, the fp32 sum rounded once).
+template <class Idx, class T>
+__global__ void __launch_bounds__(kThreads) apply_sum_kernel(Idx total, int c, SumArgs<T> a, T* __restrict__ y) {
   extern __shared__ double dtable[];
 #pragma unroll
   for (int b = 0; b < kBnSumMaxBranches; ++b) {
@@ -658,27 +722,26 @@ __global__ void __launch_bounds__(kThreads) apply_sum_kernel(Idx total, int c, S
     for (int b = 0; b < kBnSumMaxBranches; ++b) {
       if (b >= a.nb) break;
       const double* t = dtable + 3 * b * c;
-      const float v = float((double(a.x[b][i]) - t[ch]) * t[c + ch] + t[2 * c + ch]);
+      const float v = float((double(detail::to_f32(a.x[b][i])) - t[ch]) * t[c + ch] + t[2 * c + ch]);
       acc = b == 0 ? v : acc + v;
     }
-    y[i] = acc;
+    y[i] = detail::from_f32<T>(acc);
   }
 }
-}  // namespace
 
-void batchnorm_apply_sum(int64_t count, int c, const BnSumBranch* branches, int nb, float* y, cudaStream_t stream) {
-  const char* op = "batchnorm_apply_sum";
+template <class T>
+void apply_sum(const char* op, int64_t count, int c, const BnSumBranch* branches, int nb, T* y, cudaStream_t stream) {
   check_sizes(op, count, c, false);
   if (branches == nullptr || nb < 1 || nb > kBnSumMaxBranches || int64_t(c) * nb > 2048)
     fail(op, ": ", nb, " branches of ", c, " channels; 1 to ", kBnSumMaxBranches,
          " branches and at most 2048 channels in all are supported");
   check_not_null(op, {{"y", y}});
-  SumArgs a{};
+  SumArgs<T> a{};
   a.nb = nb;
   for (int b = 0; b < nb; ++b) {
     const BnSumBranch& q = branches[b];
     check_not_null(op, {{"x", q.x}, {"gamma", q.gamma}, {"beta", q.beta}, {"mean", q.mean}, {"invstd", q.invstd}});
-    a.x[b] = q.x;
+    a.x[b] = static_cast<const T*>(q.x);
     a.gamma[b] = q.gamma;
     a.beta[b] = q.beta;
     a.mean[b] = q.mean;
@@ -688,10 +751,23 @@ void batchnorm_apply_sum(int64_t count, int c, const BnSumBranch* branches, int 
   if (total == 0) return;
   const size_t shmem = 3 * size_t(nb) * size_t(c) * sizeof(double);
   if (index_fits_32(total))
-    apply_sum_kernel<uint32_t><<<flat_blocks(total), kThreads, shmem, stream>>>(uint32_t(total), c, a, y);
+    apply_sum_kernel<uint32_t, T><<<flat_blocks(total), kThreads, shmem, stream>>>(uint32_t(total), c, a, y);
   else
-    apply_sum_kernel<uint64_t><<<flat_blocks(total), kThreads, shmem, stream>>>(uint64_t(total), c, a, y);
+    apply_sum_kernel<uint64_t, T><<<flat_blocks(total), kThreads, shmem, stream>>>(uint64_t(total), c, a, y);
   RPP_CUDA_CHECK_LAUNCH(op);
+}
+}  // namespace
+
+void batchnorm_apply_sum(int64_t count, int c, const BnSumBranch* branches, int nb, Storage storage, void* y,
+                         cudaStream_t stream) {
+  const char* op = "batchnorm_apply_sum";
+  if (storage == Storage::Bf16)
+    apply_sum(op, count, c, branches, nb, static_cast<bf16*>(y), stream);
+  else
+    apply_sum(op, count, c, branches, nb, static_cast<float*>(y), stream);
+}
+void batchnorm_apply_sum(int64_t count, int c, const BnSumBranch* branches, int nb, float* y, cudaStream_t stream) {
+  batchnorm_apply_sum(count, c, branches, nb, Storage::F32, y, stream);
 }
 
 void bn_relu_mask_inplace(int64_t count, int c, const float* x, const float* gamma,

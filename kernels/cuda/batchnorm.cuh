@@ -3,6 +3,14 @@
 // argument order as rpp::cpu::batchnorm_* (kernels/cpu/ops.h), plus a workspace and a stream.
 // Implemented in batchnorm.cu; tested against the CPU reference by tests/gpu/test_ops_gpu.cpp.
 //
+// bf16 overloads (kernels/cuda/storage.cuh; bf16 mixed-precision training): x, and y where the op
+// writes an activation, in bf16; statistics, parameters and gradients (dy, dx, dgamma, dbeta) stay
+// fp32. Each x is widened exactly to fp32 and the fp32 version's device code runs on it, so every
+// fp32 output has the bits of the fp32 launcher on the widened x, and a bf16 y is the fp32
+// launcher's y rounded to bf16 (nearest even): the per-element double is rounded to fp32 first,
+// then to bf16 (a double rounding, kept so that bf16 y == bf16(fp32 y) holds exactly).
+// Tested bit for bit in tests/gpu/test_bf16_train_ops_gpu.cpp (and eval in test_bf16_gpu.cpp).
+//
 // Launchers take device pointers, never synchronise and never allocate. Per-channel sums are
 // deterministic (fixed partition and combine order, no float atomics): the same inputs give the
 // same bits on every run. Limits: 1 <= c <= 2048 (per-channel tables live in shared memory).
@@ -23,8 +31,14 @@ size_t batchnorm_workspace_bytes(int64_t count, int c);
 
 // Training mode: y from batch statistics; writes save_mean and save_invstd (1/sqrt(var + eps),
 // length c) and updates running_mean/var in place (either may be null: no update). count > 1.
+// The bf16 version: statistics (and running update) of the widened x, bit for bit as the fp32
+// version on it; y is the fp32 version's y rounded to bf16.
 void batchnorm_forward_train(int64_t count, int c, const float* x, const float* gamma,
                              const float* beta, float* y, float* save_mean, float* save_invstd,
+                             float* running_mean, float* running_var, double momentum, double eps,
+                             void* workspace, cudaStream_t stream);
+void batchnorm_forward_train(int64_t count, int c, const bf16* x, const float* gamma,
+                             const float* beta, bf16* y, float* save_mean, float* save_invstd,
                              float* running_mean, float* running_var, double momentum, double eps,
                              void* workspace, cudaStream_t stream);
 
@@ -37,8 +51,12 @@ void batchnorm_forward_eval(int64_t count, int c, const bf16* x, const float* ga
                             const float* beta, const float* running_mean, const float* running_var,
                             double eps, bf16* y, cudaStream_t stream);
 
-// Backward of the training-mode forward: dx, dgamma, dbeta (all overwritten).
+// Backward of the training-mode forward: dx, dgamma, dbeta (all overwritten). The bf16 version
+// reads a bf16 saved x (widened); dy, dx stay fp32: the fp32 version's bits on the widened x.
 void batchnorm_backward(int64_t count, int c, const float* x, const float* dy, const float* gamma,
+                        const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                        float* dbeta, void* workspace, cudaStream_t stream);
+void batchnorm_backward(int64_t count, int c, const bf16* x, const float* dy, const float* gamma,
                         const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
                         float* dbeta, void* workspace, cudaStream_t stream);
 
@@ -49,8 +67,12 @@ void batchnorm_backward(int64_t count, int c, const float* x, const float* dy, c
 // (batchnorm_backward forms the latter as (sum dy * (x - mean)) * invstd, in double). Writes
 // dbeta = float(sum_dy), dgamma = float(sum_dy_xhat) and dx with batchnorm_backward's per-element
 // arithmetic (the same device code): the two agree up to the rounding of the sums. dx may be dy.
-// Needs no workspace; count > 1.
+// Needs no workspace; count > 1. The bf16 version: bf16 x (widened), fp32 dy and dx (dx may be dy).
 void batchnorm_backward_from_sums(int64_t count, int c, const float* x, const float* dy, const float* gamma,
+                                  const float* save_mean, const float* save_invstd, const double* sum_dy,
+                                  const double* sum_dy_xhat, float* dx, float* dgamma, float* dbeta,
+                                  cudaStream_t stream);
+void batchnorm_backward_from_sums(int64_t count, int c, const bf16* x, const float* dy, const float* gamma,
                                   const float* save_mean, const float* save_invstd, const double* sum_dy,
                                   const double* sum_dy_xhat, float* dx, float* dgamma, float* dbeta,
                                   cudaStream_t stream);
@@ -59,7 +81,11 @@ void batchnorm_backward_from_sums(int64_t count, int c, const float* x, const fl
 // batchnorm_stats_eval, batchnorm_apply, bn_relu_mask_inplace): statistics only (same workspace
 // as the training forward); eval statistics from the running ones; the normalisation from saved
 // statistics, optionally rectified, into y; and the ReLU mask recomputed from x applied to dy.
+// batchnorm_stats_train also reads a bf16 x (widened: the fp32 version's bits on it).
 void batchnorm_stats_train(int64_t count, int c, const float* x, float* save_mean,
+                           float* save_invstd, float* running_mean, float* running_var,
+                           double momentum, double eps, void* workspace, cudaStream_t stream);
+void batchnorm_stats_train(int64_t count, int c, const bf16* x, float* save_mean,
                            float* save_invstd, float* running_mean, float* running_var,
                            double momentum, double eps, void* workspace, cudaStream_t stream);
 void batchnorm_stats_eval(int c, const float* running_mean, const float* running_var, double eps,
@@ -78,16 +104,20 @@ void batchnorm_apply(int64_t count, int c, const float* x, const float* gamma, c
 // (gamma_b * invstd_b) + beta_b from saved statistics. Each term is computed as batchnorm_apply
 // computes it (double, rounded once) and the terms are added in fp32 in branch order, as add()
 // would: the same bits as the unfused applies and adds. c * branches <= 2048 (the per-channel
-// tables in shared memory).
+// tables in shared memory). `storage` is the type of every branch's x and of y (the float* form:
+// Storage::F32). bf16: each x widened, the terms and their fp32 sum as for fp32 storage, the sum
+// rounded once to bf16 (so y is the fp32 form's y on the widened x, rounded to nearest even).
 constexpr int kBnSumMaxBranches = 4;
 struct BnSumBranch {
-  const float* x = nullptr;
+  const void* x = nullptr;  // const float* or const bf16*, as the launch's storage says
   const float* gamma = nullptr;
   const float* beta = nullptr;
   const float* mean = nullptr;
   const float* invstd = nullptr;
 };
 void batchnorm_apply_sum(int64_t count, int c, const BnSumBranch* branches, int nb, float* y, cudaStream_t stream);
+void batchnorm_apply_sum(int64_t count, int c, const BnSumBranch* branches, int nb, Storage storage, void* y,
+                         cudaStream_t stream);
 void bn_relu_mask_inplace(int64_t count, int c, const float* x, const float* gamma,
                           const float* beta, const float* mean, const float* invstd, float* dy,
                           cudaStream_t stream);

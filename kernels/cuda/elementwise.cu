@@ -74,10 +74,12 @@ struct Add {
   }
 };
 
-template <class T>
+// TB: b's storage when it differs from a's and y's (the backward of a product: an fp32 gradient
+// times a bf16 saved activation, into an fp32 gradient).
+template <class T, class TB = T>
 struct Mul {
   const T* a;
-  const T* b;
+  const TB* b;
   T* y;
   template <class Idx>
   __device__ void operator()(Idx i) const {
@@ -196,8 +198,10 @@ struct MaxPoolFwd {
 };
 
 // One thread per output: the windows tile the input, so the four writes cover dx exactly once.
+// T: x's storage (the argmax of the widened values: the same choice as on the stored ones).
+template <class T>
 struct MaxPoolBwd {
-  const float* x;
+  const T* x;
   const float* dy;
   float* dx;
   int h, w, c;
@@ -210,10 +214,10 @@ struct MaxPoolBwd {
     const int64_t base = ((img * h + 2 * oh) * int64_t(w) + 2 * ow) * int64_t(c) + ch;
     const int64_t offs[4] = {0, c, row, row + c};
     int arg = 0;
-    float best = x[base];
+    float best = to_f32(x[base]);
 #pragma unroll
     for (int q = 1; q < 4; ++q) {
-      const float v = x[base + offs[q]];
+      const float v = to_f32(x[base + offs[q]]);
       if (v > best) {
         best = v;
         arg = q;
@@ -476,27 +480,30 @@ void relu_backward(int64_t n, const float* x, const float* dy, float* dx, cudaSt
 }
 
 namespace {
-// add and mul: y = f(a, b) elementwise, F<T> the functor.
-template <template <class> class F, class T>
-void binary_impl(const char* op, int64_t n, const T* a, const T* b, T* y, cudaStream_t stream) {
+// add and mul: y = f(a, b) elementwise, F the functor (on a's, b's and y's storage types).
+template <class F, class TA, class TB, class TY>
+void binary_impl(const char* op, int64_t n, const TA* a, const TB* b, TY* y, cudaStream_t stream) {
   if (n < 0) fail(op, ": n must be >= 0, got ", n);
   if (n == 0) return;
   check_not_null(op, {{"a", a}, {"b", b}, {"y", y}});
-  launch_flat(op, n, F<T>{a, b, y}, stream);
+  launch_flat(op, n, F{a, b, y}, stream);
 }
 }  // namespace
 
 void add(int64_t n, const float* a, const float* b, float* y, cudaStream_t stream) {
-  binary_impl<Add>("add", n, a, b, y, stream);
+  binary_impl<Add<float>>("add", n, a, b, y, stream);
 }
 void add(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream) {
-  binary_impl<Add>("add", n, a, b, y, stream);
+  binary_impl<Add<bf16>>("add", n, a, b, y, stream);
 }
 void mul(int64_t n, const float* a, const float* b, float* y, cudaStream_t stream) {
-  binary_impl<Mul>("mul", n, a, b, y, stream);
+  binary_impl<Mul<float>>("mul", n, a, b, y, stream);
 }
 void mul(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream) {
-  binary_impl<Mul>("mul", n, a, b, y, stream);
+  binary_impl<Mul<bf16>>("mul", n, a, b, y, stream);
+}
+void mul(int64_t n, const float* a, const bf16* b, float* y, cudaStream_t stream) {
+  binary_impl<Mul<float, bf16>>("mul", n, a, b, y, stream);
 }
 
 void sigmoid_forward(int64_t n, const float* x, float* y, cudaStream_t stream) {
@@ -539,14 +546,26 @@ size_t scale_channels_workspace_bytes(int n, int64_t hw, int c) {
   return channel_sum_workspace_bytes(n, hw, c);
 }
 
-void scale_channels_backward_scale(int n, int64_t hw, int c, const float* x, const float* dy,
-                                   float* ds, void* workspace, cudaStream_t stream) {
+namespace {
+template <class T>
+void scale_channels_backward_scale_impl(int n, int64_t hw, int c, const T* x, const float* dy, float* ds,
+                                        void* workspace, cudaStream_t stream) {
   const char* op = "scale_channels_backward_scale";
   check_nchw_sizes(op, n, hw, c, false);
   if (n == 0) return;
   check_not_null(op, {{"ds", ds}});
   if (hw > 0) check_not_null(op, {{"x", x}, {"dy", dy}});
-  channel_sums<true, float>(op, n, hw, c, x, dy, ds, 1.0, workspace, stream);
+  channel_sums<true, T>(op, n, hw, c, x, dy, ds, 1.0, workspace, stream);
+}
+}  // namespace
+
+void scale_channels_backward_scale(int n, int64_t hw, int c, const float* x, const float* dy,
+                                   float* ds, void* workspace, cudaStream_t stream) {
+  scale_channels_backward_scale_impl(n, hw, c, x, dy, ds, workspace, stream);
+}
+void scale_channels_backward_scale(int n, int64_t hw, int c, const bf16* x, const float* dy,
+                                   float* ds, void* workspace, cudaStream_t stream) {
+  scale_channels_backward_scale_impl(n, hw, c, x, dy, ds, workspace, stream);
 }
 
 // ---- Global average pool ----
@@ -633,14 +652,26 @@ void maxpool2_forward(int n, int h, int w, int c, const bf16* x, bf16* y, cudaSt
   maxpool2_forward_impl(n, h, w, c, x, y, stream);
 }
 
-void maxpool2_backward(int n, int h, int w, int c, const float* x, const float* dy, float* dx,
-                       cudaStream_t stream) {
+namespace {
+template <class T>
+void maxpool2_backward_impl(int n, int h, int w, int c, const T* x, const float* dy, float* dx,
+                            cudaStream_t stream) {
   const char* op = "maxpool2_backward";
   check_pool_sizes(op, n, h, w, c);
   const int64_t total = int64_t(n) * (h / 2) * (w / 2) * c;
   if (total == 0) return;
   check_not_null(op, {{"x", x}, {"dy", dy}, {"dx", dx}});
-  launch_flat(op, total, MaxPoolBwd{x, dy, dx, h, w, c}, stream);
+  launch_flat(op, total, MaxPoolBwd<T>{x, dy, dx, h, w, c}, stream);
+}
+}  // namespace
+
+void maxpool2_backward(int n, int h, int w, int c, const float* x, const float* dy, float* dx,
+                       cudaStream_t stream) {
+  maxpool2_backward_impl(n, h, w, c, x, dy, dx, stream);
+}
+void maxpool2_backward(int n, int h, int w, int c, const bf16* x, const float* dy, float* dx,
+                       cudaStream_t stream) {
+  maxpool2_backward_impl(n, h, w, c, x, dy, dx, stream);
 }
 
 // ---- 2x nearest upsample ----

@@ -2,9 +2,12 @@
 // resampling, concat and bias-free linear ops of kernels/cpu/ops.h, forward and backward, fp32
 // NHWC; the forward ops on activations also with bf16 storage (kernels/cuda/storage.cuh: loaded
 // as fp32, computed in fp32 as the fp32 version, the result rounded once to bf16, to nearest
-// even; the per-channel scales and the pool's output stay fp32). Same semantics and argument order as rpp::cpu::*, plus (where a reduction needs one) a
-// workspace, and a stream. Implemented in elementwise.cu; tested against the CPU reference by
-// tests/gpu/test_ops_gpu.cpp.
+// even; the per-channel scales and the pool's output stay fp32). Same semantics and argument
+// order as rpp::cpu::*, plus (where a reduction needs one) a workspace, and a stream. For bf16
+// training, some backward ops also read a bf16 saved activation (widened exactly; the gradients
+// stay fp32): their results have the bits of the fp32 version on the widened values.
+// Implemented in elementwise.cu; tested against the CPU reference by tests/gpu/test_ops_gpu.cpp
+// (bf16: test_bf16_gpu.cpp, test_bf16_train_ops_gpu.cpp).
 //
 // Launchers take device pointers, never synchronise and never allocate. Reductions are
 // deterministic (fixed partition and order, no float atomics). Empty sizes launch nothing.
@@ -27,6 +30,9 @@ void add(int64_t n, const float* a, const float* b, float* y, cudaStream_t strea
 void add(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream);
 void mul(int64_t n, const float* a, const float* b, float* y, cudaStream_t stream);
 void mul(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream);
+// Mixed (the backward of a product in bf16 training): an fp32 a (a gradient) times a bf16 b (a
+// saved activation), y fp32: the fp32 mul on the widened b.
+void mul(int64_t n, const float* a, const bf16* b, float* y, cudaStream_t stream);
 void sigmoid_forward(int64_t n, const float* x, float* y, cudaStream_t stream);
 // dx = dy * y * (1 - y), y the forward output.
 void sigmoid_backward(int64_t n, const float* y, const float* dy, float* dx, cudaStream_t stream);
@@ -38,7 +44,10 @@ void scale_channels(int n, int64_t hw, int c, const bf16* x, const float* s, bf1
                     cudaStream_t stream);
 // ds[n, c] = sum_p dy[n, p, c] * x[n, p, c]. Workspace: scale_channels_workspace_bytes.
 size_t scale_channels_workspace_bytes(int n, int64_t hw, int c);
+// The bf16 version reads a bf16 x (widened); dy and ds fp32: the fp32 version's bits on the widened x.
 void scale_channels_backward_scale(int n, int64_t hw, int c, const float* x, const float* dy,
+                                   float* ds, void* workspace, cudaStream_t stream);
+void scale_channels_backward_scale(int n, int64_t hw, int c, const bf16* x, const float* dy,
                                    float* ds, void* workspace, cudaStream_t stream);
 
 // ---- Global average pool: x (N, HW, C) -> y (N, C) ----
@@ -61,7 +70,10 @@ void linear_backward(int n, int in, int out, const float* x, const float* w, con
 void maxpool2_forward(int n, int h, int w, int c, const float* x, float* y, cudaStream_t stream);
 void maxpool2_forward(int n, int h, int w, int c, const bf16* x, bf16* y, cudaStream_t stream);
 // The gradient goes to the first maximum of each window in the order (0,0), (0,1), (1,0), (1,1).
+// The bf16 version decides on the bf16 x (as the fp32 version on the widened x); dy, dx fp32.
 void maxpool2_backward(int n, int h, int w, int c, const float* x, const float* dy, float* dx,
+                       cudaStream_t stream);
+void maxpool2_backward(int n, int h, int w, int c, const bf16* x, const float* dy, float* dx,
                        cudaStream_t stream);
 
 // ---- 2x nearest upsample: x (N, H, W, C) -> y (N, 2H, 2W, C); h, w are the input sizes ----

@@ -414,8 +414,8 @@ TEST(BnApplySumGpu, EqualsTheUnfusedAppliesAndAddsBitForBit) {
     const Floats unfused = run_twice(st, {&y2}, nullptr, [&] {
       for (int i = 0; i < k.nb; ++i) {
         const cuda::BnSumBranch& q = br[size_t(i)];
-        cuda::batchnorm_apply(k.count, k.c, q.x, q.gamma, q.beta, q.mean, q.invstd, false, i == 0 ? y2.p() : tmp.p(),
-                              st);
+        cuda::batchnorm_apply(k.count, k.c, static_cast<const float*>(q.x), q.gamma, q.beta, q.mean, q.invstd, false,
+                              i == 0 ? y2.p() : tmp.p(), st);
         if (i > 0) cuda::add(int64_t(n), y2.p(), tmp.p(), y2.p(), st);
       }
     })[0];

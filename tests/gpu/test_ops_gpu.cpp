@@ -689,7 +689,7 @@ TEST(GpuElementwise, ScaleChannelsBackwardWithNoPixelsIsZero) {
   REQUIRE_GPU();
   Stream st;
   DevFloats dds(6);
-  gpu::scale_channels_backward_scale(2, 0, 3, nullptr, nullptr, dds.p(), nullptr, st);
+  gpu::scale_channels_backward_scale(2, 0, 3, static_cast<const float*>(nullptr), nullptr, dds.p(), nullptr, st);
   st.sync();
   EXPECT_TRUE(near(dds.get(), Floats(6, 0.f), kExact));
   expect_guards({&dds});
