@@ -121,10 +121,10 @@ using conv_bwd::Taps;
 // ------------------------------------------------------------------------------------------------
 
 // part: kSums only, the per-tile partial sums (see the file comment).
-template <class Math, bool kBnRelu, bool kSums, int kWarpsN>
+template <class Math, bool kBnRelu, bool kSums, int kWarpsN, class XT>
 __global__ void __launch_bounds__(kDataWarpsM * kWarpsN * 32, 4 / kWarpsN)
     bwd_data_tc_kernel(Dims d, const float* __restrict__ dz, const float* __restrict__ w,
-                       const float* __restrict__ x, const float* __restrict__ gamma,
+                       const XT* __restrict__ x, const float* __restrict__ gamma,
                        const float* __restrict__ beta, const float* __restrict__ mean,
                        const float* __restrict__ invstd, float* __restrict__ dx, double* __restrict__ part) {
   static_assert(kBnRelu || !kSums, "the BN sums need the BN arguments");
@@ -292,7 +292,7 @@ __global__ void __launch_bounds__(kDataWarpsM * kWarpsN * 32, 4 / kWarpsN)
       if (xi < 0) break;  // the class's pixels end here (the rest of the table is past them too)
       float v = Cs[r * kLdC + c];
       if constexpr (kBnRelu) {
-        const float xv = x[xi * d.cin + ci];
+        const float xv = detail::to_f32(x[xi * d.cin + ci]);
         const float b = fmaf(xv - bn_mean, bn_scale, bn_shift);
         if (!(b > 0.f)) v = 0.f;  // as bn_relu_mask_inplace: NaN masks too
         if constexpr (kSums) {
@@ -347,9 +347,9 @@ FilterPlan plan_filter(const cpu::Conv2dShape& s) {
 }
 
 // out_w: dw (one split) or the partials [split][cout][ncol]; out_b: db or [split][cout], or null.
-template <class Math, bool kBnRelu, int kFragsM>
+template <class Math, bool kBnRelu, int kFragsM, class XT>
 __global__ void __launch_bounds__(kFilterWarpsM * kFilterWarpsN * 32, 2)
-    bwd_filter_tc_kernel(FilterDims f, const float* __restrict__ x, const float* __restrict__ gamma,
+    bwd_filter_tc_kernel(FilterDims f, const XT* __restrict__ x, const float* __restrict__ gamma,
                          const float* __restrict__ beta, const float* __restrict__ mean,
                          const float* __restrict__ invstd, const float* __restrict__ dz,
                          float* __restrict__ out_w, float* __restrict__ out_b) {
@@ -434,7 +434,8 @@ __global__ void __launch_bounds__(kFilterWarpsM * kFilterWarpsN * 32, 2)
       bn_shift = beta[ci];
     }
   }
-  float a_st[kARows], b_st[kBRows];
+  float a_st[kARows];
+  XT b_st[kBRows];  // raw x (a bf16 x is widened in store(): half the registers)
   unsigned b_ok = 0;  // bit j: b_st[j] is an in-image value (BN-ReLU applies)
   float bias_acc = 0.f;
 
@@ -450,7 +451,7 @@ __global__ void __launch_bounds__(kFilterWarpsM * kFilterWarpsN * 32, 2)
     for (int j = 0; j < kBRows; ++j) {
       const int lane = pb0 + j * kBRowStep;
       const int iy = pix_iy[lane] + offy, ix = pix_ix[lane] + offx;  // iy < 0 past the split
-      float v = 0.f;
+      XT v{};  // +0 (value-initialised)
       if (col_ok && iy >= 0 && iy < d.h && ix >= 0 && ix < d.w) {
         v = x[pix_off[lane] + col_off];
         b_ok |= 1u << j;
@@ -467,7 +468,7 @@ __global__ void __launch_bounds__(kFilterWarpsM * kFilterWarpsN * 32, 2)
     }
 #pragma unroll
     for (int j = 0; j < kBRows; ++j) {
-      float v = b_st[j];
+      float v = detail::to_f32(b_st[j]);
       if constexpr (kBnRelu) {
         if ((b_ok >> j) & 1u) {
           v = fmaf(v - bn_mean, bn_scale, bn_shift);
@@ -574,65 +575,69 @@ bool math_ok(ConvMath m) { return m == ConvMath::Tf32 || m == ConvMath::Bf16; }
        static_cast<int>(math));
 }
 
-template <class Math, bool kBnRelu, bool kSums, int kWarpsN>
-void launch_data(const cpu::Conv2dShape& s, const float* dz, const float* w, const float* x, const float* gamma,
+template <class Math, class XT, bool kBnRelu, bool kSums, int kWarpsN>
+void launch_data(const cpu::Conv2dShape& s, const float* dz, const float* w, const XT* x, const float* gamma,
                  const float* beta, const float* mean, const float* invstd, float* dx, double* part,
                  cudaStream_t stream) {
   const dim3 grid = data_grid(s, 32 * kWarpsN);
-  bwd_data_tc_kernel<Math, kBnRelu, kSums, kWarpsN><<<grid, kDataWarpsM * kWarpsN * 32, 0, stream>>>(
+  bwd_data_tc_kernel<Math, kBnRelu, kSums, kWarpsN, XT><<<grid, kDataWarpsM * kWarpsN * 32, 0, stream>>>(
       dims_of(s), dz, w, x, gamma, beta, mean, invstd, dx, part);
 }
 
-template <class Math, bool kBnRelu, bool kSums>
-void launch_data_width(const cpu::Conv2dShape& s, const float* dz, const float* w, const float* x,
+template <class Math, class XT, bool kBnRelu, bool kSums>
+void launch_data_width(const cpu::Conv2dShape& s, const float* dz, const float* w, const XT* x,
                        const float* gamma, const float* beta, const float* mean, const float* invstd, float* dx,
                        double* part, cudaStream_t stream) {
   if (s.cin <= 32)
-    launch_data<Math, kBnRelu, kSums, 1>(s, dz, w, x, gamma, beta, mean, invstd, dx, part, stream);
+    launch_data<Math, XT, kBnRelu, kSums, 1>(s, dz, w, x, gamma, beta, mean, invstd, dx, part, stream);
   else
-    launch_data<Math, kBnRelu, kSums, 2>(s, dz, w, x, gamma, beta, mean, invstd, dx, part, stream);
+    launch_data<Math, XT, kBnRelu, kSums, 2>(s, dz, w, x, gamma, beta, mean, invstd, dx, part, stream);
 }
 
-template <class Math>
+template <class Math, class XT>
 void launch_data_math(bool bn, bool sums, const cpu::Conv2dShape& s, const float* dz, const float* w,
-                      const float* x, const float* gamma, const float* beta, const float* mean, const float* invstd,
+                      const XT* x, const float* gamma, const float* beta, const float* mean, const float* invstd,
                       float* dx, double* part, cudaStream_t stream) {
   if (sums)
-    launch_data_width<Math, true, true>(s, dz, w, x, gamma, beta, mean, invstd, dx, part, stream);
+    launch_data_width<Math, XT, true, true>(s, dz, w, x, gamma, beta, mean, invstd, dx, part, stream);
   else if (bn)
-    launch_data_width<Math, true, false>(s, dz, w, x, gamma, beta, mean, invstd, dx, nullptr, stream);
+    launch_data_width<Math, XT, true, false>(s, dz, w, x, gamma, beta, mean, invstd, dx, nullptr, stream);
   else
-    launch_data_width<Math, false, false>(s, dz, w, nullptr, nullptr, nullptr, nullptr, nullptr, dx, nullptr,
+    launch_data_width<Math, XT, false, false>(s, dz, w, static_cast<const XT*>(nullptr), nullptr, nullptr, nullptr, nullptr, dx, nullptr,
                                           stream);
 }
 
-template <class Math, bool kBnRelu, int kFragsM>
-void launch_filter(const FilterPlan& p, const FilterDims& f, const float* x, const float* gamma, const float* beta,
+template <class Math, class XT, bool kBnRelu, int kFragsM>
+void launch_filter(const FilterPlan& p, const FilterDims& f, const XT* x, const float* gamma, const float* beta,
                    const float* mean, const float* invstd, const float* dz, float* out_w, float* out_b,
                    cudaStream_t stream) {
   const dim3 grid(unsigned(p.col_tiles), unsigned(p.row_tiles), unsigned(p.splits));
-  bwd_filter_tc_kernel<Math, kBnRelu, kFragsM><<<grid, kFilterWarpsM * kFilterWarpsN * 32, 0, stream>>>(
+  bwd_filter_tc_kernel<Math, kBnRelu, kFragsM, XT><<<grid, kFilterWarpsM * kFilterWarpsN * 32, 0, stream>>>(
       f, x, gamma, beta, mean, invstd, dz, out_w, out_b);
 }
 
-template <class Math>
-void launch_filter_math(bool bn, const FilterPlan& p, const FilterDims& f, const float* x, const float* gamma,
+template <class Math, class XT>
+void launch_filter_math(bool bn, const FilterPlan& p, const FilterDims& f, const XT* x, const float* gamma,
                         const float* beta, const float* mean, const float* invstd, const float* dz, float* out_w,
                         float* out_b, cudaStream_t stream) {
   const bool narrow = p.bm == 32;
   if (bn && narrow)
-    launch_filter<Math, true, 1>(p, f, x, gamma, beta, mean, invstd, dz, out_w, out_b, stream);
+    launch_filter<Math, XT, true, 1>(p, f, x, gamma, beta, mean, invstd, dz, out_w, out_b, stream);
   else if (bn)
-    launch_filter<Math, true, 2>(p, f, x, gamma, beta, mean, invstd, dz, out_w, out_b, stream);
+    launch_filter<Math, XT, true, 2>(p, f, x, gamma, beta, mean, invstd, dz, out_w, out_b, stream);
   else if (narrow)
-    launch_filter<Math, false, 1>(p, f, x, nullptr, nullptr, nullptr, nullptr, dz, out_w, out_b, stream);
+    launch_filter<Math, XT, false, 1>(p, f, x, nullptr, nullptr, nullptr, nullptr, dz, out_w, out_b, stream);
   else
-    launch_filter<Math, false, 2>(p, f, x, nullptr, nullptr, nullptr, nullptr, dz, out_w, out_b, stream);
+    launch_filter<Math, XT, false, 2>(p, f, x, nullptr, nullptr, nullptr, nullptr, dz, out_w, out_b, stream);
 }
 
 }  // namespace
 
 bool bn_relu_conv_bwd_tc_can_run(const cpu::Conv2dShape& s, ConvMath math) { return math_ok(math) && shape_runs(s); }
+
+bool bn_relu_conv_bwd_tc_can_run(const cpu::Conv2dShape& s, ConvMath math, Storage x_type) {
+  return bn_relu_conv_bwd_tc_can_run(s, math) && (x_type == Storage::F32 || math == ConvMath::Bf16);
+}
 
 size_t bn_relu_conv_tc_backward_data_workspace_bytes(const cpu::Conv2dShape& s) {
   if (!shape_runs(s)) return 0;
@@ -640,11 +645,11 @@ size_t bn_relu_conv_tc_backward_data_workspace_bytes(const cpu::Conv2dShape& s) 
 }
 
 void bn_relu_conv_tc_backward_data(const cpu::Conv2dShape& s, ConvMath math, const float* dz, const float* w_ohwi,
-                                   const float* x, const float* gamma, const float* beta, const float* mean,
-                                   const float* invstd, float* dx, double* sum_dy, double* sum_dy_xhat,
-                                   void* workspace, cudaStream_t stream) {
+                                   Storage x_type, const void* x, const float* gamma, const float* beta,
+                                   const float* mean, const float* invstd, float* dx, double* sum_dy,
+                                   double* sum_dy_xhat, void* workspace, cudaStream_t stream) {
   const char* op = "bn_relu_conv_tc_backward_data";
-  if (!bn_relu_conv_bwd_tc_can_run(s, math)) fail_shape(op, s, math);
+  if (!bn_relu_conv_bwd_tc_can_run(s, math, x_type)) fail_shape(op, s, math);
   detail::check_not_null(op, {{"dz", dz}, {"w", w_ohwi}, {"dx", dx}});
   const bool bn = gamma || beta || mean || invstd;  // x is read only for the mask
   if (bn)
@@ -653,10 +658,14 @@ void bn_relu_conv_tc_backward_data(const cpu::Conv2dShape& s, ConvMath math, con
   if (sums && !bn) fail(op, ": the BN sums (sum_dy, sum_dy_xhat) need the BN arguments");
   if (sums) detail::check_workspace(op, workspace, bn_relu_conv_tc_backward_data_workspace_bytes(s));
   double* part = sums ? static_cast<double*>(workspace) : nullptr;
-  if (math == ConvMath::Tf32)
-    launch_data_math<Tf32Math>(bn, sums, s, dz, w_ohwi, x, gamma, beta, mean, invstd, dx, part, stream);
+  const auto* xf = static_cast<const float*>(x);
+  if (bn && x_type == Storage::Bf16)  // (the plain conv does not read x: the fp32 instantiations)
+    launch_data_math<Bf16Math>(bn, sums, s, dz, w_ohwi, static_cast<const bf16*>(x), gamma, beta, mean, invstd, dx,
+                               part, stream);
+  else if (math == ConvMath::Tf32)
+    launch_data_math<Tf32Math>(bn, sums, s, dz, w_ohwi, xf, gamma, beta, mean, invstd, dx, part, stream);
   else
-    launch_data_math<Bf16Math>(bn, sums, s, dz, w_ohwi, x, gamma, beta, mean, invstd, dx, part, stream);
+    launch_data_math<Bf16Math>(bn, sums, s, dz, w_ohwi, xf, gamma, beta, mean, invstd, dx, part, stream);
   RPP_CUDA_CHECK_LAUNCH(op);
   if (sums) {
     const unsigned blocks = unsigned(ceil_div(s.cin, kSumChannels));
@@ -664,6 +673,14 @@ void bn_relu_conv_tc_backward_data(const cpu::Conv2dShape& s, ConvMath math, con
         part, data_tiles(s), s.cin, invstd, sum_dy, sum_dy_xhat);
     RPP_CUDA_CHECK_LAUNCH(op);
   }
+}
+
+void bn_relu_conv_tc_backward_data(const cpu::Conv2dShape& s, ConvMath math, const float* dz, const float* w_ohwi,
+                                   const float* x, const float* gamma, const float* beta, const float* mean,
+                                   const float* invstd, float* dx, double* sum_dy, double* sum_dy_xhat,
+                                   void* workspace, cudaStream_t stream) {
+  bn_relu_conv_tc_backward_data(s, math, dz, w_ohwi, Storage::F32, x, gamma, beta, mean, invstd, dx, sum_dy,
+                                sum_dy_xhat, workspace, stream);
 }
 
 size_t bn_relu_conv_tc_backward_filter_workspace_bytes(const cpu::Conv2dShape& s) {
@@ -674,12 +691,12 @@ size_t bn_relu_conv_tc_backward_filter_workspace_bytes(const cpu::Conv2dShape& s
   return detail::round_up(size_t(p.splits) * per_split * sizeof(float), 256);
 }
 
-void bn_relu_conv_tc_backward_filter(const cpu::Conv2dShape& s, ConvMath math, const float* x,
+void bn_relu_conv_tc_backward_filter(const cpu::Conv2dShape& s, ConvMath math, Storage x_type, const void* x,
                                      const float* gamma, const float* beta, const float* mean,
                                      const float* invstd, const float* dz, float* dw_ohwi, float* db,
                                      void* workspace, cudaStream_t stream) {
   const char* op = "bn_relu_conv_tc_backward_filter";
-  if (!bn_relu_conv_bwd_tc_can_run(s, math)) fail_shape(op, s, math);
+  if (!bn_relu_conv_bwd_tc_can_run(s, math, x_type)) fail_shape(op, s, math);
   detail::check_not_null(op, {{"x", x}, {"dz", dz}, {"dw", dw_ohwi}});
   const bool bn = gamma || beta || mean || invstd;
   if (bn) detail::check_not_null(op, {{"gamma", gamma}, {"beta", beta}, {"mean", mean}, {"invstd", invstd}});
@@ -693,10 +710,14 @@ void bn_relu_conv_tc_backward_filter(const cpu::Conv2dShape& s, ConvMath math, c
     out_w = static_cast<float*>(workspace);
     out_b = db ? out_w + int64_t(p.splits) * count_w : nullptr;
   }
-  if (math == ConvMath::Tf32)
-    launch_filter_math<Tf32Math>(bn, p, f, x, gamma, beta, mean, invstd, dz, out_w, out_b, stream);
+  const auto* xf = static_cast<const float*>(x);
+  if (x_type == Storage::Bf16)
+    launch_filter_math<Bf16Math>(bn, p, f, static_cast<const bf16*>(x), gamma, beta, mean, invstd, dz, out_w, out_b,
+                                 stream);
+  else if (math == ConvMath::Tf32)
+    launch_filter_math<Tf32Math>(bn, p, f, xf, gamma, beta, mean, invstd, dz, out_w, out_b, stream);
   else
-    launch_filter_math<Bf16Math>(bn, p, f, x, gamma, beta, mean, invstd, dz, out_w, out_b, stream);
+    launch_filter_math<Bf16Math>(bn, p, f, xf, gamma, beta, mean, invstd, dz, out_w, out_b, stream);
   RPP_CUDA_CHECK_LAUNCH(op);
   if (p.splits > 1) {
     const int64_t total = count_w + (db ? s.cout : 0);
@@ -706,6 +727,14 @@ void bn_relu_conv_tc_backward_filter(const cpu::Conv2dShape& s, ConvMath math, c
         <<<unsigned(blocks), kReduceThreads, 0, stream>>>(count_w, s.cout, p.splits, out_w, out_b, dw_ohwi, db);
     RPP_CUDA_CHECK_LAUNCH(op);
   }
+}
+
+void bn_relu_conv_tc_backward_filter(const cpu::Conv2dShape& s, ConvMath math, const float* x,
+                                     const float* gamma, const float* beta, const float* mean,
+                                     const float* invstd, const float* dz, float* dw_ohwi, float* db,
+                                     void* workspace, cudaStream_t stream) {
+  bn_relu_conv_tc_backward_filter(s, math, Storage::F32, x, gamma, beta, mean, invstd, dz, dw_ohwi, db, workspace,
+                                  stream);
 }
 
 }  // namespace rpp::cuda

@@ -88,4 +88,20 @@ void bn_relu_conv_tc_backward_filter(const cpu::Conv2dShape& s, ConvMath math, c
                                      const float* invstd, const float* dz, float* dw_ohwi, float* db,
                                      void* workspace, cudaStream_t stream);
 
+// bf16 storage of x (bf16 mixed-precision training: the saved activations are bf16, the
+// gradients dz, dx, dw, db fp32): x_type says whether x is fp32 or bf16; a bf16 x needs
+// ConvMath::Bf16. A bf16 x is widened exactly to fp32 where it is loaded and then used as above (the
+// mask and BN recomputation, the sums, BN-ReLU before the operand rounding), so the results equal
+// the fp32-x passes run on the widened x, bit for bit. The fp32-x overloads above are these with
+// Storage::F32.
+bool bn_relu_conv_bwd_tc_can_run(const cpu::Conv2dShape& s, ConvMath math, Storage x_type);
+void bn_relu_conv_tc_backward_data(const cpu::Conv2dShape& s, ConvMath math, const float* dz, const float* w_ohwi,
+                                   Storage x_type, const void* x, const float* gamma, const float* beta,
+                                   const float* mean, const float* invstd, float* dx, double* sum_dy,
+                                   double* sum_dy_xhat, void* workspace, cudaStream_t stream);
+void bn_relu_conv_tc_backward_filter(const cpu::Conv2dShape& s, ConvMath math, Storage x_type, const void* x,
+                                     const float* gamma, const float* beta, const float* mean,
+                                     const float* invstd, const float* dz, float* dw_ohwi, float* db,
+                                     void* workspace, cudaStream_t stream);
+
 }  // namespace rpp::cuda

@@ -75,6 +75,7 @@
 #include <string>
 #include <vector>
 
+#include "bf16_test_util.h"
 #include "conv_test_util.h"
 #include "gpu_test_util.h"
 #include "kernels/cpu/conv2d.h"
@@ -563,6 +564,10 @@ std::vector<cpu::Conv2dShape> dilated_shapes() {
   };
 }
 
+// bf16 storage of x (bf16 training): the bf16-x passes must equal the fp32-x passes on the
+// widened x, bit for bit (dx, both sums, dw, db), since a bf16 x is widened exactly where it is
+// loaded. x is drawn in bf16, so the two runs see the same values; a kernel that rounded or
+// misread the bf16 x differently (a wrong element size, a truncating conversion) would differ.
 }  // namespace
 
 // ================================================================================================
@@ -895,4 +900,73 @@ TEST(BwdTcGpu, NaNFollowsTheFp32Kernels) {
     }
     expect_guards({&d_x, &d_dz, &d_w, &dxtc, &dwtc, &dbtc, &sdytc, &sdyxtc, &wstc, &wsftc});
   }
+}
+
+TEST(BwdTcGpu, Bf16StoredInputEqualsWidenedInputBitForBit) {
+  REQUIRE_GPU();
+  std::vector<cpu::Conv2dShape> shapes = {
+      rect(2, 16, 16, 32, 32, 3, 3, 1, 1, 1),   // an encoder conv
+      rect(2, 16, 16, 16, 32, 3, 3, 2, 1, 1),   // stride 2 (the residual blocks' first conv)
+      rect(1, 8, 8, 64, 48, 3, 3, 1, 6, 6),     // dilated (ASPP), ragged cout
+      rect(2, 9, 7, 37, 20, 1, 1, 1, 0, 1),     // 1x1, ragged everything, narrow filter tile
+  };
+  if (light()) shapes.resize(2);
+  for (const cpu::Conv2dShape& s : shapes) {
+    SCOPED_TRACE(shape_str(s));
+    const Halves xh = random_bf16(sz(in_count(s)));
+    DataProblem d = random_data_problem(s, true);
+    d.x = widen(xh);
+    const DataRun want = run_data(d, ConvMath::Bf16, true, false);
+
+    Stream st;
+    DevHalves d_xh(xh);
+    DevFloats d_dz(d.dz), d_w(hwio_to_ohwi(s, d.w)), d_dx(sz(in_count(s)));
+    DevFloats d_sdy(2 * sz(s.cin)), d_sdyx(2 * sz(s.cin));
+    DevBn bn(d.p);
+    DevBuf ws(cuda::bn_relu_conv_tc_backward_data_workspace_bytes(s));
+    const auto out = run_poisoned(st, {&d_dx, &d_sdy, &d_sdyx}, [&] { ws.poison(); }, [&] {
+      cuda::bn_relu_conv_tc_backward_data(s, ConvMath::Bf16, d_dz.p(), d_w.p(), cuda::Storage::Bf16, d_xh.p(),
+                                          bn.gamma.p(), bn.beta.p(), bn.mean.p(), bn.invstd.p(), d_dx.p(),
+                                          dptr(d_sdy), dptr(d_sdyx), ws.data(), st);
+    }, !light());
+    expect_guards({&d_xh, &d_dz, &d_w, &d_dx, &d_sdy, &d_sdyx, &ws});
+    EXPECT_TRUE(same_bits(out[0], want.dx)) << "dx";
+    EXPECT_EQ(as_doubles(out[1]), want.sum_dy) << "sum_dy";
+    EXPECT_EQ(as_doubles(out[2]), want.sum_dy_xhat) << "sum_dy_xhat";
+
+    for (bool with_bn : {true, false}) {
+      FilterProblem f = random_filter(s, with_bn);
+      f.x = d.x;
+      const FilterRun fw = run_filter(f, ConvMath::Bf16, false, false);
+      DevFloats d_dz2(f.dz), d_dw(sz(w_count(s))), d_db(sz(s.cout));
+      DevBn bn2(f.p);
+      const size_t ws_bytes = cuda::bn_relu_conv_tc_backward_filter_workspace_bytes(s);
+      std::unique_ptr<DevBuf> wsf = ws_bytes ? std::make_unique<DevBuf>(ws_bytes) : nullptr;
+      const auto fo = run_poisoned(st, {&d_dw, &d_db}, [&] {
+        if (wsf) wsf->poison();
+      }, [&] {
+        cuda::bn_relu_conv_tc_backward_filter(s, ConvMath::Bf16, cuda::Storage::Bf16, d_xh.p(),
+                                              with_bn ? bn2.gamma.p() : nullptr, with_bn ? bn2.beta.p() : nullptr,
+                                              with_bn ? bn2.mean.p() : nullptr, with_bn ? bn2.invstd.p() : nullptr,
+                                              d_dz2.p(), d_dw.p(), d_db.p(), wsf ? wsf->data() : nullptr, st);
+      }, !light());
+      expect_guards({&d_xh, &d_dz2, &d_dw, &d_db});
+      EXPECT_TRUE(same_bits(fo[0], fw.dw)) << (with_bn ? "dw (BN-ReLU)" : "dw (plain)");
+      EXPECT_TRUE(same_bits(fo[1], fw.db)) << (with_bn ? "db (BN-ReLU)" : "db (plain)");
+    }
+  }
+  // A bf16 x needs bf16 operands.
+  const cpu::Conv2dShape s = shapes[0];
+  EXPECT_TRUE(cuda::bn_relu_conv_bwd_tc_can_run(s, ConvMath::Bf16, cuda::Storage::Bf16));
+  EXPECT_FALSE(cuda::bn_relu_conv_bwd_tc_can_run(s, ConvMath::Tf32, cuda::Storage::Bf16));
+  EXPECT_TRUE(cuda::bn_relu_conv_bwd_tc_can_run(s, ConvMath::Tf32, cuda::Storage::F32));
+  Stream st;
+  DevHalves xh(sz(in_count(s)));
+  DevFloats dz(sz(out_count(s))), dw(sz(w_count(s)));
+  const size_t ws_bytes = cuda::bn_relu_conv_tc_backward_filter_workspace_bytes(s);
+  std::unique_ptr<DevBuf> wsf = ws_bytes ? std::make_unique<DevBuf>(ws_bytes) : nullptr;
+  EXPECT_THROW(cuda::bn_relu_conv_tc_backward_filter(s, ConvMath::Tf32, cuda::Storage::Bf16, xh.p(), nullptr,
+                                                     nullptr, nullptr, nullptr, dz.p(), dw.p(), nullptr,
+                                                     wsf ? wsf->data() : nullptr, st),
+               Error);
 }
