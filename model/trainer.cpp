@@ -18,6 +18,7 @@
 #include "runtime/checkpoint.h"
 #include "runtime/executor_cuda.h"
 #include "runtime/fileio.h"
+#include "runtime/fusion.h"
 #include "runtime/json.h"
 #include "runtime/rng.h"
 
@@ -201,7 +202,7 @@ void check_resume_compatible(const TrainOptions& o, const json::Value& saved, co
   for (const char* k : {"data", "split_dir", "filters", "size", "batch", "optimizer", "loss", "seed", "shuffle",
                         "val_fraction", "test_fraction", "augment", "augment_set", "schedule", "warmup", "lr",
                         "epochs", "momentum", "weight_decay", "clip_grad", "plateau_factor", "plateau_patience",
-                        "min_lr", "early_stop"}) {
+                        "min_lr", "early_stop", "precision"}) {
     const json::Value* a = saved.find(k);
     if (!a) continue;
     if (json::dump(*a) != json::dump(now[k])) diffs += std::string("\n  ") + k + ": run has " + json::dump(*a) +
@@ -297,6 +298,7 @@ Evaluator::Evaluator(const ModelConfig& cfg, int size, int batch, ParamStore& st
     : mg_(build_resunetpp(config_for_device(cfg, device), batch, size, size, /*training=*/false)),
       batch_(batch),
       size_(size) {
+  if (options.precision == Precision::Bf16) store_activations_in_bf16(mg_.graph);
   exec_ = make_executor(mg_.graph, store, device, options);
   logits_.resize(size_t(batch) * size_t(size) * size_t(size));
 }
@@ -380,7 +382,10 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
     fail("--device ", o.device, ": ", cuda_executor_device_count() == 0 ? std::string("no CUDA device is visible")
          : "this machine has " + std::to_string(cuda_executor_device_count()) + " CUDA device(s)", "; use --device cpu");
   parse_kernel_choice(o.kernels);  // rejects a bad --kernels before any data is read
-  if (o.precision != "fp32") fail("--precision ", o.precision, ": only fp32 is available in this version");
+  const Precision precision = parse_precision(o.precision);
+  if (precision == Precision::Bf16 && !dev.cuda)
+    fail("--precision bf16 runs on the CUDA executor only (the CPU backend is fp32); use --device cuda or "
+         "--precision fp32");
   if (o.batch < 1) fail("--batch must be at least 1, got ", o.batch);
   if (o.epochs < 1) fail("--epochs must be at least 1, got ", o.epochs);
   if (!(o.lr > 0)) fail("--lr must be positive, got ", o.lr);
@@ -435,9 +440,12 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
   ModelGraph mg = build_resunetpp(config_for_device(o.model, o.device), o.batch, o.size, o.size, /*training=*/true,
                                   o.loss);
   append_backward_and_update(mg.graph, mg.loss, o.optimizer);
+  // bf16: the saved activations in bf16; gradients, parameters and optimiser state stay fp32.
+  if (precision == Precision::Bf16) store_activations_in_bf16(mg.graph);
   ParamStore store;
   init_params(mg.graph, store, o.seed);
   ExecOptions eo;
+  eo.precision = precision;
   eo.deterministic = o.deterministic;
   eo.allow_tf32 = o.allow_tf32;
   eo.kernels = parse_kernel_choice(o.kernels);

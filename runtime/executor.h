@@ -33,11 +33,12 @@ enum class KernelChoice { Cudnn, Handwritten, Auto };
 KernelChoice parse_kernel_choice(const std::string& name);
 const char* kernel_choice_name(KernelChoice k);
 
-// How activations are stored. Bf16 (inference only in this version): the graph stores its
-// activation tensors in bf16 (store_activations_in_bf16, runtime/fusion.h; the Predictor does it)
-// and the CUDA executor runs every convolution on the hand-written bf16 tensor-core kernel,
-// whatever `kernels` says (the cuDNN path is fp32 only); all arithmetic stays fp32. The CPU
-// executor runs fp32 only.
+// How activations are stored. Bf16 (inference and training): the graph stores its forward
+// activation tensors in bf16 (store_activations_in_bf16, runtime/fusion.h; the Predictor and the
+// trainer do it; gradients, statistics, parameters and optimiser state stay fp32) and the CUDA
+// executor runs every convolution pass on the hand-written bf16 tensor-core kernels, whatever
+// `kernels` says (the cuDNN path is fp32 only); all other arithmetic stays fp32. The CPU executor
+// runs fp32 only.
 enum class Precision { F32, Bf16 };
 // "fp32", "bf16"; rpp::Error naming the string otherwise.
 Precision parse_precision(const std::string& name);

@@ -131,22 +131,41 @@ size_t staging_bytes(const Graph& g, const Node& n) {
   return (size_t(numel(g.tensor(n.in[0]).shape)) * sizeof(float) + 255) / 256 * 256;
 }
 
-// A convolution node (or conv-BN sum) with a bf16 input or output (bf16 activations): only the
-// hand-written bf16 tensor-core kernel runs it.
-bool conv_bf16(const Graph& g, const Node& n) {
-  return (is_conv_op(n.op) || n.op == OpKind::ConvBnSum) &&
-         (g.tensor(n.in[0]).dtype == DType::BF16 || g.tensor(n.out[0]).dtype == DType::BF16);
+// In a graph with bf16 activations every convolution node (forward, conv-BN sum and backward)
+// runs the hand-written tensor-core kernel with BF16 operands: the cuDNN path is fp32 only.
+bool conv_bf16(bool bf16_graph, const Node& n) {
+  return bf16_graph && (is_conv_op(n.op) || n.op == OpKind::ConvBnSum);
+}
+
+// Whether the bf16 tensor-core kernel of a convolution node runs its shape and storage.
+bool bf16_conv_can_run(const Graph& g, const Node& n) {
+  auto st = [&](int t) { return storage_of(g.tensor(t)); };
+  switch (n.op) {
+    case OpKind::ConvBnSum: return conv_bn_sum_can_run(g, n, cuda::ConvMath::Bf16);
+    case OpKind::Conv2d:
+    case OpKind::BnReluConv2d:
+      return cuda::bn_relu_conv_tc_can_run(n.conv.shape, cuda::ConvMath::Bf16, st(n.in[0]), st(n.out[0]));
+    case OpKind::BnReluConv2dBwdData:
+      return cuda::bn_relu_conv_bwd_tc_can_run(n.conv.shape, cuda::ConvMath::Bf16, st(n.in[2]));
+    case OpKind::Conv2dBwdFilter:
+    case OpKind::BnReluConv2dBwdFilter:
+      return cuda::bn_relu_conv_bwd_tc_can_run(n.conv.shape, cuda::ConvMath::Bf16, st(n.in[0]));
+    default: return cuda::bn_relu_conv_bwd_tc_can_run(n.conv.shape, cuda::ConvMath::Bf16);
+  }
 }
 
 
 // Whether g stores activations in bf16, after checking that it agrees with `precision` and that
-// every node gets dtypes its kernels take: inference ops only; elementwise, pooling, resampling,
-// concat and eval BN with one dtype in and out; per-channel vectors (SE), BN statistics and
-// every persistent tensor fp32; convolutions either way.
+// every node gets dtypes its kernels take. Only rank-4 Activation tensors may be bf16 (gradients,
+// statistics, per-channel vectors, parameters and optimiser state stay fp32). Per node:
+// convolutions (forward and backward) take either dtype for the activations they read and write;
+// elementwise, pooling, resampling, concat, eval and training BN and the ASPP sum take one dtype
+// in and out; the backward ops that read a saved activation (BN, max pool, channel scale, the
+// gradient of a Mul) take it in either dtype with fp32 gradients; every other node is fp32 only.
 bool check_storage(const Graph& g, Precision precision) {
   bool bf16 = false;
   for (const TensorInfo& ti : g.tensors()) {
-    if (ti.dtype == DType::BF16 && (is_persistent(ti.kind) || ti.kind == TensorKind::Input || ti.shape.size() != 4))
+    if (ti.dtype == DType::BF16 && (ti.kind != TensorKind::Activation || ti.shape.size() != 4))
       fail("CUDA executor: tensor ", ti.name, " is bf16; only rank-4 activations may be (store_activations_in_bf16)");
     if (ti.dtype != DType::F32 && ti.dtype != DType::BF16 && !is_persistent(ti.kind))
       fail("CUDA executor: tensor ", ti.name, " has dtype ", dtype_name(ti.dtype), "; activations are fp32 or bf16");
@@ -158,45 +177,67 @@ bool check_storage(const Graph& g, Precision precision) {
   if (!bf16) return false;
   auto dt = [&](int t) { return g.tensor(t).dtype; };
   for (const Node& n : g.nodes()) {
-    auto need_same = [&](std::initializer_list<int> ts) {
+    auto need_same = [&](const std::vector<int>& ts) {
       for (int t : ts)
-        if (dt(t) != dt(n.out[0]))
+        if (t >= 0 && dt(t) != dt(n.out[0]))
           fail("CUDA executor: ", op_name(n.op), " node ", n.name, " mixes fp32 and bf16 tensors (", g.tensor(t).name,
                ", ", g.tensor(n.out[0]).name, ")");
     };
-    auto need_f32 = [&](std::initializer_list<int> ts) {
-      for (int t : ts)
-        if (dt(t) != DType::F32)
-          fail("CUDA executor: ", op_name(n.op), " node ", n.name, ": tensor ", g.tensor(t).name, " must be fp32");
+    // Every tensor of the node but those listed (the saved activations it may read in bf16).
+    auto need_f32_except = [&](std::initializer_list<int> either) {
+      auto check = [&](int t) {
+        if (t < 0 || dt(t) != DType::BF16) return;
+        for (int e : either)
+          if (e == t) return;
+        fail("CUDA executor: ", op_name(n.op), " node ", n.name, ": tensor ", g.tensor(t).name,
+             " is bf16; this node takes it in fp32 only",
+             n.op == OpKind::ReluBwd || n.op == OpKind::Sigmoid || n.op == OpKind::SigmoidBwd
+                 ? " (bf16 training runs the fused graph; build it with fusion on)"
+                 : "");
+      };
+      for (int t : n.in) check(t);
+      for (int t : n.out) check(t);
     };
     switch (n.op) {
       case OpKind::Conv2d:
       case OpKind::BnReluConv2d:
-      case OpKind::ConvBnSum: break;
+      case OpKind::ConvBnSum: need_f32_except({n.in[0], n.out[0]}); break;
+      case OpKind::Conv2dBwdFilter:
+      case OpKind::BnReluConv2dBwdFilter: need_f32_except({n.in[0]}); break;
+      case OpKind::BnReluConv2dBwdData: need_f32_except({n.in[2]}); break;
       case OpKind::BatchNorm:
-      case OpKind::BatchNormStats:
-        if (n.bn.training)
-          fail("CUDA executor: bf16 activations are for inference only in this version; ", n.name,
-               " is a training-mode BatchNorm");
-        if (n.op == OpKind::BatchNorm) need_same({n.in[0]});
+        need_same({n.in[0]});
+        need_f32_except({n.in[0], n.out[0]});
         break;
+      case OpKind::BatchNormStats:
+      case OpKind::GlobalAvgPool:
+      case OpKind::BatchNormBwd:
+      case OpKind::MaxPool2Bwd:
+      case OpKind::ScaleChannelsBwd: need_f32_except({n.in[0]}); break;
+      case OpKind::BnApplySum: {
+        std::vector<int> xs;
+        for (size_t b = 0; b < n.in.size(); b += 5) xs.push_back(n.in[b]);
+        need_same(xs);
+        need_f32_except({xs[0], xs.size() > 1 ? xs[1] : -1, xs.size() > 2 ? xs[2] : -1,
+                         xs.size() > 3 ? xs[3] : -1, n.out[0]});
+        break;
+      }
       case OpKind::Relu:
       case OpKind::MaxPool2:
       case OpKind::Upsample2: need_same({n.in[0]}); break;
       case OpKind::Add:
-      case OpKind::Mul:
       case OpKind::Concat: need_same({n.in[0], n.in[1]}); break;
+      case OpKind::Mul:  // forward: one dtype; a gradient's Mul: fp32 gradient times either, fp32 out
+        if (dt(n.out[0]) == DType::BF16)
+          need_same({n.in[0], n.in[1]});
+        else if (dt(n.in[0]) == DType::BF16 && dt(n.in[1]) == DType::BF16)
+          fail("CUDA executor: Mul node ", n.name, " has two bf16 inputs and an fp32 output");
+        break;
       case OpKind::ScaleChannels:
         need_same({n.in[0]});
-        need_f32({n.in[1]});
+        need_f32_except({n.in[0], n.out[0]});
         break;
-      case OpKind::GlobalAvgPool: need_f32({n.out[0]}); break;
-      case OpKind::Linear:
-      case OpKind::Sigmoid:
-      case OpKind::SeExcite: need_f32({n.in[0], n.out[0]}); break;
-      default:
-        fail("CUDA executor: bf16 activations are for inference only in this version; the graph has a ",
-             op_name(n.op), " node (", n.name, ")");
+      default: need_f32_except({});
     }
   }
   return true;
@@ -268,6 +309,8 @@ void CudaExecutor::init() {
   store_.ensure(g_);
   ohwi_ = cuda_ohwi_tensors(g_);
   bf16_ = check_storage(g_, opt_.precision);
+  training_ = false;
+  for (const Node& n : g_.nodes()) training_ = training_ || !is_forward(n.op);
 
   // One CudnnConv per distinct shape, algorithms chosen once (cuDNN's heuristics, no timing).
   impl_->node_conv.assign(size_t(nn), nullptr);
@@ -290,7 +333,7 @@ void CudaExecutor::init() {
   };
   for (int i = 0; i < nn; ++i) {
     const Node& n = g_.node(i);
-    if (conv_bf16(g_, n)) continue;  // bf16: hand-written only, no cuDNN
+    if (conv_bf16(bf16_, n)) continue;  // bf16: hand-written only, no cuDNN
     if (is_conv_op(n.op)) impl_->node_conv[size_t(i)] = prepare(n, n.conv.shape);
     if (n.op == OpKind::ConvBnSum)  // the cuDNN path runs the branches one by one
       for (const cpu::Conv2dShape& b : n.branches.shapes) prepare(n, b);
@@ -303,14 +346,14 @@ void CudaExecutor::init() {
   //    x and saved statistics: sum(dy) and sum(dy * (x - mean)) * invstd of the masked dy.
   impl_->stats_candidate.assign(size_t(nn), -1);
   impl_->sums_off.assign(size_t(nn), -1);
-  if (opt_.kernels != KernelChoice::Cudnn) {
+  if (opt_.kernels != KernelChoice::Cudnn || bf16_) {  // (bf16: every conv is hand-written)
     std::vector<int> producer(size_t(nt), -1);
     for (int i = 0; i < nn; ++i)
       for (int t : g_.node(i).out)
         if (t >= 0) producer[size_t(t)] = i;
     for (int i = 0; i < nn; ++i) {
       const Node& n = g_.node(i);
-      if (n.op == OpKind::BatchNormStats && n.bn.training && opt_.allow_tf32) {
+      if (n.op == OpKind::BatchNormStats && n.bn.training && (opt_.allow_tf32 || bf16_)) {
         const int p = producer[size_t(n.in[0])];
         if (p >= 0 && is_conv_forward(g_.node(p).op) &&
             cuda::bn_relu_conv_tc_can_run(g_.node(p).conv.shape, cuda::ConvMath::Tf32))
@@ -321,8 +364,9 @@ void CudaExecutor::init() {
         const Node& d = g_.node(p);
         if (d.op == OpKind::BnReluConv2dBwdData && d.in.size() >= 7 && d.in[2] == n.in[0] && d.in[5] == n.in[3] &&
             d.in[6] == n.in[4] && d.in[3] == n.in[2] &&
-            (cuda::bn_relu_conv_bwd_can_run(d.conv.shape) ||
-             (opt_.allow_tf32 && cuda::bn_relu_conv_bwd_tc_can_run(d.conv.shape, cuda::ConvMath::Tf32))))
+            (bf16_ ? bf16_conv_can_run(g_, d)
+                   : cuda::bn_relu_conv_bwd_can_run(d.conv.shape) ||
+                         (opt_.allow_tf32 && cuda::bn_relu_conv_bwd_tc_can_run(d.conv.shape, cuda::ConvMath::Tf32))))
           impl_->stats_candidate[size_t(i)] = p;
       }
     }
@@ -452,11 +496,8 @@ void CudaExecutor::choose_kernels() {
   for (int i = 0; i < nn; ++i) {
     const Node& n = g_.node(i);
     if (!has_handwritten_kernel(n.op)) continue;
-    if (conv_bf16(g_, n)) {
-      if (n.op == OpKind::ConvBnSum ? !conv_bn_sum_can_run(g_, n, cuda::ConvMath::Bf16)
-                                    : !cuda::bn_relu_conv_tc_can_run(n.conv.shape, cuda::ConvMath::Bf16,
-                                                                     storage_of(g_.tensor(n.in[0])),
-                                                                     storage_of(g_.tensor(n.out[0]))))
+    if (conv_bf16(bf16_, n)) {
+      if (!bf16_conv_can_run(g_, n))
         fail("CUDA executor: node ", n.name, " (", op_name(n.op),
              ") has bf16 activations and a shape the bf16 tensor-core kernel cannot run");
       impl_->handwritten[size_t(i)] = 1;
@@ -563,7 +604,7 @@ std::string CudaExecutor::describe_kernels() const {
     if (!has_handwritten_kernel(n.op)) continue;
     os << "  " << n.name << " (" << op_name(n.op) << "): "
        << (!impl_->handwritten[size_t(i)] ? "cuDNN path"
-           : conv_bf16(g_, n)              ? "hand-written (BF16 tensor cores)"
+           : conv_bf16(bf16_, n)           ? "hand-written (BF16 tensor cores)"
            : impl_->tensor_core[size_t(i)] ? "hand-written (TF32 tensor cores)"
                                            : "hand-written")
        << ", " << impl_->kernel_reason[size_t(i)] << "\n";
@@ -724,7 +765,17 @@ size_t CudaExecutor::handwritten_filter_workspace(const Node& n) const {
 
 size_t CudaExecutor::workspace_need(const Node& n) const {
   auto sh = [&](int t) -> const Shape& { return g_.tensor(t).shape; };
-  if (conv_bf16(g_, n)) return 0;  // inference: no epilogue statistics, no cuDNN
+  if (conv_bf16(bf16_, n)) {  // the bf16 tensor-core kernels only (no cuDNN)
+    switch (n.op) {
+      case OpKind::Conv2d:
+      case OpKind::BnReluConv2d:  // the epilogue statistics' partials, when a training BN takes them
+        return training_ ? cuda::bn_relu_conv_tc_workspace_bytes(n.conv.shape) : 0;
+      case OpKind::BnReluConv2dBwdData: return cuda::bn_relu_conv_tc_backward_data_workspace_bytes(n.conv.shape);
+      case OpKind::Conv2dBwdFilter:
+      case OpKind::BnReluConv2dBwdFilter: return cuda::bn_relu_conv_tc_backward_filter_workspace_bytes(n.conv.shape);
+      default: return 0;
+    }
+  }
   switch (n.op) {
     case OpKind::Conv2d:  // cuDNN, or the tensor-core kernel's statistics partials
       return std::max(impl_->conv_for(n.conv.shape).forward_workspace_bytes(),
@@ -1054,47 +1105,96 @@ void CudaExecutor::launch_all() {
   }
 }
 
-// The nodes that touch bf16 activations (check_storage lists which can); false for the others,
-// which launch() runs as in fp32.
+// The non-convolution nodes that touch bf16 activations (check_storage lists which can, and in
+// which dtypes); false for the others, which launch() runs (the convolutions with their storage).
 bool CudaExecutor::launch_bf16(int index) {
   const Node& n = g_.node(index);
-  cudaStream_t s = as_stream(stream_);
+  if (conv_bf16(bf16_, n)) return false;
   auto is_bf16 = [&](int t) { return t >= 0 && g_.tensor(t).dtype == DType::BF16; };
+  bool touches = false;
+  for (int t : n.in) touches = touches || is_bf16(t);
+  for (int t : n.out) touches = touches || is_bf16(t);
+  if (!touches) return false;
+  cudaStream_t s = as_stream(stream_);
+  void* ws = workspace_;
   auto f = [&](size_t i) { return i < n.in.size() ? fptr(n.in[i]) : nullptr; };
+  auto fo = [&](size_t i) { return fptr(n.out[i]); };
   auto hin = [&](size_t i) { return static_cast<const cuda::bf16*>(ptr(n.in[i])); };
   auto hout = [&](size_t i) { return static_cast<cuda::bf16*>(ptr(n.out[i])); };
   auto sh = [&](int t) -> const Shape& { return g_.tensor(t).shape; };
-  if (conv_bf16(g_, n)) {
-    const cuda::Storage xs = storage_of(g_.tensor(n.in[0])), ys = storage_of(g_.tensor(n.out[0]));
-    if (n.op == OpKind::Conv2d)  // in: x, w, b
-      cuda::bn_relu_conv_tc_forward(n.conv.shape, cuda::ConvMath::Bf16, xs, ptr(n.in[0]), nullptr, nullptr, nullptr,
-                                    nullptr, f(1), f(2), ys, ptr(n.out[0]), nullptr, nullptr, nullptr, s);
-    else if (n.op == OpKind::BnReluConv2d)  // x, gamma, beta, mean, invstd, w, b
-      cuda::bn_relu_conv_tc_forward(n.conv.shape, cuda::ConvMath::Bf16, xs, ptr(n.in[0]), f(1), f(2), f(3), f(4),
-                                    f(5), f(6), ys, ptr(n.out[0]), nullptr, nullptr, nullptr, s);
-    else {  // ConvBnSum
-      cuda::ConvBnBranch br[cuda::kConvBnSumMaxBranches];
-      const int count = conv_bn_sum_branches(n, [&](int t) { return fptr(t); }, br);
-      cuda::conv_bn_sum_tc_forward(br, count, n.bn.eps, cuda::ConvMath::Bf16, xs, ptr(n.in[0]), ys, ptr(n.out[0]), s);
-    }
-    return true;
-  }
-  if (n.out.empty() || !is_bf16(n.out[0])) {
-    if (n.op != OpKind::GlobalAvgPool || !is_bf16(n.in[0])) return false;
-    const Shape& xs = sh(n.in[0]);
-    cuda::global_avg_pool_forward(int(xs[0]), xs[1] * xs[2], int(xs[3]), hin(0), fptr(n.out[0]), workspace_, s);
-    return true;
-  }
+  auto count_batch = [&](size_t i) {
+    if (n.in.size() > i && n.in[i] >= 0) cuda::batchnorm_count_batch(static_cast<int64_t*>(ptr(n.in[i])), s);
+  };
   const int64_t cnt = numel(sh(n.in[0]));
   switch (n.op) {
-    case OpKind::BatchNorm: {  // eval (check_storage): x, gamma, beta, running_mean, running_var
+    case OpKind::BatchNorm: {  // x, gamma, beta, running_mean, running_var (, nbt)   y (, mean, invstd)
       const int c = int(sh(n.in[0]).back());
-      cuda::batchnorm_forward_eval(cnt / c, c, hin(0), f(1), f(2), f(3), f(4), n.bn.eps, hout(0), s);
+      if (n.bn.training) {
+        cuda::batchnorm_forward_train(cnt / c, c, hin(0), f(1), f(2), hout(0), fo(1), fo(2), f(3), f(4),
+                                      n.bn.momentum, n.bn.eps, ws, s);
+        count_batch(5);
+      } else {
+        cuda::batchnorm_forward_eval(cnt / c, c, hin(0), f(1), f(2), f(3), f(4), n.bn.eps, hout(0), s);
+      }
+      return true;
+    }
+    case OpKind::BatchNormStats: {  // x, running_mean, running_var, nbt   mean, invstd
+      // Eval statistics, or the epilogue sums of the producing conv, do not read x: launch().
+      if (!n.bn.training || impl_->stats_src[size_t(index)] >= 0) return false;
+      const int c = int(sh(n.in[0]).back());
+      cuda::batchnorm_stats_train(cnt / c, c, hin(0), fo(0), fo(1), f(1), f(2), n.bn.momentum, n.bn.eps, ws, s);
+      count_batch(3);
+      return true;
+    }
+    case OpKind::BatchNormBwd: {  // x, dy, gamma, save_mean, save_invstd   dx, dgamma, dbeta
+      const int c = int(sh(n.in[0]).back());
+      const int src = impl_->stats_src[size_t(index)];
+      if (src >= 0) {  // the reductions came from the backward-data kernel's epilogue
+        const auto* sums = reinterpret_cast<const double*>(persistent_ + impl_->sums_off[size_t(src)]);
+        cuda::batchnorm_backward_from_sums(cnt / c, c, hin(0), f(1), f(2), f(3), f(4), sums, sums + c, fo(0), fo(1),
+                                           fo(2), s);
+      } else {
+        cuda::batchnorm_backward(cnt / c, c, hin(0), f(1), f(2), f(3), f(4), fo(0), fo(1), fo(2), ws, s);
+      }
+      return true;
+    }
+    case OpKind::BnApplySum: {  // per branch: x, gamma, beta, mean, invstd   out: the sum
+      cuda::BnSumBranch br[cuda::kBnSumMaxBranches];
+      const int nb = int(n.in.size() / 5);
+      if (nb < 1 || nb > cuda::kBnSumMaxBranches || n.in.size() % 5 != 0)
+        fail("CUDA executor: BnApplySum node ", n.name, " has ", n.in.size(), " inputs");
+      for (int b = 0; b < nb; ++b)
+        br[b] = {ptr(n.in[size_t(5 * b)]), f(size_t(5 * b + 1)), f(size_t(5 * b + 2)), f(size_t(5 * b + 3)),
+                 f(size_t(5 * b + 4))};
+      const int c = int(sh(n.out[0]).back());
+      cuda::batchnorm_apply_sum(numel(sh(n.out[0])) / c, c, br, nb, cuda::Storage::Bf16, ptr(n.out[0]), s);
+      return true;
+    }
+    case OpKind::GlobalAvgPool: {
+      const Shape& xs = sh(n.in[0]);
+      cuda::global_avg_pool_forward(int(xs[0]), xs[1] * xs[2], int(xs[3]), hin(0), fo(0), ws, s);
+      return true;
+    }
+    case OpKind::MaxPool2Bwd: {  // x (bf16), dy   dx
+      const Shape& xs = sh(n.in[0]);
+      cuda::maxpool2_backward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), hin(0), f(1), fo(0), s);
+      return true;
+    }
+    case OpKind::ScaleChannelsBwd: {  // x (bf16), dy   ds
+      const Shape& xs = sh(n.in[0]);
+      cuda::scale_channels_backward_scale(int(xs[0]), xs[1] * xs[2], int(xs[3]), hin(0), f(1), fo(0), ws, s);
       return true;
     }
     case OpKind::Relu: cuda::relu_forward(cnt, hin(0), hout(0), s); return true;
     case OpKind::Add: cuda::add(cnt, hin(0), hin(1), hout(0), s); return true;
-    case OpKind::Mul: cuda::mul(cnt, hin(0), hin(1), hout(0), s); return true;
+    case OpKind::Mul:
+      if (is_bf16(n.out[0]))
+        cuda::mul(cnt, hin(0), hin(1), hout(0), s);
+      else if (is_bf16(n.in[1]))  // a gradient times a saved activation, in fp32
+        cuda::mul(cnt, f(0), hin(1), fo(0), s);
+      else  // (fp32 multiplication commutes exactly)
+        cuda::mul(cnt, f(1), hin(0), fo(0), s);
+      return true;
     case OpKind::ScaleChannels: {
       const Shape& xs = sh(n.in[0]);
       cuda::scale_channels(int(xs[0]), xs[1] * xs[2], int(xs[3]), hin(0), f(1), hout(0), s);
@@ -1131,13 +1231,19 @@ void CudaExecutor::launch(int index) {
   auto count = [&](int t) { return numel(sh(t)); };
   const auto* step = static_cast<const cuda::OptimStepDevice*>(d_step_);
   if (bf16_ && launch_bf16(index)) return;
+  // The tensor-core kernels' operand type, and each activation's storage (fp32 unless bf16_).
+  const cuda::ConvMath math = bf16_ ? cuda::ConvMath::Bf16 : cuda::ConvMath::Tf32;
+  auto st = [&](size_t i) { return storage_of(g_.tensor(n.in[i])); };
+  auto st_out = [&](size_t i) { return storage_of(g_.tensor(n.out[i])); };
+  auto vin = [&](size_t i) -> const void* { return ptr(n.in[i]); };
   switch (n.op) {
     case OpKind::Conv2d:  // in: x, w, b
       if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)]) {
         const int64_t so = impl_->sums_off[size_t(index)];  // >= 0: a following BN takes the sums
         double* sums = so >= 0 ? reinterpret_cast<double*>(persistent_ + so) : nullptr;
-        cuda::bn_relu_conv_tc_forward(n.conv.shape, cuda::ConvMath::Tf32, in(0), nullptr, nullptr, nullptr, nullptr,
-                                      in(1), in(2), out(0), sums, sums ? sums + n.conv.shape.cout : nullptr, ws, s);
+        cuda::bn_relu_conv_tc_forward(n.conv.shape, math, st(0), vin(0), nullptr, nullptr, nullptr, nullptr, in(1),
+                                      in(2), st_out(0), ptr(n.out[0]), sums,
+                                      sums ? sums + n.conv.shape.cout : nullptr, ws, s);
       } else if (impl_->handwritten[size_t(index)]) {
         cuda::bn_relu_conv_forward(n.conv.shape, in(0), nullptr, nullptr, nullptr, nullptr, in(1), in(2), out(0), s);
       } else {
@@ -1178,8 +1284,9 @@ void CudaExecutor::launch(int index) {
       if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)]) {
         const int64_t so = impl_->sums_off[size_t(index)];  // >= 0: a following BN takes the sums
         double* sums = so >= 0 ? reinterpret_cast<double*>(persistent_ + so) : nullptr;
-        cuda::bn_relu_conv_tc_forward(n.conv.shape, cuda::ConvMath::Tf32, in(0), in(1), in(2), in(3), in(4), in(5),
-                                      in(6), out(0), sums, sums ? sums + n.conv.shape.cout : nullptr, ws, s);
+        cuda::bn_relu_conv_tc_forward(n.conv.shape, math, st(0), vin(0), in(1), in(2), in(3), in(4), in(5), in(6),
+                                      st_out(0), ptr(n.out[0]), sums, sums ? sums + n.conv.shape.cout : nullptr, ws,
+                                      s);
         break;
       }
       if (impl_->handwritten[size_t(index)]) {
@@ -1197,8 +1304,7 @@ void CudaExecutor::launch(int index) {
       cuda::ConvBnBranch br[cuda::kConvBnSumMaxBranches];
       const int nb = conv_bn_sum_branches(n, [&](int t) { return fptr(t); }, br);
       if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)]) {
-        cuda::conv_bn_sum_tc_forward(br, nb, n.bn.eps, cuda::ConvMath::Tf32, cuda::Storage::F32, in(0),
-                                     cuda::Storage::F32, out(0), s);
+        cuda::conv_bn_sum_tc_forward(br, nb, n.bn.eps, math, st(0), vin(0), st_out(0), ptr(n.out[0]), s);
         break;
       }
       // The cuDNN path, as the unfused graph runs it: per branch the conv into the workspace, its
@@ -1220,9 +1326,8 @@ void CudaExecutor::launch(int index) {
       if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)]) {
         const int64_t so = impl_->sums_off[size_t(index)];  // >= 0: a BN backward takes the sums
         double* sums = so >= 0 ? reinterpret_cast<double*>(persistent_ + so) : nullptr;
-        cuda::bn_relu_conv_tc_backward_data(n.conv.shape, cuda::ConvMath::Tf32, in(0), in(1), in(2), in(3), in(4),
-                                            in(5), in(6), out(0), sums, sums ? sums + n.conv.shape.cin : nullptr, ws,
-                                            s);
+        cuda::bn_relu_conv_tc_backward_data(n.conv.shape, math, in(0), in(1), st(2), vin(2), in(3), in(4), in(5),
+                                            in(6), out(0), sums, sums ? sums + n.conv.shape.cin : nullptr, ws, s);
         break;
       }
       if (impl_->handwritten[size_t(index)] && impl_->sums_off[size_t(index)] >= 0) {  // a BN backward takes the sums
@@ -1242,8 +1347,8 @@ void CudaExecutor::launch(int index) {
     }
     case OpKind::BnReluConv2dBwdFilter: {  // in: x, gamma, beta, mean, invstd, dz
       if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)]) {
-        cuda::bn_relu_conv_tc_backward_filter(n.conv.shape, cuda::ConvMath::Tf32, in(0), in(1), in(2), in(3), in(4),
-                                              in(5), out(0), out(1), ws, s);
+        cuda::bn_relu_conv_tc_backward_filter(n.conv.shape, math, st(0), vin(0), in(1), in(2), in(3), in(4), in(5),
+                                              out(0), out(1), ws, s);
         break;
       }
       if (impl_->handwritten[size_t(index)]) {
@@ -1328,8 +1433,8 @@ void CudaExecutor::launch(int index) {
     }
     case OpKind::Conv2dBwdData:  // in: dy, w
       if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)])
-        cuda::bn_relu_conv_tc_backward_data(n.conv.shape, cuda::ConvMath::Tf32, in(0), in(1), nullptr, nullptr, nullptr,
-                                            nullptr, nullptr, out(0), nullptr, nullptr, nullptr, s);
+        cuda::bn_relu_conv_tc_backward_data(n.conv.shape, math, in(0), in(1), nullptr, nullptr, nullptr, nullptr,
+                                            nullptr, out(0), nullptr, nullptr, nullptr, s);
       else if (impl_->handwritten[size_t(index)])
         cuda::bn_relu_conv_backward_data(n.conv.shape, in(0), in(1), nullptr, nullptr, nullptr, nullptr, nullptr,
                                          out(0), s);
@@ -1338,8 +1443,8 @@ void CudaExecutor::launch(int index) {
       break;
     case OpKind::Conv2dBwdFilter:  // in: x, dy
       if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)])
-        cuda::bn_relu_conv_tc_backward_filter(n.conv.shape, cuda::ConvMath::Tf32, in(0), nullptr, nullptr, nullptr,
-                                              nullptr, in(1), out(0), out(1), ws, s);
+        cuda::bn_relu_conv_tc_backward_filter(n.conv.shape, math, st(0), vin(0), nullptr, nullptr, nullptr, nullptr,
+                                              in(1), out(0), out(1), ws, s);
       else if (impl_->handwritten[size_t(index)])
         cuda::bn_relu_conv_backward_filter(n.conv.shape, in(0), nullptr, nullptr, nullptr, nullptr, in(1), out(0),
                                            out(1), ws, s);

@@ -136,7 +136,8 @@ class CudaExecutor final : public Executor {
   ExecOptions opt_;
   int device_ = 0;
   bool use_graphs_ = true, debug_sync_ = false;
-  bool bf16_ = false;  // the graph stores its activations in bf16 (inference)
+  bool bf16_ = false;      // the graph stores its activations in bf16
+  bool training_ = false;  // the graph has backward or optimiser nodes
   Plan plan_;
   std::unique_ptr<Impl> impl_;
   void* stream_ = nullptr;       // cudaStream_t

@@ -287,14 +287,17 @@ int fuse_se_excite(Graph& g) {
 }
 
 int store_activations_in_bf16(Graph& g) {
+  std::vector<char> keep(size_t(g.num_tensors()), 0);  // read by the loss (the logits): fp32
   for (const Node& n : g.nodes())
-    if (!is_forward(n.op) || n.op == OpKind::Loss)
-      fail("bf16 activations: the graph has a ", op_name(n.op), " node (", n.name,
-           "); bf16 is available for inference only in this version (train with --precision fp32)");
+    if (n.op == OpKind::Loss || n.op == OpKind::LossBwd)
+      for (int t : n.in)
+        if (t >= 0) keep[size_t(t)] = 1;
   int marked = 0;
   for (int t = 0; t < g.num_tensors(); ++t) {
     TensorInfo& ti = g.tensor(t);
-    if (ti.kind != TensorKind::Activation || ti.is_output || ti.shape.size() != 4 || ti.dtype != DType::F32) continue;
+    if (ti.kind != TensorKind::Activation || ti.is_output || ti.shape.size() != 4 || ti.dtype != DType::F32 ||
+        keep[size_t(t)])
+      continue;
     ti.dtype = DType::BF16;
     ++marked;
   }

@@ -50,13 +50,15 @@ std::vector<std::string> fuse_conv_bn_sum(Graph& g);
 // BatchNormBwd nodes, so gradients are bit-identical on the CPU. Returns the fused sums' names.
 std::vector<std::string> fuse_bn_apply_sum(Graph& g);
 
-// bf16 mixed precision for inference: marks every activation tensor of rank 4 (N, H, W, C) that
-// is neither a graph input nor an output as stored in bf16 (TensorInfo::dtype = BF16). Images,
-// logits, per-channel vectors (SE), BN statistics and every persistent tensor stay fp32; all
-// arithmetic stays fp32 (kernels/cuda/storage.cuh). Plans made afterwards size those tensors at
-// 2 bytes per element. Only the CUDA executor runs such a graph. Returns the number of tensors
-// marked. rpp::Error for a graph with a loss, backward or optimiser node: bf16 training is not
-// available in this version.
+// bf16 mixed precision: marks every activation tensor of rank 4 (N, H, W, C) that is neither a
+// graph input nor an output nor read by the loss as stored in bf16 (TensorInfo::dtype = BF16).
+// Images, masks, logits, per-channel vectors (SE), BN statistics, every gradient (TensorKind::
+// Gradient) and every persistent tensor (parameters, fp32 master weights, optimiser state) stay
+// fp32; all arithmetic stays fp32 or wider (kernels/cuda/storage.cuh). Works on inference and
+// training graphs alike: in training the forward values saved for backward are bf16, the
+// gradients fp32. Plans made afterwards size the marked tensors at 2 bytes per element. Only the
+// CUDA executor runs such a graph (its check_storage names any node without a bf16 kernel, e.g. the
+// unfused graph's ReLU backward). Returns the number of tensors marked.
 int store_activations_in_bf16(Graph& g);
 
 }  // namespace rpp

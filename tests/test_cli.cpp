@@ -86,7 +86,7 @@ TEST(Cli, SummaryReportsParametersFlopsAndPlans) {
   EXPECT_TRUE(has(r.out, "plan (training")) << r.out;
   EXPECT_TRUE(has(r.out, "plan (inference")) << r.out;
   EXPECT_TRUE(has(r.out, "vs naive sum")) << r.out;
-  // The fused inference plan with bf16 activations: about half the fused fp32 arena.
+  // The fused plans with bf16 activations: inference about half the fused fp32 arena.
   r = run("summary --size 64 --batch 2 --fuse on");
   ASSERT_EQ(r.code, 0) << r.out;
   // The byte count in "(N bytes)" after the first "arena" following `marker`.
@@ -97,10 +97,15 @@ TEST(Cli, SummaryReportsParametersFlopsAndPlans) {
     if (open == std::string::npos) return -1;
     return std::strtod(r.out.c_str() + open + 1, nullptr);
   };
-  const double fp32 = arena_bytes("plan (inference"), bf16 = arena_bytes("with bf16 activations");
+  const double fp32 = arena_bytes("plan (inference"), bf16 = arena_bytes("eval/predict --precision bf16");
   EXPECT_GT(fp32, 0) << r.out;
   EXPECT_GT(bf16, 0) << r.out;
   EXPECT_LT(bf16, 0.6 * fp32) << r.out;
+  // Training: the saved activations halve, the fp32 gradients do not.
+  const double train32 = arena_bytes("plan (training"), train16 = arena_bytes("train --precision bf16");
+  EXPECT_GT(train16, 0) << r.out;
+  EXPECT_LT(train16, 0.9 * train32) << r.out;
+  EXPECT_GT(train16, 0.4 * train32) << r.out;
 }
 
 TEST(Cli, SynthTrainEvalEndToEnd) {
@@ -157,6 +162,11 @@ TEST(Cli, SynthTrainEvalEndToEnd) {
           " --split test --device cpu --precision fp16");
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(has(r.out, "precision must be fp32 or bf16, got 'fp16'")) << r.out;
+  // bf16 training needs the CUDA executor; refused before any data is read or anything written.
+  r = run("train --data " + data + " --out " + run_dir + "/train_bf16 --device cpu --precision bf16 --epochs 1");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(has(r.out, "--precision bf16 runs on the CUDA executor only")) << r.out;
+  EXPECT_FALSE(file_exists(run_dir + "/train_bf16"));
   // A missing checkpoint is named.
   r = run("eval --checkpoint " + run_dir + "/nope.safetensors --data " + data);
   EXPECT_EQ(r.code, 1);

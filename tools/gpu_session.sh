@@ -4,18 +4,19 @@
 #           errors), using the bundled .vendor/googletest and .vendor/stb when present
 #   test    every GPU suite (gpu_test_device, gpu_test_ops_gpu, gpu_test_conv_gpu,
 #           gpu_test_bn_relu_conv_gpu, gpu_test_bn_relu_conv_bwd_gpu, gpu_test_bn_relu_conv_tc_gpu,
-#           gpu_test_bn_relu_conv_bwd_tc_gpu, gpu_test_bf16_gpu, gpu_test_conv_bn_sum_gpu,
-#           gpu_test_se_gpu, gpu_test_image_ops_gpu, gpu_test_executor_gpu, rpp_test_capi_gpu) with
+#           gpu_test_bn_relu_conv_bwd_tc_gpu, gpu_test_bf16_gpu, gpu_test_bf16_train_ops_gpu,
+#           gpu_test_conv_bn_sum_gpu, gpu_test_se_gpu, gpu_test_image_ops_gpu, gpu_test_executor_gpu,
+#           rpp_test_capi_gpu) with
 #           RPP_EXPECT_GPU=1 (no device
 #           is a failure, not a skip), then the CPU suite without the slow label
 #   sanitize  compute-sanitizer memcheck and racecheck on gpu_test_ops_gpu, the convolution
-#           suites (gpu_test_bn_relu_conv*_gpu, gpu_test_bf16_gpu, gpu_test_conv_bn_sum_gpu),
+#           suites (gpu_test_bn_relu_conv*_gpu, gpu_test_bf16*_gpu, gpu_test_conv_bn_sum_gpu),
 #           gpu_test_se_gpu and
 #           gpu_test_executor_gpu, with --gtest_filter subsets that finish in minutes
 #   bench   resunetpp-bench at 256x256 batch 16 (kernel rows verified then timed, the training
 #           step timeline, inference batch 1 and 32) in fp32, and the timeline and inference with
-#           TF32, with the cuDNN path and with every fused node hand-written, and inference with bf16
-#           activations; JSON to the log folder
+#           TF32, with the cuDNN path and with every fused node hand-written, and the training step
+#           and inference with bf16 activations; JSON to the log folder
 #   torch   tools/bench/torch_resunetpp.py on the GPU: logits parity against resunetpp predict
 #           for the same checkpoint, then its benchmark (eager fp32, AMP bf16 channels_last,
 #           torch.compile), each mode under its own time limit
@@ -28,7 +29,9 @@
 #        (default: all = build test sanitize; bench, torch and kvasir run only when named)
 # Environment: BUILD (build folder, default build-gpu), JOBS (default nproc), CUDA_ARCHS (default
 # 90), STEP_TIMEOUT (seconds per test binary, default 540), OPS_FILTER, EXEC_FILTER,
-# RACE_OPS_FILTER, RACE_EXEC_FILTER (gtest filters of the sanitizer runs).
+# RACE_OPS_FILTER, RACE_EXEC_FILTER (gtest filters of the sanitizer runs), KVASIR_SECONDS,
+# KVASIR_FLAGS (extra flags of the accuracy run, default none: fp32 on the cuDNN path; e.g.
+# "--precision bf16" or "--allow-tf32 --kernels handwritten").
 # Exit status: 0 when every stage that ran passed.
 # Debugging a failing executor node: RPP_CUDA_DEBUG_SYNC=1 ./build-gpu/gpu_test_executor_gpu
 # --gtest_filter=... (eager launches, a synchronisation after each node, errors name the node);
@@ -99,7 +102,8 @@ if want test && [ $build_ok -eq 1 ]; then
   export RPP_EXPECT_GPU=1  # a missing or unusable device fails the GPU tests instead of skipping them
   for t in gpu_test_device gpu_test_ops_gpu gpu_test_conv_gpu gpu_test_bn_relu_conv_gpu \
            gpu_test_bn_relu_conv_bwd_gpu gpu_test_bn_relu_conv_tc_gpu gpu_test_bn_relu_conv_bwd_tc_gpu \
-           gpu_test_bf16_gpu gpu_test_conv_bn_sum_gpu gpu_test_se_gpu gpu_test_image_ops_gpu gpu_test_executor_gpu \
+           gpu_test_bf16_gpu gpu_test_bf16_train_ops_gpu gpu_test_conv_bn_sum_gpu gpu_test_se_gpu gpu_test_image_ops_gpu \
+           gpu_test_executor_gpu \
            rpp_test_capi_gpu; do
     exe=$build/$t
     if [ ! -x "$exe" ]; then fail "$t not built"; continue; fi
@@ -136,7 +140,7 @@ if want sanitize && [ $build_ok -eq 1 ]; then
   else
     # Reductions and shared-memory kernels for racecheck; everything for memcheck.
     ops_filter=${OPS_FILTER:-'GpuBatchNorm.*:GpuElementwise.*:GpuLoss.*:GpuOptim.*'}
-    exec_filter=${EXEC_FILTER:-'GpuExecutor.SmallNetworkSanitizerSmoke:GpuExecutor.NonFiniteStepIsSkippedOnTheDevice:GpuExecutor.Tf32TensorCoreKernelsAndEpilogueStatistics:GpuExecutor.Bf16InferenceSmoke:GpuExecutor.AsppConvBnSumMatchesCpu:GpuExecutorHost.*'}
+    exec_filter=${EXEC_FILTER:-'GpuExecutor.SmallNetworkSanitizerSmoke:GpuExecutor.NonFiniteStepIsSkippedOnTheDevice:GpuExecutor.Tf32TensorCoreKernelsAndEpilogueStatistics:GpuExecutor.Bf16InferenceSmoke:GpuExecutor.AsppConvBnSumMatchesCpu:GpuExecutor.Bf16TrainingSmoke:GpuExecutorHost.*'}
     race_ops_filter=${RACE_OPS_FILTER:-'GpuBatchNorm.TrainForwardMatchesCpu:GpuBatchNorm.BackwardMatchesCpu:GpuElementwise.ScaleChannelsForwardBackward:GpuElementwise.GlobalAvgPoolForwardBackward:GpuElementwise.LinearForwardBackward:GpuLoss.*:GpuOptim.SumSquaresClipFactorAndScale'}
     race_exec_filter=${RACE_EXEC_FILTER:-'GpuExecutor.SmallNetworkSanitizerSmoke'}
     run_cs() {  # tool binary filter
@@ -167,6 +171,9 @@ if want sanitize && [ $build_ok -eq 1 ]; then
     run_cs racecheck gpu_test_bn_relu_conv_bwd_tc_gpu "*Ragged*"
     run_cs memcheck gpu_test_bn_relu_conv_bwd_tc_gpu "*Ragged*:*NaN*"
     run_cs memcheck gpu_test_bf16_gpu "*"
+    run_cs memcheck gpu_test_bf16_train_ops_gpu "*"
+    run_cs racecheck gpu_test_bf16_train_ops_gpu "*"
+    run_cs memcheck gpu_test_bn_relu_conv_bwd_tc_gpu "*Bf16Stored*"
     run_cs racecheck gpu_test_bf16_gpu "Bf16Ops.GlobalAvgPool*:Bf16Conv.*"
     run_cs memcheck gpu_test_conv_bn_sum_gpu "*At64*:*Ragged*:*Exact*:*Bf16*"
     run_cs racecheck gpu_test_conv_bn_sum_gpu "*Ragged*:*Bf16*"
@@ -206,15 +213,16 @@ if want bench && [ $build_ok -eq 1 ]; then
   fi
   grep -E 'step time|device memory|batch +[0-9]+:' "$logs/bench_tf32_hw.log" | sed 's/^/  tf32 hand-written /' \
     | tee -a "$summary"
-  # Inference with bf16 activations (checked against fp32's logits before timing).
+  # bf16: the training step (saved activations bf16, BF16 tensor cores, gradients fp32) and
+  # inference (logits checked against fp32's before timing).
   t0=$(date +%s)
-  if timeout "$step_timeout" "$build/resunetpp-bench" --device cuda --size 256 --bf16 --no-timeline \
-      --filter c2.c1.2 --json "$logs/bench_bf16_infer.json" >"$logs/bench_bf16_infer.log" 2>&1; then
-    note "bench bf16 inference: ok in $(( $(date +%s) - t0 )) s"
+  if timeout "$step_timeout" "$build/resunetpp-bench" --device cuda --size 256 --batch 16 --bf16 \
+      --filter c2.c1.2 --json "$logs/bench_bf16.json" >"$logs/bench_bf16.log" 2>&1; then
+    note "bench bf16 (training step, inference): ok in $(( $(date +%s) - t0 )) s"
   else
-    fail "bench bf16 inference (see $logs/bench_bf16_infer.log)"
+    fail "bench bf16 (see $logs/bench_bf16.log)"
   fi
-  grep -E 'batch +[0-9]+:' "$logs/bench_bf16_infer.log" | sed 's/^/  bf16 /' | tee -a "$summary"
+  grep -E 'step time|device memory|batch +[0-9]+:' "$logs/bench_bf16.log" | sed 's/^/  bf16 /' | tee -a "$summary"
 fi
 
 if want torch && [ $build_ok -eq 1 ]; then
@@ -270,7 +278,7 @@ if want kvasir && [ $build_ok -eq 1 ]; then
     t0=$(date +%s)
     timeout -s INT "${KVASIR_SECONDS:-420}" "$bin" train --data "$data" --split-dir "$data/splits" --out "$run" \
       --size 256 --batch 16 --epochs 200 --lr 1e-3 --schedule cosine --augment light --early-stop 15 \
-      --device cuda --overwrite >"$logs/kvasir_train.log" 2>&1
+      --device cuda ${KVASIR_FLAGS:-} --overwrite >"$logs/kvasir_train.log" 2>&1
     rc=$?
     note "kvasir train: rc $rc (130: stopped by the time limit) in $(( $(date +%s) - t0 )) s; $(tail -1 "$logs/kvasir_train.log")"
     if [ -f "$run/checkpoint_best.safetensors" ]; then

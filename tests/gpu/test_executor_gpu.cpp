@@ -54,6 +54,7 @@
 #include "runtime/executor.h"
 #include "runtime/executor_cpu.h"
 #include "runtime/executor_cuda.h"
+#include "runtime/fileio.h"
 #include "runtime/fusion.h"
 #include "runtime/rng.h"
 
@@ -946,6 +947,49 @@ TEST_F(GpuTrainer, FollowsTheCpuTrainer) {
   EXPECT_NEAR(rg.best_dice, rc.best_dice, 0.05);
 }
 
+// train --precision bf16 through the trainer: the losses follow the CPU's fp32 run, validation
+// (bf16 inference) gives a sensible Dice, an interrupted run resumed continues bit for bit, the
+// run's config records the precision and a resume with another precision is refused.
+TEST_F(GpuTrainer, Bf16TrainingResumesExactlyAndFollowsTheCpu) {
+  REQUIRE_GPU();
+  TrainOptions o = base(), c = base();
+  o.precision = "bf16";
+  o.out_dir = run_dir("bf16");
+  c.device = "cpu";
+  c.out_dir = run_dir("bf16_cpu_ref");
+  std::ostringstream l1, lc;
+  const TrainResult straight = train_model(o, l1), cpu = train_model(c, lc);
+  ASSERT_EQ(straight.step_losses.size(), 12u) << l1.str();
+  double worst = 0;
+  for (size_t i = 0; i < straight.step_losses.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(straight.step_losses[i])) << "step " << i + 1;
+    worst = std::max(worst, rel(straight.step_losses[i], cpu.step_losses[i]));
+    EXPECT_LT(rel(straight.step_losses[i], cpu.step_losses[i]), 5e-2) << "step " << i + 1;
+  }
+  std::cout << "train_model cuda bf16 vs cpu fp32 over 12 steps: worst relative loss error " << worst
+            << "; val Dice " << straight.best_dice << " vs " << cpu.best_dice << "\n";
+  EXPECT_NEAR(straight.best_dice, cpu.best_dice, 0.1);
+  EXPECT_NE(read_file(o.out_dir + "/config.json").find("\"precision\": \"bf16\""), std::string::npos);
+  TrainOptions a = o;
+  a.out_dir = run_dir("bf16_split");
+  a.max_steps = 5;
+  std::ostringstream l2, l3;
+  const TrainResult first = train_model(a, l2);
+  ASSERT_EQ(first.step_losses.size(), 5u);
+  TrainOptions b = o;
+  b.out_dir = a.out_dir;
+  b.resume = true;
+  b.precision = "fp32";
+  EXPECT_THROW(train_model(b, l3), Error);  // the run is bf16
+  b.precision = "bf16";
+  const TrainResult second = train_model(b, l3);
+  std::vector<double> joined = first.step_losses;
+  joined.insert(joined.end(), second.step_losses.begin(), second.step_losses.end());
+  EXPECT_EQ(joined, straight.step_losses);
+  ASSERT_EQ(second.epochs.size(), 2u);
+  for (size_t e = 0; e < 2; ++e) EXPECT_EQ(second.epochs[e].val_dice, straight.epochs[e].val_dice) << e;
+}
+
 // ---------------------------------------------------------------------------------------------
 // e) no allocation inside run().
 
@@ -1091,6 +1135,190 @@ TEST(GpuExecutor, SmallNetworkSanitizerSmoke) {
   synthetic_batch(600, 3, 32, images, masks);
   const Floats a = pc.logits(images, 3, true), b = pg.logits(images, 3, true);
   EXPECT_LT(compare(b.data(), a.data(), a.size()).scaled(), 1e-4);
+}
+
+// ---------------------------------------------------------------------------------------------
+// bf16 training (runtime/fusion.h store_activations_in_bf16 on a training graph): saved forward
+// activations in bf16, every convolution pass on the hand-written BF16 tensor-core kernels,
+// gradients, statistics, weights and optimiser state in fp32.
+
+// x rounded to the nearest bf16 (ties to even; finite x), from the format's definition.
+float round_to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  u &= 0xffff0000u;
+  std::memcpy(&x, &u, sizeof u);
+  return x;
+}
+
+// One step's loss, logits and every parameter gradient against the CPU's fp32, with the
+// bounds the bf16 rounding allows; it must really have run in bf16 (fp32 on the GPU agrees far
+// more closely); every conv pass on BF16 tensor cores, no cuDNN convolution, BN statistics from
+// the conv epilogues; a smaller arena than fp32.
+void check_bf16_training(const ModelConfig& cfg, int size) {
+  ModelGraph mg = build_resunetpp(cfg, 2, size, size, true), mh = build_resunetpp(cfg, 2, size, size, true);
+  const std::vector<int> grads = append_backward(mg.graph, mg.loss);
+  const std::vector<int> grads_h = append_backward(mh.graph, mh.loss);
+  ASSERT_EQ(grads, grads_h);
+  for (ModelGraph* m : {&mg, &mh}) {
+    m->graph.tensor(m->logits).is_output = true;
+    for (int t : grads) m->graph.tensor(t).is_output = true;
+  }
+  ASSERT_GT(store_activations_in_bf16(mh.graph), 20);
+  Floats images, masks;
+  synthetic_batch(71, 2, size, images, masks);
+  ParamStore sc, sf, sh, sr;
+  for (ParamStore* st : {&sc, &sf, &sh, &sr}) init_params(mg.graph, *st, 12);
+  // The calibration: the CPU's fp32 with only the conv weights rounded to bf16 (one of the
+  // roundings bf16 training makes) shows how far this network's gradients move under it.
+  for (const TensorInfo& ti : mg.graph.tensors())
+    if (ti.kind == TensorKind::Param && ti.shape.size() == 4) {
+      float* w = sr.get(ti.name).data<float>();
+      for (int64_t i = 0; i < numel(ti.shape); ++i) w[i] = round_to_bf16(w[i]);
+    }
+  CpuExecutor cpu(mg.graph, sc), cpu_r(mg.graph, sr);
+  ExecOptions bo = strict_options();
+  bo.precision = Precision::Bf16;
+  CudaExecutor f32(mg.graph, sf, 0, strict_options()), b16(mh.graph, sh, 0, bo);
+  const std::string described = b16.describe_kernels();
+  int conv_nodes = 0, bn_stats = 0;
+  for (const Node& n : mh.graph.nodes()) {
+    conv_nodes += n.op == OpKind::BnReluConv2d || n.op == OpKind::Conv2d || n.op == OpKind::BnReluConv2dBwdData ||
+                  n.op == OpKind::BnReluConv2dBwdFilter || n.op == OpKind::Conv2dBwdData ||
+                  n.op == OpKind::Conv2dBwdFilter;
+    bn_stats += n.op == OpKind::BatchNormStats;
+  }
+  size_t tc = 0, epi = 0;
+  for (size_t p = described.find("BF16 tensor cores"); p != std::string::npos; p = described.find("BF16 tensor cores", p + 1))
+    ++tc;
+  const std::string epi_text = "(batchnorm_stats): from the epilogue sums";
+  for (size_t p = described.find(epi_text); p != std::string::npos; p = described.find(epi_text, p + 1)) ++epi;
+  EXPECT_EQ(tc, size_t(conv_nodes)) << described;
+  EXPECT_GT(epi, size_t(bn_stats) / 2) << described;
+  EXPECT_EQ(b16.num_conv_shapes(), 0);
+  EXPECT_LT(double(b16.plan().arena_bytes), 0.85 * double(f32.plan().arena_bytes));
+  std::cout << "training arena: fp32 " << f32.plan().arena_bytes << " bytes, bf16 " << b16.plan().arena_bytes << "\n";
+  for (Executor* e : std::initializer_list<Executor*>{&cpu, &cpu_r, &f32, &b16}) {
+    e->set_input(mg.image, images.data());
+    e->set_input(mg.target, masks.data());
+    e->run();
+  }
+  EXPECT_TRUE(std::isfinite(b16.last_loss()));
+  const double loss_rel = rel(b16.last_loss(), cpu.last_loss());
+  Floats hb(count_of(mg.graph, mg.logits)), hf(hb.size());
+  b16.read_output(mg.logits, hb.data());
+  f32.read_output(mg.logits, hf.data());
+  const Agreement la = agreement(hb.data(), cpu.data(mg.logits), hb.size());
+  const Agreement lf = agreement(hf.data(), cpu.data(mg.logits), hf.size());
+  double gmax = 0, worst = 0, sum = 0, sum_f32 = 0, worst_r = 0, sum_r = 0, worst_ratio = 0;
+  int compared = 0;
+  for (int t : grads) gmax = std::max(gmax, max_abs(cpu.data(t), count_of(mg.graph, t)));
+  for (int t : grads) {
+    hb.resize(count_of(mg.graph, t));
+    hf.resize(hb.size());
+    b16.read_output(t, hb.data());
+    f32.read_output(t, hf.data());
+    const Agreement a = agreement(hb.data(), cpu.data(t), hb.size());
+    EXPECT_TRUE(a.finite) << mg.graph.tensor(t).name;
+    if (a.ref_max < 1e-5 * gmax) continue;
+    worst = std::max(worst, a.l2);
+    sum += a.l2;
+    sum_f32 += agreement(hf.data(), cpu.data(t), hf.size()).l2;
+    const double lr = agreement(cpu_r.data(t), cpu.data(t), hb.size()).l2;
+    worst_r = std::max(worst_r, lr);
+    sum_r += lr;
+    ++compared;
+    // Per tensor: within a few times what rounding the weights alone does to it.
+    EXPECT_LT(a.l2, 4 * lr + 0.3) << mg.graph.tensor(t).name << " (weights-only rounding: " << lr << ")";
+    worst_ratio = std::max(worst_ratio, a.l2 / (4 * lr + 0.3));
+  }
+  ASSERT_GT(compared, 0);
+  std::cout << "bf16 training " << size << "x" << size << ": loss rel " << loss_rel << ", logits rel L2 " << la.l2
+            << " (fp32 GPU " << lf.l2 << "), gradient rel L2 worst " << worst << " mean " << sum / compared
+            << " (fp32 GPU mean " << sum_f32 / compared << "; CPU with bf16-rounded conv weights only: worst " << worst_r
+            << " mean " << sum_r / compared << "); worst l2 / (4 l2_weights + 0.3) " << worst_ratio << "\n";
+  EXPECT_LT(sum, 3 * sum_r);
+  EXPECT_LT(loss_rel, 2e-2);
+  EXPECT_LT(la.l2, 5e-2);
+  // It really ran in bf16.
+  EXPECT_LT(lf.l2 * 10, la.l2);
+  EXPECT_LT(sum_f32 * 10, sum);
+}
+
+TEST(GpuExecutor, Bf16TrainingGradientsStayCloseToCpu) {
+  REQUIRE_GPU();
+  check_bf16_training(ModelConfig{}, 64);
+}
+
+TEST(GpuExecutor, Bf16TrainingSmoke) {
+  REQUIRE_GPU();
+  check_bf16_training(ModelConfig{{8, 8, 16, 16, 32}, 3}, 32);
+}
+
+// Steps of Adam in bf16: graph replay equals eager launches bit for bit (deterministic
+// kernels), the losses follow the CPU's fp32 within the bf16 rounding and fall as they do, and a
+// step with a non-finite loss is skipped on the device, leaving every parameter as it was.
+TEST(GpuExecutor, Bf16TrainingStepsReplayExactlyAndFollowCpu) {
+  REQUIRE_GPU();
+  const ModelConfig cfg{{8, 8, 16, 16, 32}, 3};
+  ModelGraph mg = build_resunetpp(cfg, 2, 32, 32, true), mh = build_resunetpp(cfg, 2, 32, 32, true);
+  append_backward_and_update(mg.graph, mg.loss, OptimizerKind::Adam);
+  append_backward_and_update(mh.graph, mh.loss, OptimizerKind::Adam);
+  store_activations_in_bf16(mh.graph);
+  ExecOptions bg = strict_options(true), be = strict_options(false);
+  bg.precision = be.precision = Precision::Bf16;
+  ParamStore sc, sg, se;
+  for (ParamStore* st : {&sc, &sg, &se}) init_params(mg.graph, *st, 8);
+  CpuExecutor cpu(mg.graph, sc);
+  CudaExecutor graph(mh.graph, sg, 0, bg), eager(mh.graph, se, 0, be);
+  graph.poison();
+  eager.poison();
+  double mu[3] = {1, 1, 1};
+  Floats images, masks;
+  synthetic_batch(900, 2, 32, images, masks);  // one batch, so the loss must fall
+  std::vector<double> lc, lg;
+  const int steps = 8;
+  for (int s = 1; s <= steps; ++s) {
+    const cpu::OptimStep oc = step_for(OptimizerKind::Adam, s, &mu[0]), og = step_for(OptimizerKind::Adam, s, &mu[1]),
+                         oe = step_for(OptimizerKind::Adam, s, &mu[2]);
+    for (Executor* e : std::initializer_list<Executor*>{&cpu, &graph, &eager}) {
+      e->set_input(mg.image, images.data());
+      e->set_input(mg.target, masks.data());
+    }
+    cpu.run(&oc);
+    graph.run(&og);
+    eager.run(&oe);
+    EXPECT_EQ(graph.last_loss(), eager.last_loss()) << "step " << s;
+    EXPECT_EQ(graph.last_grad_norm(), eager.last_grad_norm()) << "step " << s;
+    lc.push_back(cpu.last_loss());
+    lg.push_back(graph.last_loss());
+    EXPECT_LT(rel(graph.last_loss(), cpu.last_loss()), 5e-2) << "step " << s;
+  }
+  std::cout << "bf16 Adam losses (cpu fp32 -> gpu bf16):";
+  for (int s = 0; s < steps; ++s) std::cout << " " << lc[size_t(s)] << "/" << lg[size_t(s)];
+  std::cout << "\n";
+  EXPECT_LT(lc.back(), 0.95 * lc.front());
+  EXPECT_LT(lg.back(), 0.95 * lg.front());
+  EXPECT_EQ(graph.graph_captured(), graph.uses_graphs());
+  graph.download_params();
+  eager.download_params();
+  EXPECT_TRUE(same_store(mh.graph, sg, se));
+  // A NaN in the image: the step is skipped, the parameters stay.
+  ParamStore snap;
+  init_params(mg.graph, snap, 8);
+  for (const std::string& n : sg.names()) std::memcpy(snap.get(n).raw(), sg.get(n).raw(), sg.get(n).nbytes());
+  images[17] = std::numeric_limits<float>::quiet_NaN();
+  graph.set_input(mh.image, images.data());
+  graph.set_input(mh.target, masks.data());
+  const cpu::OptimStep on = step_for(OptimizerKind::Adam, steps + 1, &mu[1]);
+  graph.run(&on);
+  EXPECT_FALSE(std::isfinite(graph.last_loss()) && std::isfinite(graph.last_grad_norm()));
+  graph.download_params();
+  for (const std::string& n : sg.names()) {
+    if (n.find("num_batches_tracked") != std::string::npos) continue;
+    EXPECT_EQ(std::memcmp(sg.get(n).raw(), snap.get(n).raw(), sg.get(n).nbytes()), 0) << n << " changed";
+  }
 }
 
 #else  // !RESUNETPP_HAVE_CUDNN

@@ -249,8 +249,9 @@ const FlagHelp kFlags[] = {
      "inference section: the throughput batch (default: 32); batch 1 gives the latency"},
     {"tf32", "", "cuda timeline and inference: allow TF32 tensor-core convolutions (default: off, fp32)"},
     {"bf16", "",
-     "cuda inference: bf16 activations, every convolution on the hand-written bf16 tensor-core kernel; the "
-     "logits are checked against the fp32 executor's (relative L2 < 1e-2) before timing"},
+     "cuda timeline and inference: bf16 activations, every convolution pass on the hand-written bf16 "
+     "tensor-core kernels (the timeline: bf16 training, gradients and weights fp32); the inference logits "
+     "are checked against the fp32 executor's (relative L2 < 1e-2) before timing"},
     {"seed", "N", "seed of the random data, parameters and inputs (default: 1)"},
     {"help", "", "print this help"},
 };
@@ -1729,6 +1730,7 @@ TimelineResult run_timeline(const Options& o, const std::string& device, const D
   const ModelConfig cfg = config_for_device(ModelConfig{}, device);
   ModelGraph m = build_resunetpp(cfg, o.batch, o.size, o.size, /*training=*/true, LossKind::BCEDice);
   append_backward_and_update(m.graph, m.loss, OptimizerKind::Adam);
+  if (o.bf16) store_activations_in_bf16(m.graph);  // saved activations bf16, gradients fp32
   ParamStore store;
   init_params(m.graph, store, uint64_t(o.seed));
   tr.graph = std::string("training step (adam, bce+dice), ") + (cfg.fuse ? "fused" : "unfused") + " graph as " +
@@ -1760,9 +1762,11 @@ TimelineResult run_timeline(const Options& o, const std::string& device, const D
     ExecOptions eo;
     eo.kernels = parse_kernel_choice(o.kernels);
     eo.allow_tf32 = o.tf32;
+    eo.precision = o.bf16 ? Precision::Bf16 : Precision::F32;
     const size_t used0 = device_used_bytes();
     CudaExecutor ex(m.graph, store, dev.index, eo);
-    tr.executor = ex.describe() + "; fused nodes: " + kernel_choice_name(eo.kernels) + (o.tf32 ? "; TF32" : "; fp32");
+    tr.executor = ex.describe() + "; fused nodes: " + kernel_choice_name(eo.kernels) +
+                  (o.bf16 ? "; bf16 activations, BF16 tensor cores" : o.tf32 ? "; TF32" : "; fp32");
     tr.device_bytes = ex.device_bytes();
     fill_inputs(m, ex, uint64_t(o.seed));
     os.step = 1;

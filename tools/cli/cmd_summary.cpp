@@ -161,14 +161,16 @@ int cmd_summary(int argc, char** argv) {
               << (tr ? other_graph_line(cfg, batch, size) : std::string())
               << "  workspace " << mib(p.workspace_bytes) << ", parameters" << (tr ? " + optimiser state " : " ")
               << mib(p.persistent_bytes) << "\n";
-    if (!tr) {  // the fused graph (as CUDA runs it) with its activations stored in bf16
+    {  // the fused graph (as CUDA runs it) with its activations stored in bf16
       ModelConfig fused = cfg;
       fused.fuse = true;
-      ModelGraph half = build_resunetpp(fused, batch, size, size, false);
+      ModelGraph half = build_resunetpp(fused, batch, size, size, tr);
+      if (tr) append_backward_and_update(half.graph, half.loss, OptimizerKind::Adam);
       store_activations_in_bf16(half.graph);
       const Plan h = make_plan(half.graph, PlanMode::BestFit, cpu_workspace_bytes);
-      std::cout << "  fused graph with bf16 activations (eval/predict --precision bf16, cuda only): arena "
-                << mib(h.arena_bytes) << " (" << h.arena_bytes << " bytes)\n";
+      std::cout << "  fused graph with bf16 activations ("
+                << (tr ? "train --precision bf16: gradients fp32" : "eval/predict --precision bf16")
+                << ", cuda only): arena " << mib(h.arena_bytes) << " (" << h.arena_bytes << " bytes)\n";
     }
   }
   if (dev.cuda) print_cuda_plans(train.graph, infer.graph, dev.index, batch, kernel_choice);

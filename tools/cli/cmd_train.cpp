@@ -74,7 +74,10 @@ int cmd_train(int argc, char** argv) {
   f.add("overwrite", &o.overwrite, "replace an earlier run in --out (without it, an existing run is refused)");
   o.device = "auto";
   f.add("device", &o.device, "auto (cuda:0 when this build has CUDA and a GPU is visible, else cpu), cpu, cuda or cuda:N; the CUDA path is new and not yet verified on a GPU", "DEV");
-  f.add("precision", &o.precision, "fp32 (bf16 training comes later; eval and predict take bf16)", "NAME");
+  f.add("precision", &o.precision,
+        "fp32, or bf16 (CUDA only: activations saved in bf16 and bf16 tensor-core convolutions, gradients, "
+        "weights, optimizer state and BN statistics in fp32; validation also in bf16)",
+        "NAME");
   bool nondeterministic = false;
   f.add("nondeterministic", &nondeterministic,
         "cuda: allow cuDNN algorithms whose results vary between runs (--resume is then no longer exact)");
