@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "gpu_test_util.h"
@@ -60,6 +61,19 @@ class DevHalves : public DevBuf {
  private:
   size_t n_;
 };
+
+// Counts the elements whose bits differ, and reports the first few.
+inline void expect_same_halves(const Halves& want, const Halves& got, const std::string& what) {
+  ASSERT_EQ(want.size(), got.size()) << what;
+  int bad = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (want[i] == got[i]) continue;
+    if (++bad <= 5)
+      ADD_FAILURE() << what << ": element " << i << " is " << from_bf16_bits(got[i]) << " (0x" << std::hex
+                    << got[i] << "), expected " << from_bf16_bits(want[i]) << " (0x" << want[i] << ")" << std::dec;
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << want.size() << " elements differ";
+}
 
 // Runs `launch` twice on freshly poisoned outputs; the second run must repeat the first's bits.
 inline Halves run_twice_bf16(const Stream& st, DevHalves& out, const std::function<void()>& launch) {

@@ -41,19 +41,6 @@ using cuda::ConvMath;
 using cuda::Storage;
 using namespace gputest;
 
-// Counts the elements whose bits differ, and reports the first few.
-void expect_same_halves(const Halves& want, const Halves& got, const std::string& what) {
-  ASSERT_EQ(want.size(), got.size()) << what;
-  int bad = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (want[i] == got[i]) continue;
-    if (++bad <= 5)
-      ADD_FAILURE() << what << ": element " << i << " is " << from_bf16_bits(got[i]) << " (0x" << std::hex
-                    << got[i] << "), expected " << from_bf16_bits(want[i]) << " (0x" << want[i] << ")" << std::dec;
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << want.size() << " elements differ";
-}
-
 struct Nhwc {
   int n, h, w, c;
   int64_t count() const { return int64_t(n) * h * w * c; }
