@@ -1,7 +1,8 @@
 // tests/gpu/bf16_test_util.h — bf16 helpers shared by the GPU suites that use bf16 storage
-// (test_bf16_gpu, test_conv_bn_sum_gpu): host conversions written from the format's definition
-// (the upper 16 bits of a float, round to nearest even; independent of CUDA's), device buffers of
-// bf16 values with guards and poison, and the run-twice check. Header-only.
+// (test_bf16_gpu, test_bf16_train_ops_gpu, test_conv_bn_sum_gpu, test_bn_relu_conv_bwd_tc_gpu):
+// host conversions written from the format's definition (the upper 16 bits of a float, round to
+// nearest even; independent of CUDA's), device buffers of bf16 values with guards and poison, the
+// run-twice check and the bit-for-bit comparison. Header-only.
 #pragma once
 
 #include <cstdint>
