@@ -527,19 +527,31 @@ void CudaExecutor::choose_kernels() {
           choice = {false, "auto: the hand-written kernel cannot run this shape"};
           break;
         }
-        const std::pair<int, ConvKey> key{int(n.op), conv_key(n.conv.shape)};
+        // The BN node whose reductions this node's hand-written kernel would do in its epilogue
+        // (the tensor-core forward, any hand-written backward-data): the cuDNN path leaves them
+        // to that BN, so their time counts against it.
+        int bn_consumer = -1;
+        const bool gives_sums = n.op == OpKind::BnReluConv2dBwdData || impl_->tensor_core[size_t(i)];
+        for (int j = 0; j < nn && gives_sums; ++j)
+          if (impl_->stats_candidate[size_t(j)] == i) bn_consumer = j;
+        const std::pair<int, ConvKey> key{int(n.op) + (bn_consumer >= 0 ? 256 : 0), conv_key(n.conv.shape)};
         auto it = n.op == OpKind::ConvBnSum ? decided.end() : decided.find(key);  // branches not in the key
         if (it != decided.end()) {
           choice = it->second;
           break;
         }
         impl_->handwritten[size_t(i)] = 0;
-        const double t_cudnn = time_node(i);
+        const double t_conv = time_node(i);
         impl_->handwritten[size_t(i)] = 1;
         const double t_hand = time_node(i);
+        const double t_bn = bn_consumer >= 0 ? time_saved_bn_pass(bn_consumer, i) : 0.0;
+        const double t_cudnn = t_conv + t_bn;
         std::ostringstream why;
         why << "auto: hand-written " << std::fixed << std::setprecision(1) << t_hand * 1e3 << " us, cuDNN path "
             << t_cudnn * 1e3 << " us";
+        if (bn_consumer >= 0)
+          why << " (" << t_conv * 1e3 << " us + " << t_bn * 1e3 << " us of BN reductions in "
+              << g_.node(bn_consumer).name << " that the hand-written epilogue does)";
         // A 10% margin, so that timing noise does not flip the choice between two processes (the
         // paths round differently; a flip would break exact --resume). Auto is still not
         // reproducible across machines: --kernels cudnn|handwritten is.
@@ -565,6 +577,45 @@ void CudaExecutor::choose_kernels() {
 // node's current kernel choice. Only before the first run: it writes the node's outputs and the
 // workspace, which hold nothing yet.
 double CudaExecutor::time_node(int index) {
+  return time_launch([&] { launch(index); });
+}
+
+// The per-channel reductions a BN node (training BatchNormStats or BatchNormBwd) would do itself
+// if its producer did not give them, minus what it does with the producer's epilogue sums:
+// the time the hand-written producer saves it, in milliseconds. Timed on the node's own tensors;
+// the running statistics are left alone (null running pointers), and the outputs written are
+// activations and gradients that the first run overwrites.
+double CudaExecutor::time_saved_bn_pass(int bn_index, int producer) {
+  const Node& n = g_.node(bn_index);
+  cudaStream_t s = as_stream(stream_);
+  auto in = [&](size_t i) { return fptr(n.in[i]); };
+  auto out = [&](size_t i) { return fptr(n.out[i]); };
+  const int c = int(g_.tensor(n.in[0]).shape.back());
+  const int64_t cnt = numel(g_.tensor(n.in[0]).shape) / c;
+  const auto* sums = reinterpret_cast<const double*>(persistent_ + impl_->sums_off[size_t(producer)]);
+  if (n.op == OpKind::BatchNormStats) {
+    const double own = time_launch([&] {
+      cuda::batchnorm_stats_train(cnt, c, in(0), out(0), out(1), nullptr, nullptr, n.bn.momentum, n.bn.eps,
+                                  workspace_, s);
+    });
+    const double from = time_launch([&] {
+      cuda::batchnorm_stats_from_sums(cnt, c, sums, sums + c, out(0), out(1), nullptr, nullptr, n.bn.momentum,
+                                      n.bn.eps, s);
+    });
+    return std::max(0.0, own - from);
+  }
+  const double own = time_launch([&] {
+    cuda::batchnorm_backward(cnt, c, in(0), in(1), in(2), in(3), in(4), out(0), out(1), out(2), workspace_, s);
+  });
+  const double from = time_launch([&] {
+    cuda::batchnorm_backward_from_sums(cnt, c, in(0), in(1), in(2), in(3), in(4), sums, sums + c, out(0), out(1),
+                                       out(2), s);
+  });
+  return std::max(0.0, own - from);
+}
+
+// Median of 7 timed launches after 3 untimed ones, in milliseconds (CUDA events, synchronised).
+double CudaExecutor::time_launch(const std::function<void()>& fn) {
   cudaStream_t s = as_stream(stream_);
   cudaEvent_t a = nullptr, b = nullptr;
   RPP_CUDA_CHECK(cudaEventCreate(&a));
@@ -573,7 +624,7 @@ double CudaExecutor::time_node(int index) {
   try {
     for (int r = 0; r < 10; ++r) {
       RPP_CUDA_CHECK(cudaEventRecord(a, s));
-      launch(index);
+      fn();
       RPP_CUDA_CHECK(cudaEventRecord(b, s));
       RPP_CUDA_CHECK(cudaEventSynchronize(b));
       float t = 0;

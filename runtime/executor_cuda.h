@@ -37,6 +37,7 @@
 // read_output synchronises too. Not thread-safe: one caller at a time.
 #pragma once
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -126,6 +127,8 @@ class CudaExecutor final : public Executor {
   void upload_step(const cpu::OptimStep* opt);
   void queue_readback();
   double time_node(int node_index);
+  double time_saved_bn_pass(int bn_node, int producer);
+  double time_launch(const std::function<void()>& fn);
   void* ptr(int tensor) const;           // device address, or null for -1
   float* fptr(int tensor) const { return static_cast<float*>(ptr(tensor)); }
   void capture_graph();
