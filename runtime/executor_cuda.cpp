@@ -184,14 +184,14 @@ bool check_storage(const Graph& g, Precision precision) {
                ", ", g.tensor(n.out[0]).name, ")");
     };
     // Every tensor of the node but those listed (the saved activations it may read in bf16).
-    auto need_f32_except = [&](std::initializer_list<int> either) {
+    auto need_f32_except = [&](const std::vector<int>& either) {
       auto check = [&](int t) {
         if (t < 0 || dt(t) != DType::BF16) return;
         for (int e : either)
           if (e == t) return;
         fail("CUDA executor: ", op_name(n.op), " node ", n.name, ": tensor ", g.tensor(t).name,
              " is bf16; this node takes it in fp32 only",
-             n.op == OpKind::ReluBwd || n.op == OpKind::Sigmoid || n.op == OpKind::SigmoidBwd
+             n.op == OpKind::ReluBwd
                  ? " (bf16 training runs the fused graph; build it with fusion on)"
                  : "");
       };
@@ -215,11 +215,11 @@ bool check_storage(const Graph& g, Precision precision) {
       case OpKind::MaxPool2Bwd:
       case OpKind::ScaleChannelsBwd: need_f32_except({n.in[0]}); break;
       case OpKind::BnApplySum: {
-        std::vector<int> xs;
+        std::vector<int> xs;  // every branch's x, then y
         for (size_t b = 0; b < n.in.size(); b += 5) xs.push_back(n.in[b]);
         need_same(xs);
-        need_f32_except({xs[0], xs.size() > 1 ? xs[1] : -1, xs.size() > 2 ? xs[2] : -1,
-                         xs.size() > 3 ? xs[3] : -1, n.out[0]});
+        xs.push_back(n.out[0]);
+        need_f32_except(xs);
         break;
       }
       case OpKind::Relu:

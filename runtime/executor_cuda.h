@@ -120,7 +120,7 @@ class CudaExecutor final : public Executor {
   void release() noexcept;
   void launch_all();
   void launch(int node_index);
-  bool launch_bf16(int node_index);  // the node if it touches bf16 activations (else false)
+  bool launch_bf16(int node_index);  // a non-convolution node touching bf16 activations (else false)
   size_t workspace_need(const Node& n) const;
   size_t handwritten_filter_workspace(const Node& n) const;
   void choose_kernels();
