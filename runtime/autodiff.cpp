@@ -3,6 +3,8 @@
 
 #include <map>
 
+#include "runtime/fusion.h"
+
 namespace rpp {
 
 std::vector<std::string> optimizer_state_names(OptimizerKind opt) {
@@ -214,7 +216,11 @@ class Autodiff {
 
 }  // namespace
 
-std::vector<int> append_backward(Graph& g, int loss) { return Autodiff(g).run(loss); }
+std::vector<int> append_backward(Graph& g, int loss) {
+  std::vector<int> grads = Autodiff(g).run(loss);
+  fuse_aspp_backward_data(g);  // the fused ASPP's backward half (a no-op for unfused graphs)
+  return grads;
+}
 
 void append_optimizer(Graph& g, const std::vector<int>& grads, OptimizerKind opt) {
   const std::vector<int> params = g.of_kind(TensorKind::Param);

@@ -9,7 +9,9 @@ namespace rpp {
 // scales when the step's clip limit is set), then one OptimizerUpdate node per Param (in parameter order) with the optimiser state tensors it needs,
 // named "<param>.<state>" ("momentum_buffer", or "exp_avg" and "exp_avg_sq"), as OptState tensors.
 // Gradient contributions to a tensor used more than once are summed with Add nodes in the
-// order the uses are met walking backwards, so the result is deterministic.
+// order the uses are met walking backwards, so the result is deterministic. In a graph whose
+// ASPP blocks were fused (fuse_bn_apply_sum), the sum of the branches' backward-data becomes one
+// ConvSumBwdData node (fuse_aspp_backward_data, runtime/fusion.h).
 void append_backward_and_update(Graph& g, int loss, OptimizerKind opt);
 
 // The two halves of the above. append_backward returns, for every Param in creation order, the

@@ -49,6 +49,13 @@ size_t cpu_workspace_bytes(const Graph& g, const Node& n) {
       for (const cpu::Conv2dShape& s : n.branches.shapes) conv_ws = std::max(conv_ws, cpu::conv2d_forward_workspace(s));
       return (bn_relu_staging_floats(g, n, n.out[0]) + conv_ws) * sizeof(float);
     }
+    // One branch's input gradient, then the largest of the branches' backward-data workspaces.
+    case OpKind::ConvSumBwdData: {
+      size_t conv_ws = 0;
+      for (const cpu::Conv2dShape& s : n.branches.shapes)
+        conv_ws = std::max(conv_ws, cpu::conv2d_backward_data_workspace(s));
+      return (bn_relu_staging_floats(g, n, n.out[0]) + conv_ws) * sizeof(float);
+    }
     case OpKind::BnReluConv2dBwdFilter:
       return bn_relu_staging_floats(g, n) * sizeof(float) +
              cpu::conv2d_backward_filter_workspace(n.conv.shape) * sizeof(float);
@@ -274,6 +281,17 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
     case OpKind::Conv2dBwdFilter:
       cpu::conv2d_backward_filter(n.conv.shape, in(0), in(1), out(0), out(1), ws);
       break;
+    case OpKind::ConvSumBwdData: {  // per branch dy, w: as the unfused backward-data nodes and adds
+      const int64_t cnt = count(n.out[0]);
+      float* branch = ws;
+      float* conv_ws = ws + bn_relu_staging_floats(g_, n, n.out[0]);
+      for (size_t b = 0; b < n.branches.shapes.size(); ++b) {
+        float* dx = b == 0 ? out(0) : branch;
+        cpu::conv2d_backward_data(n.branches.shapes[b], in(2 * b), in(2 * b + 1), dx, conv_ws);
+        if (b > 0) cpu::add(cnt, out(0), branch, out(0));
+      }
+      break;
+    }
     case OpKind::BatchNormBwd: {
       const Shape& xs = sh(n.in[0]);
       const int c = int(xs.back());

@@ -75,12 +75,27 @@ ConvKey conv_key(const cpu::Conv2dShape& s) {
   return {s.n, s.h, s.w, s.cin, s.cout, s.kh, s.kw, s.stride, s.pad, s.dil};
 }
 
+// The ASPP's branch-sum nodes: the inference conv-BN sum and the training backward-data sum. Their
+// only hand-written kernels are tensor-core ones; their cuDNN paths run the branches in turn.
+bool is_branch_sum(OpKind k) { return k == OpKind::ConvBnSum || k == OpKind::ConvSumBwdData; }
+
 // Node kinds with a hand-written kernel beside cuDNN (choose_kernels): every convolution pass,
 // fused or plain (the hand-written kernels run a plain conv when given no BN arguments), and the
-// ASPP's conv-BN sum (its cuDNN path: each branch's conv, eval BN and add in turn).
+// ASPP's branch sums (cuDNN path: the conv, eval BN and add of each branch in turn; or each
+// branch's backward-data and the add).
 bool has_handwritten_kernel(OpKind k) {
   return k == OpKind::BnReluConv2d || k == OpKind::BnReluConv2dBwdData || k == OpKind::BnReluConv2dBwdFilter ||
-         k == OpKind::Conv2d || k == OpKind::Conv2dBwdData || k == OpKind::Conv2dBwdFilter || k == OpKind::ConvBnSum;
+         k == OpKind::Conv2d || k == OpKind::Conv2dBwdData || k == OpKind::Conv2dBwdFilter || is_branch_sum(k);
+}
+
+// The branches of a ConvSumBwdData node (in: per branch dy, w) for conv_sum_tc_backward_data.
+template <class F>
+int conv_sum_bwd_branches(const Node& n, F f, cuda::ConvBwdDataBranch* out) {
+  const int count = int(n.branches.shapes.size());
+  if (count < 1 || count > cuda::kConvSumMaxBranches || n.in.size() != size_t(2 * count))
+    fail("CUDA executor: ConvSumBwdData node ", n.name, " has ", count, " branches and ", n.in.size(), " inputs");
+  for (int b = 0; b < count; ++b) out[b] = {n.branches.shapes[size_t(b)], f(n.in[size_t(2 * b)]), f(n.in[size_t(2 * b + 1)])};
+  return count;
 }
 
 // The branches of a ConvBnSum node (in: x, then per branch w, b, gamma, beta, running_mean,
@@ -109,12 +124,18 @@ bool conv_bn_sum_can_run(const Graph& g, const Node& n, cuda::ConvMath math) {
                                       storage_of(g.tensor(n.in[0])), storage_of(g.tensor(n.out[0])));
 }
 
+// Likewise for the ConvSumBwdData node (its tensors are gradients and weights: fp32).
+bool conv_sum_bwd_can_run(const Node& n, cuda::ConvMath math) {
+  return cuda::conv_sum_tc_backward_data_can_run(n.branches.shapes.data(), int(n.branches.shapes.size()), math);
+}
+
 // Forward convolution nodes (the tensor-core kernel and its epilogue statistics apply to them).
 bool is_conv_forward(OpKind k) { return k == OpKind::BnReluConv2d || k == OpKind::Conv2d; }
 
 // With TF32 allowed, whether a convolution node's hand-written kernel runs on tensor cores.
 bool tensor_core_can_run(const Graph& g, const Node& n) {
   if (n.op == OpKind::ConvBnSum) return conv_bn_sum_can_run(g, n, cuda::ConvMath::Tf32);
+  if (n.op == OpKind::ConvSumBwdData) return conv_sum_bwd_can_run(n, cuda::ConvMath::Tf32);
   if (is_conv_forward(n.op)) return cuda::bn_relu_conv_tc_can_run(n.conv.shape, cuda::ConvMath::Tf32);
   if (has_handwritten_kernel(n.op)) return cuda::bn_relu_conv_bwd_tc_can_run(n.conv.shape, cuda::ConvMath::Tf32);
   return false;
@@ -134,7 +155,7 @@ size_t staging_bytes(const Graph& g, const Node& n) {
 // In a graph with bf16 activations every convolution node (forward, conv-BN sum and backward)
 // runs the hand-written tensor-core kernel with BF16 operands: the cuDNN path is fp32 only.
 bool conv_bf16(bool bf16_graph, const Node& n) {
-  return bf16_graph && (is_conv_op(n.op) || n.op == OpKind::ConvBnSum);
+  return bf16_graph && (is_conv_op(n.op) || is_branch_sum(n.op));
 }
 
 // Whether the bf16 tensor-core kernel of a convolution node runs its shape and storage.
@@ -142,6 +163,7 @@ bool bf16_conv_can_run(const Graph& g, const Node& n) {
   auto st = [&](int t) { return storage_of(g.tensor(t)); };
   switch (n.op) {
     case OpKind::ConvBnSum: return conv_bn_sum_can_run(g, n, cuda::ConvMath::Bf16);
+    case OpKind::ConvSumBwdData: return conv_sum_bwd_can_run(n, cuda::ConvMath::Bf16);
     case OpKind::Conv2d:
     case OpKind::BnReluConv2d:
       return cuda::bn_relu_conv_tc_can_run(n.conv.shape, cuda::ConvMath::Bf16, st(n.in[0]), st(n.out[0]));
@@ -335,7 +357,7 @@ void CudaExecutor::init() {
     const Node& n = g_.node(i);
     if (conv_bf16(bf16_, n)) continue;  // bf16: hand-written only, no cuDNN
     if (is_conv_op(n.op)) impl_->node_conv[size_t(i)] = prepare(n, n.conv.shape);
-    if (n.op == OpKind::ConvBnSum)  // the cuDNN path runs the branches one by one
+    if (is_branch_sum(n.op))  // the cuDNN path runs the branches one by one
       for (const cpu::Conv2dShape& b : n.branches.shapes) prepare(n, b);
   }
 
@@ -505,15 +527,15 @@ void CudaExecutor::choose_kernels() {
       impl_->kernel_reason[size_t(i)] = "bf16 activations (the cuDNN path is fp32 only)";
       continue;
     }
-    // The conv-BN sum has only the tensor-core kernel (TF32 allowed).
+    // The branch sums have only the tensor-core kernel (TF32 allowed).
     const bool can = impl_->tensor_core[size_t(i)] ||
-                     (n.op != OpKind::ConvBnSum && (is_conv_forward(n.op) ? cuda::bn_relu_conv_can_run(n.conv.shape)
-                                                                          : cuda::bn_relu_conv_bwd_can_run(n.conv.shape)));
+                     (!is_branch_sum(n.op) && (is_conv_forward(n.op) ? cuda::bn_relu_conv_can_run(n.conv.shape)
+                                                                     : cuda::bn_relu_conv_bwd_can_run(n.conv.shape)));
     std::pair<bool, std::string> choice;
     switch (opt_.kernels) {
       case KernelChoice::Cudnn: choice = {false, "forced (--kernels cudnn)"}; break;
       case KernelChoice::Handwritten:
-        if (!can && n.op == OpKind::ConvBnSum && !opt_.allow_tf32) {
+        if (!can && is_branch_sum(n.op) && !opt_.allow_tf32) {
           // Its only hand-written kernel uses tensor cores; in strict fp32 the branches run on cuDNN.
           choice = {false, "the fused ASPP kernel needs tensor cores (--allow-tf32 or bf16); cuDNN path"};
           break;
@@ -535,7 +557,7 @@ void CudaExecutor::choose_kernels() {
         for (int j = 0; j < nn && gives_sums; ++j)
           if (impl_->stats_candidate[size_t(j)] == i) bn_consumer = j;
         const std::pair<int, ConvKey> key{int(n.op) + (bn_consumer >= 0 ? 256 : 0), conv_key(n.conv.shape)};
-        auto it = n.op == OpKind::ConvBnSum ? decided.end() : decided.find(key);  // branches not in the key
+        auto it = is_branch_sum(n.op) ? decided.end() : decided.find(key);  // branches not in the key
         if (it != decided.end()) {
           choice = it->second;
           break;
@@ -727,6 +749,8 @@ std::vector<char> cuda_ohwi_tensors(const Graph& g) {
       ws.push_back(n.in.size() > 5 ? n.in[5] : -1);
     else if (n.op == OpKind::ConvBnSum)
       for (size_t b = 0; b < n.branches.shapes.size(); ++b) ws.push_back(1 + 6 * b < n.in.size() ? n.in[1 + 6 * b] : -1);
+    else if (n.op == OpKind::ConvSumBwdData)
+      for (size_t b = 0; b < n.branches.shapes.size(); ++b) ws.push_back(2 * b + 1 < n.in.size() ? n.in[2 * b + 1] : -1);
     else
       continue;
     for (int w : ws) {
@@ -763,6 +787,10 @@ std::vector<char> cuda_ohwi_tensors(const Graph& g) {
       case OpKind::ConvBnSum:  // x, then per branch w, b, gamma, beta, mean, var: only the w are OHWI
         for (size_t i = 0; i < n.in.size(); ++i)
           if (i % 6 != 1 && marked(n.in[i])) refuse(n.in[i]);
+        break;
+      case OpKind::ConvSumBwdData:  // per branch dy, w: only the w are OHWI
+        for (size_t i = 0; i < n.in.size(); i += 2)
+          if (marked(n.in[i])) refuse(n.in[i]);
         break;
       case OpKind::BnReluConv2dBwdFilter:
       case OpKind::Conv2dBwdFilter:
@@ -855,6 +883,12 @@ size_t CudaExecutor::workspace_need(const Node& n) const {
       size_t conv_ws = 0;
       for (const cpu::Conv2dShape& b : n.branches.shapes)
         conv_ws = std::max(conv_ws, impl_->conv_for(b).forward_workspace_bytes());
+      return align_up(size_t(numel(sh(n.out[0]))) * sizeof(float)) + conv_ws;
+    }
+    case OpKind::ConvSumBwdData: {  // the cuDNN path: one branch's dx, then the convolution's workspace
+      size_t conv_ws = 0;
+      for (const cpu::Conv2dShape& b : n.branches.shapes)
+        conv_ws = std::max(conv_ws, impl_->conv_for(b).backward_data_workspace_bytes());
       return align_up(size_t(numel(sh(n.out[0]))) * sizeof(float)) + conv_ws;
     }
     case OpKind::BatchNormStats: {
@@ -1480,6 +1514,25 @@ void CudaExecutor::launch(int index) {
         cuda::bce_with_logits_forward(m, in(0), in(1), out(0), false, ws, s);
       if (n.loss.kind == LossKind::Dice || n.loss.kind == LossKind::BCEDice)
         cuda::dice_loss_forward(m, in(0), in(1), out(0), n.loss.kind == LossKind::BCEDice, ws, s);
+      break;
+    }
+    case OpKind::ConvSumBwdData: {  // per branch dy, w
+      cuda::ConvBwdDataBranch br[cuda::kConvSumMaxBranches];
+      const int nb = conv_sum_bwd_branches(n, [&](int t) { return fptr(t); }, br);
+      if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)]) {
+        cuda::conv_sum_tc_backward_data(br, nb, math, out(0), s);
+        break;
+      }
+      // The cuDNN path, as the unfused graph runs it: each branch's backward-data (into dx for the
+      // first, into the workspace after) and the add into dx.
+      const int64_t cnt = count(n.out[0]);
+      float* branch = static_cast<float*>(ws);
+      void* conv_ws = static_cast<char*>(ws) + align_up(size_t(cnt) * sizeof(float));
+      for (int b = 0; b < nb; ++b) {
+        float* dx = b == 0 ? out(0) : branch;
+        impl_->conv_for(br[b].shape).backward_data(h, br[b].dz, br[b].w_ohwi, dx, conv_ws);
+        if (b > 0) cuda::add(cnt, out(0), branch, out(0), s);
+      }
       break;
     }
     case OpKind::Conv2dBwdData:  // in: dy, w

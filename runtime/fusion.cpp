@@ -110,11 +110,12 @@ int private_producer(const Graph& g, const Uses& u, int t, int reader) {
   return u.producer[size_t(t)];
 }
 
-// The BatchNorm terms (training or eval mode, as asked) of the left-deep sum ((t1 + t2) + ...) + tk
-// whose last add is node `top`, left to right, when every term is such a BN's output and every
-// term and partial sum has only its add as reader; the chain's adds go to *adds. Empty when `top`
-// is not the last add of such a chain (or feeds a further add of one as its left term).
-std::vector<int> bn_sum_chain(const Graph& g, const Uses& u, int top, bool training, std::vector<int>* adds) {
+// The producers of the terms of the left-deep sum ((t1 + t2) + ...) + tk whose last add is node
+// `top`, left to right, when term(t, reader) accepts every term (it returns the term's producer,
+// or -1) and every partial sum has only its add as reader; the chain's adds go to *adds. Empty
+// when `top` is not the last add of such a chain (or feeds a further add of one as its left term).
+template <class Term>
+std::vector<int> sum_chain(const Graph& g, const Uses& u, int top, Term term, std::vector<int>* adds) {
   adds->clear();
   if (g.node(top).op != OpKind::Add) return {};
   const int out = g.node(top).out[0];
@@ -122,12 +123,6 @@ std::vector<int> bn_sum_chain(const Graph& g, const Uses& u, int top, bool train
     const Node& r = g.node(u.readers[size_t(out)][0]);
     if (r.op == OpKind::Add && r.in[0] == out) return {};  // not the last add
   }
-  auto term = [&](int t, int reader) {
-    const int b = private_producer(g, u, t, reader);
-    const bool ok = b >= 0 && g.node(b).op == OpKind::BatchNorm && g.node(b).bn.training == training &&
-                    g.node(b).in.size() >= 5 && g.node(b).out.size() == (training ? 3u : 1u);
-    return ok ? b : -1;
-  };
   std::vector<int> terms;
   for (int a = top;;) {
     const Node& add = g.node(a);
@@ -145,6 +140,23 @@ std::vector<int> bn_sum_chain(const Graph& g, const Uses& u, int top, bool train
   }
   std::reverse(terms.begin(), terms.end());
   return terms;
+}
+
+// sum_chain over BatchNorm terms (training or eval mode, as asked), each read only by its add.
+std::vector<int> bn_sum_chain(const Graph& g, const Uses& u, int top, bool training, std::vector<int>* adds) {
+  auto term = [&](int t, int reader) {
+    const int b = private_producer(g, u, t, reader);
+    const bool ok = b >= 0 && g.node(b).op == OpKind::BatchNorm && g.node(b).bn.training == training &&
+                    g.node(b).in.size() >= 5 && g.node(b).out.size() == (training ? 3u : 1u);
+    return ok ? b : -1;
+  };
+  return sum_chain(g, u, top, term, adds);
+}
+
+// Whether two branch convolutions differ only in padding and dilation.
+bool same_but_padding(const cpu::Conv2dShape& s, const cpu::Conv2dShape& s0) {
+  return s.n == s0.n && s.h == s0.h && s.w == s0.w && s.cin == s0.cin && s.cout == s0.cout && s.kh == s0.kh &&
+         s.kw == s0.kw && s.stride == s0.stride && s.ho() == s0.ho() && s.wo() == s0.wo();
 }
 
 }  // namespace
@@ -192,14 +204,11 @@ std::vector<std::string> fuse_conv_bn_sum(Graph& g) {
       convs.push_back(c);
     }
     const Node& conv0 = g.node(convs[0]);
-    const cpu::Conv2dShape& s0 = conv0.conv.shape;
     const double eps = g.node(bns[0]).bn.eps;
     for (size_t i = 0; i < bns.size(); ++i) {
       const Node& c = g.node(convs[i]);
-      const cpu::Conv2dShape& s = c.conv.shape;
-      if (c.in[0] != conv0.in[0] || s.n != s0.n || s.h != s0.h || s.w != s0.w || s.cin != s0.cin ||
-          s.cout != s0.cout || s.kh != s0.kh || s.kw != s0.kw || s.stride != s0.stride || s.ho() != s0.ho() ||
-          s.wo() != s0.wo() || g.node(bns[i]).bn.eps != eps)
+      if (c.in[0] != conv0.in[0] || !same_but_padding(c.conv.shape, conv0.conv.shape) ||
+          g.node(bns[i]).bn.eps != eps)
         return false;
     }
     Node fused = g.node(top);
@@ -248,6 +257,67 @@ std::vector<std::string> fuse_bn_apply_sum(Graph& g) {
     nodes[size_t(top)] = std::move(fused);
     return true;
   });
+}
+
+std::vector<std::string> fuse_aspp_backward_data(Graph& g) {
+  const int nn = g.num_nodes();
+  const Uses u = uses_of(g);
+  // Conv weights of fused training ASPP blocks: the conv's output is a branch of a BnApplySum's
+  // sum (through its BatchNormStats, which reads the same tensor).
+  std::vector<char> aspp_weight(size_t(g.num_tensors()), 0);
+  for (int i = 0; i < nn; ++i) {
+    const Node& c = g.node(i);
+    if (c.op != OpKind::Conv2d || c.in.size() < 2 || c.in[1] < 0) continue;
+    for (int r : u.readers[size_t(c.out[0])])
+      if (g.node(r).op == OpKind::BnApplySum) aspp_weight[size_t(c.in[1])] = 1;
+  }
+  auto term = [&](int t, int reader) {
+    const int d = private_producer(g, u, t, reader);
+    const bool ok = d >= 0 && g.node(d).op == OpKind::Conv2dBwdData && g.node(d).in.size() == 2 &&
+                    g.node(d).in[1] >= 0 && aspp_weight[size_t(g.node(d).in[1])];
+    return ok ? d : -1;
+  };
+  std::vector<char> drop(size_t(nn), 0);
+  std::vector<Node> nodes = g.nodes();
+  std::vector<std::string> names;
+  std::vector<int> adds;
+  for (int top = 0; top < nn; ++top) {
+    const std::vector<int> terms = sum_chain(g, u, top, term, &adds);
+    if (terms.size() < 2 || terms.size() > 4) continue;
+    const Node& d0 = g.node(terms[0]);
+    bool same = true;
+    for (int d : terms) same = same && same_but_padding(g.node(d).conv.shape, d0.conv.shape);
+    if (!same) continue;
+    // The node is named after the module holding the branches (their names' common prefix up to
+    // a '.'): "b1" for b1.c1.0 .. b1.c4.0.
+    std::string name = d0.name;
+    for (int d : terms) {
+      const std::string& o = g.node(d).name;
+      size_t k = 0;
+      while (k < name.size() && k < o.size() && name[k] == o[k]) ++k;
+      name.resize(k);
+    }
+    const size_t dot = name.rfind('.');
+    name = dot == std::string::npos || dot == 0 ? g.node(top).name : name.substr(0, dot);
+    Node fused = g.node(top);
+    fused.op = OpKind::ConvSumBwdData;
+    fused.name = name;
+    fused.in.clear();
+    fused.conv = d0.conv;
+    fused.branches.shapes.clear();
+    fused.flops = flops_of(g, terms) + flops_of(g, adds);
+    for (int d : terms) {
+      fused.in.insert(fused.in.end(), {g.node(d).in[0], g.node(d).in[1]});
+      fused.branches.shapes.push_back(g.node(d).conv.shape);
+      drop[size_t(d)] = 1;
+    }
+    for (int a : adds)
+      if (a != top) drop[size_t(a)] = 1;
+    nodes[size_t(top)] = std::move(fused);
+    names.push_back(name + " (" + std::to_string(terms.size()) + " branches)");
+  }
+  replace_nodes(g, std::move(nodes), drop);
+  return names;
 }
 
 int fuse_se_excite(Graph& g) {

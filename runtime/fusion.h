@@ -1,4 +1,5 @@
-// runtime/fusion.h — graph rewrites that fuse op chains into single nodes before autodiff.
+// runtime/fusion.h — graph rewrites that fuse op chains into single nodes, before autodiff (and
+// one after it: the ASPP's backward-data sum).
 //
 // BN -> ReLU -> Conv becomes BatchNormStats (the BN's batch or running statistics) followed by
 // BnReluConv2d, which normalises, rectifies and zero-pads its input on the fly. Autodiff then emits
@@ -49,6 +50,16 @@ std::vector<std::string> fuse_conv_bn_sum(Graph& g);
 // up in one pass. The BN outputs and partial sums never exist. Autodiff emits the BNs' ordinary
 // BatchNormBwd nodes, so gradients are bit-identical on the CPU. Returns the fused sums' names.
 std::vector<std::string> fuse_bn_apply_sum(Graph& g);
+
+// Training, after autodiff (append_backward calls it): the backward half of the fused ASPP. The
+// input gradient of an ASPP block is a left-deep sum of its branches' Conv2dBwdData outputs
+// (autodiff's gradient accumulation); where the branch convolutions are those of a BnApplySum
+// (fuse_bn_apply_sum ran on the forward) and differ only in padding and dilation, the 2 to 4
+// backward-data nodes and their adds become one ConvSumBwdData node, so the branch gradients and
+// partial sums never exist. It does nothing to a graph whose forward was not fused (the CPU's).
+// On the CPU the node runs each branch's backward-data and the adds in the chain's order: the same
+// bits as before. Returns the fused nodes' names ("b1 (4 branches)").
+std::vector<std::string> fuse_aspp_backward_data(Graph& g);
 
 // bf16 mixed precision: marks every activation tensor of rank 4 (N, H, W, C) that is neither a
 // graph input nor an output nor read by the loss as stored in bf16 (TensorInfo::dtype = BF16).

@@ -23,6 +23,7 @@ const char* op_name(OpKind k) {
     case OpKind::SeExcite: return "se_excite";
     case OpKind::BnApplySum: return "bn_apply_sum";
     case OpKind::SeExciteBwd: return "se_excite_bwd";
+    case OpKind::ConvSumBwdData: return "conv_sum_bwd_data";
     case OpKind::Loss: return "loss";
     case OpKind::Conv2dBwdData: return "conv2d_bwd_data";
     case OpKind::Conv2dBwdFilter: return "conv2d_bwd_filter";

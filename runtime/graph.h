@@ -56,6 +56,9 @@ enum class OpKind : uint8_t {
   BnReluConv2dBwdData,   // in: dz, w, x, gamma, beta, mean, invstd   out: d(bn output), ReLU-masked
   BnReluConv2dBwdFilter, // in: x, gamma, beta, mean, invstd, dz      out: dw, db
   SeExciteBwd,           // in: p, w1, w2, s, ds   out: dp, dw1, dw2 (relu(w1 p) recomputed)
+  ConvSumBwdData,        // in: per branch dy, w(HWIO)   out: dx = the sum of the branches' conv backward-data,
+                         // added in branch order (the ASPP block's input gradient); Node::branches
+                         // holds each branch's shape (written by fuse_aspp_backward_data)
   // optimiser
   ClipGradNorm,     // in: every parameter gradient (scaled in place when over the limit)  out: none
   OptimizerUpdate,  // in: param, grad, state... (updated in place)   out: none
@@ -95,7 +98,7 @@ struct ConvAttrs { cpu::Conv2dShape shape; };
 struct BNAttrs { double momentum = 0.1, eps = 1e-5; bool training = true; };
 struct LossAttrs { LossKind kind = LossKind::BCEDice; };
 struct OptAttrs { OptimizerKind kind = OptimizerKind::Adam; };
-// ConvBnSum: the convolution of each branch (same n, h, w, cin, cout, kernel, stride and output
+// ConvBnSum, ConvSumBwdData: the convolution of each branch (same n, h, w, cin, cout, kernel, stride and output
 // size; padding and dilation per branch). conv.shape is branches[0].
 struct BranchAttrs { std::vector<cpu::Conv2dShape> shapes; };
 

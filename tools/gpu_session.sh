@@ -5,12 +5,14 @@
 #   test    every GPU suite (gpu_test_device, gpu_test_ops_gpu, gpu_test_conv_gpu,
 #           gpu_test_bn_relu_conv_gpu, gpu_test_bn_relu_conv_bwd_gpu, gpu_test_bn_relu_conv_tc_gpu,
 #           gpu_test_bn_relu_conv_bwd_tc_gpu, gpu_test_bf16_gpu, gpu_test_bf16_train_ops_gpu,
-#           gpu_test_conv_bn_sum_gpu, gpu_test_se_gpu, gpu_test_image_ops_gpu, gpu_test_executor_gpu,
+#           gpu_test_conv_bn_sum_gpu, gpu_test_conv_sum_bwd_gpu, gpu_test_se_gpu, gpu_test_image_ops_gpu,
+#           gpu_test_executor_gpu,
 #           rpp_test_capi_gpu) with
 #           RPP_EXPECT_GPU=1 (no device
 #           is a failure, not a skip), then the CPU suite without the slow label
 #   sanitize  compute-sanitizer memcheck and racecheck on gpu_test_ops_gpu, the convolution
-#           suites (gpu_test_bn_relu_conv*_gpu, gpu_test_bf16*_gpu, gpu_test_conv_bn_sum_gpu),
+#           suites (gpu_test_bn_relu_conv*_gpu, gpu_test_bf16*_gpu, gpu_test_conv_bn_sum_gpu,
+#           gpu_test_conv_sum_bwd_gpu),
 #           gpu_test_se_gpu and
 #           gpu_test_executor_gpu, with --gtest_filter subsets that finish in minutes
 #   bench   resunetpp-bench at 256x256 batch 16 (kernel rows verified then timed, the training
@@ -102,7 +104,8 @@ if want test && [ $build_ok -eq 1 ]; then
   export RPP_EXPECT_GPU=1  # a missing or unusable device fails the GPU tests instead of skipping them
   for t in gpu_test_device gpu_test_ops_gpu gpu_test_conv_gpu gpu_test_bn_relu_conv_gpu \
            gpu_test_bn_relu_conv_bwd_gpu gpu_test_bn_relu_conv_tc_gpu gpu_test_bn_relu_conv_bwd_tc_gpu \
-           gpu_test_bf16_gpu gpu_test_bf16_train_ops_gpu gpu_test_conv_bn_sum_gpu gpu_test_se_gpu gpu_test_image_ops_gpu \
+           gpu_test_bf16_gpu gpu_test_bf16_train_ops_gpu gpu_test_conv_bn_sum_gpu gpu_test_conv_sum_bwd_gpu \
+           gpu_test_se_gpu gpu_test_image_ops_gpu \
            gpu_test_executor_gpu \
            rpp_test_capi_gpu; do
     exe=$build/$t
@@ -177,6 +180,8 @@ if want sanitize && [ $build_ok -eq 1 ]; then
     run_cs racecheck gpu_test_bf16_gpu "Bf16Ops.GlobalAvgPool*:Bf16Conv.*"
     run_cs memcheck gpu_test_conv_bn_sum_gpu "*At64*:*Ragged*:*Exact*:*Bf16*"
     run_cs racecheck gpu_test_conv_bn_sum_gpu "*Ragged*:*Bf16*"
+    run_cs memcheck gpu_test_conv_sum_bwd_gpu "*At64*:*Ragged*:*Exact*"
+    run_cs racecheck gpu_test_conv_sum_bwd_gpu "*Ragged*"
     run_cs memcheck gpu_test_se_gpu "*"
     run_cs racecheck gpu_test_se_gpu "*"
     run_cs racecheck gpu_test_executor_gpu "$race_exec_filter"

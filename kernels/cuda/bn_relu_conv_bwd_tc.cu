@@ -28,11 +28,17 @@
 //                 the cross-thread sums go through their own arrays behind one more barrier.
 //     Backward-filter has, besides, a per-slice pixel table (see there) with its own rule.
 //
-// Backward-data (M = input pixels of one stride-parity class, N = cin, K = live taps x cout).
+// Backward-data (M = input pixels of one stride-parity class, N = cin, K = live taps x cout,
+// concatenated over up to four branches: DataBranches, the ASPP's summed backward-data; one
+// branch for a single convolution).
 // Grid (ceil(pixels of the largest class / 128), ceil(cin / kBN), stride^2): as the fp32 kernel,
 // blockIdx.z picks the class (iy % stride, ix % stride), whose live taps form an arithmetic
-// progression along each axis and are the same for all its pixels; K runs tap by tap, 32 output
-// channels at a time (a slice never straddles two taps; channels past cout stage 0). A block
+// progression along each axis and are the same for all its pixels. Thread 0 narrows each
+// branch's progressions to the taps that reach an output from the class rows (and, for a
+// one-row tile, columns) the block's pixels span, into a shared tap table (begin and end slice
+// per branch) written before the first barrier; the slice count is uniform in the block. K runs
+// branch by branch, tap by tap, 32 output channels at a time (a slice never straddles two taps;
+// channels past cout stage 0). A block
 // tabulates its 128 pixels once in shared memory (image offset in dz, coordinates in the class
 // grid, index in x / dx; read back as warp-wide broadcasts), so a tap's dz offsets need no
 // division. A (As[pixel][k], row-major, dz) and B (Bs[k][channel], row-major, OHWI weights).
@@ -67,7 +73,9 @@
 // + db sums 1,024 = 36,352 bytes; less for BF16 or kBM = 32.
 // Registers: the launch bounds ask for two 256-thread blocks per SM (at most 128 registers); with
 // backward-filter's k-step loop not unrolled that holds without spilling on sm_90, and on sm_80
-// but for 4 bytes in the BF16 BN-ReLU kBM = 64 variant (ptxas -v).
+// but for 4 bytes in the BF16 BN-ReLU kBM = 64 variant (ptxas -v). Backward-data's TF32 narrow
+// tile (cin <= 32) spills 4 bytes on sm_90 since the branch table (its pointers now come from
+// shared memory, not the parameter space); not measured.
 #include "kernels/cuda/bn_relu_conv_bwd_tc.cuh"
 
 #include <cuda_bf16.h>
@@ -106,6 +114,7 @@ constexpr int64_t kMinSplitPixels = 512;
 constexpr int kReduceThreads = 256;
 constexpr int64_t kMaxReduceBlocks = 2048;
 constexpr int kSumChannels = 32, kSumSlots = 8;  // the tile sums (tile_sums.cuh): 32 channels x 8 slots
+constexpr int kMaxDataBranches = kConvSumMaxBranches;  // backward-data: convolutions summed in one launch
 
 using wmma_math::Bf16Math;
 using wmma_math::Tf32Math;
@@ -120,11 +129,28 @@ using conv_bwd::Taps;
 // Backward-data
 // ------------------------------------------------------------------------------------------------
 
+// The convolutions whose input gradients one backward-data launch sums: one, or the ASPP's
+// branches (the shape of Dims but for the padding and dilation; d.pad and d.dil are not read).
+struct DataBranches {
+  int count;
+  const float* dz[kMaxDataBranches];
+  const float* w[kMaxDataBranches];
+  int pad[kMaxDataBranches], dil[kMaxDataBranches];
+};
+
+// A branch's live taps for one block's pixels and its slices' place in the block's K.
+struct BranchTaps {
+  const float* dz;
+  const float* w;
+  Taps ty, tx;
+  int pad, dil;
+  int begin, end;  // slices [begin, end) of the block's K
+};
+
 // part: kSums only, the per-tile partial sums (see the file comment).
 template <class Math, bool kBnRelu, bool kSums, int kWarpsN, class XT>
 __global__ void __launch_bounds__(kDataWarpsM * kWarpsN * 32, 4 / kWarpsN)
-    bwd_data_tc_kernel(Dims d, const float* __restrict__ dz, const float* __restrict__ w,
-                       const XT* __restrict__ x, const float* __restrict__ gamma,
+    bwd_data_tc_kernel(Dims d, DataBranches br, const XT* __restrict__ x, const float* __restrict__ gamma,
                        const float* __restrict__ beta, const float* __restrict__ mean,
                        const float* __restrict__ invstd, float* __restrict__ dx, double* __restrict__ part) {
   static_assert(kBnRelu || !kSums, "the BN sums need the BN arguments");
@@ -150,6 +176,7 @@ __global__ void __launch_bounds__(kDataWarpsM * kWarpsN * 32, 4 / kWarpsN)
   __shared__ long long pix_z[kBM];          // img * ho * wo (dz pixel index of the image); -1: past the class
   __shared__ int pix_qy[kBM], pix_qx[kBM];  // coordinates in the class grid
   __shared__ long long pix_x[kBM];          // pixel index in x and dx; -1: past the class
+  __shared__ BranchTaps taps[kMaxDataBranches];  // written by thread 0 before the first barrier
   T* const As = reinterpret_cast<T*>(tile);
   T* const Bs = As + kBM * kLdA;
   float* const Cs = reinterpret_cast<float*>(tile);
@@ -181,7 +208,41 @@ __global__ void __launch_bounds__(kDataWarpsM * kWarpsN * 32, 4 / kWarpsN)
     pix_qx[r] = qx;
     pix_x[r] = xi;
   }
-  __syncthreads();  // the pixel table; every block meets a barrier (the emulator needs block 0 to)
+  const int co_slices = (d.cout + kBK - 1) / kBK;
+  if (tid == 0 && m0 < mc) {
+    // The class coordinates the block's pixels span: exact when they lie in one image (columns
+    // too when in one row), else the whole class. A tap that reaches no output from that range
+    // is skipped (not loaded, not multiplied): it would add only zeros.
+    const int64_t m1 = (m0 + kBM < mc ? m0 + kBM : mc) - 1;
+    const int64_t plane = int64_t(hq) * wq;
+    int qy_lo = 0, qy_hi = hq - 1, qx_lo = 0, qx_hi = wq - 1;
+    if (m0 / plane == m1 / plane) {
+      const int64_t r0 = m0 % plane, r1 = m1 % plane;
+      qy_lo = int(r0 / wq);
+      qy_hi = int(r1 / wq);
+      if (qy_lo == qy_hi) {
+        qx_lo = int(r0 % wq);
+        qx_hi = int(r1 % wq);
+      }
+    }
+    int begin = 0;
+#pragma unroll
+    for (int b = 0; b < kMaxDataBranches; ++b) {  // (unrolled: br stays in the parameter space)
+      if (b >= br.count) break;
+      BranchTaps t;
+      t.dz = br.dz[b];
+      t.w = br.w[b];
+      t.pad = br.pad[b];
+      t.dil = br.dil[b];
+      t.ty = conv_bwd::live_taps(py, qy_lo, qy_hi, d.kh, d.ho, s, t.pad, t.dil);
+      t.tx = conv_bwd::live_taps(px, qx_lo, qx_hi, d.kw, d.wo, s, t.pad, t.dil);
+      t.begin = begin;
+      begin += t.ty.count * t.tx.count * co_slices;  // < 2^30 per branch (can_run), 4 branches at most
+      t.end = begin;
+      taps[b] = t;
+    }
+  }
+  __syncthreads();  // the pixel and tap tables; every block meets a barrier (the emulator needs block 0 to)
 
   if (m0 >= mc) {  // the whole block (uniform): this class has fewer pixels than the largest
     if constexpr (kSums) {
@@ -193,10 +254,7 @@ __global__ void __launch_bounds__(kDataWarpsM * kWarpsN * 32, 4 / kWarpsN)
     return;
   }
 
-  const Taps tap_y = conv_bwd::live_taps(py, hq, d.kh, d.ho, s, d.pad, d.dil);
-  const Taps tap_x = conv_bwd::live_taps(px, wq, d.kw, d.wo, s, d.pad, d.dil);
-  const int co_slices = (d.cout + kBK - 1) / kBK;
-  const int slices = tap_y.count * tap_x.count * co_slices;  // < 2^30 (can_run); uniform in the block
+  const int slices = taps[br.count - 1].end;  // uniform in the block
 
   // ---- staging ----
   const int kk_a = tid % kBK, ra0 = tid / kBK;  // A: output channel lane, first pixel row
@@ -207,12 +265,26 @@ __global__ void __launch_bounds__(kDataWarpsM * kWarpsN * 32, 4 / kWarpsN)
   float a_st[kARows], b_st[kBRows];
 
   auto load = [&](int sl) {
-    const int tap = sl / co_slices;
-    const int co0 = (sl - tap * co_slices) * kBK;
-    const int jy = tap / tap_x.count, jx = tap - jy * tap_x.count;
-    const int ky = tap_y.first + jy * tap_y.step, kx = tap_x.first + jx * tap_x.step;
+    int b = 0;
+    while (sl >= taps[b].end) ++b;  // the branch: slices < taps[count - 1].end
+    const BranchTaps& bt = taps[b];
+    const int local = sl - bt.begin;
+    const int tap = local / co_slices;
+    const int co0 = (local - tap * co_slices) * kBK;
+    const int jy = tap / bt.tx.count, jx = tap - jy * bt.tx.count;
+    const int ky = bt.ty.first + jy * bt.ty.step, kx = bt.tx.first + jx * bt.tx.step;
+    {
+      const float* __restrict__ const w = bt.w;
+      const int64_t w_tap = (int64_t(ky) * d.kw + kx) * d.cin + ci_b;
+#pragma unroll
+      for (int j = 0; j < kBRows; ++j) {
+        const int cob = co0 + kb0 + j * kBRowStep;
+        b_st[j] = (ci_ok && cob < d.cout) ? w[int64_t(cob) * w_co_stride + w_tap] : 0.f;
+      }
+    }
     // Output coordinate of class pixel (qy, qx) through tap (ky, kx): (qy + ay, qx + ax), exact.
-    const int ay = (py + d.pad - ky * d.dil) / s, ax = (px + d.pad - kx * d.dil) / s;
+    const int ay = (py + bt.pad - ky * bt.dil) / s, ax = (px + bt.pad - kx * bt.dil) / s;
+    const float* __restrict__ const dz = bt.dz;
     const int co = co0 + kk_a;
     const bool co_ok = co < d.cout;
 #pragma unroll
@@ -224,12 +296,6 @@ __global__ void __launch_bounds__(kDataWarpsM * kWarpsN * 32, 4 / kWarpsN)
       if (co_ok && zb >= 0 && oy >= 0 && oy < d.ho && ox >= 0 && ox < d.wo)
         v = dz[(zb + int64_t(oy) * d.wo + ox) * d.cout + co];
       a_st[j] = v;
-    }
-    const int64_t w_tap = (int64_t(ky) * d.kw + kx) * d.cin + ci_b;
-#pragma unroll
-    for (int j = 0; j < kBRows; ++j) {
-      const int cob = co0 + kb0 + j * kBRowStep;
-      b_st[j] = (ci_ok && cob < d.cout) ? w[int64_t(cob) * w_co_stride + w_tap] : 0.f;
     }
   };
 
@@ -575,36 +641,47 @@ bool math_ok(ConvMath m) { return m == ConvMath::Tf32 || m == ConvMath::Bf16; }
        static_cast<int>(math));
 }
 
+// One convolution as a DataBranches of one.
+DataBranches one_branch(const cpu::Conv2dShape& s, const float* dz, const float* w) {
+  DataBranches b{};
+  b.count = 1;
+  b.dz[0] = dz;
+  b.w[0] = w;
+  b.pad[0] = s.pad;
+  b.dil[0] = s.dil;
+  return b;
+}
+
 template <class Math, class XT, bool kBnRelu, bool kSums, int kWarpsN>
-void launch_data(const cpu::Conv2dShape& s, const float* dz, const float* w, const XT* x, const float* gamma,
+void launch_data(const cpu::Conv2dShape& s, const DataBranches& br, const XT* x, const float* gamma,
                  const float* beta, const float* mean, const float* invstd, float* dx, double* part,
                  cudaStream_t stream) {
   const dim3 grid = data_grid(s, 32 * kWarpsN);
   bwd_data_tc_kernel<Math, kBnRelu, kSums, kWarpsN, XT><<<grid, kDataWarpsM * kWarpsN * 32, 0, stream>>>(
-      dims_of(s), dz, w, x, gamma, beta, mean, invstd, dx, part);
+      dims_of(s), br, x, gamma, beta, mean, invstd, dx, part);
 }
 
 template <class Math, class XT, bool kBnRelu, bool kSums>
-void launch_data_width(const cpu::Conv2dShape& s, const float* dz, const float* w, const XT* x,
-                       const float* gamma, const float* beta, const float* mean, const float* invstd, float* dx,
-                       double* part, cudaStream_t stream) {
+void launch_data_width(const cpu::Conv2dShape& s, const DataBranches& br, const XT* x, const float* gamma,
+                       const float* beta, const float* mean, const float* invstd, float* dx, double* part,
+                       cudaStream_t stream) {
   if (s.cin <= 32)
-    launch_data<Math, XT, kBnRelu, kSums, 1>(s, dz, w, x, gamma, beta, mean, invstd, dx, part, stream);
+    launch_data<Math, XT, kBnRelu, kSums, 1>(s, br, x, gamma, beta, mean, invstd, dx, part, stream);
   else
-    launch_data<Math, XT, kBnRelu, kSums, 2>(s, dz, w, x, gamma, beta, mean, invstd, dx, part, stream);
+    launch_data<Math, XT, kBnRelu, kSums, 2>(s, br, x, gamma, beta, mean, invstd, dx, part, stream);
 }
 
 template <class Math, class XT>
-void launch_data_math(bool bn, bool sums, const cpu::Conv2dShape& s, const float* dz, const float* w,
-                      const XT* x, const float* gamma, const float* beta, const float* mean, const float* invstd,
-                      float* dx, double* part, cudaStream_t stream) {
+void launch_data_math(bool bn, bool sums, const cpu::Conv2dShape& s, const DataBranches& br, const XT* x,
+                      const float* gamma, const float* beta, const float* mean, const float* invstd, float* dx,
+                      double* part, cudaStream_t stream) {
   if (sums)
-    launch_data_width<Math, XT, true, true>(s, dz, w, x, gamma, beta, mean, invstd, dx, part, stream);
+    launch_data_width<Math, XT, true, true>(s, br, x, gamma, beta, mean, invstd, dx, part, stream);
   else if (bn)
-    launch_data_width<Math, XT, true, false>(s, dz, w, x, gamma, beta, mean, invstd, dx, nullptr, stream);
+    launch_data_width<Math, XT, true, false>(s, br, x, gamma, beta, mean, invstd, dx, nullptr, stream);
   else
-    launch_data_width<Math, XT, false, false>(s, dz, w, static_cast<const XT*>(nullptr), nullptr, nullptr, nullptr, nullptr, dx, nullptr,
-                                          stream);
+    launch_data_width<Math, XT, false, false>(s, br, static_cast<const XT*>(nullptr), nullptr, nullptr, nullptr,
+                                              nullptr, dx, nullptr, stream);
 }
 
 template <class Math, class XT, bool kBnRelu, int kFragsM>
@@ -659,13 +736,14 @@ void bn_relu_conv_tc_backward_data(const cpu::Conv2dShape& s, ConvMath math, con
   if (sums) detail::check_workspace(op, workspace, bn_relu_conv_tc_backward_data_workspace_bytes(s));
   double* part = sums ? static_cast<double*>(workspace) : nullptr;
   const auto* xf = static_cast<const float*>(x);
+  const DataBranches br = one_branch(s, dz, w_ohwi);
   if (bn && x_type == Storage::Bf16)  // (the plain conv does not read x: the fp32 instantiations)
-    launch_data_math<Bf16Math>(bn, sums, s, dz, w_ohwi, static_cast<const bf16*>(x), gamma, beta, mean, invstd, dx,
-                               part, stream);
+    launch_data_math<Bf16Math>(bn, sums, s, br, static_cast<const bf16*>(x), gamma, beta, mean, invstd, dx, part,
+                               stream);
   else if (math == ConvMath::Tf32)
-    launch_data_math<Tf32Math>(bn, sums, s, dz, w_ohwi, xf, gamma, beta, mean, invstd, dx, part, stream);
+    launch_data_math<Tf32Math>(bn, sums, s, br, xf, gamma, beta, mean, invstd, dx, part, stream);
   else
-    launch_data_math<Bf16Math>(bn, sums, s, dz, w_ohwi, xf, gamma, beta, mean, invstd, dx, part, stream);
+    launch_data_math<Bf16Math>(bn, sums, s, br, xf, gamma, beta, mean, invstd, dx, part, stream);
   RPP_CUDA_CHECK_LAUNCH(op);
   if (sums) {
     const unsigned blocks = unsigned(ceil_div(s.cin, kSumChannels));
@@ -681,6 +759,52 @@ void bn_relu_conv_tc_backward_data(const cpu::Conv2dShape& s, ConvMath math, con
                                    void* workspace, cudaStream_t stream) {
   bn_relu_conv_tc_backward_data(s, math, dz, w_ohwi, Storage::F32, x, gamma, beta, mean, invstd, dx, sum_dy,
                                 sum_dy_xhat, workspace, stream);
+}
+
+bool conv_sum_tc_backward_data_can_run(const cpu::Conv2dShape* shapes, int count, ConvMath math) {
+  if (!math_ok(math) || !shapes || count < 1 || count > kConvSumMaxBranches) return false;
+  const cpu::Conv2dShape& a = shapes[0];
+  for (int b = 0; b < count; ++b) {
+    const cpu::Conv2dShape& s = shapes[b];
+    if (!shape_runs(s)) return false;
+    if (s.n != a.n || s.h != a.h || s.w != a.w || s.cin != a.cin || s.cout != a.cout || s.kh != a.kh ||
+        s.kw != a.kw || s.stride != a.stride || s.ho() != a.ho() || s.wo() != a.wo())
+      return false;
+  }
+  return true;
+}
+
+void conv_sum_tc_backward_data(const ConvBwdDataBranch* branches, int count, ConvMath math, float* dx,
+                               cudaStream_t stream) {
+  const char* op = "conv_sum_tc_backward_data";
+  if (!branches || count < 1 || count > kConvSumMaxBranches)
+    fail(op, ": ", count, " branches; 1 to ", kConvSumMaxBranches, " are supported");
+  cpu::Conv2dShape shapes[kConvSumMaxBranches];
+  DataBranches br{};
+  br.count = count;
+  for (int b = 0; b < count; ++b) {
+    shapes[b] = branches[b].shape;
+    br.dz[b] = branches[b].dz;
+    br.w[b] = branches[b].w_ohwi;
+    br.pad[b] = branches[b].shape.pad;
+    br.dil[b] = branches[b].shape.dil;
+    detail::check_not_null(op, {{"dz", br.dz[b]}, {"w", br.w[b]}});
+  }
+  if (!conv_sum_tc_backward_data_can_run(shapes, count, math)) {
+    for (int b = 0; b < count; ++b)
+      if (!bn_relu_conv_bwd_tc_can_run(shapes[b], math)) fail_shape(op, shapes[b], math);
+    fail(op, ": the ", count, " branches differ in more than padding and dilation (batch, sizes, channels, kernel, "
+         "stride or output size)");
+  }
+  detail::check_not_null(op, {{"dx", dx}});
+  const cpu::Conv2dShape& s = shapes[0];
+  if (math == ConvMath::Tf32)
+    launch_data_math<Tf32Math, float>(false, false, s, br, nullptr, nullptr, nullptr, nullptr, nullptr, dx, nullptr,
+                                      stream);
+  else
+    launch_data_math<Bf16Math, float>(false, false, s, br, nullptr, nullptr, nullptr, nullptr, nullptr, dx, nullptr,
+                                      stream);
+  RPP_CUDA_CHECK_LAUNCH(op);
 }
 
 size_t bn_relu_conv_tc_backward_filter_workspace_bytes(const cpu::Conv2dShape& s) {

@@ -104,4 +104,32 @@ void bn_relu_conv_tc_backward_filter(const cpu::Conv2dShape& s, ConvMath math, S
                                      const float* invstd, const float* dz, float* dw_ohwi, float* db,
                                      void* workspace, cudaStream_t stream);
 
+// ---- The ASPP's backward-data: the branches' input gradients summed in one launch ----
+// dx = sum over branches b of conv_backward_data(dz_b, w_b) for up to four convolutions of the
+// same input that differ only in padding and dilation (the ASPP: 3x3, dilations 1, 6, 12, 18).
+// One implicit GEMM whose K is the concatenation of the branches' live taps (per block: a tap
+// that reaches no output pixel from the block's pixels is skipped, as the forward's branch-sum
+// mode skips dead slices), so the branch gradients and the adds of the unfused graph never
+// exist. Plain convolutions (no BN-ReLU mask, no sums); dz, w and dx fp32, the operands rounded
+// to the math's type as above, fp32 accumulation in branch, tap, channel order. Specification:
+// cpu::conv2d_backward_data per branch and cpu::add (runtime/executor_cpu.cpp runs the
+// ConvSumBwdData node that way). Tested by tests/gpu/test_conv_sum_bwd_gpu.cpp.
+constexpr int kConvSumMaxBranches = 4;
+
+struct ConvBwdDataBranch {
+  cpu::Conv2dShape shape;     // the branch's convolution (forward shape)
+  const float* dz = nullptr;  // (n, ho, wo, cout)
+  const float* w_ohwi = nullptr;  // (cout, kh, kw, cin)
+};
+
+// Whether conv_sum_tc_backward_data runs these branch shapes with this math: 1 to 4 branches,
+// each bn_relu_conv_bwd_tc_can_run, all with the same n, h, w, cin, cout, kernel, stride and output
+// size (padding and dilation free).
+bool conv_sum_tc_backward_data_can_run(const cpu::Conv2dShape* shapes, int count, ConvMath math);
+
+// dx (n, h, w, cin), overwritten. Needs no workspace. rpp::Error when the branches cannot run
+// (naming the first shape that cannot, or saying they differ) or a pointer is null.
+void conv_sum_tc_backward_data(const ConvBwdDataBranch* branches, int count, ConvMath math, float* dx,
+                               cudaStream_t stream);
+
 }  // namespace rpp::cuda

@@ -21,17 +21,18 @@ inline Dims dims_of(const cpu::Conv2dShape& s) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The live taps along one axis of the parity class whose first input coordinate is p (q
-// coordinates p, p + stride, ...; k taps, o output coordinates): kernel indices first,
-// first + step, ... (count of them). A tap kk reaches the class when stride divides
-// p + pad - kk * dil (then the class's pixels map to outputs a .. a + q - 1, a that quotient) and
-// some of those outputs exist. The solutions of the congruence are a progression of kk (step
-// stride / gcd(stride, dil)) and a decreases along it, so the live ones are a contiguous run.
+// The live taps along one axis of the parity class whose first input coordinate is p, for the
+// class coordinates q_lo .. q_hi (input coordinates p + q * stride; k taps, o output
+// coordinates): kernel indices first, first + step, ... (count of them). A tap kk reaches the
+// class when stride divides p + pad - kk * dil (then class coordinate q maps to output a + q, a
+// that quotient) and some of the outputs a + q_lo .. a + q_hi exist. The solutions of the
+// congruence are a progression of kk (step stride / gcd(stride, dil)) and a decreases along it,
+// so the live ones are a contiguous run.
 struct Taps {
   int first, step, count;
 };
 
-__device__ __forceinline__ Taps live_taps(int p, int q, int k, int o, int stride, int pad, int dil) {
+__device__ __forceinline__ Taps live_taps(int p, int q_lo, int q_hi, int k, int o, int stride, int pad, int dil) {
   Taps t{0, 1, 0};
   for (int kk = 0; kk < k; ++kk) {
     const int num = p + pad - kk * dil;
@@ -39,7 +40,7 @@ __device__ __forceinline__ Taps live_taps(int p, int q, int k, int o, int stride
     if (rem < 0) rem += stride;
     if (rem != 0) continue;
     const int a = num / stride;  // exact
-    if (a > o - 1 || a + q - 1 < 0) continue;
+    if (a + q_lo > o - 1 || a + q_hi < 0) continue;
     if (t.count == 0)
       t.first = kk;
     else if (t.count == 1)
@@ -47,6 +48,11 @@ __device__ __forceinline__ Taps live_taps(int p, int q, int k, int o, int stride
     ++t.count;
   }
   return t;
+}
+
+// The whole class (q coordinates 0 .. q - 1).
+__device__ __forceinline__ Taps live_taps(int p, int q, int k, int o, int stride, int pad, int dil) {
+  return live_taps(p, 0, q - 1, k, o, stride, pad, dil);
 }
 
 // Backward-filter split-K over the n*ho*wo pixels (the GEMM's K): about target_blocks blocks for

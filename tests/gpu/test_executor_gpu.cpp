@@ -133,6 +133,14 @@ Err compare(const float* got, const float* ref, size_t n) {
 
 double rel(double got, double ref) { return std::fabs(got - ref) / std::max(std::fabs(ref), 1e-12); }
 
+// Every convolution pass of a fused training graph: forward, backward-data (the ASPP's summed
+// one included) and backward-filter, fused or plain.
+bool is_conv_pass(OpKind k) {
+  return k == OpKind::BnReluConv2d || k == OpKind::Conv2d || k == OpKind::BnReluConv2dBwdData ||
+         k == OpKind::BnReluConv2dBwdFilter || k == OpKind::Conv2dBwdData || k == OpKind::Conv2dBwdFilter ||
+         k == OpKind::ConvSumBwdData;
+}
+
 // Agreement of a whole tensor with the CPU's: relative L2 error, and the fraction of elements off
 // by more than 1e-2 of the tensor's largest |value|. The GPU sums batch statistics in another order,
 // so a ReLU or max-pool decision within rounding of its kink can go the other way; a flipped
@@ -628,7 +636,17 @@ TEST(GpuExecutor, HandwrittenKernelsMatchTheCudnnPath) {
     }
     EXPECT_NE(described.find("bn_relu_conv2d_bwd_filter"), std::string::npos) << described;
     if (k == KernelChoice::Handwritten) {
-      EXPECT_EQ(described.find("cuDNN path"), std::string::npos);
+      // In strict fp32 only the ASPP's backward-data sums (tensor-core kernels only) take cuDNN.
+      std::istringstream lines_in(described);
+      size_t aspp_cudnn = 0;
+      for (std::string line; std::getline(lines_in, line);) {
+        if (line.find("cuDNN path") == std::string::npos) continue;
+        EXPECT_NE(line.find("(conv_sum_bwd_data): cuDNN path, the fused ASPP kernel needs tensor cores"),
+                  std::string::npos)
+            << line;
+        ++aspp_cudnn;
+      }
+      EXPECT_EQ(aspp_cudnn, 2u);
     }
     gpu.set_input(mg.image, images.data());
     gpu.set_input(mg.target, masks.data());
@@ -663,16 +681,16 @@ TEST(GpuExecutor, Tf32TensorCoreKernelsAndEpilogueStatistics) {
   std::map<int, int> producer;
   for (int i = 0; i < mg.graph.num_nodes(); ++i)
     for (int t : mg.graph.node(i).out) producer[t] = i;
-  int from_epilogue = 0, conv_nodes = 0;
+  int from_epilogue = 0, conv_nodes = 0, aspp_data = 0;
   for (const Node& n : mg.graph.nodes()) {
-    conv_nodes += n.op == OpKind::BnReluConv2d || n.op == OpKind::Conv2d || n.op == OpKind::BnReluConv2dBwdData ||
-                  n.op == OpKind::BnReluConv2dBwdFilter || n.op == OpKind::Conv2dBwdData ||
-                  n.op == OpKind::Conv2dBwdFilter;
+    conv_nodes += is_conv_pass(n.op);
+    aspp_data += n.op == OpKind::ConvSumBwdData;
     if (n.op != OpKind::BatchNormStats || !producer.count(n.in[0])) continue;
     const OpKind p = mg.graph.node(producer[n.in[0]]).op;
     if (p == OpKind::BnReluConv2d || p == OpKind::Conv2d) ++from_epilogue;
   }
   ASSERT_GT(from_epilogue, 0);
+  ASSERT_EQ(aspp_data, 2);  // the ASPP blocks' backward-data sums (fuse_aspp_backward_data)
   Floats images, masks;
   synthetic_batch(31, 2, 64, images, masks);
   ParamStore sc, sg;
@@ -693,6 +711,8 @@ TEST(GpuExecutor, Tf32TensorCoreKernelsAndEpilogueStatistics) {
   const std::string epi_text = "(batchnorm_stats): from the epilogue sums";
   for (size_t p = described.find(epi_text); p != std::string::npos; p = described.find(epi_text, p + 1)) ++epi;
   EXPECT_EQ(tc, size_t(conv_nodes)) << described;  // every convolution pass on tensor cores
+  for (const char* block : {"  b1 (conv_sum_bwd_data): hand-written (TF32", "  aspp (conv_sum_bwd_data): hand-written (TF32"})
+    EXPECT_NE(described.find(block), std::string::npos) << block << "\n" << described;
   EXPECT_EQ(epi, size_t(from_epilogue)) << described;
   gpu.set_input(mg.image, images.data());
   gpu.set_input(mg.target, masks.data());
@@ -1199,9 +1219,7 @@ void check_bf16_training(const ModelConfig& cfg, int size) {
   const std::string described = b16.describe_kernels();
   int conv_nodes = 0, bn_stats = 0;
   for (const Node& n : mh.graph.nodes()) {
-    conv_nodes += n.op == OpKind::BnReluConv2d || n.op == OpKind::Conv2d || n.op == OpKind::BnReluConv2dBwdData ||
-                  n.op == OpKind::BnReluConv2dBwdFilter || n.op == OpKind::Conv2dBwdData ||
-                  n.op == OpKind::Conv2dBwdFilter;
+    conv_nodes += is_conv_pass(n.op);
     bn_stats += n.op == OpKind::BatchNormStats;
   }
   size_t tc = 0, epi = 0;

@@ -34,7 +34,11 @@
 //        the fallback as the executor's cuDNN path runs it (per branch the cuDNN conv, the eval
 //        BN, the add), in fp32 and with TF32 allowed, and the hand-written kernel
 //        (kernels/cuda/conv_bn_sum.cuh) with TF32 and BF16 operands; x normal (mean 0.2), weights
-//        U(+-1/sqrt(fan_in)), random biases and BN statistics, eps 1e-5.
+//        U(+-1/sqrt(fan_in)), random biases and BN statistics, eps 1e-5. Then one row per
+//        ConvSumBwdData node of the training graph (pass aspp_bwd_data: the branches'
+//        backward-data, summed): the fallback as the executor's cuDNN path runs it (per branch the
+//        cuDNN backward-data, the add), fp32 and TF32 allowed, and conv_sum_tc_backward_data
+//        (kernels/cuda/bn_relu_conv_bwd_tc.cuh) with TF32 and BF16 operands; dz normal.
 //   2. Timeline (unless --no-timeline): one training step of the whole network (Adam, BCE + Dice,
 //      the graph the device's executor runs: unfused on the CPU, fused on CUDA) with seeded
 //      parameters and inputs; per-node times aggregated by op kind, the ten slowest nodes, the
@@ -157,6 +161,7 @@
 #include "kernels/cuda/batchnorm.cuh"
 #include "kernels/cuda/bn_relu_conv.cuh"
 #include "kernels/cuda/bn_relu_conv_bwd.cuh"
+#include "kernels/cuda/bn_relu_conv_bwd_tc.cuh"
 #include "kernels/cuda/bn_relu_conv_tc.cuh"
 #include "kernels/cuda/conv_bn_sum.cuh"
 #include "kernels/cuda/cudnn/conv_cudnn.cuh"
@@ -418,6 +423,7 @@ std::vector<ShapeRow> fused_shapes(int batch, int size) {
 struct AsppRow {
   ShapeRow row;                      // row.s: the first branch
   std::vector<Conv2dShape> branches;
+  bool backward = false;             // a ConvSumBwdData node (training) rather than a ConvBnSum
 };
 
 
@@ -628,9 +634,9 @@ double bn_double(const HostData& d, int c, float x) {
 // dx at one input pixel, every input channel, in double from the definition: the sum of
 // dz(n, oy, ox, co) * w(ky, kx, ci, co) over the taps and output pixels that read (p.y, p.x)
 // (oy * stride - pad + ky * dil = p.y, the same for x), then 0 where !(bn(x) > 0).
-void reference_dx_pixel(const Conv2dShape& s, const HostData& d, const std::vector<float>& dz, const Pixel& p,
-                        std::vector<double>& acc) {
-  acc.assign(sz(s.cin), 0.0);
+// add_dx_pixel: the sum alone, added to acc (cin doubles), for weights w (HWIO).
+void add_dx_pixel(const Conv2dShape& s, const std::vector<float>& w, const std::vector<float>& dz, const Pixel& p,
+                  std::vector<double>& acc) {
   const int ho = s.ho(), wo = s.wo();
   for (int ky = 0; ky < s.kh; ++ky) {
     const int ty = p.y + s.pad - ky * s.dil;
@@ -639,7 +645,7 @@ void reference_dx_pixel(const Conv2dShape& s, const HostData& d, const std::vect
       const int tx = p.x + s.pad - kx * s.dil;
       if (tx < 0 || tx % s.stride != 0 || tx / s.stride >= wo) continue;
       const float* g = dz.data() + ((int64_t(p.n) * ho + ty / s.stride) * wo + tx / s.stride) * s.cout;
-      const float* wt = d.w.data() + (int64_t(ky) * s.kw + kx) * s.cin * s.cout;  // HWIO
+      const float* wt = w.data() + (int64_t(ky) * s.kw + kx) * s.cin * s.cout;  // HWIO
       for (int ci = 0; ci < s.cin; ++ci) {
         const float* wr = wt + int64_t(ci) * s.cout;
         double sum = 0;
@@ -648,6 +654,12 @@ void reference_dx_pixel(const Conv2dShape& s, const HostData& d, const std::vect
       }
     }
   }
+}
+
+void reference_dx_pixel(const Conv2dShape& s, const HostData& d, const std::vector<float>& dz, const Pixel& p,
+                        std::vector<double>& acc) {
+  acc.assign(sz(s.cin), 0.0);
+  add_dx_pixel(s, d.w, dz, p, acc);
   const float* xin = d.x.data() + ((int64_t(p.n) * s.h + p.y) * s.w + p.x) * s.cin;
   for (int ci = 0; ci < s.cin; ++ci)
     if (!(bn_double(d, ci, xin[ci]) > 0)) acc[sz(ci)] = 0;
@@ -1255,6 +1267,20 @@ std::vector<AsppRow> aspp_rows(int batch, int size) {
   return rows;
 }
 
+// The ConvSumBwdData nodes of the training graph (the two ASPP blocks' input gradients), in
+// graph order.
+std::vector<AsppRow> aspp_backward_rows(int batch, int size, size_t first_id) {
+  ModelConfig cfg;
+  cfg.fuse = true;
+  ModelGraph m = build_resunetpp(cfg, batch, size, size, /*training=*/true);
+  append_backward(m.graph, m.loss);
+  std::vector<AsppRow> rows;
+  for (const Node& n : m.graph.nodes())
+    if (n.op == OpKind::ConvSumBwdData)
+      rows.push_back({{first_id + rows.size(), n.conv.shape, {n.name}}, n.branches.shapes, /*backward=*/true});
+  return rows;
+}
+
 struct AsppBranchData {
   std::vector<float> w, bias, gamma, beta, mean, var;  // w HWIO
 };
@@ -1419,6 +1445,133 @@ KernelRow bench_cuda_aspp(Gpu& g, const AsppRow& a, const Options& o, const Envi
     if (!verify_and_time_tc(g, k, s, tf32 ? "handwritten_tf32" : "handwritten_bf16",
                             tf32 ? "hand-written, TF32 tensor cores" : "hand-written, BF16 tensor cores",
                             tf32 ? kTf32Tolerance : kBf16Tolerance, yhw, ref, base, env, hand))
+      return k;
+  }
+  return k;
+}
+
+// One ASPP backward-data row: the fallback as the executor's cuDNN path runs a ConvSumBwdData
+// node (per branch the cuDNN backward-data into a buffer, cuda::add into dx), fp32 and with TF32
+// allowed, and the hand-written conv_sum_tc_backward_data with TF32 and BF16 operands. dz normal
+// per branch, weights U(+-1/sqrt(fan_in)). The fp32 fallback is checked against the double
+// reference (a subset of the input pixels on large shapes), the others against it.
+KernelRow bench_cuda_aspp_backward(Gpu& g, const AsppRow& a, const Options& o, const Environment& env) {
+  const size_t index = a.row.id;
+  const int nb = int(a.branches.size());
+  KernelRow k;
+  k.shape = a.row;
+  k.pass = "aspp_bwd_data";
+  const Conv2dShape& s = a.row.s;
+  for (const Conv2dShape& b : a.branches) k.flops += 2 * macs(b);
+  k.bytes = (int64_t(nb) * (out_elems(s) + w_elems(s)) + in_elems(s)) * int64_t(sizeof(float));
+  k.note = std::to_string(nb) + " branches, dilations";
+  for (const Conv2dShape& b : a.branches) k.note += " " + std::to_string(b.dil);
+  Rng rng(uint64_t(o.seed), 9000 + index);
+  const cudaStream_t st = g.stream;
+  const float bound = 1.f / std::sqrt(float(s.kh * s.kw * s.cin));
+  std::vector<std::vector<float>> dz(sz(nb)), w(sz(nb));
+  std::vector<std::unique_ptr<DevMem>> dev;  // per branch: dz, w (OHWI)
+  std::vector<cuda::ConvBwdDataBranch> br;
+  for (int b = 0; b < nb; ++b) {
+    dz[sz(b)].resize(sz(out_elems(s)));
+    for (float& v : dz[sz(b)]) v = rng.normal();
+    w[sz(b)].resize(sz(w_elems(s)));
+    for (float& v : w[sz(b)]) v = rng.uniform(-bound, bound);
+    std::vector<float> w_ohwi(w[sz(b)].size());
+    cuda::repack_hwio_to_ohwi_host(s.kh, s.kw, s.cin, s.cout, w[sz(b)].data(), w_ohwi.data());
+    dev.push_back(upload(dz[sz(b)], st));
+    dev.push_back(upload(w_ohwi, st));
+    br.push_back({a.branches[sz(b)], dev[sz(2 * b)]->f(), dev[sz(2 * b + 1)]->f()});
+  }
+  const size_t nx = sz(in_elems(s));
+  DevMem branch(nx * sizeof(float)), dxref(nx * sizeof(float)), dxhw(nx * sizeof(float));
+  std::vector<std::unique_ptr<cuda::CudnnConv>> convs, convs_tf32;
+  size_t ws_bytes = 0;
+  for (const Conv2dShape& b : a.branches)
+    for (bool tf32 : {false, true}) {
+      auto c = std::make_unique<cuda::CudnnConv>(b);
+      c->choose_algorithms(g.handle, /*deterministic=*/true, tf32, nullptr, size_t(1) << 30);
+      ws_bytes = std::max(ws_bytes, c->backward_data_workspace_bytes());
+      (tf32 ? convs_tf32 : convs).push_back(std::move(c));
+    }
+  k.algorithms = convs[0]->describe_algorithms();
+  DevMem ws(ws_bytes);
+  auto fallback_of = [&](const std::vector<std::unique_ptr<cuda::CudnnConv>>* cv, DevMem* dx) {
+    return [&, cv, dx] {
+      for (int b = 0; b < nb; ++b) {
+        const cuda::ConvBwdDataBranch& q = br[sz(b)];
+        (*cv)[sz(b)]->backward_data(g.handle, q.dz, q.w_ohwi, b == 0 ? dx->f() : branch.f(), ws.p());
+        if (b > 0) cuda::add(int64_t(nx), dx->f(), branch.f(), dx->f(), st);
+      }
+    };
+  };
+  const auto fallback = fallback_of(&convs, &dxref);
+  const auto fallback_tf32 = fallback_of(&convs_tf32, &dxhw);
+
+  BENCH_CU(cudaMemsetAsync(dxref.p(), 0xFF, dxref.bytes(), st));
+  fallback();
+  BENCH_CU(cudaStreamSynchronize(st));
+  BENCH_CU(cudaGetLastError());
+  std::vector<float> ref = download(dxref, nx, st);
+  const bool can_hw = cuda::conv_sum_tc_backward_data_can_run(a.branches.data(), nb, cuda::ConvMath::Tf32);
+  if (!can_hw && corrupt(index, "aspp")) ref[0] += 1.f;
+  {  // the fp32 fallback against the double reference
+    const double per_pixel = double(nb) * s.kh * s.kw * s.cin * s.cout;
+    const std::vector<Pixel> px = pick_pixels_of(s.n, s.h, s.w, per_pixel, uint64_t(o.seed) + index, 99);
+    const size_t c = sz(s.cin);
+    std::vector<double> want(px.size() * c), acc;
+    for (size_t i = 0; i < px.size(); ++i) {
+      acc.assign(c, 0.0);
+      for (int b = 0; b < nb; ++b) add_dx_pixel(a.branches[sz(b)], w[sz(b)], dz[sz(b)], px[i], acc);
+      std::copy(acc.begin(), acc.end(), want.begin() + std::ptrdiff_t(i * c));
+    }
+    auto at = [&](size_t i) {
+      const Pixel& q = px[i / c];
+      return sz(((int64_t(q.n) * s.h + q.y) * s.w + q.x) * s.cin) + i % c;
+    };
+    Check ck = compare(
+        "cuDNN fallback vs double reference", "dx", "ref", want.size(), [&](size_t i) { return double(ref[at(i)]); },
+        [&](size_t i) { return want[i]; },
+        [&](size_t i) {
+          const Pixel& q = px[i / c];
+          return "image " + std::to_string(q.n) + " pixel (" + std::to_string(q.y) + ", " + std::to_string(q.x) +
+                 ") channel " + std::to_string(i % c);
+        });
+    ck.total = int64_t(nx);
+    k.checks.push_back(ck);
+    if (!ck.passed) {
+      k.failed = true;
+      return k;
+    }
+  }
+  k.timings.push_back({"fallback", "cuDNN fallback (4 x dgrad, adds)",
+                       stats_of(time_gpu(g, env.warmup, env.repeats, fallback))});
+  if (!can_hw) {
+    k.note += "; the hand-written kernel cannot run these branches (conv_sum_tc_backward_data_can_run)";
+    return k;
+  }
+  Conv2dShape sd = s;  // check_full names dx's elements by pixel and channel: cin channels
+  sd.cout = s.cin;
+  const size_t base = k.timings.size();
+  if (!verify_and_time_tc(g, k, sd, "fallback_tf32", "cuDNN fallback, TF32 allowed", kTf32Tolerance, dxhw, ref, 0,
+                          env, fallback_tf32))
+    return k;
+  for (cuda::ConvMath m : {cuda::ConvMath::Tf32, cuda::ConvMath::Bf16}) {
+    const bool tf32 = m == cuda::ConvMath::Tf32;
+    auto hand = [&, m, tf32] {
+      cuda::conv_sum_tc_backward_data(br.data(), nb, m, dxhw.f(), st);
+      if (tf32 && corrupt(index, "aspp")) {  // test hook: one wrong element in the checked output
+        std::vector<float> first(1);
+        BENCH_CU(cudaMemcpyAsync(first.data(), dxhw.p(), sizeof(float), cudaMemcpyDeviceToHost, st));
+        BENCH_CU(cudaStreamSynchronize(st));
+        first[0] += 1.f;
+        BENCH_CU(cudaMemcpyAsync(dxhw.p(), first.data(), sizeof(float), cudaMemcpyHostToDevice, st));
+        BENCH_CU(cudaStreamSynchronize(st));
+      }
+    };
+    if (!verify_and_time_tc(g, k, sd, tf32 ? "handwritten_tf32" : "handwritten_bf16",
+                            tf32 ? "hand-written, TF32 tensor cores" : "hand-written, BF16 tensor cores",
+                            tf32 ? kTf32Tolerance : kBf16Tolerance, dxhw, ref, base, env, hand))
       return k;
   }
   return k;
@@ -1909,7 +2062,8 @@ void print_kernels(const std::vector<KernelRow>& rows, const Environment& env, b
               << fmt("%.0e", kTolerance) << "; fb: against the fp32 fallback's whole output, tolerance "
               << fmt("%.0e", kTf32Tolerance) << " (TF32) and " << fmt("%.0e", kBf16Tolerance)
               << " (BF16); speed-up: over the fallback with TF32 allowed; flops 2 x multiply-adds of the branches; "
-                 "bytes: x + y + the branches' weights and BN vectors (fp32)\n";
+                 "bytes: aspp x + y + the branches' weights and BN vectors, aspp_bwd_data the branches' dz and "
+                 "weights + dx (fp32)\n";
     for (const KernelRow& k : rows) std::cout << lpad(std::to_string(k.shape.id + 1), 5) << "  " << k.shape.nodes[0] << "\n";
     return;
   }
@@ -2134,10 +2288,15 @@ int run(int argc, char** argv) {
   const size_t total_shapes = shapes.size();
   int fused_nodes = 0;
   for (const ShapeRow& r : shapes) fused_nodes += int(r.nodes.size());
-  // cuda: the fused ASPP blocks of the inference graph (a third table).
+  // cuda: the fused ASPP blocks of the inference graph and their backward-data sums in the training
+  // graph (a third table).
   std::vector<AsppRow> aspp;
 #ifdef RPP_BENCH_CUDA
-  if (cuda) aspp = aspp_rows(o.batch, o.size);
+  if (cuda) {
+    aspp = aspp_rows(o.batch, o.size);
+    std::vector<AsppRow> back = aspp_backward_rows(o.batch, o.size, aspp.size());
+    aspp.insert(aspp.end(), back.begin(), back.end());
+  }
 #endif
   if (!o.filter.empty()) {
     auto hit = [&](const ShapeRow& r) {
@@ -2217,13 +2376,14 @@ int run(int argc, char** argv) {
   }
   std::vector<KernelRow> arows;
   if (cuda && !aspp.empty()) {
-    std::cout << "\n== kernels: the fused ASPP of inference (ConvBnSum: the dilated conv branches and their eval "
-                 "BNs, summed), "
-              << aspp.size() << " block" << (aspp.size() == 1 ? "" : "s") << ", median of " << env.repeats
+    std::cout << "\n== kernels: the fused ASPP (inference, ConvBnSum: the dilated conv branches and their eval BNs, "
+                 "summed; training, ConvSumBwdData: the branches' backward-data, summed), "
+              << aspp.size() << " row" << (aspp.size() == 1 ? "" : "s") << ", median of " << env.repeats
               << " after " << env.warmup << " warm-up, CUDA events, L2 flushed ==\n";
-    for (const AsppRow& a : aspp) arows.push_back(bench_cuda_aspp(*gpu, a, o, env));
+    for (const AsppRow& a : aspp)
+      arows.push_back(a.backward ? bench_cuda_aspp_backward(*gpu, a, o, env) : bench_cuda_aspp(*gpu, a, o, env));
     for (const KernelRow& k : arows) failures += k.failed;
-    print_kernels(arows, env, cuda, /*backward=*/false, /*aspp=*/true);
+    print_kernels(arows, env, cuda, /*backward=*/true, /*aspp=*/true);
   }
 #else
   const std::vector<KernelRow> arows;
