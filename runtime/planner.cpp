@@ -1,4 +1,5 @@
-// runtime/planner.cpp — liveness analysis and best-fit offset assignment.
+// runtime/planner.cpp — liveness analysis and offset assignment (the smaller of a best-fit sweep
+// over the schedule and a greedy placement by size).
 #include "runtime/planner.h"
 
 #include <algorithm>
@@ -66,6 +67,39 @@ class BestFit {
   std::map<size_t, size_t> free_;  // offset -> size
   size_t top_ = 0, high_ = 0;
 };
+
+// Offline placement: the tensors by size, largest first (ties: earlier first use, then id), each
+// at the lowest offset where it overlaps in bytes no already-placed tensor whose lifetime
+// overlaps its own. Writes off[t] for the listed tensors; returns the arena size.
+size_t greedy_by_size(const Graph& g, const std::vector<int>& ts, const std::vector<int>& first,
+                      const std::vector<int>& last, std::vector<int64_t>& off) {
+  std::vector<int> order = ts;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    const size_t sa = tensor_bytes(g.tensor(a)), sb = tensor_bytes(g.tensor(b));
+    if (sa != sb) return sa > sb;
+    return first[size_t(a)] < first[size_t(b)];
+  });
+  std::vector<int> placed;
+  std::vector<std::pair<size_t, size_t>> busy;  // [begin, end) of the placed tensors live with t
+  size_t high = 0;
+  for (int t : order) {
+    const size_t size = tensor_bytes(g.tensor(t));
+    busy.clear();
+    for (int q : placed)
+      if (first[size_t(q)] <= last[size_t(t)] && first[size_t(t)] <= last[size_t(q)])
+        busy.push_back({size_t(off[size_t(q)]), size_t(off[size_t(q)]) + tensor_bytes(g.tensor(q))});
+    std::sort(busy.begin(), busy.end());
+    size_t at = 0;
+    for (const auto& [b, e] : busy) {
+      if (at + size <= b) break;  // the gap before this interval holds it
+      at = std::max(at, e);
+    }
+    off[size_t(t)] = int64_t(at);
+    high = std::max(high, at + size);
+    placed.push_back(t);
+  }
+  return high;
+}
 
 }  // namespace
 
@@ -140,6 +174,17 @@ Plan make_plan(const Graph& g, PlanMode mode, const WorkspaceFn& workspace) {
     for (int t : dies[pos]) alloc.release(size_t(p.offset[size_t(t)]), tensor_bytes(g.tensor(t)));
   }
   p.arena_bytes = alloc.high_water();
+
+  // The same liveness placed offline, largest tensors first; kept when it needs less.
+  std::vector<int> ts;
+  for (int t = 0; t < nt; ++t)
+    if (in_arena[size_t(t)]) ts.push_back(t);
+  std::vector<int64_t> by_size = p.offset;
+  const size_t greedy = greedy_by_size(g, ts, p.first, p.last, by_size);
+  if (greedy < p.arena_bytes) {
+    p.offset = std::move(by_size);
+    p.arena_bytes = greedy;
+  }
   return p;
 }
 
