@@ -43,17 +43,14 @@ size_t cpu_workspace_bytes(const Graph& g, const Node& n) {
       const int64_t per = n.op == OpKind::SeExcite ? w1[0] : 2 * w1[0] + w1[1];
       return size_t(rows * per) * sizeof(float);
     }
-    // One branch's conv output, then the largest of the branches' conv workspaces.
-    case OpKind::ConvBnSum: {
-      size_t conv_ws = 0;
-      for (const cpu::Conv2dShape& s : n.branches.shapes) conv_ws = std::max(conv_ws, cpu::conv2d_forward_workspace(s));
-      return (bn_relu_staging_floats(g, n, n.out[0]) + conv_ws) * sizeof(float);
-    }
-    // One branch's input gradient, then the largest of the branches' backward-data workspaces.
+    // One branch's conv output (or input gradient), then the largest of the branches' conv
+    // (or backward-data) workspaces.
+    case OpKind::ConvBnSum:
     case OpKind::ConvSumBwdData: {
       size_t conv_ws = 0;
       for (const cpu::Conv2dShape& s : n.branches.shapes)
-        conv_ws = std::max(conv_ws, cpu::conv2d_backward_data_workspace(s));
+        conv_ws = std::max(conv_ws, n.op == OpKind::ConvBnSum ? cpu::conv2d_forward_workspace(s)
+                                                              : cpu::conv2d_backward_data_workspace(s));
       return (bn_relu_staging_floats(g, n, n.out[0]) + conv_ws) * sizeof(float);
     }
     case OpKind::BnReluConv2dBwdFilter:

@@ -879,16 +879,14 @@ size_t CudaExecutor::workspace_need(const Node& n) const {
     case OpKind::BnReluConv2dBwdFilter:  // the cuDNN path or a hand-written kernel's split-K partials
       return std::max(staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).backward_filter_workspace_bytes(),
                       handwritten_filter_workspace(n));
-    case OpKind::ConvBnSum: {  // the cuDNN path: one branch's output, then the convolution's workspace
+    case OpKind::ConvBnSum:  // the cuDNN path: one branch's output (or dx), then the convolution's workspace
+    case OpKind::ConvSumBwdData: {
       size_t conv_ws = 0;
-      for (const cpu::Conv2dShape& b : n.branches.shapes)
-        conv_ws = std::max(conv_ws, impl_->conv_for(b).forward_workspace_bytes());
-      return align_up(size_t(numel(sh(n.out[0]))) * sizeof(float)) + conv_ws;
-    }
-    case OpKind::ConvSumBwdData: {  // the cuDNN path: one branch's dx, then the convolution's workspace
-      size_t conv_ws = 0;
-      for (const cpu::Conv2dShape& b : n.branches.shapes)
-        conv_ws = std::max(conv_ws, impl_->conv_for(b).backward_data_workspace_bytes());
+      for (const cpu::Conv2dShape& b : n.branches.shapes) {
+        const cuda::CudnnConv& c = impl_->conv_for(b);
+        conv_ws = std::max(conv_ws, n.op == OpKind::ConvBnSum ? c.forward_workspace_bytes()
+                                                              : c.backward_data_workspace_bytes());
+      }
       return align_up(size_t(numel(sh(n.out[0]))) * sizeof(float)) + conv_ws;
     }
     case OpKind::BatchNormStats: {

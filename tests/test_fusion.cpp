@@ -27,6 +27,16 @@ ModelConfig small_model(bool fuse) {
   return c;
 }
 
+// One ASPP-like branch of a 4-channel input: a biased 3x3 conv (padding = dilation) and its BN,
+// named s.0 and s.1.
+int aspp_branch(GraphBuilder& b, const std::string& s, int in, int dil) {
+  const int c =
+      b.conv2d(s + ".0", in, b.param(s + ".0.weight", {3, 3, 4, 4}), b.param(s + ".0.bias", {4}), 1, dil, dil);
+  return b.batchnorm(s + ".1", c, b.param(s + ".1.weight", {4}), b.param(s + ".1.bias", {4}),
+                     b.buffer(s + ".1.running_mean", {4}), b.buffer(s + ".1.running_var", {4}),
+                     b.buffer(s + ".1.num_batches_tracked", {}, DType::I64));
+}
+
 int count_ops(const Graph& g, OpKind k) {
   int c = 0;
   for (const Node& n : g.nodes()) c += n.op == k;
@@ -143,13 +153,7 @@ TEST(Fusion, ConvBnSumFusesOnlyPrivateEvalBranchesOfOneInput) {
   GraphBuilder b(g, false);
   const int x = b.input("x", {2, 8, 8, 4});
   const int x2 = b.input("x2", {2, 8, 8, 4});
-  auto branch = [&](const std::string& s, int in, int dil) {
-    const int c = b.conv2d(s + ".0", in, b.param(s + ".0.weight", {3, 3, 4, 4}), b.param(s + ".0.bias", {4}), 1, dil,
-                           dil);
-    return b.batchnorm(s + ".1", c, b.param(s + ".1.weight", {4}), b.param(s + ".1.bias", {4}),
-                       b.buffer(s + ".1.running_mean", {4}), b.buffer(s + ".1.running_var", {4}),
-                       b.buffer(s + ".1.num_batches_tracked", {}, DType::I64));
-  };
+  auto branch = [&](const std::string& s, int in, int dil) { return aspp_branch(b, s, in, dil); };
   // A: three branches of x: fused.
   const int a = b.add("A", b.add("A", branch("A.c1", x, 1), branch("A.c2", x, 2)), branch("A.c3", x, 3));
   // B: a branch output also read by a Mul: left alone.
@@ -289,13 +293,7 @@ TEST(Fusion, AsppBackwardDataLeavesUnfusedSumsAlone) {
   GraphBuilder b(g, true);
   const int img = b.input("img", {2, 8, 8, 4});
   const int x = b.conv2d("pre", img, b.param("pre.weight", {3, 3, 4, 4}), b.param("pre.bias", {4}), 1, 1, 1);
-  auto branch = [&](const std::string& s, int in, int dil) {
-    const int c = b.conv2d(s + ".0", in, b.param(s + ".0.weight", {3, 3, 4, 4}), b.param(s + ".0.bias", {4}), 1, dil,
-                           dil);
-    return b.batchnorm(s + ".1", c, b.param(s + ".1.weight", {4}), b.param(s + ".1.bias", {4}),
-                       b.buffer(s + ".1.running_mean", {4}), b.buffer(s + ".1.running_var", {4}),
-                       b.buffer(s + ".1.num_batches_tracked", {}, DType::I64));
-  };
+  auto branch = [&](const std::string& s, int in, int dil) { return aspp_branch(b, s, in, dil); };
   // A: two branches of x, fused forward (BnApplySum): its backward-data sum is fused.
   const int a = b.add("A", branch("A.c1", x, 1), branch("A.c2", x, 2));
   // B: two branches of a, one BN output also read by a Mul: the forward stays unfused, and so does

@@ -73,8 +73,8 @@
 // + db sums 1,024 = 36,352 bytes; less for BF16 or kBM = 32.
 // Registers: the launch bounds ask for two 256-thread blocks per SM (at most 128 registers); with
 // backward-filter's k-step loop not unrolled that holds without spilling on sm_90, and on sm_80
-// but for 4 bytes in the BF16 BN-ReLU kBM = 64 variant (ptxas -v). Backward-data's TF32 narrow
-// tile (cin <= 32) spills 4 bytes on sm_90 since the branch table (its pointers now come from
+// but for 4 bytes in the BF16 BN-ReLU kBM = 64 variant (ptxas -v). Backward-data's two TF32 narrow-
+// tile variants (cin <= 32) spill 4 bytes on sm_90 since the branch table (its pointers now come from
 // shared memory, not the parameter space); not measured.
 #include "kernels/cuda/bn_relu_conv_bwd_tc.cuh"
 

@@ -1,7 +1,8 @@
 // tests/gpu/conv_test_util.h — helpers shared by the convolution kernel suites
-// (test_bn_relu_conv_gpu, test_bn_relu_conv_bwd_gpu, test_bn_relu_conv_tc_gpu): shape
-// construction and printing, the network's fused-chain shapes, and the HWIO -> OHWI weight
-// repack the device kernels expect. Header-only; not compiled on its own.
+// (test_bn_relu_conv*_gpu, test_conv_bn_sum_gpu, test_conv_sum_bwd_gpu): shape construction and
+// printing, the network's fused-chain shapes, the ASPP's branch shapes, the tensor-core maths'
+// names and operand units, and the HWIO -> OHWI weight repack the device kernels expect.
+// Header-only; not compiled on its own.
 #pragma once
 
 #include <cmath>
@@ -14,6 +15,7 @@
 
 #include "gpu_test_util.h"
 #include "kernels/cpu/conv2d.h"
+#include "kernels/cuda/bn_relu_conv_tc.cuh"  // ConvMath
 #include "model/resunetpp.h"
 
 namespace rpp::gputest {
@@ -31,6 +33,21 @@ inline cpu::Conv2dShape conv_shape(int n, int h, int w, int cin, int cout, int k
   s.pad = pad;
   s.dil = dil;
   return s;
+}
+
+// The ASPP's branches: 3x3 convolutions of one input with padding = dilation.
+inline std::vector<cpu::Conv2dShape> aspp(int n, int h, int w, int cin, int cout,
+                                          std::vector<int> dils = {1, 6, 12, 18}) {
+  std::vector<cpu::Conv2dShape> v;
+  for (int d : dils) v.push_back(conv_shape(n, h, w, cin, cout, 3, 1, d, d));
+  return v;
+}
+
+inline const char* math_name(cuda::ConvMath m) { return m == cuda::ConvMath::Tf32 ? "tf32" : "bf16"; }
+
+// Unit roundoff of the tensor-core operands: 2^-11 (TF32) or 2^-8 (BF16).
+inline double math_unit(cuda::ConvMath m) {
+  return m == cuda::ConvMath::Tf32 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8);
 }
 
 // "n2 64x64x16 -> 32 k3x3 s2 p1 d1", for test messages.

@@ -95,10 +95,6 @@ using Doubles = std::vector<double>;
 
 size_t sz(int64_t n) { return static_cast<size_t>(n); }
 
-const char* name(ConvMath m) { return m == ConvMath::Tf32 ? "tf32" : "bf16"; }
-
-// Unit roundoff of the operands.
-double unit(ConvMath m) { return m == ConvMath::Tf32 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8); }
 
 cpu::Conv2dShape rect(int n, int h, int w, int cin, int cout, int kh, int kw, int stride, int pad, int dil) {
   cpu::Conv2dShape s = conv_shape(n, h, w, cin, cout, kh, stride, pad, dil);
@@ -314,7 +310,7 @@ DataRun run_data(const DataProblem& d, ConvMath math, bool sums, bool twice = tr
 
 // The per-element tolerance of the file comment.
 double data_tol(const DataProblem& d, const DataRef& r, size_t i, ConvMath math) {
-  const double u = unit(math), k = double(d.s.kh) * d.s.kw * d.s.cout;
+  const double u = math_unit(math), k = double(d.s.kh) * d.s.kw * d.s.cout;
   return (2 * u + u * u) * r.mag[i] + (1.6 * k + 8) * std::ldexp(1.0, -23) * r.mag[i] + 1e-300;
 }
 
@@ -387,12 +383,12 @@ void expect_sums(const DataProblem& d, const DataRef& r, const DataRun& got, Con
 // One problem, one math: dx, with the sums when BN'd (SumsAreOptional checks that dx has the same
 // bits without them).
 void check_data(const DataProblem& d, ConvMath math, bool exact = false, bool twice = true) {
-  SCOPED_TRACE(shape_str(d.s) + (d.bn ? " backward-data BN-ReLU " : " backward-data plain ") + name(math) +
+  SCOPED_TRACE(shape_str(d.s) + (d.bn ? " backward-data BN-ReLU " : " backward-data plain ") + math_name(math) +
                (exact ? " (exact data)" : ""));
   const DataRef r = data_reference(d);
   const DataRun got = run_data(d, math, d.bn, twice);
   expect_dx(d, r, got.dx, math, exact);
-  if (!exact) g_worst.slope_dx = std::max(g_worst.slope_dx, check_slope(got.dx, r.dx, r.pass, unit(math), "dx"));
+  if (!exact) g_worst.slope_dx = std::max(g_worst.slope_dx, check_slope(got.dx, r.dx, r.pass, math_unit(math), "dx"));
   if (d.bn) expect_sums(d, r, got, math, exact);
 }
 
@@ -465,7 +461,7 @@ FilterRef filter_reference(const FilterProblem& f, ConvMath math, bool tol) {
   s_a = hwio_to_ohwi_d(s, s_a);
   s_m = hwio_to_ohwi_d(s, s_m);
   const Plan plan = filter_plan(s);
-  const double u = unit(math), kacc = double(std::min(plan.chunk, pixels_out(s)) + plan.splits);
+  const double u = math_unit(math), kacc = double(std::min(plan.chunk, pixels_out(s)) + plan.splits);
   const double acc = (1.6 * kacc + 8) * std::ldexp(1.0, -23);
   for (size_t i = 0; i < r.dw.size(); ++i) r.tol_w[i] = (2 * u + u * u) * s_a[i] + acc * s_m[i] + 1e-300;
   for (size_t c = 0; c < r.db.size(); ++c) r.tol_b[c] = (kacc + 8) * std::ldexp(1.0, -23) * sum_abs_dz[c] + 1e-300;
@@ -521,13 +517,13 @@ void expect_within(const Floats& got, const Doubles& ref, const Doubles& tol, do
 
 void check_filter(const FilterProblem& f, ConvMath math, bool exact = false, bool also_without_db = false,
                   bool twice = true) {
-  SCOPED_TRACE(shape_str(f.s) + (f.bn ? " backward-filter BN-ReLU " : " backward-filter plain ") + name(math) +
+  SCOPED_TRACE(shape_str(f.s) + (f.bn ? " backward-filter BN-ReLU " : " backward-filter plain ") + math_name(math) +
                (exact ? " (exact data)" : ""));
   const FilterRef r = filter_reference(f, math, !exact);
   const FilterRun got = run_filter(f, math, also_without_db, twice);
   expect_within(got.dw, r.dw, r.tol_w, &g_worst.dw, "dw");
   expect_within(got.db, r.db, r.tol_b, &g_worst.db, "db");
-  if (!exact) g_worst.slope_dw = std::max(g_worst.slope_dw, check_slope(got.dw, r.dw, {}, unit(math), "dw"));
+  if (!exact) g_worst.slope_dw = std::max(g_worst.slope_dw, check_slope(got.dw, r.dw, {}, math_unit(math), "dw"));
 }
 
 // ================================================================================================
@@ -783,7 +779,7 @@ TEST(BwdTcGpu, DbIsNotRounded) {
     const Floats k = small_ints(f.dz.size(), 3), j = small_ints(f.dz.size(), 3);
     for (size_t i = 0; i < f.dz.size(); ++i) f.dz[i] = k[i] + std::ldexp(j[i], -12);
     for (ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
-      SCOPED_TRACE(shape_str(s) + " " + name(math));
+      SCOPED_TRACE(shape_str(s) + " " + math_name(math));
       const FilterRef r = filter_reference(f, math, true);
       const FilterRun got = run_filter(f, math);
       for (int c = 0; c < s.cout; ++c) EXPECT_EQ(double(got.db[sz(c)]), r.db[sz(c)]) << "channel " << c;
@@ -859,7 +855,7 @@ TEST(BwdTcGpu, NaNFollowsTheFp32Kernels) {
     cuda::bn_relu_conv_backward_filter(s, d_x.p(), bn.gamma.p(), bn.beta.p(), bn.mean.p(), bn.invstd.p(), d_dz.p(),
                                        dw32.p(), db32.p(), fw32 ? wsf32.data() : nullptr, st);
     for (ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
-      SCOPED_TRACE(name(math));
+      SCOPED_TRACE(math_name(math));
       for (DevFloats* o : {&dxtc, &dwtc, &dbtc, &sdytc, &sdyxtc}) o->poison();
       cuda::bn_relu_conv_tc_backward_data(s, math, d_dz.p(), d_w.p(), d_x.p(), bn.gamma.p(), bn.beta.p(),
                                           bn.mean.p(), bn.invstd.p(), dxtc.p(), dptr(sdytc), dptr(sdyxtc),

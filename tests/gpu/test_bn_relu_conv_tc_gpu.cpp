@@ -78,10 +78,6 @@ namespace {
 
 size_t sz(int64_t n) { return static_cast<size_t>(n); }
 
-const char* name(ConvMath m) { return m == ConvMath::Tf32 ? "tf32" : "bf16"; }
-
-// Unit roundoff of the operands.
-double unit(ConvMath m) { return m == ConvMath::Tf32 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8); }
 
 int64_t pixels(const cpu::Conv2dShape& s) { return int64_t(s.n) * s.ho() * s.wo(); }
 
@@ -198,7 +194,7 @@ KernelRun run_kernel(const Problem& p, ConvMath math, bool stats = true) {
 // outside its bound.
 double expect_within_bound(const Problem& p, const Reference& ref, const KernelRun& got, ConvMath math,
                            std::vector<double>* tol_out) {
-  const double u = unit(math);
+  const double u = math_unit(math);
   const int64_t k = int64_t(p.s.kh) * p.s.kw * p.s.cin;
   const double acc = (1.6 * double(k) + 8) * std::ldexp(1.0, -23);
   double worst = 0;
@@ -208,7 +204,7 @@ double expect_within_bound(const Problem& p, const Reference& ref, const KernelR
     (*tol_out)[i] = tol;
     const double err = std::fabs(double(got.y[i]) - double(ref.y[i]));
     if (!(err <= tol)) {
-      ADD_FAILURE() << name(math) << ": element " << i << " (pixel " << i / sz(p.s.cout) << ", channel "
+      ADD_FAILURE() << math_name(math) << ": element " << i << " (pixel " << i / sz(p.s.cout) << ", channel "
                     << i % sz(p.s.cout) << "): got " << got.y[i] << ", want " << ref.y[i] << " within " << tol;
       return std::numeric_limits<double>::infinity();
     }
@@ -253,7 +249,7 @@ void expect_statistics(const Problem& p, const Reference& ref, const KernelRun& 
 void check_random(const Problem& p, double* worst_tf32 = nullptr, double* worst_bf16 = nullptr) {
   const Reference ref = reference(p);
   for (ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
-    SCOPED_TRACE(shape_str(p.s) + (p.bn ? " BN-ReLU " : " plain ") + name(math));
+    SCOPED_TRACE(shape_str(p.s) + (p.bn ? " BN-ReLU " : " plain ") + math_name(math));
     const KernelRun got = run_kernel(p, math);
     std::vector<double> tol;
     const double worst = expect_within_bound(p, ref, got, math, &tol);
@@ -263,12 +259,12 @@ void check_random(const Problem& p, double* worst_tf32 = nullptr, double* worst_
       num += (double(got.y[i]) - ref.y[i]) * ref.y[i];
       den += double(ref.y[i]) * ref.y[i];
     }
-    const double slope = den > 0 ? num / den : 0, u = unit(math);
+    const double slope = den > 0 ? num / den : 0, u = math_unit(math);
     if (ref.y.size() >= 4096) {
       EXPECT_LT(std::fabs(slope), 0.4 * u) << "systematic relative error (truncated rather than rounded operands?)";
     }
     std::printf("  %-40s %-7s %s  max |err|/tol %.3f  slope/u %+.4f%s\n", shape_str(p.s).c_str(),
-                p.bn ? "BN-ReLU" : "plain", name(math), worst, slope / u, ref.y.size() >= 4096 ? "" : " (unchecked)");
+                p.bn ? "BN-ReLU" : "plain", math_name(math), worst, slope / u, ref.y.size() >= 4096 ? "" : " (unchecked)");
     double* w = math == ConvMath::Tf32 ? worst_tf32 : worst_bf16;
     if (w) *w = std::max(*w, worst);
   }
@@ -284,7 +280,7 @@ void check_exact(const Problem& p) {
     rss[e % sz(cout)] += double(ref.y[e]) * ref.y[e];
   }
   for (ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
-    SCOPED_TRACE(shape_str(p.s) + (p.bn ? " BN-ReLU " : " plain ") + name(math) + " (exact data)");
+    SCOPED_TRACE(shape_str(p.s) + (p.bn ? " BN-ReLU " : " plain ") + math_name(math) + " (exact data)");
     const KernelRun got = run_kernel(p, math);
     size_t bad = 0, first = 0;
     for (size_t e = 0; e < ref.y.size(); ++e)
@@ -490,7 +486,7 @@ TEST(TcGpu, StatisticsAreOptional) {
   const Problem p = random_problem(conv_shape(2, 12, 12, 20, 48, 3, 1, 1, 1), true);
   const cpu::Conv2dShape& s = p.s;
   for (ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
-    SCOPED_TRACE(name(math));
+    SCOPED_TRACE(math_name(math));
     const KernelRun full = run_kernel(p, math, true);
     const KernelRun none = run_kernel(p, math, false);
     EXPECT_TRUE(same_bits(full.y, none.y));
@@ -523,7 +519,7 @@ TEST(TcGpu, NaNPropagatesThroughBnRelu) {
   const Floats w = uniform(sz(9 * 8 * 8), -0.2f, 0.2f);
   const Floats ones(8, 1.f), zeros(8, 0.f);
   for (ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
-    SCOPED_TRACE(name(math));
+    SCOPED_TRACE(math_name(math));
     Stream st;
     DevFloats dx(x), dw(hwio_to_ohwi(s, w)), dg(ones), dbeta(zeros), dm(zeros), di(ones), dy(sz(4 * 4 * 8));
     DevFloats dsum(Floats(16, 0.f)), dsq(Floats(16, 0.f));  // zeros: the NaN must come from the kernel

@@ -56,17 +56,9 @@ using cuda::Storage;
 namespace {
 
 size_t sz(int64_t n) { return static_cast<size_t>(n); }
-const char* name(ConvMath m) { return m == ConvMath::Tf32 ? "tf32" : "bf16"; }
-double unit(ConvMath m) { return m == ConvMath::Tf32 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8); }
 
 using Shapes = std::vector<cpu::Conv2dShape>;
 
-// 3x3 branches with padding = dilation, as the ASPP's.
-Shapes aspp(int n, int h, int w, int cin, int cout, std::vector<int> dils = {1, 6, 12, 18}) {
-  Shapes v;
-  for (int d : dils) v.push_back(conv_shape(n, h, w, cin, cout, 3, 1, d, d));
-  return v;
-}
 
 std::string describe(const Shapes& b) {
   std::string s = std::to_string(b.size()) + " branches " + shape_str(b[0]) + ", dilations";
@@ -216,9 +208,9 @@ void check_random(const Shapes& shapes) {
   const Reference ref = reference(p);
   const int64_t k = int64_t(shapes.size()) * shapes[0].kh * shapes[0].kw * shapes[0].cin;
   for (ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
-    SCOPED_TRACE(describe(shapes) + " " + name(math));
+    SCOPED_TRACE(describe(shapes) + " " + math_name(math));
     const Floats got = run_kernel(p, math);
-    const double u = unit(math), acc = (1.6 * double(k) + 16) * std::ldexp(1.0, -23) + std::ldexp(1.0, -21);
+    const double u = math_unit(math), acc = (1.6 * double(k) + 16) * std::ldexp(1.0, -23) + std::ldexp(1.0, -21);
     double worst = 0;
     for (size_t i = 0; i < got.size(); ++i) {
       const double tol = (2 * u + u * u) * ref.s_a[i] + acc * ref.s_m[i] + 1e-30;
@@ -230,7 +222,7 @@ void check_random(const Shapes& shapes) {
       }
       worst = std::max(worst, err / tol);
     }
-    std::printf("  %-70s %s  max |err|/tol %.3f\n", describe(shapes).c_str(), name(math), worst);
+    std::printf("  %-70s %s  max |err|/tol %.3f\n", describe(shapes).c_str(), math_name(math), worst);
   }
 }
 
@@ -238,7 +230,7 @@ void check_exact(const Shapes& shapes) {
   const Problem p = exact_problem(shapes);
   const Reference ref = reference(p);
   for (ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
-    SCOPED_TRACE(describe(shapes) + " " + name(math) + " (exact data)");
+    SCOPED_TRACE(describe(shapes) + " " + math_name(math) + " (exact data)");
     const Floats got = run_kernel(p, math);
     size_t bad = 0, first = 0;
     for (size_t e = 0; e < got.size(); ++e)

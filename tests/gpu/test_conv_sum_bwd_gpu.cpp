@@ -47,17 +47,9 @@ using cuda::ConvMath;
 namespace {
 
 size_t sz(int64_t n) { return static_cast<size_t>(n); }
-const char* name(ConvMath m) { return m == ConvMath::Tf32 ? "tf32" : "bf16"; }
-double unit(ConvMath m) { return m == ConvMath::Tf32 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8); }
 
 using Shapes = std::vector<cpu::Conv2dShape>;
 
-// 3x3 branches with padding = dilation, as the ASPP's.
-Shapes aspp(int n, int h, int w, int cin, int cout, std::vector<int> dils = {1, 6, 12, 18}) {
-  Shapes v;
-  for (int d : dils) v.push_back(conv_shape(n, h, w, cin, cout, 3, 1, d, d));
-  return v;
-}
 
 std::string describe(const Shapes& b) {
   std::string s = std::to_string(b.size()) + " branches " + shape_str(b[0]) + ", pad/dilation";
@@ -134,9 +126,9 @@ void check_random(const Shapes& shapes) {
   const Reference ref = reference(p);
   const int64_t k = int64_t(shapes.size()) * shapes[0].kh * shapes[0].kw * shapes[0].cout;
   for (ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
-    SCOPED_TRACE(describe(shapes) + " " + name(math));
+    SCOPED_TRACE(describe(shapes) + " " + math_name(math));
     const Floats got = run_kernel(p, math);
-    const double u = unit(math), rel = 2 * u + u * u + (1.6 * double(k) + 8) * std::ldexp(1.0, -23);
+    const double u = math_unit(math), rel = 2 * u + u * u + (1.6 * double(k) + 8) * std::ldexp(1.0, -23);
     double worst = 0;
     for (size_t i = 0; i < got.size(); ++i) {
       const double tol = rel * ref.mag[i] + 1e-30;
@@ -148,7 +140,7 @@ void check_random(const Shapes& shapes) {
       }
       worst = std::max(worst, err / tol);
     }
-    std::printf("  %-78s %s  max |err|/tol %.3f\n", describe(shapes).c_str(), name(math), worst);
+    std::printf("  %-78s %s  max |err|/tol %.3f\n", describe(shapes).c_str(), math_name(math), worst);
   }
 }
 
@@ -156,7 +148,7 @@ void check_exact(const Shapes& shapes) {
   const Problem p = make_problem(shapes, true);
   const Reference ref = reference(p);
   for (ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
-    SCOPED_TRACE(describe(shapes) + " " + name(math) + " (exact data)");
+    SCOPED_TRACE(describe(shapes) + " " + math_name(math) + " (exact data)");
     const Floats got = run_kernel(p, math);
     size_t bad = 0, first = 0;
     for (size_t e = 0; e < got.size(); ++e)

@@ -1254,7 +1254,38 @@ KernelRow bench_cuda_shape(Gpu& g, const ShapeRow& row, const Options& o, const 
   return k;
 }
 
-// ---- the fused ASPP of inference (ConvBnSum, kernels/cuda/conv_bn_sum.cuh) ----
+// ---- the fused ASPP (ConvBnSum, kernels/cuda/conv_bn_sum.cuh; ConvSumBwdData,
+// kernels/cuda/bn_relu_conv_bwd_tc.cuh) ----
+
+// The cuDNN convolutions of an ASPP row's branches, strict fp32 and with TF32 allowed
+// (deterministic algorithms, a 1 GiB workspace limit), and the largest workspace of the pass run.
+struct BranchConvs {
+  std::vector<std::unique_ptr<cuda::CudnnConv>> fp32, tf32;
+  size_t ws_bytes = 0;
+};
+
+BranchConvs branch_convs(Gpu& g, const std::vector<Conv2dShape>& branches, bool backward_data) {
+  BranchConvs bc;
+  for (const Conv2dShape& b : branches)
+    for (bool tf32 : {false, true}) {
+      auto c = std::make_unique<cuda::CudnnConv>(b);
+      c->choose_algorithms(g.handle, /*deterministic=*/true, tf32, nullptr, size_t(1) << 30);
+      bc.ws_bytes = std::max(bc.ws_bytes, backward_data ? c->backward_data_workspace_bytes()
+                                                        : c->forward_workspace_bytes());
+      (tf32 ? bc.tf32 : bc.fp32).push_back(std::move(c));
+    }
+  return bc;
+}
+
+// The RPP_BENCH_CORRUPT_ROW test hook: adds 1 to the first element of a checked output.
+void corrupt_first_element(DevMem& y, cudaStream_t st) {
+  float first = 0.f;
+  BENCH_CU(cudaMemcpyAsync(&first, y.p(), sizeof(float), cudaMemcpyDeviceToHost, st));
+  BENCH_CU(cudaStreamSynchronize(st));
+  first += 1.f;
+  BENCH_CU(cudaMemcpyAsync(y.p(), &first, sizeof(float), cudaMemcpyHostToDevice, st));
+  BENCH_CU(cudaStreamSynchronize(st));
+}
 
 // The ConvBnSum nodes of the inference graph (the two ASPP blocks), in graph order.
 std::vector<AsppRow> aspp_rows(int batch, int size) {
@@ -1356,17 +1387,11 @@ KernelRow bench_cuda_aspp(Gpu& g, const AsppRow& a, const Options& o, const Envi
   }
   const size_t ny = sz(out_elems(s));
   DevMem branch(ny * sizeof(float)), yref(ny * sizeof(float)), yhw(ny * sizeof(float));
-  std::vector<std::unique_ptr<cuda::CudnnConv>> convs, convs_tf32;
-  size_t ws_bytes = 0;
-  for (const Conv2dShape& b : a.branches)
-    for (bool tf32 : {false, true}) {
-      auto c = std::make_unique<cuda::CudnnConv>(b);
-      c->choose_algorithms(g.handle, /*deterministic=*/true, tf32, nullptr, size_t(1) << 30);
-      ws_bytes = std::max(ws_bytes, c->forward_workspace_bytes());
-      (tf32 ? convs_tf32 : convs).push_back(std::move(c));
-    }
+  const BranchConvs bc = branch_convs(g, a.branches, /*backward_data=*/false);
+  const auto& convs = bc.fp32;
+  const auto& convs_tf32 = bc.tf32;
   k.algorithms = convs[0]->describe_algorithms();
-  DevMem ws(ws_bytes);
+  DevMem ws(bc.ws_bytes);
   const int64_t pixels = out_elems(s) / s.cout;
   auto fallback_of = [&](const std::vector<std::unique_ptr<cuda::CudnnConv>>* cv, DevMem* y) {
     return [&, cv, y] {
@@ -1432,15 +1457,7 @@ KernelRow bench_cuda_aspp(Gpu& g, const AsppRow& a, const Options& o, const Envi
     const bool tf32 = m == cuda::ConvMath::Tf32;
     auto hand = [&, m, tf32] {
       cuda::conv_bn_sum_tc_forward(br.data(), nb, eps, m, cuda::Storage::F32, dx->f(), cuda::Storage::F32, yhw.f(), st);
-      if (tf32 && corrupt(index, "aspp")) {  // test hook: one wrong element in the checked output
-        const float one = 1.f;
-        std::vector<float> first(1);
-        BENCH_CU(cudaMemcpyAsync(first.data(), yhw.p(), sizeof(float), cudaMemcpyDeviceToHost, st));
-        BENCH_CU(cudaStreamSynchronize(st));
-        first[0] += one;
-        BENCH_CU(cudaMemcpyAsync(yhw.p(), first.data(), sizeof(float), cudaMemcpyHostToDevice, st));
-        BENCH_CU(cudaStreamSynchronize(st));
-      }
+      if (tf32 && corrupt(index, "aspp")) corrupt_first_element(yhw, st);
     };
     if (!verify_and_time_tc(g, k, s, tf32 ? "handwritten_tf32" : "handwritten_bf16",
                             tf32 ? "hand-written, TF32 tensor cores" : "hand-written, BF16 tensor cores",
@@ -1485,17 +1502,11 @@ KernelRow bench_cuda_aspp_backward(Gpu& g, const AsppRow& a, const Options& o, c
   }
   const size_t nx = sz(in_elems(s));
   DevMem branch(nx * sizeof(float)), dxref(nx * sizeof(float)), dxhw(nx * sizeof(float));
-  std::vector<std::unique_ptr<cuda::CudnnConv>> convs, convs_tf32;
-  size_t ws_bytes = 0;
-  for (const Conv2dShape& b : a.branches)
-    for (bool tf32 : {false, true}) {
-      auto c = std::make_unique<cuda::CudnnConv>(b);
-      c->choose_algorithms(g.handle, /*deterministic=*/true, tf32, nullptr, size_t(1) << 30);
-      ws_bytes = std::max(ws_bytes, c->backward_data_workspace_bytes());
-      (tf32 ? convs_tf32 : convs).push_back(std::move(c));
-    }
+  const BranchConvs bc = branch_convs(g, a.branches, /*backward_data=*/true);
+  const auto& convs = bc.fp32;
+  const auto& convs_tf32 = bc.tf32;
   k.algorithms = convs[0]->describe_algorithms();
-  DevMem ws(ws_bytes);
+  DevMem ws(bc.ws_bytes);
   auto fallback_of = [&](const std::vector<std::unique_ptr<cuda::CudnnConv>>* cv, DevMem* dx) {
     return [&, cv, dx] {
       for (int b = 0; b < nb; ++b) {
@@ -1560,14 +1571,7 @@ KernelRow bench_cuda_aspp_backward(Gpu& g, const AsppRow& a, const Options& o, c
     const bool tf32 = m == cuda::ConvMath::Tf32;
     auto hand = [&, m, tf32] {
       cuda::conv_sum_tc_backward_data(br.data(), nb, m, dxhw.f(), st);
-      if (tf32 && corrupt(index, "aspp")) {  // test hook: one wrong element in the checked output
-        std::vector<float> first(1);
-        BENCH_CU(cudaMemcpyAsync(first.data(), dxhw.p(), sizeof(float), cudaMemcpyDeviceToHost, st));
-        BENCH_CU(cudaStreamSynchronize(st));
-        first[0] += 1.f;
-        BENCH_CU(cudaMemcpyAsync(dxhw.p(), first.data(), sizeof(float), cudaMemcpyHostToDevice, st));
-        BENCH_CU(cudaStreamSynchronize(st));
-      }
+      if (tf32 && corrupt(index, "aspp")) corrupt_first_element(dxhw, st);
     };
     if (!verify_and_time_tc(g, k, sd, tf32 ? "handwritten_tf32" : "handwritten_bf16",
                             tf32 ? "hand-written, TF32 tensor cores" : "hand-written, BF16 tensor cores",
