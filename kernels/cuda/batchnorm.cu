@@ -406,9 +406,9 @@ __global__ void stats_eval_kernel(int c, const float* __restrict__ running_mean,
 // out[i] (a gradient, in place) where v is not > 0; otherwise write v, rectified when relu is
 // set (NaN propagates, as relu_forward). In double, as apply_kernel. Dynamic shared memory: 3 c
 // doubles.
-template <class Idx, bool kMask>
+template <class Idx, bool kMask, class T>
 __global__ void __launch_bounds__(kThreads)
-    bn_relu_kernel(Idx total, int c, const float* x, const float* __restrict__ gamma,
+    bn_relu_kernel(Idx total, int c, const T* x, const float* __restrict__ gamma,
                    const float* __restrict__ beta, const float* __restrict__ mean,
                    const float* __restrict__ invstd, bool relu, float* out) {
   extern __shared__ double dtable[];
@@ -424,7 +424,7 @@ __global__ void __launch_bounds__(kThreads)
   const Idx stride = Idx(gridDim.x) * Idx(kThreads);
   for (Idx i = Idx(blockIdx.x) * Idx(kThreads) + Idx(threadIdx.x); i < total; i += stride) {
     const int ch = int(i % Idx(c));
-    const float v = float((double(x[i]) - t_mean[ch]) * t_scale[ch] + t_shift[ch]);
+    const float v = float((double(detail::to_f32(x[i])) - t_mean[ch]) * t_scale[ch] + t_shift[ch]);
     if constexpr (kMask) {
       if (!(v > 0.f)) out[i] = 0.f;
     } else {
@@ -433,18 +433,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <bool kMask>
-void launch_bn_relu(const char* op, int64_t count, int c, const float* x, const float* gamma,
+template <bool kMask, class T>
+void launch_bn_relu(const char* op, int64_t count, int c, const T* x, const float* gamma,
                     const float* beta, const float* mean, const float* invstd, bool relu, float* out,
                     cudaStream_t stream) {
   const int64_t total = count * c;
   if (total == 0) return;
   const size_t shmem = 3 * size_t(c) * sizeof(double);
   if (index_fits_32(total))
-    bn_relu_kernel<uint32_t, kMask><<<flat_blocks(total), kThreads, shmem, stream>>>(
+    bn_relu_kernel<uint32_t, kMask, T><<<flat_blocks(total), kThreads, shmem, stream>>>(
         uint32_t(total), c, x, gamma, beta, mean, invstd, relu, out);
   else
-    bn_relu_kernel<uint64_t, kMask><<<flat_blocks(total), kThreads, shmem, stream>>>(
+    bn_relu_kernel<uint64_t, kMask, T><<<flat_blocks(total), kThreads, shmem, stream>>>(
         uint64_t(total), c, x, gamma, beta, mean, invstd, relu, out);
   RPP_CUDA_CHECK_LAUNCH(op);
 }
@@ -677,14 +677,26 @@ void batchnorm_stats_eval(int c, const float* running_mean, const float* running
   RPP_CUDA_CHECK_LAUNCH(op);
 }
 
-void batchnorm_apply(int64_t count, int c, const float* x, const float* gamma, const float* beta,
-                     const float* mean, const float* invstd, bool relu, float* y,
-                     cudaStream_t stream) {
-  const char* op = "batchnorm_apply";
+namespace {
+// batchnorm_apply (kMask false: y = bn(x), rectified if relu) and bn_relu_mask_inplace (kMask:
+// zero dy where bn(x) is not > 0), for either storage of x.
+template <bool kMask, class T>
+void bn_relu(const char* op, int64_t count, int c, const T* x, const float* gamma, const float* beta,
+             const float* mean, const float* invstd, bool relu, float* out, cudaStream_t stream) {
   check_sizes(op, count, c, false);
   check_not_null(op, {{"x", x}, {"gamma", gamma}, {"beta", beta}, {"mean", mean}, {"invstd", invstd},
-                      {"y", y}});
-  launch_bn_relu<false>(op, count, c, x, gamma, beta, mean, invstd, relu, y, stream);
+                      {kMask ? "dy" : "y", out}});
+  launch_bn_relu<kMask>(op, count, c, x, gamma, beta, mean, invstd, relu, out, stream);
+}
+}  // namespace
+
+void batchnorm_apply(int64_t count, int c, const float* x, const float* gamma, const float* beta,
+                     const float* mean, const float* invstd, bool relu, float* y, cudaStream_t stream) {
+  bn_relu<false>("batchnorm_apply", count, c, x, gamma, beta, mean, invstd, relu, y, stream);
+}
+void batchnorm_apply(int64_t count, int c, const bf16* x, const float* gamma, const float* beta,
+                     const float* mean, const float* invstd, bool relu, float* y, cudaStream_t stream) {
+  bn_relu<false>("batchnorm_apply", count, c, x, gamma, beta, mean, invstd, relu, y, stream);
 }
 
 namespace {
@@ -770,14 +782,13 @@ void batchnorm_apply_sum(int64_t count, int c, const BnSumBranch* branches, int 
   batchnorm_apply_sum(count, c, branches, nb, Storage::F32, y, stream);
 }
 
-void bn_relu_mask_inplace(int64_t count, int c, const float* x, const float* gamma,
-                          const float* beta, const float* mean, const float* invstd, float* dy,
-                          cudaStream_t stream) {
-  const char* op = "bn_relu_mask_inplace";
-  check_sizes(op, count, c, false);
-  check_not_null(op, {{"x", x}, {"gamma", gamma}, {"beta", beta}, {"mean", mean}, {"invstd", invstd},
-                      {"dy", dy}});
-  launch_bn_relu<true>(op, count, c, x, gamma, beta, mean, invstd, false, dy, stream);
+void bn_relu_mask_inplace(int64_t count, int c, const float* x, const float* gamma, const float* beta,
+                          const float* mean, const float* invstd, float* dy, cudaStream_t stream) {
+  bn_relu<true>("bn_relu_mask_inplace", count, c, x, gamma, beta, mean, invstd, false, dy, stream);
+}
+void bn_relu_mask_inplace(int64_t count, int c, const bf16* x, const float* gamma, const float* beta,
+                          const float* mean, const float* invstd, float* dy, cudaStream_t stream) {
+  bn_relu<true>("bn_relu_mask_inplace", count, c, x, gamma, beta, mean, invstd, false, dy, stream);
 }
 
 void batchnorm_count_batch(int64_t* num_batches_tracked, cudaStream_t stream) {

@@ -96,7 +96,12 @@ void batchnorm_stats_eval(int c, const float* running_mean, const float* running
 void batchnorm_stats_from_sums(int64_t count, int c, const double* sum, const double* sumsq, float* save_mean,
                                float* save_invstd, float* running_mean, float* running_var, double momentum,
                                double eps, cudaStream_t stream);
+// y = bn(x) (rectified when relu) in fp32. The bf16 version reads a bf16 x (widened): the fp32
+// version's bits on it (the cuDNN path of a bf16 graph stages BN-ReLU(x) in fp32 this way).
 void batchnorm_apply(int64_t count, int c, const float* x, const float* gamma, const float* beta,
+                     const float* mean, const float* invstd, bool relu, float* y,
+                     cudaStream_t stream);
+void batchnorm_apply(int64_t count, int c, const bf16* x, const float* gamma, const float* beta,
                      const float* mean, const float* invstd, bool relu, float* y,
                      cudaStream_t stream);
 // Training, the ASPP block's normalise-and-add (the BnApplySum node): y = bn_0(x_0) + bn_1(x_1) +
@@ -118,7 +123,12 @@ struct BnSumBranch {
 void batchnorm_apply_sum(int64_t count, int c, const BnSumBranch* branches, int nb, float* y, cudaStream_t stream);
 void batchnorm_apply_sum(int64_t count, int c, const BnSumBranch* branches, int nb, Storage storage, void* y,
                          cudaStream_t stream);
+// dy = 0 where bn(x) is not > 0 (the ReLU mask of a fused BN-ReLU-conv's input gradient), in
+// place. The bf16 version reads a bf16 x (widened).
 void bn_relu_mask_inplace(int64_t count, int c, const float* x, const float* gamma,
+                          const float* beta, const float* mean, const float* invstd, float* dy,
+                          cudaStream_t stream);
+void bn_relu_mask_inplace(int64_t count, int c, const bf16* x, const float* gamma,
                           const float* beta, const float* mean, const float* invstd, float* dy,
                           cudaStream_t stream);
 

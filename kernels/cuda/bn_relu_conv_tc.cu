@@ -26,26 +26,29 @@ constexpr int kReduceChannels = 32, kReduceSlots = 8, kReduceThreads = kReduceCh
 
 template <class Math, bool kBnRelu, int kWarpsN, class TIn, class TOut>
 void launch_forward(const Dims& d, const TIn* x, const float* gamma, const float* beta, const float* mean,
-                    const float* invstd, const float* w, const float* bias, TOut* y, double* part,
+                    const float* invstd, const float* w, const float* bias, TOut* y, const TOut* res, double* part,
                     cudaStream_t stream) {
   conv_tc::conv_tc_kernel<Math, kBnRelu, kWarpsN, TIn, TOut, false>
       <<<conv_tc::grid_for<kWarpsN>(d), conv_tc::threads_for<kWarpsN>(), 0, stream>>>(
-          d, x, gamma, beta, mean, invstd, w, bias, y, part, conv_tc::Branches{});
+          d, x, gamma, beta, mean, invstd, w, bias, y, res, part, conv_tc::Branches{});
 }
 
 template <class Math, class TIn, class TOut>
 void launch_math(bool bn, const Dims& d, const TIn* x, const float* gamma, const float* beta,
                  const float* mean, const float* invstd, const float* w, const float* bias, TOut* y,
-                 double* part, cudaStream_t stream) {
+                 const void* res, double* part, cudaStream_t stream) {
   const bool narrow = d.cout <= 32;
+  const auto* r = static_cast<const TOut*>(res);  // y's storage
   if (bn && narrow)
-    launch_forward<Math, true, 1>(d, x, gamma, beta, mean, invstd, w, bias, y, part, stream);
+    launch_forward<Math, true, 1>(d, x, gamma, beta, mean, invstd, w, bias, y, r, part, stream);
   else if (bn)
-    launch_forward<Math, true, 2>(d, x, gamma, beta, mean, invstd, w, bias, y, part, stream);
+    launch_forward<Math, true, 2>(d, x, gamma, beta, mean, invstd, w, bias, y, r, part, stream);
   else if (narrow)
-    launch_forward<Math, false, 1>(d, x, static_cast<const float*>(nullptr), nullptr, nullptr, nullptr, w, bias, y, part, stream);
+    launch_forward<Math, false, 1>(d, x, static_cast<const float*>(nullptr), nullptr, nullptr, nullptr, w, bias, y, r,
+                                   part, stream);
   else
-    launch_forward<Math, false, 2>(d, x, static_cast<const float*>(nullptr), nullptr, nullptr, nullptr, w, bias, y, part, stream);
+    launch_forward<Math, false, 2>(d, x, static_cast<const float*>(nullptr), nullptr, nullptr, nullptr, w, bias, y, r,
+                                   part, stream);
 }
 
 bool shape_runs(const cpu::Conv2dShape& s) {
@@ -87,6 +90,14 @@ void bn_relu_conv_tc_forward(const cpu::Conv2dShape& s, ConvMath math, Storage x
                              const float* gamma, const float* beta, const float* mean, const float* invstd,
                              const float* w_ohwi, const float* bias, Storage y_type, void* y, double* out_sum,
                              double* out_sumsq, void* workspace, cudaStream_t stream) {
+  bn_relu_conv_tc_forward(s, math, x_type, x, gamma, beta, mean, invstd, w_ohwi, bias, y_type, y, nullptr, out_sum,
+                          out_sumsq, workspace, stream);
+}
+
+void bn_relu_conv_tc_forward(const cpu::Conv2dShape& s, ConvMath math, Storage x_type, const void* x,
+                             const float* gamma, const float* beta, const float* mean, const float* invstd,
+                             const float* w_ohwi, const float* bias, Storage y_type, void* y, const void* residual,
+                             double* out_sum, double* out_sumsq, void* workspace, cudaStream_t stream) {
   const char* op = "bn_relu_conv_tc_forward";
   if (!bn_relu_conv_tc_can_run(s, math, x_type, y_type))
     fail(op, ": unsupported shape, math or storage: n ", s.n, " h ", s.h, " w ", s.w, " cin ", s.cin, " cout ",
@@ -94,6 +105,7 @@ void bn_relu_conv_tc_forward(const cpu::Conv2dShape& s, ConvMath math, Storage x
          " math ", math == ConvMath::Tf32 ? "tf32" : "bf16", " x ", storage_name(x_type), " y ",
          storage_name(y_type), " (bf16 storage needs bf16 math)");
   detail::check_not_null(op, {{"x", x}, {"w", w_ohwi}, {"y", y}});
+  if (residual != nullptr && residual == y) fail(op, ": the residual may not be y itself");
   const bool bn = gamma || beta || mean || invstd;
   if (bn) detail::check_not_null(op, {{"gamma", gamma}, {"beta", beta}, {"mean", mean}, {"invstd", invstd}});
   const bool stats = out_sum || out_sumsq;
@@ -109,15 +121,15 @@ void bn_relu_conv_tc_forward(const cpu::Conv2dShape& s, ConvMath math, Storage x
   auto* yh = static_cast<bf16*>(y);
   const bool xb = x_type == Storage::Bf16, yb = y_type == Storage::Bf16;
   if (math == ConvMath::Tf32)
-    launch_math<Tf32Math>(bn, d, xf, gamma, beta, mean, invstd, w_ohwi, bias, yf, part, stream);
+    launch_math<Tf32Math>(bn, d, xf, gamma, beta, mean, invstd, w_ohwi, bias, yf, residual, part, stream);
   else if (!xb && !yb)
-    launch_math<Bf16Math>(bn, d, xf, gamma, beta, mean, invstd, w_ohwi, bias, yf, part, stream);
+    launch_math<Bf16Math>(bn, d, xf, gamma, beta, mean, invstd, w_ohwi, bias, yf, residual, part, stream);
   else if (xb && yb)
-    launch_math<Bf16Math>(bn, d, xh, gamma, beta, mean, invstd, w_ohwi, bias, yh, part, stream);
+    launch_math<Bf16Math>(bn, d, xh, gamma, beta, mean, invstd, w_ohwi, bias, yh, residual, part, stream);
   else if (xb)
-    launch_math<Bf16Math>(bn, d, xh, gamma, beta, mean, invstd, w_ohwi, bias, yf, part, stream);
+    launch_math<Bf16Math>(bn, d, xh, gamma, beta, mean, invstd, w_ohwi, bias, yf, residual, part, stream);
   else
-    launch_math<Bf16Math>(bn, d, xf, gamma, beta, mean, invstd, w_ohwi, bias, yh, part, stream);
+    launch_math<Bf16Math>(bn, d, xf, gamma, beta, mean, invstd, w_ohwi, bias, yh, residual, part, stream);
   RPP_CUDA_CHECK_LAUNCH(op);
   if (stats) {
     const unsigned blocks = unsigned((s.cout + kReduceChannels - 1) / kReduceChannels);

@@ -64,5 +64,13 @@ void bn_relu_conv_tc_forward(const cpu::Conv2dShape& s, ConvMath math, Storage x
                              const float* gamma, const float* beta, const float* mean, const float* invstd,
                              const float* w_ohwi, const float* bias, Storage y_type, void* y, double* out_sum,
                              double* out_sumsq, void* workspace, cudaStream_t stream);
+// With a residual (fuse_conv_add, runtime/fusion.h): y = conv(...) + bias + residual, the residual
+// (n, ho, wo, cout) in y's storage and added in fp32 before y is rounded (so with fp32 storage y
+// has the bits of the conv followed by add()); the statistics are those of this y. residual may
+// be null (no add) and may not alias y.
+void bn_relu_conv_tc_forward(const cpu::Conv2dShape& s, ConvMath math, Storage x_type, const void* x,
+                             const float* gamma, const float* beta, const float* mean, const float* invstd,
+                             const float* w_ohwi, const float* bias, Storage y_type, void* y, const void* residual,
+                             double* out_sum, double* out_sumsq, void* workspace, cudaStream_t stream);
 
 }  // namespace rpp::cuda

@@ -23,7 +23,8 @@ template <class Math, int kWarpsN, class TIn, class TOut>
 void launch(const conv_tc::Dims& d, const TIn* x, TOut* y, const conv_tc::Branches& br, cudaStream_t stream) {
   conv_tc::conv_tc_kernel<Math, false, kWarpsN, TIn, TOut, true>
       <<<conv_tc::grid_for<kWarpsN>(d), conv_tc::threads_for<kWarpsN>(), 0, stream>>>(
-          d, x, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, y, nullptr, br);
+          d, x, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, y, static_cast<const TOut*>(nullptr), nullptr,
+          br);
 }
 
 template <class Math, class TIn, class TOut>

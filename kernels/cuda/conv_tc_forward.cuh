@@ -18,7 +18,8 @@
 // memory (read back as warp-wide broadcasts).
 // Epilogue: the accumulators go through shared memory (reusing the A/B slices' space) to a
 // thread-per-channel layout: thread t owns channel t % kBN and every 4th pixel from t / kBN,
-// writes y = acc + bias (coalesced rows of channels) and sums y and y^2 in double. With the
+// writes y = acc + bias (+ res, a residual of y's shape and storage, added in fp32 before the one
+// rounding) (coalesced rows of channels) and sums y and y^2 in double. With the
 // statistics requested, the 4 row groups' sums are added in a fixed order and written as the
 // block's partials: workspace = { sum[tiles][cout], sumsq[tiles][cout] } doubles,
 // tiles = ceil(n*ho*wo / 128) (the grid's x); tile_sums.cuh adds them up.
@@ -80,7 +81,8 @@ template <class Math, bool kBnRelu, int kWarpsN, class TIn, class TOut, bool kSu
 __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
     conv_tc_kernel(Dims d, const TIn* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
                    const float* __restrict__ mean, const float* __restrict__ invstd, const float* __restrict__ w,
-                   const float* __restrict__ bias, TOut* __restrict__ y, double* __restrict__ part, Branches br) {
+                   const float* __restrict__ bias, TOut* __restrict__ y, const TOut* __restrict__ res,
+                   double* __restrict__ part, Branches br) {
   using T = typename Math::T;
   constexpr int kThreads = kWarpsM * kWarpsN * 32;
   constexpr int kBN = 32 * kWarpsN;
@@ -328,7 +330,9 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
     for (int r = g; r < kBM; r += kStatGroups) {
       const int64_t m = m0 + r;
       if (m >= d.m) break;
-      const TOut q = detail::from_f32<TOut>(Cs[r * kLdC + c] + b);
+      float out = Cs[r * kLdC + c] + b;
+      if (res != nullptr) out += detail::to_f32(res[m * d.cout + co]);  // as add() after the conv: same bits
+      const TOut q = detail::from_f32<TOut>(out);
       y[m * d.cout + co] = q;
       const float v = detail::to_f32(q);  // the statistics of the stored values
       sum += double(v);

@@ -87,6 +87,17 @@ struct Mul {
   }
 };
 
+// Storage conversion: TI widened, rounded once to TO.
+template <class TI, class TO>
+struct Convert {
+  const TI* x;
+  TO* y;
+  template <class Idx>
+  __device__ void operator()(Idx i) const {
+    y[i] = from_f32<TO>(to_f32(x[i]));
+  }
+};
+
 struct SigmoidFwd {
   const float* x;
   float* y;
@@ -505,6 +516,19 @@ void mul(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream) 
 void mul(int64_t n, const float* a, const bf16* b, float* y, cudaStream_t stream) {
   binary_impl<Mul<float, bf16>>("mul", n, a, b, y, stream);
 }
+
+namespace {
+template <class TI, class TO>
+void convert_impl(int64_t n, const TI* x, TO* y, cudaStream_t stream) {
+  if (n < 0) fail("convert: n must be >= 0, got ", n);
+  if (n == 0) return;
+  check_not_null("convert", {{"x", x}, {"y", y}});
+  launch_flat("convert", n, Convert<TI, TO>{x, y}, stream);
+}
+}  // namespace
+
+void convert(int64_t n, const bf16* x, float* y, cudaStream_t stream) { convert_impl(n, x, y, stream); }
+void convert(int64_t n, const float* x, bf16* y, cudaStream_t stream) { convert_impl(n, x, y, stream); }
 
 void sigmoid_forward(int64_t n, const float* x, float* y, cudaStream_t stream) {
   if (n < 0) fail("sigmoid_forward: n must be >= 0, got ", n);

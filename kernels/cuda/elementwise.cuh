@@ -33,6 +33,11 @@ void mul(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream);
 // Mixed (the backward of a product in bf16 training): an fp32 a (a gradient) times a bf16 b (a
 // saved activation), y fp32: the fp32 mul on the widened b.
 void mul(int64_t n, const float* a, const bf16* b, float* y, cudaStream_t stream);
+// Storage conversion (the cuDNN path of a bf16 graph stages bf16 activations in fp32 and rounds
+// its fp32 results back once): widening is exact; narrowing rounds to nearest even, as every bf16
+// store does (NaN stays NaN, overflow goes to infinity).
+void convert(int64_t n, const bf16* x, float* y, cudaStream_t stream);
+void convert(int64_t n, const float* x, bf16* y, cudaStream_t stream);
 void sigmoid_forward(int64_t n, const float* x, float* y, cudaStream_t stream);
 // dx = dy * y * (1 - y), y the forward output.
 void sigmoid_backward(int64_t n, const float* y, const float* dy, float* dx, cudaStream_t stream);

@@ -84,6 +84,50 @@ TEST(Bf16Ops, UnaryAndBinaryOpsRoundTheFp32ResultOnce) {
   }
 }
 
+// The storage conversions of the cuDNN path in a bf16 graph: widening is exact, narrowing rounds
+// to nearest even (ties, the largest finite floats overflow to infinity, NaN stays NaN).
+TEST(Bf16Ops, ConvertWidensExactlyAndRoundsToNearestEven) {
+  REQUIRE_GPU();
+  Stream st;
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  Floats special = {0.f, -0.f, 1.f, -2.5f, inf, -inf, nan, std::numeric_limits<float>::max(),
+                    -std::numeric_limits<float>::max(), std::numeric_limits<float>::denorm_min(), 1e-40f,
+                    1.f + 0x1p-8f,          // a tie between 1 and 1 + 2^-7: to 1 (even)
+                    1.f + 3 * 0x1p-8f,      // a tie between 1 + 2^-7 and 1 + 2^-6: to 1 + 2^-6 (even)
+                    1.f + 0x1p-8f + 0x1p-20f,  // just above the tie: up
+                    -(1.f + 0x1p-8f)};
+  for (const int64_t n : {int64_t(1), int64_t(15), int64_t(1000), int64_t(2 * 32 * 32 * 64 + 5)}) {
+    SCOPED_TRACE("n " + std::to_string(n));
+    Floats x = normal(size_t(n), 0.f, 3.f);
+    for (size_t i = 0; i < special.size() && i < x.size(); ++i) x[i] = special[i];
+    // Narrowing.
+    DevFloats dx(x);
+    DevHalves dh{size_t(n)};
+    const Halves got = run_twice_bf16(st, dh, [&] { cuda::convert(n, dx.p(), dh.p(), st); });
+    const Halves want = to_bf16(x);
+    int bad = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const bool same = std::isnan(x[i]) ? std::isnan(from_bf16_bits(got[i])) : got[i] == want[i];
+      if (!same && ++bad <= 5)
+        ADD_FAILURE() << "narrowing element " << i << " (" << x[i] << "): got 0x" << std::hex << got[i]
+                      << ", expected 0x" << want[i] << std::dec;
+    }
+    EXPECT_EQ(bad, 0);
+    if (n >= 14) {
+      EXPECT_EQ(from_bf16_bits(got[7]), inf) << "FLT_MAX must overflow to infinity";
+      EXPECT_EQ(from_bf16_bits(got[11]), 1.f);
+      EXPECT_EQ(from_bf16_bits(got[12]), 1.f + 0x1p-6f);
+      EXPECT_EQ(from_bf16_bits(got[13]), 1.f + 0x1p-7f);
+    }
+    // Widening the stored values gives them back exactly.
+    DevFloats dw{size_t(n)};
+    const Floats back = run_twice(st, {&dw}, nullptr, [&] { cuda::convert(n, dh.p(), dw.p(), st); })[0];
+    const Floats exact = widen(got);
+    EXPECT_TRUE(same_bits(exact, back)) << "widening is not exact";
+    expect_guards({&dx, &dh, &dw});
+  }
+}
+
 TEST(Bf16Ops, PoolUpsampleAndConcatMoveStoredValues) {
   REQUIRE_GPU();
   Stream st;
@@ -258,6 +302,79 @@ TEST(Bf16Conv, Bf16StorageMatchesTheFp32StorageKernelBitForBit) {
     }
     expect_guards({&dxf, &dw, &db, &dg, &dbeta, &dm, &di, &dxh, &dyh, &dyf, &dsum, &dsq, &ws});
   }
+}
+
+// A residual (fuse_conv_add): with fp32 storage y is the plain launch's y plus the residual in
+// fp32, bit for bit (TF32 and BF16 math); with bf16 storage (x, y, residual) it is the fp32-storage
+// launch on the widened values, rounded once. The statistics are those of the stored sum.
+TEST(Bf16Conv, ResidualIsAddedBeforeTheOneRounding) {
+  REQUIRE_GPU();
+  Stream st;
+  for (const ConvCase& c : conv_cases()) {
+    const cpu::Conv2dShape& s = c.s;
+    const std::string what = shape_str(s) + (c.bn ? " (bn-relu)" : " (plain)");
+    const size_t nx = size_t(s.n) * s.h * s.w * s.cin, ny = size_t(s.n) * s.ho() * s.wo() * s.cout;
+    const Halves xh = random_bf16(nx), rh = random_bf16(ny, 2.f);
+    const Floats xf = widen(xh), rf = widen(rh);
+    const Floats w = normal(size_t(s.kh) * s.kw * s.cin * s.cout, 0.f, 0.2f), bias = normal(size_t(s.cout));
+    const BnParams bn = random_bn(s.cin);
+    DevFloats dxf(xf), drf(rf), dw(hwio_to_ohwi(s, w)), db(bias), dg(bn.gamma), dbeta(bn.beta), dm(bn.mean),
+        di(bn.invstd);
+    DevHalves dxh(xh), drh(rh), dyh(ny);
+    DevFloats dy0(ny), dy1(ny), dsum(2 * size_t(s.cout)), dsq(2 * size_t(s.cout));  // doubles as float pairs
+    DevBuf ws(cuda::bn_relu_conv_tc_workspace_bytes(s));
+    const float* g = c.bn ? dg.p() : nullptr;
+    const float* be = c.bn ? dbeta.p() : nullptr;
+    const float* me = c.bn ? dm.p() : nullptr;
+    const float* iv = c.bn ? di.p() : nullptr;
+    auto sum = [&] { return reinterpret_cast<double*>(dsum.p()); };
+    auto sumsq = [&] { return reinterpret_cast<double*>(dsq.p()); };
+    // The statistics against the stored values, summed in double on the host.
+    auto expect_stats_of = [&](const Floats& y, const std::string& how) {
+      std::vector<double> ws_(size_t(s.cout), 0.0), wq(size_t(s.cout), 0.0), gs(ws_.size()), gq(wq.size());
+      for (size_t i = 0; i < ny; ++i) {
+        ws_[i % size_t(s.cout)] += double(y[i]);
+        wq[i % size_t(s.cout)] += double(y[i]) * double(y[i]);
+      }
+      CU(cudaMemcpy(gs.data(), dsum.data(), gs.size() * sizeof(double), cudaMemcpyDeviceToHost));
+      CU(cudaMemcpy(gq.data(), dsq.data(), gq.size() * sizeof(double), cudaMemcpyDeviceToHost));
+      for (int co = 0; co < s.cout; ++co) {
+        const double tol = 1e-12 * double(ny / size_t(s.cout)) * (1.0 + wq[size_t(co)]);
+        EXPECT_NEAR(gs[size_t(co)], ws_[size_t(co)], tol) << what << how << ": sum, channel " << co;
+        EXPECT_NEAR(gq[size_t(co)], wq[size_t(co)], tol) << what << how << ": sum of squares, channel " << co;
+      }
+    };
+    for (const ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
+      const std::string how = math == ConvMath::Tf32 ? ", TF32" : ", BF16";
+      const Floats y0 = run_twice(st, {&dy0}, nullptr, [&] {
+        cuda::bn_relu_conv_tc_forward(s, math, dxf.p(), g, be, me, iv, dw.p(), db.p(), dy0.p(), nullptr, nullptr,
+                                      nullptr, st);
+      })[0];
+      const std::vector<Floats> y1 = run_twice(st, {&dy1, &dsum, &dsq}, [&] { ws.poison(); }, [&] {
+        cuda::bn_relu_conv_tc_forward(s, math, Storage::F32, dxf.p(), g, be, me, iv, dw.p(), db.p(), Storage::F32,
+                                      dy1.p(), drf.p(), sum(), sumsq(), ws.data(), st);
+      });
+      Floats want(ny);
+      for (size_t i = 0; i < ny; ++i) want[i] = y0[i] + rf[i];  // what add() after the conv gives
+      EXPECT_TRUE(same_bits(want, y1[0])) << what << how << ": fp32 storage, y + residual";
+      expect_stats_of(y1[0], how + ", fp32 storage");
+      if (math != ConvMath::Bf16) continue;
+      const Halves yh = run_twice_bf16(st, dyh, [&] {
+        cuda::bn_relu_conv_tc_forward(s, math, Storage::Bf16, dxh.p(), g, be, me, iv, dw.p(), db.p(), Storage::Bf16,
+                                      dyh.p(), drh.p(), sum(), sumsq(), ws.data(), st);
+      });
+      expect_same_halves(to_bf16(y1[0]), yh, what + how + ": bf16 storage");
+      expect_stats_of(widen(yh), how + ", bf16 storage");
+    }
+    expect_guards({&dxf, &drf, &dw, &db, &dg, &dbeta, &dm, &di, &dxh, &drh, &dyh, &dy0, &dy1, &dsum, &dsq, &ws});
+  }
+  // The residual may not be y itself.
+  const cpu::Conv2dShape s = conv_shape(1, 4, 4, 8, 8, 3, 1, 1, 1);
+  DevFloats x(size_t(4 * 4 * 8)), w(size_t(9 * 8 * 8)), y(size_t(4 * 4 * 8));
+  EXPECT_THROW(cuda::bn_relu_conv_tc_forward(s, ConvMath::Tf32, Storage::F32, x.p(), nullptr, nullptr, nullptr, nullptr,
+                                             w.p(), nullptr, Storage::F32, y.p(), y.p(), nullptr, nullptr, nullptr,
+                                             st),
+               Error);
 }
 
 TEST(Bf16Host, TensorCoreKernelRefusesBf16StorageWithTf32Math) {

@@ -218,6 +218,43 @@ TEST(Bf16TrainBatchNorm, BackwardIsTheFp32KernelOnTheWidenedX) {
   }
 }
 
+// The cuDNN path of a bf16 graph stages BN-ReLU(x) of a bf16 x in fp32 (batchnorm_apply) and
+// masks a fused backward-data's gradient with the ReLU decision on it (bn_relu_mask_inplace).
+TEST(Bf16TrainBatchNorm, ApplyAndMaskOfABf16XAreTheFp32KernelsOnTheWidenedX) {
+  REQUIRE_GPU();
+  Stream st;
+  size_t zeroed = 0, total = 0;  // over all cases: the mask must decide both ways
+  for (const BnCase& k : bn_cases()) {
+    SCOPED_TRACE(bn_str(k));
+    const size_t n = size_t(k.count) * size_t(k.c);
+    const BwdInputs in(k);
+    DevHalves dxh(in.xh);
+    DevFloats dxf(widen(in.xh)), dg(in.gamma), db(normal(size_t(k.c), 0.f, 0.5f)), dm(in.mean), di(in.invstd);
+    DevFloats y(n), dy(n);
+    for (const bool relu : {false, true}) {
+      const Floats ref = run_twice(st, {&y}, nullptr, [&] {
+        cuda::batchnorm_apply(k.count, k.c, dxf.p(), dg.p(), db.p(), dm.p(), di.p(), relu, y.p(), st);
+      })[0];
+      const Floats got = run_twice(st, {&y}, nullptr, [&] {
+        cuda::batchnorm_apply(k.count, k.c, dxh.p(), dg.p(), db.p(), dm.p(), di.p(), relu, y.p(), st);
+      })[0];
+      expect_same_floats(ref, got, relu ? "BN-ReLU" : "BN");
+    }
+    const Floats ref = run_twice(st, {&dy}, [&] { dy.set(in.dy); }, [&] {
+      cuda::bn_relu_mask_inplace(k.count, k.c, dxf.p(), dg.p(), db.p(), dm.p(), di.p(), dy.p(), st);
+    })[0];
+    const Floats got = run_twice(st, {&dy}, [&] { dy.set(in.dy); }, [&] {
+      cuda::bn_relu_mask_inplace(k.count, k.c, dxh.p(), dg.p(), db.p(), dm.p(), di.p(), dy.p(), st);
+    })[0];
+    expect_same_floats(ref, got, "masked dy");
+    for (size_t i = 0; i < n; ++i) zeroed += got[i] == 0.f && in.dy[i] != 0.f;
+    total += n;
+    expect_guards({&dxh, &dxf, &dg, &db, &dm, &di, &y, &dy});
+  }
+  EXPECT_GT(zeroed, total / 10) << "the mask zeroed almost nothing";
+  EXPECT_LT(zeroed, total - total / 10) << "the mask zeroed almost everything";
+}
+
 TEST(Bf16TrainBatchNorm, BackwardFromSumsIsTheFp32KernelOnTheWidenedX) {
   REQUIRE_GPU();
   Stream st;
