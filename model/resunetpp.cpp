@@ -46,6 +46,7 @@ ModelGraph build_resunetpp(const ModelConfig& cfg, int n, int h, int w, bool tra
       fuse_bn_apply_sum(m.graph);  // the ASPP blocks: BN statistics per branch, one normalise-and-add
     else
       fuse_conv_bn_sum(m.graph);  // the ASPP blocks whole: eval BNs fold into the convolutions
+    fuse_conv_add(m.graph);  // residual and attention adds into the convolution before them
   }
   return m;
 }

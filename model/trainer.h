@@ -61,7 +61,9 @@ struct TrainOptions {
   std::string precision = "fp32";
   bool deterministic = true;  // CUDA: only deterministic cuDNN algorithms (exact --resume)
   bool allow_tf32 = false;    // CUDA: TF32 tensor-core convolutions (faster, ~1e-3 relative)
-  std::string kernels = "cudnn";  // CUDA: convolution kernels: cudnn | handwritten | auto
+  // CUDA: convolution kernels: default | cudnn | handwritten | auto (runtime/executor.h KernelChoice;
+  // default: cudnn in fp32, the hand-written BF16 tensor-core kernels in bf16)
+  std::string kernels = "default";
   std::string weights;   // start from this checkpoint's model tensors (ours or PyTorch's)
   bool resume = false;   // continue the run in out_dir from checkpoint_last.safetensors
   bool overwrite = false;  // allow out_dir to hold an earlier run, which is replaced

@@ -109,6 +109,9 @@ class Autodiff {
 
   void backward(const Node& n) {
     const int dy = grad_.at(n.out[0]);
+    // A convolution with a residual (fuse_conv_add) passes dy on to it, as the add did.
+    const int residual = residual_input(n);
+    if (residual >= 0 && needs(residual)) contribute(residual, dy);
     switch (n.op) {
       case OpKind::Conv2d: {
         const int x = n.in[0], w = n.in[1], b = n.in[2];

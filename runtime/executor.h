@@ -27,18 +27,21 @@ namespace rpp {
 // backward-data and backward-filter: cuDNN (for the fused nodes with BN-ReLU or mask kernels
 // around it), the hand-written kernels (kernels/cuda/bn_relu_conv*.cuh; the forward on tensor
 // cores when TF32 is allowed), or the faster of the two timed once per (node kind, shape) at plan
-// time. The CPU has one implementation and ignores this.
-enum class KernelChoice { Cudnn, Handwritten, Auto };
-// "cudnn", "handwritten", "auto"; rpp::Error naming the string otherwise.
+// time. Default: cuDNN with fp32 activations (the hand-written kernels have not yet run on a
+// GPU); with bf16 activations the hand-written BF16 tensor-core kernels, and the cuDNN path for a
+// node whose shape they cannot run. The CPU has one implementation and ignores this.
+enum class KernelChoice { Default, Cudnn, Handwritten, Auto };
+// "default", "cudnn", "handwritten", "auto"; rpp::Error naming the string otherwise.
 KernelChoice parse_kernel_choice(const std::string& name);
 const char* kernel_choice_name(KernelChoice k);
 
 // How activations are stored. Bf16 (inference and training): the graph stores its forward
 // activation tensors in bf16 (store_activations_in_bf16, runtime/fusion.h; the Predictor and the
-// trainer do it; gradients, statistics, parameters and optimiser state stay fp32) and the CUDA
-// executor runs every convolution pass on the hand-written bf16 tensor-core kernels, whatever
-// `kernels` says (the cuDNN path is fp32 only); all other arithmetic stays fp32. The CPU executor
-// runs fp32 only.
+// trainer do it; gradients, statistics, parameters and optimiser state stay fp32); all arithmetic
+// stays fp32 or wider. The CUDA executor runs the convolution passes on the hand-written bf16
+// tensor-core kernels or on the cuDNN path, which stages each bf16 operand in fp32, runs the fp32
+// cuDNN convolution (TF32 when allowed) and rounds a bf16 output once (see KernelChoice). The CPU
+// executor runs fp32 only.
 enum class Precision { F32, Bf16 };
 // "fp32", "bf16"; rpp::Error naming the string otherwise.
 Precision parse_precision(const std::string& name);
@@ -54,8 +57,9 @@ struct ExecOptions {
   bool debug_sync = false;     // eager, synchronise and check after every node (names the node);
                                // also switched on by the environment variable RPP_CUDA_DEBUG_SYNC=1
   size_t conv_workspace_limit = size_t(1) << 30;  // cuDNN workspace cap per convolution (bytes)
-  // The hand-written kernel has not run on a GPU yet: the cuDNN path stays the default.
-  KernelChoice kernels = KernelChoice::Cudnn;
+  // The hand-written kernels have not run on a GPU yet: with fp32 activations the cuDNN path
+  // stays the default (KernelChoice::Default).
+  KernelChoice kernels = KernelChoice::Default;
   Precision precision = Precision::F32;  // must agree with the graph's activation dtypes
 };
 

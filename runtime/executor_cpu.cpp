@@ -135,9 +135,15 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
   auto sh = [&](int t) -> const Shape& { return g_.tensor(t).shape; };
   auto count = [&](int t) { return numel(sh(t)); };
   float* ws = workspace_.data();
+  // A convolution's residual (fuse_conv_add): added after it, as the add node did.
+  auto add_residual = [&] {
+    const int r = residual_input(n);
+    if (r >= 0) cpu::add(count(n.out[0]), out(0), data(r), out(0));
+  };
   switch (n.op) {
     case OpKind::Conv2d:
       cpu::conv2d_forward(n.conv.shape, in(0), in(1), in(2), out(0), ws);
+      add_residual();
       break;
     case OpKind::BatchNorm: {
       const Shape& xs = sh(n.in[0]);
@@ -167,6 +173,7 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
       const int c = int(sh(n.in[0]).back());
       cpu::batchnorm_apply(count(n.in[0]) / c, c, in(0), in(1), in(2), in(3), in(4), /*relu=*/true, ws);
       cpu::conv2d_forward(n.conv.shape, ws, in(5), in(6), out(0), ws + bn_relu_staging_floats(g_, n));
+      add_residual();
       break;
     }
     case OpKind::ConvBnSum: {  // in: x, then per branch w, b, gamma, beta, running_mean, running_var
@@ -377,14 +384,16 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
 // ---- the device factory ----
 
 KernelChoice parse_kernel_choice(const std::string& name) {
+  if (name == "default") return KernelChoice::Default;
   if (name == "cudnn") return KernelChoice::Cudnn;
   if (name == "handwritten") return KernelChoice::Handwritten;
   if (name == "auto") return KernelChoice::Auto;
-  fail("kernels must be cudnn, handwritten or auto, got '", name, "'");
+  fail("kernels must be default, cudnn, handwritten or auto, got '", name, "'");
 }
 
 const char* kernel_choice_name(KernelChoice k) {
   switch (k) {
+    case KernelChoice::Default: return "default";
     case KernelChoice::Cudnn: return "cudnn";
     case KernelChoice::Handwritten: return "handwritten";
     case KernelChoice::Auto: return "auto";

@@ -146,14 +146,9 @@ bool is_conv_op(OpKind k) {
          k == OpKind::BnReluConv2d || k == OpKind::BnReluConv2dBwdData || k == OpKind::BnReluConv2dBwdFilter;
 }
 
-// The fused BN-ReLU-conv nodes run as the cuDNN fallback composition: the BN-ReLU input is
-// staged in the first part of the workspace, the convolution's own workspace follows.
-size_t staging_bytes(const Graph& g, const Node& n) {
-  return (size_t(numel(g.tensor(n.in[0]).shape)) * sizeof(float) + 255) / 256 * 256;
-}
-
-// In a graph with bf16 activations every convolution node (forward, conv-BN sum and backward)
-// runs the hand-written tensor-core kernel with BF16 operands: the cuDNN path is fp32 only.
+// The convolution nodes (forward, conv-BN sum and backward) of a graph with bf16 activations:
+// the hand-written tensor-core kernel with BF16 operands, or the cuDNN path with every bf16
+// operand staged in fp32.
 bool conv_bf16(bool bf16_graph, const Node& n) {
   return bf16_graph && (is_conv_op(n.op) || is_branch_sum(n.op));
 }
@@ -223,6 +218,9 @@ bool check_storage(const Graph& g, Precision precision) {
     switch (n.op) {
       case OpKind::Conv2d:
       case OpKind::BnReluConv2d:
+        if (residual_input(n) >= 0) need_same({residual_input(n)});  // in y's storage
+        need_f32_except({n.in[0], n.out[0], residual_input(n)});
+        break;
       case OpKind::ConvBnSum: need_f32_except({n.in[0], n.out[0]}); break;
       case OpKind::Conv2dBwdFilter:
       case OpKind::BnReluConv2dBwdFilter: need_f32_except({n.in[0]}); break;
@@ -331,6 +329,8 @@ void CudaExecutor::init() {
   store_.ensure(g_);
   ohwi_ = cuda_ohwi_tensors(g_);
   bf16_ = check_storage(g_, opt_.precision);
+  bf16_default_ = bf16_ && opt_.kernels == KernelChoice::Default;
+  if (opt_.kernels == KernelChoice::Default) opt_.kernels = bf16_ ? KernelChoice::Handwritten : KernelChoice::Cudnn;
   training_ = false;
   for (const Node& n : g_.nodes()) training_ = training_ || !is_forward(n.op);
 
@@ -355,7 +355,7 @@ void CudaExecutor::init() {
   };
   for (int i = 0; i < nn; ++i) {
     const Node& n = g_.node(i);
-    if (conv_bf16(bf16_, n)) continue;  // bf16: hand-written only, no cuDNN
+    if (!cudnn_possible(n)) continue;  // bf16, hand-written: no cuDNN convolution needed
     if (is_conv_op(n.op)) impl_->node_conv[size_t(i)] = prepare(n, n.conv.shape);
     if (is_branch_sum(n.op))  // the cuDNN path runs the branches one by one
       for (const cpu::Conv2dShape& b : n.branches.shapes) prepare(n, b);
@@ -368,7 +368,7 @@ void CudaExecutor::init() {
   //    x and saved statistics: sum(dy) and sum(dy * (x - mean)) * invstd of the masked dy.
   impl_->stats_candidate.assign(size_t(nn), -1);
   impl_->sums_off.assign(size_t(nn), -1);
-  if (opt_.kernels != KernelChoice::Cudnn || bf16_) {  // (bf16: every conv is hand-written)
+  if (opt_.kernels != KernelChoice::Cudnn) {
     std::vector<int> producer(size_t(nt), -1);
     for (int i = 0; i < nn; ++i)
       for (int t : g_.node(i).out)
@@ -378,7 +378,8 @@ void CudaExecutor::init() {
       if (n.op == OpKind::BatchNormStats && n.bn.training && (opt_.allow_tf32 || bf16_)) {
         const int p = producer[size_t(n.in[0])];
         if (p >= 0 && is_conv_forward(g_.node(p).op) &&
-            cuda::bn_relu_conv_tc_can_run(g_.node(p).conv.shape, cuda::ConvMath::Tf32))
+            (bf16_ ? bf16_conv_can_run(g_, g_.node(p))
+                   : cuda::bn_relu_conv_tc_can_run(g_.node(p).conv.shape, cuda::ConvMath::Tf32)))
           impl_->stats_candidate[size_t(i)] = p;
       } else if (n.op == OpKind::BatchNormBwd && n.in.size() >= 5) {
         const int p = producer[size_t(n.in[1])];
@@ -512,30 +513,30 @@ void CudaExecutor::choose_kernels() {
   impl_->stats_src.assign(size_t(nn), -1);
   for (int i = 0; i < nn; ++i) {
     const Node& n = g_.node(i);
-    impl_->tensor_core[size_t(i)] = opt_.allow_tf32 && tensor_core_can_run(g_, n);
+    impl_->tensor_core[size_t(i)] =
+        conv_bf16(bf16_, n) ? bf16_conv_can_run(g_, n) : opt_.allow_tf32 && tensor_core_can_run(g_, n);
   }
   std::map<std::pair<int, ConvKey>, std::pair<bool, std::string>> decided;
   for (int i = 0; i < nn; ++i) {
     const Node& n = g_.node(i);
     if (!has_handwritten_kernel(n.op)) continue;
-    if (conv_bf16(bf16_, n)) {
-      if (!bf16_conv_can_run(g_, n))
-        fail("CUDA executor: node ", n.name, " (", op_name(n.op),
-             ") has bf16 activations and a shape the bf16 tensor-core kernel cannot run");
-      impl_->handwritten[size_t(i)] = 1;
-      impl_->tensor_core[size_t(i)] = 1;
-      impl_->kernel_reason[size_t(i)] = "bf16 activations (the cuDNN path is fp32 only)";
-      continue;
-    }
-    // The branch sums have only the tensor-core kernel (TF32 allowed).
+    // The branch sums have only the tensor-core kernel (TF32 allowed); bf16 operands only the
+    // BF16 tensor-core kernels.
     const bool can = impl_->tensor_core[size_t(i)] ||
-                     (!is_branch_sum(n.op) && (is_conv_forward(n.op) ? cuda::bn_relu_conv_can_run(n.conv.shape)
-                                                                     : cuda::bn_relu_conv_bwd_can_run(n.conv.shape)));
+                     (!bf16_ && !is_branch_sum(n.op) &&
+                      (is_conv_forward(n.op) ? cuda::bn_relu_conv_can_run(n.conv.shape)
+                                             : cuda::bn_relu_conv_bwd_can_run(n.conv.shape)));
     std::pair<bool, std::string> choice;
     switch (opt_.kernels) {
+      case KernelChoice::Default:  // resolved in init()
       case KernelChoice::Cudnn: choice = {false, "forced (--kernels cudnn)"}; break;
       case KernelChoice::Handwritten:
-        if (!can && is_branch_sum(n.op) && !opt_.allow_tf32) {
+        if (bf16_default_) {
+          choice = can ? std::make_pair(true, std::string("the default with bf16 activations"))
+                       : std::make_pair(false, std::string("the BF16 tensor-core kernel cannot run this shape"));
+          break;
+        }
+        if (!can && is_branch_sum(n.op) && !opt_.allow_tf32 && !bf16_) {
           // Its only hand-written kernel uses tensor cores; in strict fp32 the branches run on cuDNN.
           choice = {false, "the fused ASPP kernel needs tensor cores (--allow-tf32 or bf16); cuDNN path"};
           break;
@@ -615,10 +616,16 @@ double CudaExecutor::time_saved_bn_pass(int bn_index, int producer) {
   const int c = int(g_.tensor(n.in[0]).shape.back());
   const int64_t cnt = numel(g_.tensor(n.in[0]).shape) / c;
   const auto* sums = reinterpret_cast<const double*>(persistent_ + impl_->sums_off[size_t(producer)]);
+  const bool x_bf16 = g_.tensor(n.in[0]).dtype == DType::BF16;  // a bf16 graph's saved activation
+  const auto* xh = static_cast<const cuda::bf16*>(ptr(n.in[0]));
   if (n.op == OpKind::BatchNormStats) {
     const double own = time_launch([&] {
-      cuda::batchnorm_stats_train(cnt, c, in(0), out(0), out(1), nullptr, nullptr, n.bn.momentum, n.bn.eps,
-                                  workspace_, s);
+      if (x_bf16)
+        cuda::batchnorm_stats_train(cnt, c, xh, out(0), out(1), nullptr, nullptr, n.bn.momentum, n.bn.eps,
+                                    workspace_, s);
+      else
+        cuda::batchnorm_stats_train(cnt, c, in(0), out(0), out(1), nullptr, nullptr, n.bn.momentum, n.bn.eps,
+                                    workspace_, s);
     });
     const double from = time_launch([&] {
       cuda::batchnorm_stats_from_sums(cnt, c, sums, sums + c, out(0), out(1), nullptr, nullptr, n.bn.momentum,
@@ -627,11 +634,18 @@ double CudaExecutor::time_saved_bn_pass(int bn_index, int producer) {
     return std::max(0.0, own - from);
   }
   const double own = time_launch([&] {
-    cuda::batchnorm_backward(cnt, c, in(0), in(1), in(2), in(3), in(4), out(0), out(1), out(2), workspace_, s);
+    if (x_bf16)
+      cuda::batchnorm_backward(cnt, c, xh, in(1), in(2), in(3), in(4), out(0), out(1), out(2), workspace_, s);
+    else
+      cuda::batchnorm_backward(cnt, c, in(0), in(1), in(2), in(3), in(4), out(0), out(1), out(2), workspace_, s);
   });
   const double from = time_launch([&] {
-    cuda::batchnorm_backward_from_sums(cnt, c, in(0), in(1), in(2), in(3), in(4), sums, sums + c, out(0), out(1),
-                                       out(2), s);
+    if (x_bf16)
+      cuda::batchnorm_backward_from_sums(cnt, c, xh, in(1), in(2), in(3), in(4), sums, sums + c, out(0), out(1),
+                                         out(2), s);
+    else
+      cuda::batchnorm_backward_from_sums(cnt, c, in(0), in(1), in(2), in(3), in(4), sums, sums + c, out(0), out(1),
+                                         out(2), s);
   });
   return std::max(0.0, own - from);
 }
@@ -676,7 +690,7 @@ std::string CudaExecutor::describe_kernels() const {
     }
     if (!has_handwritten_kernel(n.op)) continue;
     os << "  " << n.name << " (" << op_name(n.op) << "): "
-       << (!impl_->handwritten[size_t(i)] ? "cuDNN path"
+       << (!impl_->handwritten[size_t(i)] ? (bf16_ ? "cuDNN path (bf16 operands staged in fp32)" : "cuDNN path")
            : conv_bf16(bf16_, n)           ? "hand-written (BF16 tensor cores)"
            : impl_->tensor_core[size_t(i)] ? "hand-written (TF32 tensor cores)"
                                            : "hand-written")
@@ -728,7 +742,7 @@ std::string CudaExecutor::describe() const {
     d = e.what();
   }
   return "cuda:" + std::to_string(device_) + " (" + d + ")" + (use_graphs_ ? ", CUDA graph" : ", eager") +
-         (bf16_ ? ", bf16 activations and convolutions" : opt_.allow_tf32 ? ", TF32 convolutions" : ", fp32 convolutions") +
+         (bf16_ ? ", bf16 activations" : opt_.allow_tf32 ? ", TF32 convolutions" : ", fp32 convolutions") +
          (opt_.deterministic ? ", deterministic" : "");
 }
 
@@ -842,53 +856,79 @@ size_t CudaExecutor::handwritten_filter_workspace(const Node& n) const {
   return need;
 }
 
-size_t CudaExecutor::workspace_need(const Node& n) const {
-  auto sh = [&](int t) -> const Shape& { return g_.tensor(t).shape; };
-  if (conv_bf16(bf16_, n)) {  // the bf16 tensor-core kernels only (no cuDNN)
+// Whether a convolution node may take the cuDNN path, so that its cuDNN convolutions are prepared
+// and that path's workspace counts: always with fp32 activations; with bf16 ones unless the
+// hand-written kernels are forced (or the default) and run its shape.
+bool CudaExecutor::cudnn_possible(const Node& n) const {
+  if (!conv_bf16(bf16_, n)) return true;
+  return opt_.kernels != KernelChoice::Handwritten || !bf16_conv_can_run(g_, n);
+}
+
+// The hand-written kernels' workspace for a convolution node (0 with --kernels cudnn): the
+// tensor-core forward's statistics partials, a backward-data's BN-sum partials, a backward-filter's
+// split-K partials.
+size_t CudaExecutor::handwritten_workspace(const Node& n) const {
+  if (opt_.kernels == KernelChoice::Cudnn) return 0;
+  const cpu::Conv2dShape& cs = n.conv.shape;
+  if (conv_bf16(bf16_, n)) {  // the BF16 tensor-core kernels only
+    if (!bf16_conv_can_run(g_, n)) return 0;
     switch (n.op) {
       case OpKind::Conv2d:
-      case OpKind::BnReluConv2d:  // the epilogue statistics' partials, when a training BN takes them
-        return training_ ? cuda::bn_relu_conv_tc_workspace_bytes(n.conv.shape) : 0;
-      case OpKind::BnReluConv2dBwdData: return cuda::bn_relu_conv_tc_backward_data_workspace_bytes(n.conv.shape);
+      case OpKind::BnReluConv2d: return training_ ? cuda::bn_relu_conv_tc_workspace_bytes(cs) : 0;
+      case OpKind::BnReluConv2dBwdData: return cuda::bn_relu_conv_tc_backward_data_workspace_bytes(cs);
       case OpKind::Conv2dBwdFilter:
-      case OpKind::BnReluConv2dBwdFilter: return cuda::bn_relu_conv_tc_backward_filter_workspace_bytes(n.conv.shape);
+      case OpKind::BnReluConv2dBwdFilter: return cuda::bn_relu_conv_tc_backward_filter_workspace_bytes(cs);
       default: return 0;
     }
   }
   switch (n.op) {
-    case OpKind::Conv2d:  // cuDNN, or the tensor-core kernel's statistics partials
-      return std::max(impl_->conv_for(n.conv.shape).forward_workspace_bytes(),
-                      opt_.allow_tf32 && opt_.kernels != KernelChoice::Cudnn
-                          ? cuda::bn_relu_conv_tc_workspace_bytes(n.conv.shape)
-                          : size_t(0));
-    case OpKind::Conv2dBwdData: return impl_->conv_for(n.conv.shape).backward_data_workspace_bytes();
-    case OpKind::Conv2dBwdFilter:  // cuDNN, or a hand-written kernel's split-K partials
-      return std::max(impl_->conv_for(n.conv.shape).backward_filter_workspace_bytes(),
-                      handwritten_filter_workspace(n));
-    case OpKind::BnReluConv2d:  // the cuDNN path, or the tensor-core kernel's statistics partials
-      return std::max(staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).forward_workspace_bytes(),
-                      opt_.allow_tf32 ? cuda::bn_relu_conv_tc_workspace_bytes(n.conv.shape) : size_t(0));
-    case OpKind::BnReluConv2dBwdData: {  // the cuDNN path, or a hand-written kernel's BN-sum partials
-      size_t need = impl_->conv_for(n.conv.shape).backward_data_workspace_bytes();
-      if (opt_.kernels != KernelChoice::Cudnn && cuda::bn_relu_conv_bwd_can_run(n.conv.shape))
-        need = std::max(need, cuda::bn_relu_conv_backward_data_sums_workspace_bytes(n.conv.shape));
-      if (opt_.kernels != KernelChoice::Cudnn && opt_.allow_tf32)
-        need = std::max(need, cuda::bn_relu_conv_tc_backward_data_workspace_bytes(n.conv.shape));
+    case OpKind::Conv2d:
+    case OpKind::BnReluConv2d: return opt_.allow_tf32 ? cuda::bn_relu_conv_tc_workspace_bytes(cs) : 0;
+    case OpKind::BnReluConv2dBwdData: {
+      size_t need = 0;
+      if (cuda::bn_relu_conv_bwd_can_run(cs)) need = cuda::bn_relu_conv_backward_data_sums_workspace_bytes(cs);
+      if (opt_.allow_tf32) need = std::max(need, cuda::bn_relu_conv_tc_backward_data_workspace_bytes(cs));
       return need;
     }
-    case OpKind::BnReluConv2dBwdFilter:  // the cuDNN path or a hand-written kernel's split-K partials
-      return std::max(staging_bytes(g_, n) + impl_->conv_for(n.conv.shape).backward_filter_workspace_bytes(),
-                      handwritten_filter_workspace(n));
-    case OpKind::ConvBnSum:  // the cuDNN path: one branch's output (or dx), then the convolution's workspace
-    case OpKind::ConvSumBwdData: {
-      size_t conv_ws = 0;
-      for (const cpu::Conv2dShape& b : n.branches.shapes) {
-        const cuda::CudnnConv& c = impl_->conv_for(b);
-        conv_ws = std::max(conv_ws, n.op == OpKind::ConvBnSum ? c.forward_workspace_bytes()
-                                                              : c.backward_data_workspace_bytes());
-      }
-      return align_up(size_t(numel(sh(n.out[0]))) * sizeof(float)) + conv_ws;
+    case OpKind::Conv2dBwdFilter:
+    case OpKind::BnReluConv2dBwdFilter: return handwritten_filter_workspace(n);
+    default: return 0;
+  }
+}
+
+// The cuDNN path's workspace for a convolution node, in the order launch() lays it out: the
+// bf16 operands staged in fp32 (bf16 graphs only), the BN-ReLU input staged in fp32 (fused
+// nodes), a branch's output or gradient (branch sums), then cuDNN's own workspace.
+size_t CudaExecutor::cudnn_path_workspace(const Node& n) const {
+  if (!cudnn_possible(n)) return 0;
+  auto f32 = [&](int t) { return align_up(size_t(numel(g_.tensor(t).shape)) * sizeof(float)); };
+  auto staged = [&](int t) { return g_.tensor(t).dtype == DType::BF16 ? f32(t) : size_t(0); };
+  if (is_branch_sum(n.op)) {
+    size_t conv_ws = 0;
+    for (const cpu::Conv2dShape& b : n.branches.shapes) {
+      const cuda::CudnnConv& c = impl_->conv_for(b);
+      conv_ws = std::max(conv_ws, n.op == OpKind::ConvBnSum ? c.forward_workspace_bytes()
+                                                            : c.backward_data_workspace_bytes());
     }
+    const size_t io = n.op == OpKind::ConvBnSum ? staged(n.in[0]) + staged(n.out[0]) : 0;
+    return io + f32(n.out[0]) + conv_ws;
+  }
+  const cuda::CudnnConv& c = impl_->conv_for(n.conv.shape);
+  switch (n.op) {
+    case OpKind::Conv2d: return staged(n.in[0]) + staged(n.out[0]) + c.forward_workspace_bytes();
+    case OpKind::BnReluConv2d: return f32(n.in[0]) + staged(n.out[0]) + c.forward_workspace_bytes();
+    case OpKind::Conv2dBwdData:
+    case OpKind::BnReluConv2dBwdData: return c.backward_data_workspace_bytes();  // the mask reads x as stored
+    case OpKind::Conv2dBwdFilter: return staged(n.in[0]) + c.backward_filter_workspace_bytes();
+    case OpKind::BnReluConv2dBwdFilter: return f32(n.in[0]) + c.backward_filter_workspace_bytes();
+    default: return 0;
+  }
+}
+
+size_t CudaExecutor::workspace_need(const Node& n) const {
+  auto sh = [&](int t) -> const Shape& { return g_.tensor(t).shape; };
+  if (is_conv_op(n.op) || is_branch_sum(n.op)) return std::max(cudnn_path_workspace(n), handwritten_workspace(n));
+  switch (n.op) {
     case OpKind::BatchNormStats: {
       if (!n.bn.training) return 0;
       const Shape& xs = sh(n.in[0]);
@@ -1319,18 +1359,66 @@ void CudaExecutor::launch(int index) {
   auto st = [&](size_t i) { return storage_of(g_.tensor(n.in[i])); };
   auto st_out = [&](size_t i) { return storage_of(g_.tensor(n.out[i])); };
   auto vin = [&](size_t i) -> const void* { return ptr(n.in[i]); };
+  // The cuDNN path (cudnn_path_workspace lays out the workspace): a bf16 operand is widened into
+  // the next fp32 slot of the workspace, a bf16 output computed in fp32 there and rounded once at
+  // the end; fp32 tensors are used in place. `wsp` is the next free byte.
+  char* wsp = static_cast<char*>(ws);
+  auto is_bf16 = [&](int t) { return g_.tensor(t).dtype == DType::BF16; };
+  auto half = [&](int t) { return static_cast<cuda::bf16*>(ptr(t)); };
+  auto take_f32 = [&](int t) {
+    float* d = reinterpret_cast<float*>(wsp);
+    wsp += align_up(size_t(count(t)) * sizeof(float));
+    return d;
+  };
+  auto widened = [&](int t) -> const float* {
+    if (!is_bf16(t)) return fptr(t);
+    float* d = take_f32(t);
+    cuda::convert(count(t), half(t), d, s);
+    return d;
+  };
+  auto f32_result = [&](int t) { return is_bf16(t) ? take_f32(t) : fptr(t); };
+  auto store_result = [&](int t, const float* v) {
+    if (is_bf16(t)) cuda::convert(count(t), v, half(t), s);
+  };
+  // A forward convolution's residual (fuse_conv_add): the tensor-core kernel adds it in its
+  // epilogue; the other paths add it after the convolution, as the add node did.
+  const int residual = residual_input(n);
+  const void* res = residual >= 0 ? ptr(residual) : nullptr;
+  auto add_residual = [&] {
+    if (residual < 0) return;
+    if (is_bf16(n.out[0]))
+      cuda::add(count(residual), half(n.out[0]), half(residual), half(n.out[0]), s);
+    else
+      cuda::add(count(residual), out(0), fptr(residual), out(0), s);
+  };
+  // BN-ReLU(x) of a fused node's input (in[0]) staged in fp32, from x as stored.
+  auto staged_bn_relu = [&] {
+    const int x = n.in[0];
+    const int c = int(sh(x).back());
+    float* d = take_f32(x);
+    if (is_bf16(x))
+      cuda::batchnorm_apply(count(x) / c, c, half(x), in(1), in(2), in(3), in(4), /*relu=*/true, d, s);
+    else
+      cuda::batchnorm_apply(count(x) / c, c, in(0), in(1), in(2), in(3), in(4), /*relu=*/true, d, s);
+    return d;
+  };
   switch (n.op) {
     case OpKind::Conv2d:  // in: x, w, b
       if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)]) {
         const int64_t so = impl_->sums_off[size_t(index)];  // >= 0: a following BN takes the sums
         double* sums = so >= 0 ? reinterpret_cast<double*>(persistent_ + so) : nullptr;
         cuda::bn_relu_conv_tc_forward(n.conv.shape, math, st(0), vin(0), nullptr, nullptr, nullptr, nullptr, in(1),
-                                      in(2), st_out(0), ptr(n.out[0]), sums,
+                                      in(2), st_out(0), ptr(n.out[0]), res, sums,
                                       sums ? sums + n.conv.shape.cout : nullptr, ws, s);
       } else if (impl_->handwritten[size_t(index)]) {
         cuda::bn_relu_conv_forward(n.conv.shape, in(0), nullptr, nullptr, nullptr, nullptr, in(1), in(2), out(0), s);
+        add_residual();
       } else {
-        impl_->node_conv[size_t(index)]->forward(h, in(0), in(1), in(2), out(0), ws);
+        const float* x = widened(n.in[0]);
+        float* y = f32_result(n.out[0]);
+        impl_->node_conv[size_t(index)]->forward(h, x, in(1), in(2), y, wsp);
+        store_result(n.out[0], y);
+        add_residual();
       }
       break;
     case OpKind::BatchNorm: {
@@ -1368,19 +1456,20 @@ void CudaExecutor::launch(int index) {
         const int64_t so = impl_->sums_off[size_t(index)];  // >= 0: a following BN takes the sums
         double* sums = so >= 0 ? reinterpret_cast<double*>(persistent_ + so) : nullptr;
         cuda::bn_relu_conv_tc_forward(n.conv.shape, math, st(0), vin(0), in(1), in(2), in(3), in(4), in(5), in(6),
-                                      st_out(0), ptr(n.out[0]), sums, sums ? sums + n.conv.shape.cout : nullptr, ws,
-                                      s);
+                                      st_out(0), ptr(n.out[0]), res, sums, sums ? sums + n.conv.shape.cout : nullptr,
+                                      ws, s);
         break;
       }
       if (impl_->handwritten[size_t(index)]) {
         cuda::bn_relu_conv_forward(n.conv.shape, in(0), in(1), in(2), in(3), in(4), in(5), in(6), out(0), s);
+        add_residual();
         break;
       }
-      const int c = int(sh(n.in[0]).back());
-      float* staged = static_cast<float*>(ws);
-      cuda::batchnorm_apply(count(n.in[0]) / c, c, in(0), in(1), in(2), in(3), in(4), /*relu=*/true, staged, s);
-      impl_->node_conv[size_t(index)]->forward(h, staged, in(5), in(6), out(0),
-                                              static_cast<char*>(ws) + staging_bytes(g_, n));
+      const float* staged = staged_bn_relu();
+      float* y = f32_result(n.out[0]);
+      impl_->node_conv[size_t(index)]->forward(h, staged, in(5), in(6), y, wsp);
+      store_result(n.out[0], y);
+      add_residual();
       break;
     }
     case OpKind::ConvBnSum: {  // in: x, then per branch w, b, gamma, beta, running_mean, running_var
@@ -1394,15 +1483,16 @@ void CudaExecutor::launch(int index) {
       // eval BN (into y for the first branch, in place after), and the add into y.
       const int64_t cnt = count(n.out[0]);
       const int c = int(sh(n.out[0]).back());
-      float* branch = static_cast<float*>(ws);
-      void* conv_ws = static_cast<char*>(ws) + align_up(size_t(cnt) * sizeof(float));
+      const float* x = widened(n.in[0]);
+      float* y = f32_result(n.out[0]);
+      float* branch = take_f32(n.out[0]);
       for (int b = 0; b < nb; ++b) {
-        impl_->conv_for(br[b].shape).forward(h, in(0), br[b].w_ohwi, br[b].bias, branch, conv_ws);
-        float* y = b == 0 ? out(0) : branch;
+        impl_->conv_for(br[b].shape).forward(h, x, br[b].w_ohwi, br[b].bias, branch, wsp);
         cuda::batchnorm_forward_eval(cnt / c, c, branch, br[b].gamma, br[b].beta, br[b].running_mean,
-                                     br[b].running_var, n.bn.eps, y, s);
-        if (b > 0) cuda::add(cnt, out(0), branch, out(0), s);
+                                     br[b].running_var, n.bn.eps, b == 0 ? y : branch, s);
+        if (b > 0) cuda::add(cnt, y, branch, y, s);
       }
+      store_result(n.out[0], y);
       break;
     }
     case OpKind::BnReluConv2dBwdData: {  // in: dz, w, x, gamma, beta, mean, invstd
@@ -1425,7 +1515,10 @@ void CudaExecutor::launch(int index) {
       }
       const int c = int(sh(n.in[2]).back());
       impl_->node_conv[size_t(index)]->backward_data(h, in(0), in(1), out(0), ws);
-      cuda::bn_relu_mask_inplace(count(n.in[2]) / c, c, in(2), in(3), in(4), in(5), in(6), out(0), s);
+      if (is_bf16(n.in[2]))
+        cuda::bn_relu_mask_inplace(count(n.in[2]) / c, c, half(n.in[2]), in(3), in(4), in(5), in(6), out(0), s);
+      else
+        cuda::bn_relu_mask_inplace(count(n.in[2]) / c, c, in(2), in(3), in(4), in(5), in(6), out(0), s);
       break;
     }
     case OpKind::BnReluConv2dBwdFilter: {  // in: x, gamma, beta, mean, invstd, dz
@@ -1439,11 +1532,8 @@ void CudaExecutor::launch(int index) {
                                            out(1), ws, s);
         break;
       }
-      const int c = int(sh(n.in[0]).back());
-      float* staged = static_cast<float*>(ws);
-      cuda::batchnorm_apply(count(n.in[0]) / c, c, in(0), in(1), in(2), in(3), in(4), /*relu=*/true, staged, s);
-      impl_->node_conv[size_t(index)]->backward_filter(h, staged, in(5), out(0), out(1),
-                                                      static_cast<char*>(ws) + staging_bytes(g_, n));
+      const float* staged = staged_bn_relu();
+      impl_->node_conv[size_t(index)]->backward_filter(h, staged, in(5), out(0), out(1), wsp);
       break;
     }
     case OpKind::Relu: cuda::relu_forward(count(n.in[0]), in(0), out(0), s); break;
@@ -1524,11 +1614,10 @@ void CudaExecutor::launch(int index) {
       // The cuDNN path, as the unfused graph runs it: each branch's backward-data (into dx for the
       // first, into the workspace after) and the add into dx.
       const int64_t cnt = count(n.out[0]);
-      float* branch = static_cast<float*>(ws);
-      void* conv_ws = static_cast<char*>(ws) + align_up(size_t(cnt) * sizeof(float));
+      float* branch = take_f32(n.out[0]);
       for (int b = 0; b < nb; ++b) {
         float* dx = b == 0 ? out(0) : branch;
-        impl_->conv_for(br[b].shape).backward_data(h, br[b].dz, br[b].w_ohwi, dx, conv_ws);
+        impl_->conv_for(br[b].shape).backward_data(h, br[b].dz, br[b].w_ohwi, dx, wsp);
         if (b > 0) cuda::add(cnt, out(0), branch, out(0), s);
       }
       break;
@@ -1551,7 +1640,7 @@ void CudaExecutor::launch(int index) {
         cuda::bn_relu_conv_backward_filter(n.conv.shape, in(0), nullptr, nullptr, nullptr, nullptr, in(1), out(0),
                                            out(1), ws, s);
       else
-        impl_->node_conv[size_t(index)]->backward_filter(h, in(0), in(1), out(0), out(1), ws);
+        impl_->node_conv[size_t(index)]->backward_filter(h, widened(n.in[0]), in(1), out(0), out(1), wsp);
       break;
     case OpKind::BatchNormBwd: {
       const Shape& xs = sh(n.in[0]);

@@ -123,6 +123,9 @@ class CudaExecutor final : public Executor {
   bool launch_bf16(int node_index);  // a non-convolution node touching bf16 activations (else false)
   size_t workspace_need(const Node& n) const;
   size_t handwritten_filter_workspace(const Node& n) const;
+  size_t handwritten_workspace(const Node& n) const;
+  size_t cudnn_path_workspace(const Node& n) const;
+  bool cudnn_possible(const Node& n) const;
   void choose_kernels();
   void upload_step(const cpu::OptimStep* opt);
   void queue_readback();
@@ -140,6 +143,8 @@ class CudaExecutor final : public Executor {
   int device_ = 0;
   bool use_graphs_ = true, debug_sync_ = false;
   bool bf16_ = false;      // the graph stores its activations in bf16
+  // KernelChoice::Default with bf16 activations: hand-written, the cuDNN path where refused.
+  bool bf16_default_ = false;
   bool training_ = false;  // the graph has backward or optimiser nodes
   Plan plan_;
   std::unique_ptr<Impl> impl_;

@@ -230,6 +230,38 @@ std::vector<std::string> fuse_conv_bn_sum(Graph& g) {
   });
 }
 
+std::vector<std::string> fuse_conv_add(Graph& g) {
+  require_forward(g);
+  const Uses u = uses_of(g);
+  const int nn = g.num_nodes();
+  std::vector<Node> nodes = g.nodes();
+  std::vector<char> drop(size_t(nn), 0);
+  std::vector<std::string> names;
+  for (int i = 0; i < nn; ++i) {
+    const Node& add = g.node(i);
+    if (add.op != OpKind::Add || add.in.size() != 2 || add.in[0] == add.in[1]) continue;
+    for (int side = 0; side < 2; ++side) {
+      const int t = add.in[size_t(side)], r = add.in[size_t(1 - side)];
+      const int p = private_producer(g, u, t, i);
+      if (p < 0 || drop[size_t(p)]) continue;
+      const Node& conv = g.node(p);
+      const size_t arity = conv.op == OpKind::Conv2d ? 3 : conv.op == OpKind::BnReluConv2d ? 7 : 0;
+      if (arity == 0 || conv.in.size() != arity || conv.out.size() != 1 || conv.out[0] != t) continue;
+      if (g.tensor(r).shape != g.tensor(t).shape || g.tensor(r).dtype != g.tensor(t).dtype) continue;
+      Node fused = conv;  // at the add's place: every input of the conv is ready there
+      fused.in.push_back(r);
+      fused.out = add.out;
+      fused.flops = conv.flops + add.flops;
+      nodes[size_t(i)] = std::move(fused);
+      drop[size_t(p)] = 1;
+      names.push_back(add.name);
+      break;
+    }
+  }
+  replace_nodes(g, std::move(nodes), drop);
+  return names;
+}
+
 std::vector<std::string> fuse_bn_apply_sum(Graph& g) {
   return rewrite_bn_sums(g, /*training=*/true, [&](const Uses&, int top, const std::vector<int>& bns,
                                                    const std::vector<int>& adds, std::vector<Node>& nodes,

@@ -36,6 +36,17 @@ FusionReport fuse_bn_relu_conv(Graph& g);
 // before autodiff.
 int fuse_se_excite(Graph& g);
 
+// Rewrites every Add whose one operand is the output of a forward convolution (Conv2d or
+// BnReluConv2d) read by nothing else and not a graph output into that convolution with the other
+// operand as its residual input (residual_input(), graph.h): the node computes conv + r, in fp32
+// as the add does, and takes the add's place in the schedule (every input of the convolution is
+// ready there). The convolution's own output never exists; in a training graph it was never
+// needed (the add has no backward node, and autodiff gives r the convolution's output gradient).
+// ResUNet++: the residual blocks' c1 + c2 and the attention gates' g_conv + x_conv, 10 adds. On
+// the CPU the fused node runs the convolution, then the same add: the same bits. Returns the
+// fused adds' names. Must run before autodiff, after fuse_bn_relu_conv.
+std::vector<std::string> fuse_conv_add(Graph& g);
+
 // Inference: rewrites every left-deep sum ((y1 + y2) + y3) + ... of 2 to 4 terms y_i = bn_i(conv_i(x))
 // (eval-mode BNs; convolutions of one input x with biases, the same n, h, w, cin, cout, kernel,
 // stride and output size, padding and dilation free: the ASPP block) into one ConvBnSum node, when

@@ -16,7 +16,7 @@ namespace rpp {
 
 enum class OpKind : uint8_t {
   // forward
-  Conv2d,         // in: x, w(HWIO), b          out: y
+  Conv2d,         // in: x, w(HWIO), b[, r]     out: y (+ r: a residual added by fuse_conv_add)
   BatchNorm,      // in: x, gamma, beta, running_mean, running_var, num_batches_tracked
                   // out: y, save_mean, save_invstd (training) | y (eval)
   Relu,           // in: x                      out: y
@@ -32,7 +32,7 @@ enum class OpKind : uint8_t {
   // fused forward ops (written by runtime/fusion.h, never by the builder)
   BatchNormStats, // in: x, running_mean, running_var, num_batches_tracked   out: mean, invstd
                   // (training: batch statistics, running update; eval: from the running ones)
-  BnReluConv2d,   // in: x, gamma, beta, mean, invstd, w(HWIO), b   out: conv(relu(bn(x)))
+  BnReluConv2d,   // in: x, gamma, beta, mean, invstd, w(HWIO), b[, r]   out: conv(relu(bn(x))) (+ r)
   SeExcite,       // in: p (N,C), w1 (C/r,C), w2 (C,C/r)   out: s = sigmoid(w2 relu(w1 p)) (the SE's MLP)
   BnApplySum,     // training: in: per branch x, gamma, beta, mean, invstd (saved statistics)
                   // out: sum over the branches of bn(x), added in branch order (the ASPP block)
@@ -113,6 +113,13 @@ struct Node {
   int64_t flops = 0;  // multiply-adds count 2
   BranchAttrs branches;
 };
+
+// The residual input of a forward convolution node (Conv2d in[3], BnReluConv2d in[7], written by
+// fuse_conv_add), or -1 when it has none.
+inline int residual_input(const Node& n) {
+  const size_t at = n.op == OpKind::Conv2d ? 3 : n.op == OpKind::BnReluConv2d ? 7 : 0;
+  return at > 0 && n.in.size() > at ? n.in[at] : -1;
+}
 
 class Graph {
  public:

@@ -96,7 +96,12 @@ TEST(Fusion, RewritesEveryBnReluConvChainOfTheNetwork) {
     EXPECT_EQ(count_ops(fused.graph, OpKind::BatchNormStats), 22 + 4 * aspp_train);
     EXPECT_EQ(count_ops(fused.graph, OpKind::BatchNorm), count_ops(plain.graph, OpKind::BatchNorm) - 22 - 8);
     EXPECT_EQ(count_ops(fused.graph, OpKind::Conv2d), count_ops(plain.graph, OpKind::Conv2d) - 22 - 4 * aspp);
-    EXPECT_EQ(count_ops(fused.graph, OpKind::Add), count_ops(plain.graph, OpKind::Add) - 6);
+    // The other 10 adds (7 residual blocks, 3 attention gates) go into the convolution before them.
+    EXPECT_EQ(count_ops(plain.graph, OpKind::Add), 6 + 10);
+    EXPECT_EQ(count_ops(fused.graph, OpKind::Add), 0);
+    int with_residual = 0;
+    for (const Node& n : fused.graph.nodes()) with_residual += residual_input(n) >= 0;
+    EXPECT_EQ(with_residual, 10);
     if (!training) {  // the fused node counts the work of the nodes it replaced
       int64_t replaced = 0, fused_flops = -1;
       for (const Node& n : plain.graph.nodes())
@@ -118,6 +123,45 @@ TEST(Fusion, RewritesEveryBnReluConvChainOfTheNetwork) {
   bool saw_gate = false;
   for (const std::string& s : r.names) saw_gate = saw_gate || s == "d2.a1.gc_conv.0 -> d2.a1.gc_conv.2";
   EXPECT_TRUE(saw_gate);
+}
+
+// fuse_conv_add: which adds it takes (a conv output read only by the add, either side, a
+// residual of the same shape), that the fused node sits at the add's place, and what it leaves.
+TEST(Fusion, ConvAddTakesPrivateConvOutputsOnly) {
+  Graph g;
+  GraphBuilder b(g, true);
+  const int x = b.input("x", {2, 4, 4, 3});
+  auto conv = [&](const std::string& s, int in) {
+    return b.conv2d(s, in, b.param(s + ".weight", {3, 3, 3, 3}), b.param(s + ".bias", {3}), 1, 1, 1);
+  };
+  const int r = b.relu("r", x);
+  const int c1 = conv("c1", x);
+  const int later = b.relu("later", r);  // made after c1: the fused node must wait for it
+  const int s1 = b.add("s1", later, c1);  // c1 private: fused, at s1's place
+  const int c2 = conv("c2", s1);
+  const int s2 = b.add("s2", c2, r);  // c2 also read by s3: left alone
+  const int s3 = b.add("s3", s2, c2);
+  const int s4 = b.add("s4", s3, r);  // no conv operand: left alone
+  g.tensor(s4).is_output = true;
+  const int adds_before = count_ops(g, OpKind::Add);
+  const std::vector<std::string> names = fuse_conv_add(g);
+  ASSERT_EQ(names, std::vector<std::string>{"s1"});
+  EXPECT_EQ(count_ops(g, OpKind::Add), adds_before - 1);
+  int fused_at = -1, later_at = -1;
+  for (int i = 0; i < g.num_nodes(); ++i) {
+    const Node& n = g.node(i);
+    if (n.name == "later") later_at = i;
+    if (residual_input(n) < 0) continue;
+    EXPECT_EQ(n.name, "c1");
+    EXPECT_EQ(n.out, std::vector<int>{s1});
+    EXPECT_EQ(residual_input(n), later);
+    fused_at = i;
+  }
+  EXPECT_GT(fused_at, later_at);
+  for (const Node& n : g.nodes())  // c1's own output is written by no node any more
+    for (int t : n.out) EXPECT_NE(t, c1) << n.name;
+  // Its backward and values: Fusion.TrainingIsBitIdenticalToTheUnfusedGraph (10 such adds).
+  (void)s3;
 }
 
 TEST(Fusion, LeavesChainsWithOtherReadersAlone) {
@@ -501,6 +545,21 @@ TEST(Bf16Storage, RefusedByTheCpuBackend) {
   EXPECT_EQ(parse_precision("bf16"), Precision::Bf16);
   EXPECT_EQ(parse_precision("fp32"), Precision::F32);
   EXPECT_THROW(parse_precision("fp16"), Error);
+}
+
+// --kernels: every name parses and prints back; the options' default is KernelChoice::Default
+// (the executor resolves it by precision: cuDNN in fp32, hand-written in bf16).
+TEST(KernelChoiceNames, ParseAndPrintRoundTrip) {
+  for (KernelChoice k : {KernelChoice::Default, KernelChoice::Cudnn, KernelChoice::Handwritten, KernelChoice::Auto})
+    EXPECT_EQ(parse_kernel_choice(kernel_choice_name(k)), k) << kernel_choice_name(k);
+  EXPECT_EQ(parse_kernel_choice("default"), KernelChoice::Default);
+  EXPECT_EQ(ExecOptions{}.kernels, KernelChoice::Default);
+  try {
+    parse_kernel_choice("fast");
+    FAIL() << "accepted --kernels fast";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'fast'"), std::string::npos) << e.what();
+  }
 }
 
 TEST(FusionKernels, StatsThenApplyEqualsTheBatchNormForward) {

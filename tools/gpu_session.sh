@@ -18,7 +18,8 @@
 #   bench   resunetpp-bench at 256x256 batch 16 (kernel rows verified then timed, the training
 #           step timeline, inference batch 1 and 32) in fp32, and the timeline and inference with
 #           TF32, with the cuDNN path and with every fused node hand-written, and the training step
-#           and inference with bf16 activations; JSON to the log folder
+#           and inference with bf16 activations (hand-written, then the cuDNN path); JSON to the
+#           log folder
 #   torch   tools/bench/torch_resunetpp.py on the GPU: logits parity against resunetpp predict
 #           for the same checkpoint, then its benchmark (eager fp32, AMP bf16 channels_last,
 #           torch.compile), each mode under its own time limit
@@ -228,6 +229,17 @@ if want bench && [ $build_ok -eq 1 ]; then
     fail "bench bf16 (see $logs/bench_bf16.log)"
   fi
   grep -E 'step time|device memory|batch +[0-9]+:' "$logs/bench_bf16.log" | sed 's/^/  bf16 /' | tee -a "$summary"
+  # bf16 on the cuDNN path (each bf16 operand staged in fp32, TF32 cuDNN): the fallback the
+  # hand-written bf16 kernels are measured against.
+  t0=$(date +%s)
+  if timeout "$step_timeout" "$build/resunetpp-bench" --device cuda --size 256 --batch 16 --bf16 --tf32 \
+      --kernels cudnn --filter c2.c1.2 --json "$logs/bench_bf16_cudnn.json" >"$logs/bench_bf16_cudnn.log" 2>&1; then
+    note "bench bf16 cuDNN path: ok in $(( $(date +%s) - t0 )) s"
+  else
+    fail "bench bf16 cuDNN path (see $logs/bench_bf16_cudnn.log)"
+  fi
+  grep -E 'step time|device memory|batch +[0-9]+:' "$logs/bench_bf16_cudnn.log" | sed 's/^/  bf16 cuDNN path /' \
+    | tee -a "$summary"
 fi
 
 if want torch && [ $build_ok -eq 1 ]; then

@@ -133,12 +133,12 @@ Err compare(const float* got, const float* ref, size_t n) {
 
 double rel(double got, double ref) { return std::fabs(got - ref) / std::max(std::fabs(ref), 1e-12); }
 
-// Every convolution pass of a fused training graph: forward, backward-data (the ASPP's summed
-// one included) and backward-filter, fused or plain.
+// Every convolution pass of a fused graph: forward (the inference ASPP's summed one included),
+// backward-data (the training ASPP's summed one included) and backward-filter, fused or plain.
 bool is_conv_pass(OpKind k) {
-  return k == OpKind::BnReluConv2d || k == OpKind::Conv2d || k == OpKind::BnReluConv2dBwdData ||
-         k == OpKind::BnReluConv2dBwdFilter || k == OpKind::Conv2dBwdData || k == OpKind::Conv2dBwdFilter ||
-         k == OpKind::ConvSumBwdData;
+  return k == OpKind::BnReluConv2d || k == OpKind::Conv2d || k == OpKind::ConvBnSum ||
+         k == OpKind::BnReluConv2dBwdData || k == OpKind::BnReluConv2dBwdFilter || k == OpKind::Conv2dBwdData ||
+         k == OpKind::Conv2dBwdFilter || k == OpKind::ConvSumBwdData;
 }
 
 // Agreement of a whole tensor with the CPU's: relative L2 error, and the fraction of elements off
@@ -172,6 +172,13 @@ Agreement agreement(const float* got, const float* ref, size_t n) {
 }
 
 size_t count_of(const Graph& g, int t) { return size_t(numel(g.tensor(t).shape)); }
+
+// How many times `what` occurs in `text`.
+size_t occurrences(const std::string& text, const std::string& what) {
+  size_t k = 0;
+  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) ++k;
+  return k;
+}
 
 // ---- data ----
 
@@ -445,10 +452,14 @@ TEST(GpuExecutor, PredictorMatchesCpu) {
 // fp32, graph replay against eager launches bit for bit, and what the executor reports. Measured
 // on the CPU emulator (tests/emu), logits relative L2 error for two seeds: default network at
 // 64x64 5.6e-4 and 1.1e-3; the small one at 32x32 (logits nearer 0) 9.4e-3 and 7.6e-4; no mask
-// decision flipped; the arena 0.51 times fp32's.
-void check_bf16_inference(const ModelConfig& cfg, int size, double max_l2) {
+// decision flipped; the arena 0.51 times fp32's. `kernels`: the default (every convolution on the
+// BF16 tensor cores) or cudnn (the cuDNN path, bf16 operands staged in fp32).
+void check_bf16_inference(const ModelConfig& cfg, int size, double max_l2,
+                          KernelChoice kernels = KernelChoice::Default) {
   ExecOptions bo = strict_options(true), be = strict_options(false);
   bo.precision = be.precision = Precision::Bf16;
+  bo.kernels = be.kernels = kernels;
+  const bool cudnn = kernels == KernelChoice::Cudnn;
   Predictor pc(cfg, size, 2, "cpu"), pg(cfg, size, 2, "cuda", strict_options()), pb(cfg, size, 2, "cuda", bo),
       pe(cfg, size, 2, "cuda", be);
   Floats images, masks;
@@ -477,9 +488,18 @@ void check_bf16_inference(const ModelConfig& cfg, int size, double max_l2) {
   const auto& gb = dynamic_cast<CudaExecutor&>(pb.ready_executor());
   const auto& gf = dynamic_cast<CudaExecutor&>(pg.ready_executor());
   EXPECT_NE(gb.describe().find("bf16"), std::string::npos) << gb.describe();
-  EXPECT_NE(gb.describe_kernels().find("BF16 tensor cores"), std::string::npos) << gb.describe_kernels();
-  EXPECT_EQ(gb.describe_kernels().find("): cuDNN path"), std::string::npos) << gb.describe_kernels();
-  EXPECT_EQ(gb.num_conv_shapes(), 0);  // no cuDNN convolution was prepared
+  const std::string described = gb.describe_kernels();
+  if (cudnn) {  // every convolution node on the cuDNN path
+    EXPECT_EQ(described.find("BF16 tensor cores"), std::string::npos) << described;
+    size_t conv_nodes = 0;
+    for (const Node& n : pb.graph().nodes()) conv_nodes += is_conv_pass(n.op);
+    EXPECT_EQ(occurrences(described, "): cuDNN path (bf16 operands staged in fp32)"), conv_nodes) << described;
+    EXPECT_GT(gb.num_conv_shapes(), 0);
+  } else {
+    EXPECT_NE(described.find("BF16 tensor cores"), std::string::npos) << described;
+    EXPECT_EQ(described.find("): cuDNN path"), std::string::npos) << described;
+    EXPECT_EQ(gb.num_conv_shapes(), 0);  // no cuDNN convolution was prepared
+  }
   EXPECT_LT(double(gb.plan().arena_bytes), 0.6 * double(gf.plan().arena_bytes));
   std::cout << "arena: fp32 " << gf.plan().arena_bytes << " bytes, bf16 " << gb.plan().arena_bytes << " bytes\n";
   // The graph must agree with the option.
@@ -499,6 +519,18 @@ TEST(GpuExecutor, Bf16InferenceStaysCloseToFp32) {
 TEST(GpuExecutor, Bf16InferenceSmoke) {
   REQUIRE_GPU();
   check_bf16_inference(ModelConfig{{8, 8, 16, 16, 32}, 3}, 32, 4e-2);
+}
+
+// The cuDNN path of a bf16 graph (--kernels cudnn): each bf16 operand widened into the
+// workspace, the fp32 cuDNN convolution (here strict fp32), a bf16 output rounded once.
+TEST(GpuExecutor, Bf16CudnnPathInferenceStaysCloseToFp32) {
+  REQUIRE_GPU();
+  check_bf16_inference(ModelConfig{}, 64, 1e-2, KernelChoice::Cudnn);
+}
+
+TEST(GpuExecutor, Bf16CudnnPathInferenceSmoke) {
+  REQUIRE_GPU();
+  check_bf16_inference(ModelConfig{{8, 8, 16, 16, 32}, 3}, 32, 4e-2, KernelChoice::Cudnn);
 }
 
 // Random BN running statistics and affine parameters (init_params makes every eval BN close to
@@ -1190,8 +1222,11 @@ float round_to_bf16(float x) {
 // One step's loss, logits and every parameter gradient against the CPU's fp32, with the
 // bounds the bf16 rounding allows; it must really have run in bf16 (fp32 on the GPU agrees far
 // more closely); every conv pass on BF16 tensor cores, no cuDNN convolution, BN statistics from
-// the conv epilogues; a smaller arena than fp32.
-void check_bf16_training(const ModelConfig& cfg, int size) {
+// the conv epilogues; a smaller arena than fp32. With kernels = cudnn: every conv pass on the
+// cuDNN path (bf16 operands staged in fp32), BN statistics from their own pass, the same bounds;
+// with auto: each conv pass on whichever path its timing chose, the same bounds.
+void check_bf16_training(const ModelConfig& cfg, int size, KernelChoice kernels = KernelChoice::Default) {
+  const bool cudnn = kernels == KernelChoice::Cudnn;
   ModelGraph mg = build_resunetpp(cfg, 2, size, size, true), mh = build_resunetpp(cfg, 2, size, size, true);
   const std::vector<int> grads = append_backward(mg.graph, mg.loss);
   const std::vector<int> grads_h = append_backward(mh.graph, mh.loss);
@@ -1215,21 +1250,30 @@ void check_bf16_training(const ModelConfig& cfg, int size) {
   CpuExecutor cpu(mg.graph, sc), cpu_r(mg.graph, sr);
   ExecOptions bo = strict_options();
   bo.precision = Precision::Bf16;
+  bo.kernels = kernels;
   CudaExecutor f32(mg.graph, sf, 0, strict_options()), b16(mh.graph, sh, 0, bo);
   const std::string described = b16.describe_kernels();
-  int conv_nodes = 0, bn_stats = 0;
+  size_t conv_nodes = 0, bn_stats = 0;
   for (const Node& n : mh.graph.nodes()) {
     conv_nodes += is_conv_pass(n.op);
     bn_stats += n.op == OpKind::BatchNormStats;
   }
-  size_t tc = 0, epi = 0;
-  for (size_t p = described.find("BF16 tensor cores"); p != std::string::npos; p = described.find("BF16 tensor cores", p + 1))
-    ++tc;
-  const std::string epi_text = "(batchnorm_stats): from the epilogue sums";
-  for (size_t p = described.find(epi_text); p != std::string::npos; p = described.find(epi_text, p + 1)) ++epi;
-  EXPECT_EQ(tc, size_t(conv_nodes)) << described;
-  EXPECT_GT(epi, size_t(bn_stats) / 2) << described;
-  EXPECT_EQ(b16.num_conv_shapes(), 0);
+  const size_t tc = occurrences(described, "BF16 tensor cores");
+  const size_t staged = occurrences(described, "): cuDNN path (bf16 operands staged in fp32)");
+  const size_t epi = occurrences(described, "(batchnorm_stats): from the epilogue sums");
+  if (cudnn) {
+    EXPECT_EQ(staged, conv_nodes) << described;
+    EXPECT_EQ(tc + epi, 0u) << described;
+    EXPECT_GT(b16.num_conv_shapes(), 0);
+  } else if (kernels == KernelChoice::Auto) {  // each node timed both ways (the bf16 BN passes too)
+    EXPECT_EQ(tc + staged, conv_nodes) << described;
+    EXPECT_EQ(occurrences(described, ", auto: hand-written "), conv_nodes) << described;
+  } else {
+    EXPECT_EQ(tc, conv_nodes) << described;
+    EXPECT_GT(epi, bn_stats / 2) << described;
+    EXPECT_EQ(staged, 0u) << described;
+    EXPECT_EQ(b16.num_conv_shapes(), 0);
+  }
   EXPECT_LT(double(b16.plan().arena_bytes), 0.85 * double(f32.plan().arena_bytes));
   std::cout << "training arena: fp32 " << f32.plan().arena_bytes << " bytes, bf16 " << b16.plan().arena_bytes << "\n";
   for (Executor* e : std::initializer_list<Executor*>{&cpu, &cpu_r, &f32, &b16}) {
@@ -1287,6 +1331,21 @@ TEST(GpuExecutor, Bf16TrainingGradientsStayCloseToCpu) {
 TEST(GpuExecutor, Bf16TrainingSmoke) {
   REQUIRE_GPU();
   check_bf16_training(ModelConfig{{8, 8, 16, 16, 32}, 3}, 32);
+}
+
+TEST(GpuExecutor, Bf16CudnnPathTrainingGradientsStayCloseToCpu) {
+  REQUIRE_GPU();
+  check_bf16_training(ModelConfig{}, 64, KernelChoice::Cudnn);
+}
+
+TEST(GpuExecutor, Bf16CudnnPathTrainingSmoke) {
+  REQUIRE_GPU();
+  check_bf16_training(ModelConfig{{8, 8, 16, 16, 32}, 3}, 32, KernelChoice::Cudnn);
+}
+
+TEST(GpuExecutor, Bf16AutoKernelsTrainingSmoke) {
+  REQUIRE_GPU();
+  check_bf16_training(ModelConfig{{8, 8, 16, 16, 32}, 3}, 32, KernelChoice::Auto);
 }
 
 // Steps of Adam in bf16: graph replay equals eager launches bit for bit (deterministic

@@ -215,7 +215,7 @@ struct Options {
   int warmup = -1;   // -1: per device (3 on cuda, 1 on cpu)
   std::string filter;
   std::string json_path;
-  std::string kernels = "cudnn";
+  std::string kernels = "default";
   bool timeline = true;
   bool inference = true;
   int infer_batch = 32;
@@ -246,16 +246,17 @@ const FlagHelp kFlags[] = {
      "filtered)"},
     {"json", "FILE", "also write every result as JSON to FILE (written atomically)"},
     {"kernels", "NAME",
-     "cuda timeline: how the executor runs the fused nodes: cudnn, handwritten or auto "
-     "(default: cudnn, the executor's default; the kernel rows always time both)"},
+     "cuda timeline and inference: how the executor runs the convolution nodes: default (cudnn in fp32, "
+     "handwritten with --bf16), cudnn, handwritten or auto (the kernel rows always time both)"},
     {"no-timeline", "", "skip the whole-step timeline"},
     {"no-inference", "", "skip the inference section"},
     {"infer-batch", "N",
      "inference section: the throughput batch (default: 32); batch 1 gives the latency"},
     {"tf32", "", "cuda timeline and inference: allow TF32 tensor-core convolutions (default: off, fp32)"},
     {"bf16", "",
-     "cuda timeline and inference: bf16 activations, every convolution pass on the hand-written bf16 "
-     "tensor-core kernels (the timeline: bf16 training, gradients and weights fp32); the inference logits "
+     "cuda timeline and inference: bf16 activations, the convolution passes on the hand-written bf16 "
+     "tensor-core kernels (or, with --kernels cudnn, on cuDNN with each bf16 operand staged in fp32; the "
+     "timeline: bf16 training, gradients and weights fp32); the inference logits "
      "are checked against the fp32 executor's (relative L2 < 1e-2) before timing"},
     {"seed", "N", "seed of the random data, parameters and inputs (default: 1)"},
     {"help", "", "print this help"},
@@ -1922,8 +1923,8 @@ TimelineResult run_timeline(const Options& o, const std::string& device, const D
     eo.precision = o.bf16 ? Precision::Bf16 : Precision::F32;
     const size_t used0 = device_used_bytes();
     CudaExecutor ex(m.graph, store, dev.index, eo);
-    tr.executor = ex.describe() + "; fused nodes: " + kernel_choice_name(eo.kernels) +
-                  (o.bf16 ? "; bf16 activations, BF16 tensor cores" : o.tf32 ? "; TF32" : "; fp32");
+    tr.executor = ex.describe() + "; convolutions: --kernels " + kernel_choice_name(eo.kernels) +
+                  (o.tf32 ? " (TF32 allowed)" : "");
     tr.device_bytes = ex.device_bytes();
     fill_inputs(m, ex, uint64_t(o.seed));
     os.step = 1;

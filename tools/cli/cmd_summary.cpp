@@ -71,8 +71,8 @@ int cmd_summary(int argc, char** argv) {
         "cpu: plans with the CPU's workspace needs; cuda[:N] or auto: also builds the CUDA executor for both "
         "graphs and prints its device memory and the cuDNN algorithms chosen per convolution shape",
         "DEV");
-  std::string kernels = "cudnn";
-  f.add("kernels", &kernels, "with --device cuda: cudnn, handwritten or auto (see train --help)", "NAME");
+  std::string kernels = "default";
+  f.add("kernels", &kernels, "with --device cuda: default, cudnn, handwritten or auto (see train --help)", "NAME");
   std::string fuse = "auto";
   f.add("fuse", &fuse,
         "BN-ReLU-conv and SE-MLP fusion (and, for inference, the ASPP conv-BN sums): auto (as the device "
@@ -135,10 +135,11 @@ int cmd_summary(int argc, char** argv) {
     if (!is_forward(n.op)) bwd += n.flops;
   std::cout << double(bwd) / batch / 1e9 << " = " << double(train.graph.forward_flops() + bwd) / batch / 1e9
             << " GFLOP per image (multiply-add = 2)\n";
-  int fused = 0, sums = 0, se = 0, bn_sums = 0;
+  int fused = 0, sums = 0, se = 0, bn_sums = 0, adds = 0;
   for (const Node& n : g.nodes()) {
     fused += n.op == OpKind::BnReluConv2d;
     se += n.op == OpKind::SeExcite;
+    adds += residual_input(n) >= 0;
   }
   for (const Node& n : infer.graph.nodes()) sums += n.op == OpKind::ConvBnSum;
   for (const Node& n : train.graph.nodes()) bn_sums += n.op == OpKind::BnApplySum;
@@ -147,7 +148,8 @@ int cmd_summary(int argc, char** argv) {
                  "backward); "
               << se << " SE MLPs fused (linear, ReLU, linear, sigmoid: one kernel each way); inference: " << sums
               << " ASPP blocks fused into one conv-BN sum each (their branch outputs never exist); training: "
-              << bn_sums << " ASPP blocks' BN applications and sum in one pass each\n\n";
+              << bn_sums << " ASPP blocks' BN applications and sum in one pass each; " << adds
+              << " residual and attention adds done by the convolution before them\n\n";
   else
     std::cout << "fusion: off (--fuse on shows the fused graph the CUDA executor runs)\n\n";
   for (auto* mg : {&train, &infer}) {
@@ -170,7 +172,8 @@ int cmd_summary(int argc, char** argv) {
       const Plan h = make_plan(half.graph, PlanMode::BestFit, cpu_workspace_bytes);
       std::cout << "  fused graph with bf16 activations ("
                 << (tr ? "train --precision bf16: gradients fp32" : "eval/predict --precision bf16")
-                << ", cuda only): arena " << mib(h.arena_bytes) << " (" << h.arena_bytes << " bytes)\n";
+                << ", cuda only): arena " << mib(h.arena_bytes) << " (" << h.arena_bytes << " bytes) vs naive sum "
+                << mib(h.naive_bytes) << " (" << h.naive_bytes << " bytes)\n";
     }
   }
   if (dev.cuda) print_cuda_plans(train.graph, infer.graph, dev.index, batch, kernel_choice);

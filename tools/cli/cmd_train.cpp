@@ -82,9 +82,10 @@ int cmd_train(int argc, char** argv) {
   f.add("nondeterministic", &nondeterministic,
         "cuda: allow cuDNN algorithms whose results vary between runs (--resume is then no longer exact)");
   f.add("kernels", &o.kernels,
-        "cuda: convolutions (fused BN-ReLU-conv and plain, forward and backward): cudnn, handwritten (own "
-        "kernels, on tensor cores with --allow-tf32; not yet run on a GPU) or auto (the faster of the two per "
-        "node kind and shape, timed at start-up)",
+        "cuda: convolutions (fused BN-ReLU-conv and plain, forward and backward): default (cudnn with "
+        "--precision fp32, handwritten with bf16), cudnn (with bf16: each bf16 operand staged in fp32), "
+        "handwritten (own kernels, on tensor cores with --allow-tf32 or bf16; not yet run on a GPU) or auto "
+        "(the faster of the two per node kind and shape, timed at start-up)",
         "NAME");
   f.add("allow-tf32", &o.allow_tf32, "cuda: TF32 tensor-core convolutions (faster, about 1e-3 relative error)");
   f.require("data");
