@@ -227,17 +227,53 @@ std::vector<ConvCase> conv_cases() {
   return v;
 }
 
+// A case's host data: bf16 x (and its widened form), HWIO weights, bias, BN parameters.
+struct ConvData {
+  std::string what;
+  size_t nx, ny;
+  Halves xh;
+  Floats xf, w, bias;
+  BnParams bn;
+  explicit ConvData(const ConvCase& c)
+      : what(shape_str(c.s) + (c.bn ? " (bn-relu)" : " (plain)")),
+        nx(size_t(c.s.n) * c.s.h * c.s.w * c.s.cin),
+        ny(size_t(c.s.n) * c.s.ho() * c.s.wo() * c.s.cout),
+        xh(random_bf16(nx)),
+        xf(widen(xh)),
+        w(normal(size_t(c.s.kh) * c.s.kw * c.s.cin * c.s.cout, 0.f, 0.2f)),
+        bias(normal(size_t(c.s.cout))),
+        bn(random_bn(c.s.cin)) {}
+};
+
+// The epilogue statistics (cout doubles each, on the device) against host double sums of the
+// stored values y (n * ho * wo * cout).
+void expect_stats_of(const DevBuf& dsum, const DevBuf& dsq, const Floats& y, int cout, const std::string& what) {
+  const size_t nc = size_t(cout);
+  std::vector<double> want_sum(nc, 0.0), want_sq(nc, 0.0), gs(nc, 0.0), gq(nc, 0.0);
+  for (size_t i = 0; i < y.size(); ++i) {
+    want_sum[i % size_t(cout)] += double(y[i]);
+    want_sq[i % size_t(cout)] += double(y[i]) * double(y[i]);
+  }
+  CU(cudaMemcpy(gs.data(), dsum.data(), gs.size() * sizeof(double), cudaMemcpyDeviceToHost));
+  CU(cudaMemcpy(gq.data(), dsq.data(), gq.size() * sizeof(double), cudaMemcpyDeviceToHost));
+  for (int co = 0; co < cout; ++co) {
+    const double tol = 1e-12 * double(y.size() / size_t(cout)) * (1.0 + want_sq[size_t(co)]);
+    EXPECT_NEAR(gs[size_t(co)], want_sum[size_t(co)], tol) << what << ": sum, channel " << co;
+    EXPECT_NEAR(gq[size_t(co)], want_sq[size_t(co)], tol) << what << ": sum of squares, channel " << co;
+  }
+}
+
 TEST(Bf16Conv, Bf16StorageMatchesTheFp32StorageKernelBitForBit) {
   REQUIRE_GPU();
   Stream st;
   for (const ConvCase& c : conv_cases()) {
     const cpu::Conv2dShape& s = c.s;
-    const std::string what = shape_str(s) + (c.bn ? " (bn-relu)" : " (plain)");
-    const size_t nx = size_t(s.n) * s.h * s.w * s.cin, ny = size_t(s.n) * s.ho() * s.wo() * s.cout;
-    const Halves xh = random_bf16(nx);
-    const Floats xf = widen(xh);
-    const Floats w = normal(size_t(s.kh) * s.kw * s.cin * s.cout, 0.f, 0.2f), bias = normal(size_t(s.cout));
-    const BnParams bn = random_bn(s.cin);
+    const ConvData data(c);
+    const std::string& what = data.what;
+    const size_t ny = data.ny;
+    const Halves& xh = data.xh;
+    const Floats &xf = data.xf, &w = data.w, &bias = data.bias;
+    const BnParams& bn = data.bn;
     DevFloats dxf(xf), dw(hwio_to_ohwi(s, w)), db(bias), dg(bn.gamma), dbeta(bn.beta), dm(bn.mean), di(bn.invstd);
     DevHalves dxh(xh), dyh(ny);
     DevFloats dyf(ny), dsum(2 * size_t(s.cout)), dsq(2 * size_t(s.cout));  // doubles as float pairs
@@ -266,12 +302,6 @@ TEST(Bf16Conv, Bf16StorageMatchesTheFp32StorageKernelBitForBit) {
 
     // bf16 y (from a bf16 or an fp32 x): the reference rounded once; statistics of the stored values.
     const Halves want = to_bf16(ref[0]);
-    std::vector<double> want_sum(size_t(s.cout), 0.0), want_sq(size_t(s.cout), 0.0);
-    for (size_t i = 0; i < ny; ++i) {
-      const double v = from_bf16_bits(want[i]);
-      want_sum[i % size_t(s.cout)] += v;
-      want_sq[i % size_t(s.cout)] += v * v;
-    }
     for (const bool x_bf16 : {true, false}) {
       const std::string io = x_bf16 ? ": bf16 x, bf16 y" : ": fp32 x, bf16 y";
       Halves got;
@@ -291,14 +321,7 @@ TEST(Bf16Conv, Bf16StorageMatchesTheFp32StorageKernelBitForBit) {
         got = y;
       }
       expect_same_halves(want, got, what + io);
-      std::vector<double> gs(size_t(s.cout)), gq(size_t(s.cout));
-      CU(cudaMemcpy(gs.data(), dsum.data(), gs.size() * sizeof(double), cudaMemcpyDeviceToHost));
-      CU(cudaMemcpy(gq.data(), dsq.data(), gq.size() * sizeof(double), cudaMemcpyDeviceToHost));
-      for (int co = 0; co < s.cout; ++co) {
-        const double scale = 1e-12 * double(ny / size_t(s.cout)) * (1.0 + want_sq[size_t(co)]);
-        EXPECT_NEAR(gs[size_t(co)], want_sum[size_t(co)], scale) << what << io << ": sum, channel " << co;
-        EXPECT_NEAR(gq[size_t(co)], want_sq[size_t(co)], scale) << what << io << ": sum of squares, channel " << co;
-      }
+      expect_stats_of(dsum, dsq, widen(want), s.cout, what + io);
     }
     expect_guards({&dxf, &dw, &db, &dg, &dbeta, &dm, &di, &dxh, &dyh, &dyf, &dsum, &dsq, &ws});
   }
@@ -312,12 +335,14 @@ TEST(Bf16Conv, ResidualIsAddedBeforeTheOneRounding) {
   Stream st;
   for (const ConvCase& c : conv_cases()) {
     const cpu::Conv2dShape& s = c.s;
-    const std::string what = shape_str(s) + (c.bn ? " (bn-relu)" : " (plain)");
-    const size_t nx = size_t(s.n) * s.h * s.w * s.cin, ny = size_t(s.n) * s.ho() * s.wo() * s.cout;
-    const Halves xh = random_bf16(nx), rh = random_bf16(ny, 2.f);
-    const Floats xf = widen(xh), rf = widen(rh);
-    const Floats w = normal(size_t(s.kh) * s.kw * s.cin * s.cout, 0.f, 0.2f), bias = normal(size_t(s.cout));
-    const BnParams bn = random_bn(s.cin);
+    const ConvData data(c);
+    const std::string& what = data.what;
+    const size_t ny = data.ny;
+    const Halves& xh = data.xh;
+    const Floats &xf = data.xf, &w = data.w, &bias = data.bias;
+    const BnParams& bn = data.bn;
+    const Halves rh = random_bf16(ny, 2.f);
+    const Floats rf = widen(rh);
     DevFloats dxf(xf), drf(rf), dw(hwio_to_ohwi(s, w)), db(bias), dg(bn.gamma), dbeta(bn.beta), dm(bn.mean),
         di(bn.invstd);
     DevHalves dxh(xh), drh(rh), dyh(ny);
@@ -329,21 +354,6 @@ TEST(Bf16Conv, ResidualIsAddedBeforeTheOneRounding) {
     const float* iv = c.bn ? di.p() : nullptr;
     auto sum = [&] { return reinterpret_cast<double*>(dsum.p()); };
     auto sumsq = [&] { return reinterpret_cast<double*>(dsq.p()); };
-    // The statistics against the stored values, summed in double on the host.
-    auto expect_stats_of = [&](const Floats& y, const std::string& how) {
-      std::vector<double> ws_(size_t(s.cout), 0.0), wq(size_t(s.cout), 0.0), gs(ws_.size()), gq(wq.size());
-      for (size_t i = 0; i < ny; ++i) {
-        ws_[i % size_t(s.cout)] += double(y[i]);
-        wq[i % size_t(s.cout)] += double(y[i]) * double(y[i]);
-      }
-      CU(cudaMemcpy(gs.data(), dsum.data(), gs.size() * sizeof(double), cudaMemcpyDeviceToHost));
-      CU(cudaMemcpy(gq.data(), dsq.data(), gq.size() * sizeof(double), cudaMemcpyDeviceToHost));
-      for (int co = 0; co < s.cout; ++co) {
-        const double tol = 1e-12 * double(ny / size_t(s.cout)) * (1.0 + wq[size_t(co)]);
-        EXPECT_NEAR(gs[size_t(co)], ws_[size_t(co)], tol) << what << how << ": sum, channel " << co;
-        EXPECT_NEAR(gq[size_t(co)], wq[size_t(co)], tol) << what << how << ": sum of squares, channel " << co;
-      }
-    };
     for (const ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
       const std::string how = math == ConvMath::Tf32 ? ", TF32" : ", BF16";
       const Floats y0 = run_twice(st, {&dy0}, nullptr, [&] {
@@ -357,14 +367,14 @@ TEST(Bf16Conv, ResidualIsAddedBeforeTheOneRounding) {
       Floats want(ny);
       for (size_t i = 0; i < ny; ++i) want[i] = y0[i] + rf[i];  // what add() after the conv gives
       EXPECT_TRUE(same_bits(want, y1[0])) << what << how << ": fp32 storage, y + residual";
-      expect_stats_of(y1[0], how + ", fp32 storage");
+      expect_stats_of(dsum, dsq, y1[0], s.cout, what + how + ", fp32 storage");
       if (math != ConvMath::Bf16) continue;
       const Halves yh = run_twice_bf16(st, dyh, [&] {
         cuda::bn_relu_conv_tc_forward(s, math, Storage::Bf16, dxh.p(), g, be, me, iv, dw.p(), db.p(), Storage::Bf16,
                                       dyh.p(), drh.p(), sum(), sumsq(), ws.data(), st);
       });
       expect_same_halves(to_bf16(y1[0]), yh, what + how + ": bf16 storage");
-      expect_stats_of(widen(yh), how + ", bf16 storage");
+      expect_stats_of(dsum, dsq, widen(yh), s.cout, what + how + ", bf16 storage");
     }
     expect_guards({&dxf, &drf, &dw, &db, &dg, &dbeta, &dm, &di, &dxh, &drh, &dyh, &dy0, &dy1, &dsum, &dsq, &ws});
   }
