@@ -245,8 +245,8 @@ std::vector<std::string> fuse_conv_add(Graph& g) {
       const int p = private_producer(g, u, t, i);
       if (p < 0 || drop[size_t(p)]) continue;
       const Node& conv = g.node(p);
-      const size_t arity = conv.op == OpKind::Conv2d ? 3 : conv.op == OpKind::BnReluConv2d ? 7 : 0;
-      if (arity == 0 || conv.in.size() != arity || conv.out.size() != 1 || conv.out[0] != t) continue;
+      const size_t slot = residual_slot(conv.op);  // its inputs fill the slots before it
+      if (slot == 0 || conv.in.size() != slot || conv.out.size() != 1 || conv.out[0] != t) continue;
       if (g.tensor(r).shape != g.tensor(t).shape || g.tensor(r).dtype != g.tensor(t).dtype) continue;
       Node fused = conv;  // at the add's place: every input of the conv is ready there
       fused.in.push_back(r);

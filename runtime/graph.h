@@ -114,10 +114,12 @@ struct Node {
   BranchAttrs branches;
 };
 
-// The residual input of a forward convolution node (Conv2d in[3], BnReluConv2d in[7], written by
-// fuse_conv_add), or -1 when it has none.
+// Where a forward convolution node takes a residual (fuse_conv_add): Conv2d in[3], BnReluConv2d
+// in[7]; 0 for other ops, which take none.
+inline size_t residual_slot(OpKind k) { return k == OpKind::Conv2d ? 3 : k == OpKind::BnReluConv2d ? 7 : 0; }
+// The node's residual input, or -1 when it has none.
 inline int residual_input(const Node& n) {
-  const size_t at = n.op == OpKind::Conv2d ? 3 : n.op == OpKind::BnReluConv2d ? 7 : 0;
+  const size_t at = residual_slot(n.op);
   return at > 0 && n.in.size() > at ? n.in[at] : -1;
 }
 

@@ -161,7 +161,6 @@ TEST(Fusion, ConvAddTakesPrivateConvOutputsOnly) {
   for (const Node& n : g.nodes())  // c1's own output is written by no node any more
     for (int t : n.out) EXPECT_NE(t, c1) << n.name;
   // Its backward and values: Fusion.TrainingIsBitIdenticalToTheUnfusedGraph (10 such adds).
-  (void)s3;
 }
 
 TEST(Fusion, LeavesChainsWithOtherReadersAlone) {
