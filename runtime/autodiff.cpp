@@ -107,11 +107,24 @@ class Autodiff {
       if (targets[i] >= 0 && needs(targets[i])) contribute(targets[i], outs[i]);
   }
 
-  void backward(const Node& n) {
-    const int dy = grad_.at(n.out[0]);
+  void backward(const Node& fwd) {
+    int dy = grad_.at(fwd.out[0]);
     // A convolution with a residual (fuse_conv_add) passes dy on to it, as the add did.
-    const int residual = residual_input(n);
+    const int residual = residual_input(fwd);
     if (residual >= 0 && needs(residual)) contribute(residual, dy);
+    Node n = fwd;
+    if (n.conv.max_pool) {  // fuse_conv_pool: the pool's backward into the convolution's output gradient
+      RPP_CHECK(n.out.size() > 1, "convolution ", n.name, " with a max pool has no argmax output (built for inference?)");
+      n.conv.max_pool = false;  // the backward nodes are those of the plain convolution
+      const cpu::Conv2dShape& s = n.conv.shape;
+      TensorInfo t;
+      t.name = "grad(" + n.name + ".conv_out)";
+      t.shape = {s.n, s.ho(), s.wo(), s.cout};
+      t.kind = TensorKind::Gradient;
+      const int full = g_.add_tensor(std::move(t));
+      emit(OpKind::MaxPool2Bwd, {n.out[1], dy}, {full}, n, numel(g_.tensor(full).shape), {});
+      dy = full;
+    }
     switch (n.op) {
       case OpKind::Conv2d: {
         const int x = n.in[0], w = n.in[1], b = n.in[2];
@@ -198,7 +211,9 @@ class Autodiff {
         if (needs(n.in[0])) emit(OpKind::SigmoidBwd, {n.out[0], dy}, {new_grad(n.in[0])}, n, n.flops, {n.in[0]});
         break;
       case OpKind::MaxPool2:
-        if (needs(n.in[0])) emit(OpKind::MaxPool2Bwd, {n.in[0], dy}, {new_grad(n.in[0])}, n, n.flops, {n.in[0]});
+        if (!needs(n.in[0])) break;
+        RPP_CHECK(n.out.size() > 1, "max pool ", n.name, " has no argmax output (built for inference?)");
+        emit(OpKind::MaxPool2Bwd, {n.out[1], dy}, {new_grad(n.in[0])}, n, n.flops, {n.in[0]});
         break;
       case OpKind::Upsample2:
         if (needs(n.in[0])) emit(OpKind::Upsample2Bwd, {dy}, {new_grad(n.in[0])}, n, numel(g_.tensor(dy).shape), {n.in[0]});

@@ -21,18 +21,25 @@ namespace {
 size_t bn_relu_staging_floats(const Graph& g, const Node& n, int tensor = -1) {
   return (size_t(numel(g.tensor(tensor >= 0 ? tensor : n.in[0]).shape)) + 63) / 64 * 64;
 }
+// Floats of a pooled convolution's full-resolution output (fuse_conv_pool), at the start of its
+// workspace, likewise rounded; 0 for other nodes.
+size_t pooled_conv_floats(const Node& n) {
+  if (!n.conv.max_pool) return 0;
+  const cpu::Conv2dShape& s = n.conv.shape;
+  return (size_t(s.n) * size_t(s.ho()) * size_t(s.wo()) * size_t(s.cout) + 63) / 64 * 64;
+}
 }  // namespace
 
 size_t cpu_workspace_bytes(const Graph& g, const Node& n) {
   switch (n.op) {
-    case OpKind::Conv2d: return cpu::conv2d_forward_workspace(n.conv.shape) * sizeof(float);
+    case OpKind::Conv2d: return (pooled_conv_floats(n) + cpu::conv2d_forward_workspace(n.conv.shape)) * sizeof(float);
     case OpKind::Conv2dBwdData: return cpu::conv2d_backward_data_workspace(n.conv.shape) * sizeof(float);
     case OpKind::Conv2dBwdFilter: return cpu::conv2d_backward_filter_workspace(n.conv.shape) * sizeof(float);
     case OpKind::LossBwd: return size_t(numel(g.tensor(n.in[0]).shape)) * sizeof(float);  // Dice part of BCE + Dice
     // The BN-ReLU input is materialised in the workspace, followed by the conv's own workspace.
     case OpKind::BnReluConv2d:
-      return bn_relu_staging_floats(g, n) * sizeof(float) +
-             cpu::conv2d_forward_workspace(n.conv.shape) * sizeof(float);
+      return (pooled_conv_floats(n) + bn_relu_staging_floats(g, n) + cpu::conv2d_forward_workspace(n.conv.shape)) *
+             sizeof(float);
     case OpKind::BnReluConv2dBwdData: return cpu::conv2d_backward_data_workspace(n.conv.shape) * sizeof(float);
     case OpKind::BnApplySum: return size_t(numel(g.tensor(n.out[0]).shape)) * sizeof(float);  // one branch
     // The SE MLP's hidden layer (forward); backward also da and the hidden gradient.
@@ -63,7 +70,7 @@ size_t cpu_workspace_bytes(const Graph& g, const Node& n) {
 CpuExecutor::CpuExecutor(const Graph& g, ParamStore& store, PlanMode mode)
     : g_(g), store_(store), plan_(make_plan(g, mode, cpu_workspace_bytes)) {
   for (const TensorInfo& ti : g_.tensors())
-    if (!is_persistent(ti.kind) && ti.dtype != DType::F32)
+    if (!is_persistent(ti.kind) && ti.dtype != DType::F32 && ti.dtype != DType::U8)
       fail("CPU executor: tensor ", ti.name, " is stored in ", dtype_name(ti.dtype),
            "; the CPU backend runs fp32 only (bf16 activations need --device cuda)");
   store_.ensure(g_);
@@ -134,15 +141,25 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
   auto out = [&](size_t i) { return data(n.out[i]); };
   auto sh = [&](int t) -> const Shape& { return g_.tensor(t).shape; };
   auto count = [&](int t) { return numel(sh(t)); };
+  auto bytes = [&](int t) { return reinterpret_cast<uint8_t*>(data(t)); };  // U8 tensors (max-pool argmax)
   float* ws = workspace_.data();
   // A convolution's residual (fuse_conv_add): added after it, as the add node did.
   auto add_residual = [&] {
     const int r = residual_input(n);
     if (r >= 0) cpu::add(count(n.out[0]), out(0), data(r), out(0));
   };
+  // A pooled convolution (fuse_conv_pool) writes its full-resolution output at the start of the
+  // workspace, then pools it into its outputs, as the pool node did.
+  float* const conv_y = n.conv.max_pool ? ws : nullptr;
+  auto pool_output = [&] {
+    if (!n.conv.max_pool) return;
+    const cpu::Conv2dShape& cs = n.conv.shape;
+    cpu::maxpool2_forward(cs.n, cs.ho(), cs.wo(), cs.cout, conv_y, out(0), n.out.size() > 1 ? bytes(n.out[1]) : nullptr);
+  };
   switch (n.op) {
     case OpKind::Conv2d:
-      cpu::conv2d_forward(n.conv.shape, in(0), in(1), in(2), out(0), ws);
+      cpu::conv2d_forward(n.conv.shape, in(0), in(1), in(2), conv_y ? conv_y : out(0), ws + pooled_conv_floats(n));
+      pool_output();
       add_residual();
       break;
     case OpKind::BatchNorm: {
@@ -171,8 +188,11 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
     }
     case OpKind::BnReluConv2d: {  // in: x, gamma, beta, mean, invstd, w, b
       const int c = int(sh(n.in[0]).back());
-      cpu::batchnorm_apply(count(n.in[0]) / c, c, in(0), in(1), in(2), in(3), in(4), /*relu=*/true, ws);
-      cpu::conv2d_forward(n.conv.shape, ws, in(5), in(6), out(0), ws + bn_relu_staging_floats(g_, n));
+      float* staged = ws + pooled_conv_floats(n);
+      cpu::batchnorm_apply(count(n.in[0]) / c, c, in(0), in(1), in(2), in(3), in(4), /*relu=*/true, staged);
+      cpu::conv2d_forward(n.conv.shape, staged, in(5), in(6), conv_y ? conv_y : out(0),
+                          staged + bn_relu_staging_floats(g_, n));
+      pool_output();
       add_residual();
       break;
     }
@@ -257,7 +277,8 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
     case OpKind::Sigmoid: cpu::sigmoid_forward(count(n.in[0]), in(0), out(0)); break;
     case OpKind::MaxPool2: {
       const Shape& xs = sh(n.in[0]);
-      cpu::maxpool2_forward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), in(0), out(0));
+      uint8_t* argmax = n.out.size() > 1 ? bytes(n.out[1]) : nullptr;
+      cpu::maxpool2_forward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), in(0), out(0), argmax);
       break;
     }
     case OpKind::Upsample2: {
@@ -320,9 +341,9 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
       cpu::linear_backward(int(xs[0]), int(ws_[1]), int(ws_[0]), in(0), in(1), in(2), out(0), out(1));
       break;
     }
-    case OpKind::MaxPool2Bwd: {
-      const Shape& xs = sh(n.in[0]);
-      cpu::maxpool2_backward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), in(0), in(1), out(0));
+    case OpKind::MaxPool2Bwd: {  // in: argmax, dy   out: dx
+      const Shape& xs = sh(n.out[0]);
+      cpu::maxpool2_backward_argmax(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), bytes(n.in[0]), in(1), out(0));
       break;
     }
     case OpKind::Upsample2Bwd: {

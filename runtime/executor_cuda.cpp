@@ -177,15 +177,18 @@ bool bf16_conv_can_run(const Graph& g, const Node& n) {
 // statistics, per-channel vectors, parameters and optimiser state stay fp32). Per node:
 // convolutions (forward and backward) take either dtype for the activations they read and write;
 // elementwise, pooling, resampling, concat, eval and training BN and the ASPP sum take one dtype
-// in and out; the backward ops that read a saved activation (BN, max pool, channel scale, the
+// in and out; the backward ops that read a saved activation (BN, channel scale, the
 // gradient of a Mul) take it in either dtype with fp32 gradients; every other node is fp32 only.
 bool check_storage(const Graph& g, Precision precision) {
   bool bf16 = false;
   for (const TensorInfo& ti : g.tensors()) {
     if (ti.dtype == DType::BF16 && (ti.kind != TensorKind::Activation || ti.shape.size() != 4))
       fail("CUDA executor: tensor ", ti.name, " is bf16; only rank-4 activations may be (store_activations_in_bf16)");
-    if (ti.dtype != DType::F32 && ti.dtype != DType::BF16 && !is_persistent(ti.kind))
-      fail("CUDA executor: tensor ", ti.name, " has dtype ", dtype_name(ti.dtype), "; activations are fp32 or bf16");
+    if (ti.dtype == DType::U8 && ti.kind != TensorKind::Activation)
+      fail("CUDA executor: tensor ", ti.name, " is U8; only max-pool window indices (activations) may be");
+    if (ti.dtype != DType::F32 && ti.dtype != DType::BF16 && ti.dtype != DType::U8 && !is_persistent(ti.kind))
+      fail("CUDA executor: tensor ", ti.name, " has dtype ", dtype_name(ti.dtype),
+           "; activations are fp32 or bf16 (max-pool window indices U8)");
     bf16 = bf16 || ti.dtype == DType::BF16;
   }
   if (bf16 != (precision == Precision::Bf16))
@@ -232,7 +235,6 @@ bool check_storage(const Graph& g, Precision precision) {
       case OpKind::BatchNormStats:
       case OpKind::GlobalAvgPool:
       case OpKind::BatchNormBwd:
-      case OpKind::MaxPool2Bwd:
       case OpKind::ScaleChannelsBwd: need_f32_except({n.in[0]}); break;
       case OpKind::BnApplySum: {
         std::vector<int> xs;  // every branch's x, then y
@@ -694,7 +696,11 @@ std::string CudaExecutor::describe_kernels() const {
            : conv_bf16(bf16_, n)           ? "hand-written (BF16 tensor cores)"
            : impl_->tensor_core[size_t(i)] ? "hand-written (TF32 tensor cores)"
                                            : "hand-written")
-       << ", " << impl_->kernel_reason[size_t(i)] << "\n";
+       << ", " << impl_->kernel_reason[size_t(i)];
+    if (n.conv.max_pool)
+      os << (impl_->handwritten[size_t(i)] && impl_->tensor_core[size_t(i)] ? "; 2x2 max pool in the epilogue"
+                                                                             : "; 2x2 max pool after it");
+    os << "\n";
   }
   return os.str();
 }
@@ -864,9 +870,19 @@ bool CudaExecutor::cudnn_possible(const Node& n) const {
   return opt_.kernels != KernelChoice::Handwritten || !bf16_conv_can_run(g_, n);
 }
 
+// A pooled convolution's (fuse_conv_pool) full-resolution output in y's storage, which the paths
+// other than the tensor-core kernel write at the start of the workspace before pooling it; 0 for
+// other nodes.
+size_t CudaExecutor::pooled_conv_bytes(const Node& n) const {
+  if (!n.conv.max_pool) return 0;
+  const cpu::Conv2dShape& s = n.conv.shape;
+  const size_t count = size_t(s.n) * size_t(s.ho()) * size_t(s.wo()) * size_t(s.cout);
+  return align_up(count * dtype_size(g_.tensor(n.out[0]).dtype));
+}
+
 // The hand-written kernels' workspace for a convolution node (0 with --kernels cudnn): the
-// tensor-core forward's statistics partials, a backward-data's BN-sum partials, a backward-filter's
-// split-K partials.
+// tensor-core forward's statistics partials (or a pooled convolution's output for the fp32 FMA
+// kernel), a backward-data's BN-sum partials, a backward-filter's split-K partials.
 size_t CudaExecutor::handwritten_workspace(const Node& n) const {
   if (opt_.kernels == KernelChoice::Cudnn) return 0;
   const cpu::Conv2dShape& cs = n.conv.shape;
@@ -883,7 +899,8 @@ size_t CudaExecutor::handwritten_workspace(const Node& n) const {
   }
   switch (n.op) {
     case OpKind::Conv2d:
-    case OpKind::BnReluConv2d: return opt_.allow_tf32 ? cuda::bn_relu_conv_tc_workspace_bytes(cs) : 0;
+    case OpKind::BnReluConv2d:  // the FMA kernel may run where the tensor-core kernel cannot
+      return std::max(opt_.allow_tf32 ? cuda::bn_relu_conv_tc_workspace_bytes(cs) : size_t(0), pooled_conv_bytes(n));
     case OpKind::BnReluConv2dBwdData: {
       size_t need = 0;
       if (cuda::bn_relu_conv_bwd_can_run(cs)) need = cuda::bn_relu_conv_backward_data_sums_workspace_bytes(cs);
@@ -896,9 +913,10 @@ size_t CudaExecutor::handwritten_workspace(const Node& n) const {
   }
 }
 
-// The cuDNN path's workspace for a convolution node, in the order launch() lays it out: the
-// bf16 operands staged in fp32 (bf16 graphs only), the BN-ReLU input staged in fp32 (fused
-// nodes), a branch's output or gradient (branch sums), then cuDNN's own workspace.
+// The cuDNN path's workspace for a convolution node, in the order launch() lays it out: a pooled
+// convolution's full-resolution output, the bf16 operands staged in fp32 (bf16 graphs only), the
+// BN-ReLU input staged in fp32 (fused nodes), a branch's output or gradient (branch sums), then
+// cuDNN's own workspace.
 size_t CudaExecutor::cudnn_path_workspace(const Node& n) const {
   if (!cudnn_possible(n)) return 0;
   auto f32 = [&](int t) { return align_up(size_t(numel(g_.tensor(t).shape)) * sizeof(float)); };
@@ -914,9 +932,15 @@ size_t CudaExecutor::cudnn_path_workspace(const Node& n) const {
     return io + f32(n.out[0]) + conv_ws;
   }
   const cuda::CudnnConv& c = impl_->conv_for(n.conv.shape);
+  // The convolution's output: y, or a pooled convolution's full-resolution output; in fp32 first
+  // when stored in bf16.
+  const cpu::Conv2dShape& cs = n.conv.shape;
+  const size_t conv_out = pooled_conv_bytes(n) + (g_.tensor(n.out[0]).dtype == DType::BF16
+                                                      ? align_up(size_t(cs.n) * cs.ho() * cs.wo() * cs.cout * 4)
+                                                      : size_t(0));
   switch (n.op) {
-    case OpKind::Conv2d: return staged(n.in[0]) + staged(n.out[0]) + c.forward_workspace_bytes();
-    case OpKind::BnReluConv2d: return f32(n.in[0]) + staged(n.out[0]) + c.forward_workspace_bytes();
+    case OpKind::Conv2d: return staged(n.in[0]) + conv_out + c.forward_workspace_bytes();
+    case OpKind::BnReluConv2d: return f32(n.in[0]) + conv_out + c.forward_workspace_bytes();
     case OpKind::Conv2dBwdData:
     case OpKind::BnReluConv2dBwdData: return c.backward_data_workspace_bytes();  // the mask reads x as stored
     case OpKind::Conv2dBwdFilter: return staged(n.in[0]) + c.backward_filter_workspace_bytes();
@@ -1298,11 +1322,6 @@ bool CudaExecutor::launch_bf16(int index) {
       cuda::global_avg_pool_forward(int(xs[0]), xs[1] * xs[2], int(xs[3]), hin(0), fo(0), ws, s);
       return true;
     }
-    case OpKind::MaxPool2Bwd: {  // x (bf16), dy   dx
-      const Shape& xs = sh(n.in[0]);
-      cuda::maxpool2_backward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), hin(0), f(1), fo(0), s);
-      return true;
-    }
     case OpKind::ScaleChannelsBwd: {  // x (bf16), dy   ds
       const Shape& xs = sh(n.in[0]);
       cuda::scale_channels_backward_scale(int(xs[0]), xs[1] * xs[2], int(xs[3]), hin(0), f(1), fo(0), ws, s);
@@ -1323,9 +1342,10 @@ bool CudaExecutor::launch_bf16(int index) {
       cuda::scale_channels(int(xs[0]), xs[1] * xs[2], int(xs[3]), hin(0), f(1), hout(0), s);
       return true;
     }
-    case OpKind::MaxPool2: {
+    case OpKind::MaxPool2: {  // x, y bf16 (, argmax U8)
       const Shape& xs = sh(n.in[0]);
-      cuda::maxpool2_forward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), hin(0), hout(0), s);
+      cuda::maxpool2_forward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), hin(0), hout(0),
+                             n.out.size() > 1 ? static_cast<uint8_t*>(ptr(n.out[1])) : nullptr, s);
       return true;
     }
     case OpKind::Upsample2: {
@@ -1380,6 +1400,35 @@ void CudaExecutor::launch(int index) {
   auto store_result = [&](int t, const float* v) {
     if (is_bf16(t)) cuda::convert(count(t), v, half(t), s);
   };
+  // A forward convolution's own output: y, or for a pooled convolution (fuse_conv_pool) off the
+  // tensor-core kernel (whose epilogue pools) its full-resolution output in y's storage, first in
+  // the workspace; pool_into_y() then pools it into y (and the argmax), as the pool node did.
+  const bool tensor_core_kernel = impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)];
+  const bool pool_after = n.conv.max_pool && !tensor_core_kernel;
+  const cpu::Conv2dShape& cs = n.conv.shape;
+  const int64_t conv_count = n.conv.max_pool ? int64_t(cs.n) * cs.ho() * cs.wo() * cs.cout : 0;
+  void* const conv_out = pool_after ? static_cast<void*>(wsp) : nullptr;
+  if (pool_after) wsp += pooled_conv_bytes(n);
+  uint8_t* const argmax = n.conv.max_pool && n.out.size() > 1 ? static_cast<uint8_t*>(ptr(n.out[1])) : nullptr;
+  auto conv_f32 = [&]() -> float* {  // where the fp32 FMA kernel or cuDNN writes
+    if (!pool_after) return f32_result(n.out[0]);
+    if (!is_bf16(n.out[0])) return static_cast<float*>(conv_out);
+    float* d = reinterpret_cast<float*>(wsp);
+    wsp += align_up(size_t(conv_count) * sizeof(float));
+    return d;
+  };
+  auto store_conv = [&](const float* v) {
+    if (!pool_after) return store_result(n.out[0], v);
+    if (is_bf16(n.out[0])) cuda::convert(conv_count, v, static_cast<cuda::bf16*>(conv_out), s);
+  };
+  auto pool_into_y = [&] {
+    if (!pool_after) return;
+    if (is_bf16(n.out[0]))
+      cuda::maxpool2_forward(cs.n, cs.ho(), cs.wo(), cs.cout, static_cast<const cuda::bf16*>(conv_out),
+                             half(n.out[0]), argmax, s);
+    else
+      cuda::maxpool2_forward(cs.n, cs.ho(), cs.wo(), cs.cout, static_cast<const float*>(conv_out), out(0), argmax, s);
+  };
   // A forward convolution's residual (fuse_conv_add): the tensor-core kernel adds it in its
   // epilogue; the other paths add it after the convolution, as the add node did.
   const int residual = residual_input(n);
@@ -1404,20 +1453,26 @@ void CudaExecutor::launch(int index) {
   };
   switch (n.op) {
     case OpKind::Conv2d:  // in: x, w, b
-      if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)]) {
+      if (tensor_core_kernel) {
         const int64_t so = impl_->sums_off[size_t(index)];  // >= 0: a following BN takes the sums
         double* sums = so >= 0 ? reinterpret_cast<double*>(persistent_ + so) : nullptr;
-        cuda::bn_relu_conv_tc_forward(n.conv.shape, math, st(0), vin(0), nullptr, nullptr, nullptr, nullptr, in(1),
-                                      in(2), st_out(0), ptr(n.out[0]), res, sums,
-                                      sums ? sums + n.conv.shape.cout : nullptr, ws, s);
+        if (n.conv.max_pool)
+          cuda::bn_relu_conv_tc_forward_maxpool(cs, math, st(0), vin(0), nullptr, nullptr, nullptr, nullptr, in(1),
+                                                in(2), st_out(0), ptr(n.out[0]), argmax, sums,
+                                                sums ? sums + cs.cout : nullptr, ws, s);
+        else
+          cuda::bn_relu_conv_tc_forward(cs, math, st(0), vin(0), nullptr, nullptr, nullptr, nullptr, in(1), in(2),
+                                        st_out(0), ptr(n.out[0]), res, sums, sums ? sums + cs.cout : nullptr, ws, s);
       } else if (impl_->handwritten[size_t(index)]) {
-        cuda::bn_relu_conv_forward(n.conv.shape, in(0), nullptr, nullptr, nullptr, nullptr, in(1), in(2), out(0), s);
+        cuda::bn_relu_conv_forward(cs, in(0), nullptr, nullptr, nullptr, nullptr, in(1), in(2), conv_f32(), s);
+        pool_into_y();
         add_residual();
       } else {
         const float* x = widened(n.in[0]);
-        float* y = f32_result(n.out[0]);
+        float* y = conv_f32();
         impl_->node_conv[size_t(index)]->forward(h, x, in(1), in(2), y, wsp);
-        store_result(n.out[0], y);
+        store_conv(y);
+        pool_into_y();
         add_residual();
       }
       break;
@@ -1452,23 +1507,29 @@ void CudaExecutor::launch(int index) {
       break;
     }
     case OpKind::BnReluConv2d: {  // in: x, gamma, beta, mean, invstd, w, b
-      if (impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)]) {
+      if (tensor_core_kernel) {
         const int64_t so = impl_->sums_off[size_t(index)];  // >= 0: a following BN takes the sums
         double* sums = so >= 0 ? reinterpret_cast<double*>(persistent_ + so) : nullptr;
-        cuda::bn_relu_conv_tc_forward(n.conv.shape, math, st(0), vin(0), in(1), in(2), in(3), in(4), in(5), in(6),
-                                      st_out(0), ptr(n.out[0]), res, sums, sums ? sums + n.conv.shape.cout : nullptr,
-                                      ws, s);
+        if (n.conv.max_pool)
+          cuda::bn_relu_conv_tc_forward_maxpool(cs, math, st(0), vin(0), in(1), in(2), in(3), in(4), in(5), in(6),
+                                                st_out(0), ptr(n.out[0]), argmax, sums,
+                                                sums ? sums + cs.cout : nullptr, ws, s);
+        else
+          cuda::bn_relu_conv_tc_forward(cs, math, st(0), vin(0), in(1), in(2), in(3), in(4), in(5), in(6), st_out(0),
+                                        ptr(n.out[0]), res, sums, sums ? sums + cs.cout : nullptr, ws, s);
         break;
       }
       if (impl_->handwritten[size_t(index)]) {
-        cuda::bn_relu_conv_forward(n.conv.shape, in(0), in(1), in(2), in(3), in(4), in(5), in(6), out(0), s);
+        cuda::bn_relu_conv_forward(cs, in(0), in(1), in(2), in(3), in(4), in(5), in(6), conv_f32(), s);
+        pool_into_y();
         add_residual();
         break;
       }
       const float* staged = staged_bn_relu();
-      float* y = f32_result(n.out[0]);
+      float* y = conv_f32();
       impl_->node_conv[size_t(index)]->forward(h, staged, in(5), in(6), y, wsp);
-      store_result(n.out[0], y);
+      store_conv(y);
+      pool_into_y();
       add_residual();
       break;
     }
@@ -1579,9 +1640,10 @@ void CudaExecutor::launch(int index) {
                                out(1), out(2), ws, s);
       break;
     }
-    case OpKind::MaxPool2: {
+    case OpKind::MaxPool2: {  // x, y (, argmax U8)
       const Shape& xs = sh(n.in[0]);
-      cuda::maxpool2_forward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), in(0), out(0), s);
+      cuda::maxpool2_forward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), in(0), out(0),
+                             n.out.size() > 1 ? static_cast<uint8_t*>(ptr(n.out[1])) : nullptr, s);
       break;
     }
     case OpKind::Upsample2: {
@@ -1673,9 +1735,10 @@ void CudaExecutor::launch(int index) {
       cuda::linear_backward(int(xs[0]), int(wsh[1]), int(wsh[0]), in(0), in(1), in(2), out(0), out(1), s);
       break;
     }
-    case OpKind::MaxPool2Bwd: {
-      const Shape& xs = sh(n.in[0]);
-      cuda::maxpool2_backward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), in(0), in(1), out(0), s);
+    case OpKind::MaxPool2Bwd: {  // argmax (U8), dy   dx (fp32 gradients in either precision)
+      const Shape& xs = sh(n.out[0]);
+      cuda::maxpool2_backward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), static_cast<const uint8_t*>(ptr(n.in[0])),
+                              in(1), out(0), s);
       break;
     }
     case OpKind::Upsample2Bwd: {

@@ -200,7 +200,9 @@ std::vector<std::string> fuse_conv_bn_sum(Graph& g) {
     std::vector<int> convs;
     for (int b : bns) {
       const int c = private_producer(g, u, g.node(b).in[0], b);
-      if (c < 0 || g.node(c).op != OpKind::Conv2d || g.node(c).in.size() < 3 || g.node(c).in[2] < 0) return false;
+      if (c < 0 || g.node(c).op != OpKind::Conv2d || g.node(c).conv.max_pool || g.node(c).in.size() < 3 ||
+          g.node(c).in[2] < 0)
+        return false;
       convs.push_back(c);
     }
     const Node& conv0 = g.node(convs[0]);
@@ -246,7 +248,8 @@ std::vector<std::string> fuse_conv_add(Graph& g) {
       if (p < 0 || drop[size_t(p)]) continue;
       const Node& conv = g.node(p);
       const size_t slot = residual_slot(conv.op);  // its inputs fill the slots before it
-      if (slot == 0 || conv.in.size() != slot || conv.out.size() != 1 || conv.out[0] != t) continue;
+      if (slot == 0 || conv.in.size() != slot || conv.out.size() != 1 || conv.out[0] != t || conv.conv.max_pool)
+        continue;
       if (g.tensor(r).shape != g.tensor(t).shape || g.tensor(r).dtype != g.tensor(t).dtype) continue;
       Node fused = conv;  // at the add's place: every input of the conv is ready there
       fused.in.push_back(r);
@@ -257,6 +260,33 @@ std::vector<std::string> fuse_conv_add(Graph& g) {
       names.push_back(add.name);
       break;
     }
+  }
+  replace_nodes(g, std::move(nodes), drop);
+  return names;
+}
+
+std::vector<std::string> fuse_conv_pool(Graph& g) {
+  require_forward(g);
+  const Uses u = uses_of(g);
+  const int nn = g.num_nodes();
+  std::vector<Node> nodes = g.nodes();
+  std::vector<char> drop(size_t(nn), 0);
+  std::vector<std::string> names;
+  for (int i = 0; i < nn; ++i) {
+    const Node& pool = g.node(i);
+    if (pool.op != OpKind::MaxPool2) continue;
+    const int p = private_producer(g, u, pool.in[0], i);
+    if (p < 0) continue;
+    const Node& conv = g.node(p);
+    const size_t slot = residual_slot(conv.op);  // no residual: its inputs fill the slots before it
+    if (slot == 0 || conv.in.size() != slot || conv.out.size() != 1 || conv.conv.max_pool) continue;
+    Node fused = conv;  // at the pool's place: every input of the conv is ready there
+    fused.conv.max_pool = true;
+    fused.out = pool.out;
+    fused.flops = conv.flops + pool.flops;
+    nodes[size_t(i)] = std::move(fused);
+    drop[size_t(p)] = 1;
+    names.push_back(pool.name);
   }
   replace_nodes(g, std::move(nodes), drop);
   return names;

@@ -47,6 +47,18 @@ int fuse_se_excite(Graph& g);
 // fused adds' names. Must run before autodiff, after fuse_bn_relu_conv.
 std::vector<std::string> fuse_conv_add(Graph& g);
 
+// Rewrites every MaxPool2 whose input is the output of a forward convolution (Conv2d or
+// BnReluConv2d without a residual) read by nothing else and not a graph output into that
+// convolution with conv.max_pool set: the node's outputs become the pool's (the pooled y and, in
+// training, its argmax), at the pool's place in the schedule. The full-resolution convolution
+// output never exists as a tensor (a CUDA tensor-core kernel pools in its epilogue; other paths
+// use the workspace). Autodiff emits the pool's backward (from the argmax) into a fresh
+// full-resolution gradient, then the convolution's backward. ResUNet++: the three attention gates'
+// skip-branch convolutions (g_conv). On the CPU the fused node runs the convolution into the
+// workspace, then the same pool: the same bits. Returns the fused pools' names. Must run before
+// autodiff, after fuse_bn_relu_conv and fuse_conv_add.
+std::vector<std::string> fuse_conv_pool(Graph& g);
+
 // Inference: rewrites every left-deep sum ((y1 + y2) + y3) + ... of 2 to 4 terms y_i = bn_i(conv_i(x))
 // (eval-mode BNs; convolutions of one input x with biases, the same n, h, w, cin, cout, kernel,
 // stride and output size, padding and dilation free: the ASPP block) into one ConvBnSum node, when

@@ -253,8 +253,15 @@ int GraphBuilder::maxpool2(const std::string& scope, int x) {
   const Shape xs = g_.tensor(x).shape;
   expect_rank(g_.tensor(x), 4, scope);
   if (xs[1] % 2 || xs[2] % 2) fail(scope, ": 2x2 max pool needs even height and width, got ", shape_str(xs));
-  int y = activation(scope + ".maxpool", {xs[0], xs[1] / 2, xs[2] / 2, xs[3]}, rg(x));
-  g_.add_node(simple(OpKind::MaxPool2, {x}, y, scope, numel(xs)));
+  const Shape ys{xs[0], xs[1] / 2, xs[2] / 2, xs[3]};
+  int y = activation(scope + ".maxpool", ys, rg(x));
+  Node n = simple(OpKind::MaxPool2, {x}, y, scope, numel(xs));
+  if (training_) {  // backward reads the window indices (1 byte per output), not x
+    const int arg = activation(scope + ".argmax", ys, false);
+    g_.tensor(arg).dtype = DType::U8;
+    n.out.push_back(arg);
+  }
+  g_.add_node(std::move(n));
   return y;
 }
 

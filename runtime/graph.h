@@ -17,6 +17,7 @@ namespace rpp {
 enum class OpKind : uint8_t {
   // forward
   Conv2d,         // in: x, w(HWIO), b[, r]     out: y (+ r: a residual added by fuse_conv_add)
+                  // (conv.max_pool: out: maxpool2(y)[, argmax], fuse_conv_pool)
   BatchNorm,      // in: x, gamma, beta, running_mean, running_var, num_batches_tracked
                   // out: y, save_mean, save_invstd (training) | y (eval)
   Relu,           // in: x                      out: y
@@ -26,13 +27,14 @@ enum class OpKind : uint8_t {
   GlobalAvgPool,  // in: x (N,H,W,C)            out: y (N,C)
   Linear,         // in: x (N,I), w (O,I)       out: y (N,O)
   Sigmoid,        // in: x                      out: y
-  MaxPool2,       // in: x                      out: y
+  MaxPool2,       // in: x                      out: y (training: y, argmax (U8, y's shape): window position 0..3)
   Upsample2,      // in: x                      out: y
   Concat,         // in: a, b                   out: y (channels of a, then b)
   // fused forward ops (written by runtime/fusion.h, never by the builder)
   BatchNormStats, // in: x, running_mean, running_var, num_batches_tracked   out: mean, invstd
                   // (training: batch statistics, running update; eval: from the running ones)
   BnReluConv2d,   // in: x, gamma, beta, mean, invstd, w(HWIO), b[, r]   out: conv(relu(bn(x))) (+ r)
+                  // (conv.max_pool: as Conv2d)
   SeExcite,       // in: p (N,C), w1 (C/r,C), w2 (C,C/r)   out: s = sigmoid(w2 relu(w1 p)) (the SE's MLP)
   BnApplySum,     // training: in: per branch x, gamma, beta, mean, invstd (saved statistics)
                   // out: sum over the branches of bn(x), added in branch order (the ASPP block)
@@ -49,7 +51,7 @@ enum class OpKind : uint8_t {
   ScaleChannelsBwd, // in: x, dy              out: ds     (dx is a ScaleChannels node)
   GlobalAvgPoolBwd, // in: dy                 out: dx
   LinearBwd,        // in: x, w, dy           out: dx, dw
-  MaxPool2Bwd,      // in: x, dy              out: dx
+  MaxPool2Bwd,      // in: argmax, dy         out: dx (x's shape)
   Upsample2Bwd,     // in: dy                 out: dx
   ConcatBwd,        // in: dy                 out: da, db
   LossBwd,          // in: logits, target     out: dlogits (for dloss = 1)
@@ -94,7 +96,13 @@ struct TensorInfo {
 };
 
 // Per-node attributes: only the fields of the node's op are meaningful.
-struct ConvAttrs { cpu::Conv2dShape shape; };
+// max_pool (forward Conv2d / BnReluConv2d, written by fuse_conv_pool): the node's output is the 2x2
+// max pool of the convolution's (out[0], and in training out[1], the pool's argmax); the
+// convolution's own output does not exist as a tensor.
+struct ConvAttrs {
+  cpu::Conv2dShape shape;
+  bool max_pool = false;
+};
 struct BNAttrs { double momentum = 0.1, eps = 1e-5; bool training = true; };
 struct LossAttrs { LossKind kind = LossKind::BCEDice; };
 struct OptAttrs { OptimizerKind kind = OptimizerKind::Adam; };

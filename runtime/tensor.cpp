@@ -12,6 +12,7 @@ size_t dtype_size(DType t) {
     case DType::BF16: return 2;
     case DType::F16: return 2;
     case DType::I64: return 8;
+    case DType::U8: return 1;
   }
   return 0;
 }
@@ -23,6 +24,7 @@ const char* dtype_name(DType t) {
     case DType::BF16: return "BF16";
     case DType::F16: return "F16";
     case DType::I64: return "I64";
+    case DType::U8: return "U8";
   }
   return "?";
 }
@@ -30,7 +32,7 @@ const char* dtype_name(DType t) {
 bool dtype_from_name(const std::string& s, DType* out) {
   static const std::pair<const char*, DType> table[] = {
       {"F32", DType::F32}, {"F64", DType::F64}, {"BF16", DType::BF16},
-      {"F16", DType::F16}, {"I64", DType::I64}};
+      {"F16", DType::F16}, {"I64", DType::I64}};  // U8 is never stored in a file
   for (auto& [name, t] : table)
     if (s == name) {
       *out = t;

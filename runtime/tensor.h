@@ -12,12 +12,13 @@
 
 namespace rpp {
 
-enum class DType : uint8_t { F32, F64, BF16, F16, I64 };
+enum class DType : uint8_t { F32, F64, BF16, F16, I64, U8 };  // U8: max-pool window indices
 
 size_t dtype_size(DType t);
-// Safetensors spelling: "F32", "F64", "BF16", "F16", "I64".
+// Safetensors spelling: "F32", "F64", "BF16", "F16", "I64", "U8".
 const char* dtype_name(DType t);
-// Parses a safetensors dtype string; returns false if unknown.
+// Parses a safetensors dtype string; returns false if unknown, and for "U8" (an activation-only
+// dtype that no checkpoint holds).
 bool dtype_from_name(const std::string& s, DType* out);
 
 using Shape = std::vector<int64_t>;

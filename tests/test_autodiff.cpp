@@ -141,3 +141,47 @@ TEST(Autodiff, GradientOfSharedTensorIsSummed) {
     EXPECT_NEAR(ex.data(grads[0])[i], dl_dy * 2 * xs[i], 1e-6);
   }
 }
+
+// Training max pools record their window indices (1 byte per output), and backward reads those:
+// the pool's input, the attention gate's full-resolution skip convolution, is not kept for
+// backward. (The gradients through them are checked above: AttentionGate, DecoderBlock.)
+TEST(Autodiff, MaxPoolBackwardReadsTheWindowIndicesNotTheInput) {
+  Graph g;
+  GraphBuilder gb(g, true);
+  ResUNetBlocks blocks(gb);
+  const int y = blocks.attention("a1", gb.param("g", {2, 8, 8, 8}), gb.param("x", {2, 4, 4, 16}));
+  const int target = gb.input("target", g.tensor(y).shape);
+  append_backward(g, gb.loss("loss", y, target, LossKind::BCEDice));
+  int pools = 0, pool_bwds = 0;
+  for (const Node& n : g.nodes()) {
+    if (n.op == OpKind::MaxPool2) {
+      ++pools;
+      ASSERT_EQ(n.out.size(), 2u);
+      const TensorInfo& arg = g.tensor(n.out[1]);
+      EXPECT_EQ(arg.dtype, DType::U8);
+      EXPECT_EQ(arg.shape, g.tensor(n.out[0]).shape);
+      EXPECT_FALSE(arg.requires_grad);
+      for (const Node& b : g.nodes()) {
+        if (is_forward(b.op)) continue;
+        for (int t : b.in) EXPECT_NE(t, n.in[0]) << op_name(b.op) << " " << b.name << " reads the pool's input";
+        if (b.op == OpKind::MaxPool2Bwd) {
+          ++pool_bwds;
+          EXPECT_EQ(b.in, (std::vector<int>{n.out[1], b.in[1]}));
+          EXPECT_EQ(g.tensor(b.out[0]).shape, g.tensor(n.in[0]).shape);
+        }
+      }
+    }
+  }
+  EXPECT_EQ(pools, 1);
+  EXPECT_EQ(pool_bwds, 1);
+  // An inference graph's pool has no indices.
+  Graph ig;
+  GraphBuilder ib(ig, false);
+  ResUNetBlocks iblocks(ib);
+  iblocks.attention("a1", ib.input("g", {1, 8, 8, 8}), ib.input("x", {1, 4, 4, 16}));
+  for (const Node& n : ig.nodes()) {
+    if (n.op == OpKind::MaxPool2) {
+      EXPECT_EQ(n.out.size(), 1u);
+    }
+  }
+}

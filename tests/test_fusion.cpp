@@ -102,6 +102,18 @@ TEST(Fusion, RewritesEveryBnReluConvChainOfTheNetwork) {
     int with_residual = 0;
     for (const Node& n : fused.graph.nodes()) with_residual += residual_input(n) >= 0;
     EXPECT_EQ(with_residual, 10);
+    // The attention gates' max pools go into their skip-branch convolutions (g_conv.2).
+    EXPECT_EQ(count_ops(plain.graph, OpKind::MaxPool2), 3);
+    EXPECT_EQ(count_ops(fused.graph, OpKind::MaxPool2), 0);
+    int pooled = 0;
+    for (const Node& n : fused.graph.nodes())
+      if (n.conv.max_pool) {
+        ++pooled;
+        EXPECT_EQ(n.op, OpKind::BnReluConv2d) << n.name;
+        EXPECT_NE(n.name.find(".a1.g_conv.2"), std::string::npos) << n.name;
+        EXPECT_EQ(n.out.size(), training ? 2u : 1u) << n.name;
+      }
+    EXPECT_EQ(pooled, 3);
     if (!training) {  // the fused node counts the work of the nodes it replaced
       int64_t replaced = 0, fused_flops = -1;
       for (const Node& n : plain.graph.nodes())
@@ -161,6 +173,75 @@ TEST(Fusion, ConvAddTakesPrivateConvOutputsOnly) {
   for (const Node& n : g.nodes())  // c1's own output is written by no node any more
     for (int t : n.out) EXPECT_NE(t, c1) << n.name;
   // Its backward and values: Fusion.TrainingIsBitIdenticalToTheUnfusedGraph (10 such adds).
+}
+
+// fuse_conv_pool: a pool whose input is a private conv output without a residual; the fused node
+// takes the pool's outputs (and argmax) at the pool's place.
+TEST(Fusion, ConvPoolTakesPrivateConvOutputsWithoutAResidual) {
+  Graph g;
+  GraphBuilder b(g, true);
+  const int x = b.input("x", {2, 4, 4, 3});
+  auto conv = [&](const std::string& s, int in) {
+    return b.conv2d(s, in, b.param(s + ".weight", {3, 3, 3, 3}), b.param(s + ".bias", {3}), 1, 1, 1);
+  };
+  const int c1 = conv("c1", x);
+  const int later = b.relu("later", x);  // made after c1
+  const int p1 = b.maxpool2("p1", c1);   // c1 private: fused, at p1's place
+  const int c2 = conv("c2", x);
+  const int p2 = b.maxpool2("p2", c2);  // c2 also read by r2: left alone
+  const int r2 = b.relu("r2", c2);
+  const int c3 = conv("c3", x);
+  const int s3 = b.add("s3", c3, later);  // c3 takes a residual first (fuse_conv_add) ...
+  const int p3 = b.maxpool2("p3", s3);    // ... so its pool stays
+  const int p4 = b.maxpool2("p4", later);  // no conv input: left alone
+  for (int t : {p1, p2, r2, p3, p4}) g.tensor(t).is_output = true;
+  ASSERT_EQ(fuse_conv_add(g), std::vector<std::string>{"s3"});
+  const int pools_before = count_ops(g, OpKind::MaxPool2);
+  ASSERT_EQ(fuse_conv_pool(g), std::vector<std::string>{"p1"});
+  EXPECT_EQ(count_ops(g, OpKind::MaxPool2), pools_before - 1);
+  int fused_at = -1, later_at = -1, argmax = -1;
+  for (int i = 0; i < g.num_nodes(); ++i) {
+    const Node& n = g.node(i);
+    if (n.name == "later") later_at = i;
+    if (n.name == "p1" && n.op == OpKind::MaxPool2) ADD_FAILURE() << "p1 is still a pool node";
+    if (!n.conv.max_pool) continue;
+    EXPECT_EQ(n.name, "c1");
+    EXPECT_EQ(n.op, OpKind::Conv2d);
+    ASSERT_EQ(n.out.size(), 2u);
+    EXPECT_EQ(n.out[0], p1);
+    argmax = n.out[1];
+    fused_at = i;
+  }
+  ASSERT_GE(argmax, 0);
+  EXPECT_EQ(g.tensor(argmax).dtype, DType::U8);
+  EXPECT_GT(fused_at, later_at);  // at the pool's place
+  for (const Node& n : g.nodes())  // c1's own output is written by no node any more
+    for (int t : n.out) EXPECT_NE(t, c1) << n.name;
+  // Backward (a graph of c1 and p1 alone): the pool's backward from the argmax into a
+  // full-resolution gradient, which the plain convolution's backward nodes read.
+  Graph gb;
+  GraphBuilder bb(gb, true);
+  const int xb = bb.input("x", {2, 4, 4, 3});
+  const int y = bb.maxpool2("p1", bb.conv2d("c1", xb, bb.param("c1.weight", {3, 3, 3, 3}), bb.param("c1.bias", {3}), 1, 1, 1));
+  ASSERT_EQ(fuse_conv_pool(gb).size(), 1u);
+  append_backward(gb, bb.loss("loss", y, bb.input("t", {2, 2, 2, 3}), LossKind::BCEDice));
+  int pool_bwd = -1;
+  for (int i = 0; i < gb.num_nodes(); ++i)
+    if (gb.node(i).op == OpKind::MaxPool2Bwd) pool_bwd = i;
+  ASSERT_GE(pool_bwd, 0);
+  const int full = gb.node(pool_bwd).out[0];
+  EXPECT_EQ(gb.tensor(full).shape, (Shape{2, 4, 4, 3}));
+  int readers = 0;
+  for (const Node& n : gb.nodes()) {
+    if (is_forward(n.op)) continue;
+    EXPECT_FALSE(n.conv.max_pool) << op_name(n.op) << " " << n.name;
+    if (n.op == OpKind::Conv2dBwdFilter && n.name == "c1") {
+      EXPECT_EQ(n.in[1], full);
+      ++readers;
+    }
+  }
+  EXPECT_EQ(readers, 1);
+  // Values and gradients: Fusion.TrainingIsBitIdenticalToTheUnfusedGraph (the three gates).
 }
 
 TEST(Fusion, LeavesChainsWithOtherReadersAlone) {

@@ -225,7 +225,7 @@ void check_pool_sizes(const char* op, int n, int h, int w, int c) {
 }  // namespace
 
 template <class T>
-void maxpool2_forward(int n, int h, int w, int c, const T* x, T* y) {
+void maxpool2_forward(int n, int h, int w, int c, const T* x, T* y, uint8_t* argmax) {
   check_pool_sizes("maxpool2_forward", n, h, w, c);
   const int ho = h / 2, wo = w / 2;
   parallel_for(
@@ -239,10 +239,12 @@ void maxpool2_forward(int n, int h, int w, int c, const T* x, T* y) {
               const int64_t row = int64_t(w) * c;
               // Window order (0,0), (0,1), (1,0), (1,1); strict > keeps the first maximum.
               T best = p[0];
-              if (p[c] > best) best = p[c];
-              if (p[row] > best) best = p[row];
-              if (p[row + c] > best) best = p[row + c];
+              uint8_t arg = 0;
+              if (p[c] > best) best = p[c], arg = 1;
+              if (p[row] > best) best = p[row], arg = 2;
+              if (p[row + c] > best) best = p[row + c], arg = 3;
               y[(r * wo + ow) * c + j] = best;
+              if (argmax) argmax[(r * wo + ow) * c + j] = arg;
             }
         }
       },
@@ -269,6 +271,30 @@ void maxpool2_backward(int n, int h, int w, int c, const T* x, const T* dy, T* d
               // The windows tile the input, so writing all four positions overwrites dx fully.
               for (int q = 0; q < 4; ++q)
                 dx[base + offs[q]] = q == arg ? dy[(r * wo + ow) * c + j] : T(0);
+            }
+        }
+      },
+      grain(int64_t(w) * c * 2));
+}
+
+template <class T>
+void maxpool2_backward_argmax(int n, int h, int w, int c, const uint8_t* argmax, const T* dy, T* dx) {
+  check_pool_sizes("maxpool2_backward_argmax", n, h, w, c);
+  const int ho = h / 2, wo = w / 2;
+  parallel_for(
+      int64_t(n) * ho,
+      [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t img = r / ho, oh = r % ho;
+          const int64_t row = int64_t(w) * c;
+          for (int ow = 0; ow < wo; ++ow)
+            for (int j = 0; j < c; ++j) {
+              const int64_t base = ((img * h + 2 * oh) * w + 2 * ow) * c + j;
+              const int64_t offs[4] = {0, c, row, row + c};
+              const int64_t o = (r * wo + ow) * c + j;
+              const int arg = argmax[o];
+              RPP_CHECK(arg < 4, "maxpool2_backward_argmax: window index ", arg, " is not 0..3");
+              for (int q = 0; q < 4; ++q) dx[base + offs[q]] = q == arg ? dy[o] : T(0);
             }
         }
       },
@@ -366,8 +392,9 @@ void concat_backward(int64_t count, int ca, int cb, const T* dy, T* da, T* db) {
   template void global_avg_pool_backward<T>(int, int64_t, int, const T*, T*);                  \
   template void linear_forward<T>(int, int, int, const T*, const T*, T*);                      \
   template void linear_backward<T>(int, int, int, const T*, const T*, const T*, T*, T*);       \
-  template void maxpool2_forward<T>(int, int, int, int, const T*, T*);                         \
+  template void maxpool2_forward<T>(int, int, int, int, const T*, T*, uint8_t*);               \
   template void maxpool2_backward<T>(int, int, int, int, const T*, const T*, T*);              \
+  template void maxpool2_backward_argmax<T>(int, int, int, int, const uint8_t*, const T*, T*); \
   template void upsample2_forward<T>(int, int, int, int, const T*, T*);                        \
   template void upsample2_backward<T>(int, int, int, int, const T*, T*);                       \
   template void concat_forward<T>(int64_t, int, int, const T*, const T*, T*);                  \

@@ -25,6 +25,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 
 #include "kernels/cpu/conv2d.h"
 #include "kernels/cuda/storage.cuh"
@@ -72,5 +73,15 @@ void bn_relu_conv_tc_forward(const cpu::Conv2dShape& s, ConvMath math, Storage x
                              const float* gamma, const float* beta, const float* mean, const float* invstd,
                              const float* w_ohwi, const float* bias, Storage y_type, void* y, const void* residual,
                              double* out_sum, double* out_sumsq, void* workspace, cudaStream_t stream);
+// With the 2x2 max pool of the output fused into the epilogue (fuse_conv_pool): y (n, ho/2, wo/2,
+// cout) is the pool of the convolution's output as stored in y's storage (each value rounded
+// first, as the unfused convolution stores it), argmax (y's shape, or null) each output's window
+// position 0..3 in the order (0,0), (0,1), (1,0), (1,1), the first maximum winning; the
+// statistics, when asked for, are those of the pooled y. ho and wo must be even. The
+// full-resolution output is never written.
+void bn_relu_conv_tc_forward_maxpool(const cpu::Conv2dShape& s, ConvMath math, Storage x_type, const void* x,
+                                     const float* gamma, const float* beta, const float* mean, const float* invstd,
+                                     const float* w_ohwi, const float* bias, Storage y_type, void* y, uint8_t* argmax,
+                                     double* out_sum, double* out_sumsq, void* workspace, cudaStream_t stream);
 
 }  // namespace rpp::cuda

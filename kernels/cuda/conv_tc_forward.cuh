@@ -58,6 +58,10 @@ struct Dims {
   int n, h, w, cin, kh, kw, cout, stride, pad, dil, ho, wo;
   int64_t m;  // n * ho * wo
   int k;      // kh * kw * cin, or in branch-sum mode count * kh * kw * cin
+  // Max-pool mode (ho, wo even; no residual, not in branch-sum mode): the pixels are numbered
+  // window by window, m = 4 * window + position (0,0), (0,1), (1,0), (1,1), windows in NHWC
+  // order of the pooled output, so that a tile holds 32 whole windows; y is the pooled output.
+  int pool;
 };
 
 // Branch-sum mode: the branches' padding, dilation, OHWI weights, conv bias (or null) and eval BN.
@@ -74,7 +78,8 @@ struct Branches {
   const float* var[kMaxBranches] = {};
 };
 
-// part: null, or the workspace for the per-tile statistics partials. The launch bounds ask for
+// part: null, or the workspace for the per-tile statistics partials. argmax: null, or (max-pool
+// mode) each pooled output's window position. The launch bounds ask for
 // two 256-thread (four 128-thread) blocks per SM, i.e. at most 128 registers; with the k8 loop
 // unrolled by 2 rather than 4 that holds without spilling.
 template <class Math, bool kBnRelu, int kWarpsN, class TIn, class TOut, bool kSum>
@@ -82,7 +87,7 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
     conv_tc_kernel(Dims d, const TIn* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
                    const float* __restrict__ mean, const float* __restrict__ invstd, const float* __restrict__ w,
                    const float* __restrict__ bias, TOut* __restrict__ y, const TOut* __restrict__ res,
-                   double* __restrict__ part, Branches br) {
+                   double* __restrict__ part, Branches br, uint8_t* __restrict__ argmax) {
   using T = typename Math::T;
   constexpr int kThreads = kWarpsM * kWarpsN * 32;
   constexpr int kBN = 32 * kWarpsN;
@@ -120,10 +125,21 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
     long long base = -1;
     int iy = 0, ix = 0;
     if (m < d.m) {
-      const int ox = int(m % d.wo);
-      const int64_t t = m / d.wo;
-      const int oy = int(t % d.ho);
-      const int64_t img = t / d.ho;
+      int ox, oy;
+      int64_t img;
+      if (d.pool) {  // window-major numbering
+        const int64_t win = m >> 2;
+        const int q = int(m & 3), wp = d.wo >> 1, hp = d.ho >> 1;
+        const int64_t t = win / wp;
+        ox = 2 * int(win % wp) + (q & 1);
+        oy = 2 * int(t % hp) + (q >> 1);
+        img = t / hp;
+      } else {
+        ox = int(m % d.wo);
+        const int64_t t = m / d.wo;
+        oy = int(t % d.ho);
+        img = t / d.ho;
+      }
       base = img * d.h * d.w * d.cin;
       iy = oy * d.stride - pad;
       ix = ox * d.stride - pad;
@@ -321,7 +337,30 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
   const int c = tid % kBN, g = tid / kBN;
   const int co = n0 + c;
   double sum = 0.0, sumsq = 0.0;
-  if (co < d.cout) {
+  if (co < d.cout && d.pool) {
+    // Window wi is rows 4 wi .. 4 wi + 3 of the tile; each value is rounded to y's storage first,
+    // so the maximum and its position are those of the pool over the stored convolution output.
+    const float b = bias ? bias[co] : 0.f;
+    for (int wi = g; wi < kBM / 4; wi += kStatGroups) {
+      const int64_t m = m0 + 4 * wi;
+      if (m >= d.m) break;
+      float best = 0.f;
+      int arg = 0;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float v = detail::to_f32(detail::from_f32<TOut>(Cs[(4 * wi + q) * kLdC + c] + b));
+        if (q == 0 || v > best) {  // strict: the first maximum (a NaN at position 0 stays)
+          best = v;
+          arg = q;
+        }
+      }
+      const int64_t o = (m >> 2) * d.cout + co;
+      y[o] = detail::from_f32<TOut>(best);  // exact: best is a stored value
+      if (argmax != nullptr) argmax[o] = uint8_t(arg);
+      sum += double(best);
+      sumsq += double(best) * double(best);
+    }
+  } else if (co < d.cout) {
     float b = 0.f;
     if constexpr (kSum)
       b = br_shift[c];

@@ -191,6 +191,7 @@ template <class T>
 struct MaxPoolFwd {
   const T* x;
   T* y;
+  uint8_t* argmax;  // may be null
   int h, w, c;
   template <class Idx>
   __device__ void operator()(Idx i) const {
@@ -201,18 +202,19 @@ struct MaxPoolFwd {
     const T* p = x + ((img * h + 2 * oh) * int64_t(w) + 2 * ow) * int64_t(c) + ch;
     float best = to_f32(p[0]);
     const float v1 = to_f32(p[c]), v2 = to_f32(p[row]), v3 = to_f32(p[row + c]);
-    if (v1 > best) best = v1;
-    if (v2 > best) best = v2;
-    if (v3 > best) best = v3;
+    uint8_t arg = 0;  // strict >: the first maximum, as the CPU
+    if (v1 > best) best = v1, arg = 1;
+    if (v2 > best) best = v2, arg = 2;
+    if (v3 > best) best = v3, arg = 3;
     y[i] = from_f32<T>(best);  // exact: best is one of the stored values
+    if (argmax) argmax[i] = arg;
   }
 };
 
 // One thread per output: the windows tile the input, so the four writes cover dx exactly once.
-// T: x's storage (the argmax of the widened values: the same choice as on the stored ones).
-template <class T>
+// The gradient goes where the forward's argmax says.
 struct MaxPoolBwd {
-  const T* x;
+  const uint8_t* argmax;
   const float* dy;
   float* dx;
   int h, w, c;
@@ -224,16 +226,7 @@ struct MaxPoolBwd {
     const int64_t row = int64_t(w) * c;
     const int64_t base = ((img * h + 2 * oh) * int64_t(w) + 2 * ow) * int64_t(c) + ch;
     const int64_t offs[4] = {0, c, row, row + c};
-    int arg = 0;
-    float best = to_f32(x[base]);
-#pragma unroll
-    for (int q = 1; q < 4; ++q) {
-      const float v = to_f32(x[base + offs[q]]);
-      if (v > best) {
-        best = v;
-        arg = q;
-      }
-    }
+    const int arg = argmax[i];
     const float g = dy[i];
 #pragma unroll
     for (int q = 0; q < 4; ++q) dx[base + offs[q]] = q == arg ? g : 0.f;
@@ -658,44 +651,32 @@ void linear_backward(int n, int in, int out, const float* x, const float* w, con
 
 namespace {
 template <class T>
-void maxpool2_forward_impl(int n, int h, int w, int c, const T* x, T* y,
+void maxpool2_forward_impl(int n, int h, int w, int c, const T* x, T* y, uint8_t* argmax,
                            cudaStream_t stream) {
   const char* op = "maxpool2_forward";
   check_pool_sizes(op, n, h, w, c);
   const int64_t total = int64_t(n) * (h / 2) * (w / 2) * c;
   if (total == 0) return;
   check_not_null(op, {{"x", x}, {"y", y}});
-  launch_flat(op, total, MaxPoolFwd<T>{x, y, h, w, c}, stream);
+  launch_flat(op, total, MaxPoolFwd<T>{x, y, argmax, h, w, c}, stream);
 }
 }  // namespace
 
-void maxpool2_forward(int n, int h, int w, int c, const float* x, float* y, cudaStream_t stream) {
-  maxpool2_forward_impl(n, h, w, c, x, y, stream);
+void maxpool2_forward(int n, int h, int w, int c, const float* x, float* y, uint8_t* argmax, cudaStream_t stream) {
+  maxpool2_forward_impl(n, h, w, c, x, y, argmax, stream);
 }
-void maxpool2_forward(int n, int h, int w, int c, const bf16* x, bf16* y, cudaStream_t stream) {
-  maxpool2_forward_impl(n, h, w, c, x, y, stream);
+void maxpool2_forward(int n, int h, int w, int c, const bf16* x, bf16* y, uint8_t* argmax, cudaStream_t stream) {
+  maxpool2_forward_impl(n, h, w, c, x, y, argmax, stream);
 }
 
-namespace {
-template <class T>
-void maxpool2_backward_impl(int n, int h, int w, int c, const T* x, const float* dy, float* dx,
-                            cudaStream_t stream) {
+void maxpool2_backward(int n, int h, int w, int c, const uint8_t* argmax, const float* dy, float* dx,
+                       cudaStream_t stream) {
   const char* op = "maxpool2_backward";
   check_pool_sizes(op, n, h, w, c);
   const int64_t total = int64_t(n) * (h / 2) * (w / 2) * c;
   if (total == 0) return;
-  check_not_null(op, {{"x", x}, {"dy", dy}, {"dx", dx}});
-  launch_flat(op, total, MaxPoolBwd<T>{x, dy, dx, h, w, c}, stream);
-}
-}  // namespace
-
-void maxpool2_backward(int n, int h, int w, int c, const float* x, const float* dy, float* dx,
-                       cudaStream_t stream) {
-  maxpool2_backward_impl(n, h, w, c, x, dy, dx, stream);
-}
-void maxpool2_backward(int n, int h, int w, int c, const bf16* x, const float* dy, float* dx,
-                       cudaStream_t stream) {
-  maxpool2_backward_impl(n, h, w, c, x, dy, dx, stream);
+  check_not_null(op, {{"argmax", argmax}, {"dy", dy}, {"dx", dx}});
+  launch_flat(op, total, MaxPoolBwd{argmax, dy, dx, h, w, c}, stream);
 }
 
 // ---- 2x nearest upsample ----

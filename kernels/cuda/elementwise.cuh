@@ -72,13 +72,12 @@ void linear_backward(int n, int in, int out, const float* x, const float* w, con
                      float* dx, float* dw, cudaStream_t stream);
 
 // ---- 2x2 max pool, stride 2: x (N, H, W, C) -> y (N, H/2, W/2, C); H, W even ----
-void maxpool2_forward(int n, int h, int w, int c, const float* x, float* y, cudaStream_t stream);
-void maxpool2_forward(int n, int h, int w, int c, const bf16* x, bf16* y, cudaStream_t stream);
-// The gradient goes to the first maximum of each window in the order (0,0), (0,1), (1,0), (1,1).
-// The bf16 version decides on the bf16 x (as the fp32 version on the widened x); dy, dx fp32.
-void maxpool2_backward(int n, int h, int w, int c, const float* x, const float* dy, float* dx,
-                       cudaStream_t stream);
-void maxpool2_backward(int n, int h, int w, int c, const bf16* x, const float* dy, float* dx,
+// argmax, when not null: per output, the window position of the first maximum, 0..3 in the order
+// (0,0), (0,1), (1,0), (1,1) (the bf16 version decides on the stored bf16 values).
+void maxpool2_forward(int n, int h, int w, int c, const float* x, float* y, uint8_t* argmax, cudaStream_t stream);
+void maxpool2_forward(int n, int h, int w, int c, const bf16* x, bf16* y, uint8_t* argmax, cudaStream_t stream);
+// The gradient goes to the window position the forward's argmax names; h, w: the input's sizes.
+void maxpool2_backward(int n, int h, int w, int c, const uint8_t* argmax, const float* dy, float* dx,
                        cudaStream_t stream);
 
 // ---- 2x nearest upsample: x (N, H, W, C) -> y (N, 2H, 2W, C); h, w are the input sizes ----

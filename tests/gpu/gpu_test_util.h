@@ -173,6 +173,21 @@ class DevFloats : public DevBuf {
   size_t n_;
 };
 
+// n bytes on the device (poisoned to 0xFF, or a copy of a host vector): U8 tensors (max-pool argmax).
+class DevBytes : public DevBuf {
+ public:
+  explicit DevBytes(size_t n) : DevBuf(n), n_(n) {}
+  uint8_t* p() const { return static_cast<uint8_t*>(data()); }
+  std::vector<uint8_t> get() const {
+    std::vector<uint8_t> h(n_);
+    download(h.data(), n_);
+    return h;
+  }
+
+ private:
+  size_t n_;
+};
+
 class Stream {
  public:
   Stream() { CU(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }

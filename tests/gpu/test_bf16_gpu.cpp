@@ -149,7 +149,7 @@ TEST(Bf16Ops, PoolUpsampleAndConcatMoveStoredValues) {
     if (z.h % 2 == 0 && z.w % 2 == 0)
       check("maxpool2", size_t(z.count() / 4),
             [&](float* y) { cpu::maxpool2_forward(z.n, z.h, z.w, z.c, xf.data(), y); },
-            [&](bf16* y) { cuda::maxpool2_forward(z.n, z.h, z.w, z.c, dx.p(), y, st); });
+            [&](bf16* y) { cuda::maxpool2_forward(z.n, z.h, z.w, z.c, dx.p(), y, nullptr, st); });
     check("upsample2", size_t(z.count() * 4),
           [&](float* y) { cpu::upsample2_forward(z.n, z.h, z.w, z.c, xf.data(), y); },
           [&](bf16* y) { cuda::upsample2_forward(z.n, z.h, z.w, z.c, dx.p(), y, st); });
@@ -384,6 +384,86 @@ TEST(Bf16Conv, ResidualIsAddedBeforeTheOneRounding) {
   EXPECT_THROW(cuda::bn_relu_conv_tc_forward(s, ConvMath::Tf32, Storage::F32, x.p(), nullptr, nullptr, nullptr, nullptr,
                                              w.p(), nullptr, Storage::F32, y.p(), y.p(), nullptr, nullptr, nullptr,
                                              st),
+               Error);
+}
+
+// The 2x2 max pool in the epilogue (fuse_conv_pool): y and argmax are the CPU's pool (with its
+// window indices) of the plain launch's stored output, bit for bit: fp32 storage with TF32 and
+// BF16 math, bf16 storage (x and y) with BF16 math. The statistics are those of the pooled y.
+// Besides the network's shapes: windows of one tile in three images, and 2x2 outputs.
+TEST(Bf16Conv, MaxPoolInTheEpilogueIsThePoolOfTheStoredOutput) {
+  REQUIRE_GPU();
+  Stream st;
+  std::vector<ConvCase> cases = conv_cases();
+  cases.push_back({conv_shape(3, 6, 10, 8, 20, 3, 1, 1, 1), true});
+  cases.push_back({conv_shape(2, 4, 4, 5, 70, 3, 2, 1, 1), false});
+  int checked = 0;
+  for (const ConvCase& c : cases) {
+    const cpu::Conv2dShape& s = c.s;
+    if (s.ho() % 2 || s.wo() % 2) continue;
+    ++checked;
+    const ConvData data(c);
+    const std::string& what = data.what;
+    const size_t ny = data.ny, np = ny / 4;
+    const BnParams& bn = data.bn;
+    DevFloats dxf(data.xf), dw(hwio_to_ohwi(s, data.w)), db(data.bias), dg(bn.gamma), dbeta(bn.beta), dm(bn.mean),
+        di(bn.invstd);
+    DevHalves dxh(data.xh), dyh(ny), dph(np);
+    DevFloats dy(ny), dp(np), dsum(2 * size_t(s.cout)), dsq(2 * size_t(s.cout));  // doubles as float pairs
+    DevBytes darg(np);
+    DevBuf ws(cuda::bn_relu_conv_tc_workspace_bytes(s));
+    const float* g = c.bn ? dg.p() : nullptr;
+    const float* be = c.bn ? dbeta.p() : nullptr;
+    const float* me = c.bn ? dm.p() : nullptr;
+    const float* iv = c.bn ? di.p() : nullptr;
+    auto sum = [&] { return reinterpret_cast<double*>(dsum.p()); };
+    auto sumsq = [&] { return reinterpret_cast<double*>(dsq.p()); };
+    // The CPU's pool of a stored output: values and window indices.
+    auto cpu_pool = [&](const Floats& y, std::vector<uint8_t>& arg) {
+      Floats p(np);
+      arg.assign(np, 0xFF);
+      cpu::maxpool2_forward(s.n, s.ho(), s.wo(), s.cout, y.data(), p.data(), arg.data());
+      return p;
+    };
+    for (const ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
+      const std::string how = what + (math == ConvMath::Tf32 ? ", TF32" : ", BF16");
+      const Floats y = run_twice(st, {&dy}, nullptr, [&] {
+        cuda::bn_relu_conv_tc_forward(s, math, dxf.p(), g, be, me, iv, dw.p(), db.p(), dy.p(), nullptr, nullptr,
+                                      nullptr, st);
+      })[0];
+      std::vector<uint8_t> want_arg;
+      const Floats want = cpu_pool(y, want_arg);
+      const std::vector<Floats> got = run_twice(st, {&dp, &dsum, &dsq}, [&] { ws.poison(), darg.poison(); }, [&] {
+        cuda::bn_relu_conv_tc_forward_maxpool(s, math, Storage::F32, dxf.p(), g, be, me, iv, dw.p(), db.p(),
+                                              Storage::F32, dp.p(), darg.p(), sum(), sumsq(), ws.data(), st);
+      });
+      EXPECT_TRUE(same_bits(want, got[0])) << how << ": fp32 storage, pooled y";
+      EXPECT_TRUE(darg.get() == want_arg) << how << ": fp32 storage, argmax";
+      expect_stats_of(dsum, dsq, got[0], s.cout, how + ", fp32 storage");
+      if (math != ConvMath::Bf16) continue;
+      const Floats yh = widen(run_twice_bf16(st, dyh, [&] {
+        cuda::bn_relu_conv_tc_forward(s, math, Storage::Bf16, dxh.p(), g, be, me, iv, dw.p(), db.p(), Storage::Bf16,
+                                      dyh.p(), nullptr, nullptr, nullptr, st);
+      }));
+      const Floats want_h = cpu_pool(yh, want_arg);
+      darg.poison();
+      const Halves ph = run_twice_bf16(st, dph, [&] {
+        cuda::bn_relu_conv_tc_forward_maxpool(s, math, Storage::Bf16, dxh.p(), g, be, me, iv, dw.p(), db.p(),
+                                              Storage::Bf16, dph.p(), darg.p(), sum(), sumsq(), ws.data(), st);
+      });
+      expect_same_halves(to_bf16(want_h), ph, how + ": bf16 storage, pooled y");
+      EXPECT_TRUE(darg.get() == want_arg) << how << ": bf16 storage, argmax";
+      expect_stats_of(dsum, dsq, widen(ph), s.cout, how + ", bf16 storage");
+    }
+    expect_guards({&dxf, &dw, &db, &dg, &dbeta, &dm, &di, &dxh, &dyh, &dph, &dy, &dp, &dsum, &dsq, &darg, &ws});
+  }
+  EXPECT_GE(checked, 4);
+  // An odd output size is refused before anything is launched.
+  const cpu::Conv2dShape odd = conv_shape(1, 5, 6, 8, 8, 3, 1, 1, 1);
+  DevFloats x(size_t(5 * 6 * 8)), w(size_t(9 * 8 * 8)), y(size_t(2 * 3 * 8));
+  EXPECT_THROW(cuda::bn_relu_conv_tc_forward_maxpool(odd, ConvMath::Tf32, Storage::F32, x.p(), nullptr, nullptr,
+                                                     nullptr, nullptr, w.p(), nullptr, Storage::F32, y.p(), nullptr,
+                                                     nullptr, nullptr, nullptr, st),
                Error);
 }
 

@@ -428,7 +428,7 @@ TEST(Bf16TrainElementwise, ScaleChannelsBackwardScaleIsTheFp32KernelOnTheWidened
   }
 }
 
-TEST(Bf16TrainElementwise, MaxPoolBackwardDecidesOnTheBf16Values) {
+TEST(Bf16TrainElementwise, MaxPoolArgmaxDecidesOnTheBf16Values) {
   REQUIRE_GPU();
   Stream st;
   for (const Nhwc& z : nhwc_sizes()) {
@@ -439,19 +439,21 @@ TEST(Bf16TrainElementwise, MaxPoolBackwardDecidesOnTheBf16Values) {
       const Halves xh = ties ? to_bf16(small_ints(n, 2)) : random_bf16(n);
       const Floats xw = widen(xh);
       const Floats dy = normal(n / 4, 0.f, 1.f);
-      DevHalves dxh(xh);
-      DevFloats dxf(xw), ddy(dy), dx(n);
-      const Floats ref = run_twice(st, {&dx}, nullptr, [&] {
-        cuda::maxpool2_backward(z.n, z.h, z.w, z.c, dxf.p(), ddy.p(), dx.p(), st);
-      })[0];
+      DevHalves dxh(xh), dyh(n / 4);
+      DevFloats dxf(xw), dyf(n / 4), ddy(dy), dx(n);
+      DevBytes argf(n / 4), argh(n / 4);
+      // The fp32 forward on the widened values and the bf16 forward choose the same windows.
+      run_twice(st, {&dyf}, [&] { argf.poison(); },
+                [&] { cuda::maxpool2_forward(z.n, z.h, z.w, z.c, dxf.p(), dyf.p(), argf.p(), st); });
+      run_twice_bf16(st, dyh, [&] { cuda::maxpool2_forward(z.n, z.h, z.w, z.c, dxh.p(), dyh.p(), argh.p(), st); });
+      EXPECT_TRUE(argf.get() == argh.get()) << "argmax of the bf16 and of the widened values";
       const Floats got = run_twice(st, {&dx}, nullptr, [&] {
-        cuda::maxpool2_backward(z.n, z.h, z.w, z.c, dxh.p(), ddy.p(), dx.p(), st);
+        cuda::maxpool2_backward(z.n, z.h, z.w, z.c, argh.p(), ddy.p(), dx.p(), st);
       })[0];
-      expect_same_floats(ref, got, "dx");
       Floats cpu_dx(n);
       cpu::maxpool2_backward(z.n, z.h, z.w, z.c, xw.data(), dy.data(), cpu_dx.data());
       expect_same_floats(cpu_dx, got, "dx against the CPU");
-      expect_guards({&dxh, &dxf, &ddy, &dx});
+      expect_guards({&dxh, &dyh, &dxf, &dyf, &ddy, &dx, &argf, &argh});
     }
   }
 }

@@ -767,17 +767,25 @@ TEST(GpuElementwise, MaxPool2ForwardBackwardWithTies) {
       const size_t ny = size_t(s.n) * size_t(s.h / 2) * size_t(s.w / 2) * size_t(s.c);
       const Floats g = normal(ny);
       Floats y(ny), dxr(s.size());
-      cpu::maxpool2_forward(s.n, s.h, s.w, s.c, x.data(), y.data());
-      cpu::maxpool2_backward(s.n, s.h, s.w, s.c, x.data(), g.data(), dxr.data());
+      std::vector<uint8_t> arg(ny);
+      cpu::maxpool2_forward(s.n, s.h, s.w, s.c, x.data(), y.data(), arg.data());
+      cpu::maxpool2_backward(s.n, s.h, s.w, s.c, x.data(), g.data(), dxr.data());  // decides on x
       Stream st;
       DevFloats dx(x), dg(g), dy(ny), ddx(s.size());
-      const auto out = run_twice(st, {&dy, &ddx}, nullptr, [&] {
-        gpu::maxpool2_forward(s.n, s.h, s.w, s.c, dx.p(), dy.p(), st);
-        gpu::maxpool2_backward(s.n, s.h, s.w, s.c, dx.p(), dg.p(), ddx.p(), st);
+      DevBytes darg(ny);
+      const auto out = run_twice(st, {&dy, &ddx}, [&] { darg.poison(); }, [&] {
+        gpu::maxpool2_forward(s.n, s.h, s.w, s.c, dx.p(), dy.p(), darg.p(), st);
+        gpu::maxpool2_backward(s.n, s.h, s.w, s.c, darg.p(), dg.p(), ddx.p(), st);
       });
       EXPECT_TRUE(near(out[0], y, kExact)) << "maxpool2 forward";
+      EXPECT_TRUE(darg.get() == arg) << "maxpool2 argmax";
       EXPECT_TRUE(near(out[1], dxr, kExact)) << "maxpool2 backward";
-      expect_guards({&dx, &dg, &dy, &ddx});
+      // Without the argmax output the forward gives the same y.
+      const auto plain = run_twice(st, {&dy}, nullptr, [&] {
+        gpu::maxpool2_forward(s.n, s.h, s.w, s.c, dx.p(), dy.p(), nullptr, st);
+      });
+      EXPECT_TRUE(near(plain[0], y, kExact)) << "maxpool2 forward without argmax";
+      expect_guards({&dx, &dg, &dy, &ddx, &darg});
     }
   }
 }
@@ -1235,8 +1243,9 @@ TEST(GpuOpsArguments, RejectedOnTheHost) {
   alignas(16) static float fake[64];  // never dereferenced: every call below fails its checks
   float* f = fake;
   cudaStream_t s = nullptr;
-  expect_error([&] { gpu::maxpool2_forward(1, 3, 4, 1, f, f, s); }, "even");
-  expect_error([&] { gpu::maxpool2_backward(1, 4, 5, 1, f, f, f, s); }, "even");
+  expect_error([&] { gpu::maxpool2_forward(1, 3, 4, 1, f, f, nullptr, s); }, "even");
+  expect_error([&] { gpu::maxpool2_backward(1, 4, 5, 1, reinterpret_cast<const uint8_t*>(f), f, f, s); }, "even");
+  expect_error([&] { gpu::maxpool2_backward(1, 4, 4, 1, nullptr, f, f, s); }, "argmax");
   expect_error([&] {
     gpu::batchnorm_forward_train(1, 4, f, f, f, f, f, f, nullptr, nullptr, 0.1, 1e-5, f, s);
   }, "more than one value");

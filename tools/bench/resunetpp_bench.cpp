@@ -382,6 +382,7 @@ struct ShapeRow {
   size_t id = 0;  // position among all the network's shapes (stable under --filter): row number, data seed
   Conv2dShape s;
   std::vector<std::string> nodes;
+  bool pooled = false;  // some node of the shape pools its output (fuse_conv_pool: the attention gates' g_conv)
 };
 
 int64_t in_elems(const Conv2dShape& s) { return int64_t(s.n) * s.h * s.w * s.cin; }
@@ -417,6 +418,7 @@ std::vector<ShapeRow> fused_shapes(int batch, int size) {
       rows.push_back({rows.size(), s, {}});
     }
     rows[it->second].nodes.push_back(n.name);
+    rows[it->second].pooled = rows[it->second].pooled || n.conv.max_pool;
   }
   return rows;
 }
@@ -1250,8 +1252,51 @@ KernelRow bench_cuda_shape(Gpu& g, const ShapeRow& row, const Options& o, const 
   if (!verify_and_time_tc(g, k, s, "handwritten_tf32", "hand-written, TF32 tensor cores", kTf32Tolerance, yhw, ref,
                           base, env, tc(cuda::ConvMath::Tf32)))
     return k;
-  verify_and_time_tc(g, k, s, "handwritten_bf16", "hand-written, BF16 tensor cores", kBf16Tolerance, yhw, ref, base,
-                     env, tc(cuda::ConvMath::Bf16));
+  if (!verify_and_time_tc(g, k, s, "handwritten_bf16", "hand-written, BF16 tensor cores", kBf16Tolerance, yhw, ref,
+                          base, env, tc(cuda::ConvMath::Bf16)))
+    return k;
+
+  // A pooled node's shape (fuse_conv_pool): the 2x2 max pool in the TF32 kernel's epilogue, against
+  // the TF32 fallback followed by the pool kernel. Verified exactly against the pool, on the host,
+  // of the TF32 kernel's full output (itself verified above).
+  if (!row.pooled || s.ho() % 2 || s.wo() % 2) return k;
+  const size_t np = ny / 4;
+  DevMem yp(np * sizeof(float)), argmax(np);
+  auto* arg = static_cast<uint8_t*>(argmax.p());
+  tc(cuda::ConvMath::Tf32)();
+  BENCH_CU(cudaStreamSynchronize(st));
+  const std::vector<float> full = download(yhw, ny, st);
+  std::vector<float> want(np);
+  cpu::maxpool2_forward(s.n, s.ho(), s.wo(), s.cout, full.data(), want.data());
+  auto fallback_tf32_pool = [&] {
+    fallback_tf32();
+    cuda::maxpool2_forward(s.n, s.ho(), s.wo(), s.cout, yhw.f(), yp.f(), arg, st);
+  };
+  auto tc_pool = [&] {
+    cuda::bn_relu_conv_tc_forward_maxpool(s, cuda::ConvMath::Tf32, cuda::Storage::F32, x->f(), gamma->f(), beta->f(),
+                                          mean->f(), invstd->f(), w->f(), bias->f(), cuda::Storage::F32, yp.f(), arg,
+                                          nullptr, nullptr, nullptr, st);
+  };
+  BENCH_CU(cudaMemsetAsync(yp.p(), 0xFF, yp.bytes(), st));
+  tc_pool();
+  BENCH_CU(cudaStreamSynchronize(st));
+  BENCH_CU(cudaGetLastError());
+  std::vector<float> got = download(yp, np, st);
+  if (corrupt(index, "forward")) got[0] += 1.f;
+  k.checks.push_back(check_full("hand-written TF32 + max pool in the epilogue vs the pool of its full output", s, got,
+                                want, 0.0));
+  k.checks.back().basis = "fb_tc";
+  if (!k.checks.back().passed) {
+    k.failed = true;
+    return k;
+  }
+  const size_t pool_base = k.timings.size();
+  k.timings.push_back({"fallback_tf32_pool", "cuDNN fallback, TF32, then max pool",
+                       stats_of(time_gpu(g, env.warmup, env.repeats, fallback_tf32_pool))});
+  PathTiming t{"handwritten_tf32_pool", "hand-written TF32, max pool in the epilogue",
+               stats_of(time_gpu(g, env.warmup, env.repeats, tc_pool)), int(k.checks.size()) - 1, 0.0};
+  t.speedup = k.timings[pool_base].st.median_us / t.st.median_us;
+  k.timings.push_back(std::move(t));
   return k;
 }
 
