@@ -223,6 +223,11 @@ class Autodiff {
         emit(OpKind::ConcatBwd, {dy}, {out_for(a), out_for(b)}, n, 0, {a, b});
         break;
       }
+      case OpKind::UpsampleConcat: {  // fuse_upsample_concat
+        const int a = n.in[0], b = n.in[1];
+        emit(OpKind::UpsampleConcatBwd, {dy}, {out_for(a), out_for(b)}, n, 4 * numel(g_.tensor(a).shape), {a, b});
+        break;
+      }
       default:
         fail("autodiff: no backward rule for ", op_name(n.op), " at ", n.name);
     }

@@ -42,6 +42,12 @@ size_t cpu_workspace_bytes(const Graph& g, const Node& n) {
              sizeof(float);
     case OpKind::BnReluConv2dBwdData: return cpu::conv2d_backward_data_workspace(n.conv.shape) * sizeof(float);
     case OpKind::BnApplySum: return size_t(numel(g.tensor(n.out[0]).shape)) * sizeof(float);  // one branch
+    // The upsampled operand (or its gradient), as the unfused graph has it.
+    case OpKind::UpsampleConcat:
+    case OpKind::UpsampleConcatBwd: {
+      const Shape& a = g.tensor(n.op == OpKind::UpsampleConcat ? n.in[0] : n.out[0]).shape;
+      return size_t(4 * numel(a)) * sizeof(float);
+    }
     // The SE MLP's hidden layer (forward); backward also da and the hidden gradient.
     case OpKind::SeExcite:
     case OpKind::SeExciteBwd: {
@@ -292,6 +298,13 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
       cpu::concat_forward(as[0] * as[1] * as[2], int(as[3]), int(bs[3]), in(0), in(1), out(0));
       break;
     }
+    case OpKind::UpsampleConcat: {  // a, b: upsample a into the workspace, then the same concat
+      const Shape& as = sh(n.in[0]);
+      const Shape& bs = sh(n.in[1]);
+      cpu::upsample2_forward(int(as[0]), int(as[1]), int(as[2]), int(as[3]), in(0), ws);
+      cpu::concat_forward(bs[0] * bs[1] * bs[2], int(as[3]), int(bs[3]), ws, in(1), out(0));
+      break;
+    }
     case OpKind::Loss: {
       const int64_t m = count(n.in[0]);
       double l = 0;
@@ -343,7 +356,7 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
     }
     case OpKind::MaxPool2Bwd: {  // in: argmax, dy   out: dx
       const Shape& xs = sh(n.out[0]);
-      cpu::maxpool2_backward_argmax(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), bytes(n.in[0]), in(1), out(0));
+      cpu::maxpool2_backward(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), bytes(n.in[0]), in(1), out(0));
       break;
     }
     case OpKind::Upsample2Bwd: {
@@ -355,6 +368,13 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
       const Shape& as = sh(n.out[0]);
       const Shape& bs = sh(n.out[1]);
       cpu::concat_backward(as[0] * as[1] * as[2], int(as[3]), int(bs[3]), in(0), out(0), out(1));
+      break;
+    }
+    case OpKind::UpsampleConcatBwd: {  // dy -> da, db: the concat's backward into the workspace, then the upsample's
+      const Shape& as = sh(n.out[0]);
+      const Shape& bs = sh(n.out[1]);
+      cpu::concat_backward(bs[0] * bs[1] * bs[2], int(as[3]), int(bs[3]), in(0), ws, out(1));
+      cpu::upsample2_backward(int(as[0]), int(as[1]), int(as[2]), int(as[3]), ws, out(0));
       break;
     }
     case OpKind::LossBwd: {

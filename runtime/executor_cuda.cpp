@@ -248,7 +248,8 @@ bool check_storage(const Graph& g, Precision precision) {
       case OpKind::MaxPool2:
       case OpKind::Upsample2: need_same({n.in[0]}); break;
       case OpKind::Add:
-      case OpKind::Concat: need_same({n.in[0], n.in[1]}); break;
+      case OpKind::Concat:
+      case OpKind::UpsampleConcat: need_same({n.in[0], n.in[1]}); break;
       case OpKind::Mul:  // forward: one dtype; a gradient's Mul: fp32 gradient times either, fp32 out
         if (dt(n.out[0]) == DType::BF16)
           need_same({n.in[0], n.in[1]});
@@ -1359,6 +1360,12 @@ bool CudaExecutor::launch_bf16(int index) {
       cuda::concat_forward(as[0] * as[1] * as[2], int(as[3]), int(bs[3]), hin(0), hin(1), hout(0), s);
       return true;
     }
+    case OpKind::UpsampleConcat: {
+      const Shape& as = sh(n.in[0]);
+      cuda::upsample_concat_forward(int(as[0]), int(as[1]), int(as[2]), int(as[3]), int(sh(n.in[1])[3]), hin(0),
+                                    hin(1), hout(0), s);
+      return true;
+    }
     default: fail("CUDA executor: node ", n.name, " (", op_name(n.op), ") has no bf16 kernel");
   }
 }
@@ -1657,6 +1664,12 @@ void CudaExecutor::launch(int index) {
       cuda::concat_forward(as[0] * as[1] * as[2], int(as[3]), int(bs[3]), in(0), in(1), out(0), s);
       break;
     }
+    case OpKind::UpsampleConcat: {
+      const Shape& as = sh(n.in[0]);
+      cuda::upsample_concat_forward(int(as[0]), int(as[1]), int(as[2]), int(as[3]), int(sh(n.in[1])[3]), in(0),
+                                    in(1), out(0), s);
+      break;
+    }
     case OpKind::Loss: {
       const int64_t m = count(n.in[0]);
       // The loss is one device float; bce + dice accumulates the second term onto the first.
@@ -1750,6 +1763,12 @@ void CudaExecutor::launch(int index) {
       const Shape& as = sh(n.out[0]);
       const Shape& bs = sh(n.out[1]);
       cuda::concat_backward(as[0] * as[1] * as[2], int(as[3]), int(bs[3]), in(0), out(0), out(1), s);
+      break;
+    }
+    case OpKind::UpsampleConcatBwd: {  // dy   da (low resolution), db
+      const Shape& as = sh(n.out[0]);
+      cuda::upsample_concat_backward(int(as[0]), int(as[1]), int(as[2]), int(as[3]), int(sh(n.out[1])[3]), in(0),
+                                     out(0), out(1), s);
       break;
     }
     case OpKind::LossBwd: {

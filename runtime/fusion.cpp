@@ -232,7 +232,13 @@ std::vector<std::string> fuse_conv_bn_sum(Graph& g) {
   });
 }
 
-std::vector<std::string> fuse_conv_add(Graph& g) {
+namespace {
+
+// The passes that fold a private producer into the node reading it: for each node i in order,
+// rewrite(u, i, drop, fused) returns the producer it absorbs (not yet dropped) after filling
+// `fused`, which takes node i's place, or -1. Returns the rewritten nodes' names.
+template <class Rewrite>
+std::vector<std::string> fuse_producer_into_reader(Graph& g, Rewrite rewrite) {
   require_forward(g);
   const Uses u = uses_of(g);
   const int nn = g.num_nodes();
@@ -240,56 +246,71 @@ std::vector<std::string> fuse_conv_add(Graph& g) {
   std::vector<char> drop(size_t(nn), 0);
   std::vector<std::string> names;
   for (int i = 0; i < nn; ++i) {
-    const Node& add = g.node(i);
-    if (add.op != OpKind::Add || add.in.size() != 2 || add.in[0] == add.in[1]) continue;
-    for (int side = 0; side < 2; ++side) {
-      const int t = add.in[size_t(side)], r = add.in[size_t(1 - side)];
-      const int p = private_producer(g, u, t, i);
-      if (p < 0 || drop[size_t(p)]) continue;
-      const Node& conv = g.node(p);
-      const size_t slot = residual_slot(conv.op);  // its inputs fill the slots before it
-      if (slot == 0 || conv.in.size() != slot || conv.out.size() != 1 || conv.out[0] != t || conv.conv.max_pool)
-        continue;
-      if (g.tensor(r).shape != g.tensor(t).shape || g.tensor(r).dtype != g.tensor(t).dtype) continue;
-      Node fused = conv;  // at the add's place: every input of the conv is ready there
-      fused.in.push_back(r);
-      fused.out = add.out;
-      fused.flops = conv.flops + add.flops;
-      nodes[size_t(i)] = std::move(fused);
-      drop[size_t(p)] = 1;
-      names.push_back(add.name);
-      break;
-    }
+    Node fused;
+    const int p = rewrite(u, i, drop, fused);
+    if (p < 0) continue;
+    nodes[size_t(i)] = std::move(fused);
+    drop[size_t(p)] = 1;
+    names.push_back(g.node(i).name);
   }
   replace_nodes(g, std::move(nodes), drop);
   return names;
 }
 
+// A forward convolution node that takes neither a residual nor a pool yet (its inputs fill the
+// slots before the residual's), with one output.
+bool plain_conv(const Node& n) {
+  const size_t slot = residual_slot(n.op);
+  return slot > 0 && n.in.size() == slot && n.out.size() == 1 && !n.conv.max_pool;
+}
+
+}  // namespace
+
+std::vector<std::string> fuse_conv_add(Graph& g) {
+  return fuse_producer_into_reader(g, [&](const Uses& u, int i, const std::vector<char>& drop, Node& fused) {
+    const Node& add = g.node(i);
+    if (add.op != OpKind::Add || add.in.size() != 2 || add.in[0] == add.in[1]) return -1;
+    for (int side = 0; side < 2; ++side) {
+      const int t = add.in[size_t(side)], r = add.in[size_t(1 - side)];
+      const int p = private_producer(g, u, t, i);
+      if (p < 0 || drop[size_t(p)] || !plain_conv(g.node(p))) continue;
+      if (g.tensor(r).shape != g.tensor(t).shape || g.tensor(r).dtype != g.tensor(t).dtype) continue;
+      fused = g.node(p);  // at the add's place: every input of the conv is ready there
+      fused.in.push_back(r);
+      fused.out = add.out;
+      fused.flops += add.flops;
+      return p;
+    }
+    return -1;
+  });
+}
+
 std::vector<std::string> fuse_conv_pool(Graph& g) {
-  require_forward(g);
-  const Uses u = uses_of(g);
-  const int nn = g.num_nodes();
-  std::vector<Node> nodes = g.nodes();
-  std::vector<char> drop(size_t(nn), 0);
-  std::vector<std::string> names;
-  for (int i = 0; i < nn; ++i) {
+  return fuse_producer_into_reader(g, [&](const Uses& u, int i, const std::vector<char>&, Node& fused) {
     const Node& pool = g.node(i);
-    if (pool.op != OpKind::MaxPool2) continue;
+    if (pool.op != OpKind::MaxPool2) return -1;
     const int p = private_producer(g, u, pool.in[0], i);
-    if (p < 0) continue;
-    const Node& conv = g.node(p);
-    const size_t slot = residual_slot(conv.op);  // no residual: its inputs fill the slots before it
-    if (slot == 0 || conv.in.size() != slot || conv.out.size() != 1 || conv.conv.max_pool) continue;
-    Node fused = conv;  // at the pool's place: every input of the conv is ready there
+    if (p < 0 || !plain_conv(g.node(p))) return -1;
+    fused = g.node(p);  // at the pool's place: every input of the conv is ready there
     fused.conv.max_pool = true;
     fused.out = pool.out;
-    fused.flops = conv.flops + pool.flops;
-    nodes[size_t(i)] = std::move(fused);
-    drop[size_t(p)] = 1;
-    names.push_back(pool.name);
-  }
-  replace_nodes(g, std::move(nodes), drop);
-  return names;
+    fused.flops += pool.flops;
+    return p;
+  });
+}
+
+std::vector<std::string> fuse_upsample_concat(Graph& g) {
+  return fuse_producer_into_reader(g, [&](const Uses& u, int i, const std::vector<char>&, Node& fused) {
+    const Node& cat = g.node(i);
+    if (cat.op != OpKind::Concat || cat.in.size() != 2 || cat.in[0] == cat.in[1]) return -1;
+    const int p = private_producer(g, u, cat.in[0], i);
+    if (p < 0 || g.node(p).op != OpKind::Upsample2) return -1;
+    fused = cat;
+    fused.op = OpKind::UpsampleConcat;
+    fused.in[0] = g.node(p).in[0];
+    fused.flops += g.node(p).flops;
+    return p;
+  });
 }
 
 std::vector<std::string> fuse_bn_apply_sum(Graph& g) {

@@ -59,6 +59,14 @@ std::vector<std::string> fuse_conv_add(Graph& g);
 // autodiff, after fuse_bn_relu_conv and fuse_conv_add.
 std::vector<std::string> fuse_conv_pool(Graph& g);
 
+// Rewrites every Concat whose first operand is the output of an Upsample2 read by nothing else
+// and not a graph output into one UpsampleConcat node (at the concat's place) that reads the
+// upsample's input directly: the upsampled tensor never exists, forward or (UpsampleConcatBwd)
+// backward. ResUNet++: the three decoder blocks. On the CPU the fused nodes run the upsample (or
+// its backward) through the workspace and the same concat: the same bits. Returns the fused
+// concats' names. Must run before autodiff.
+std::vector<std::string> fuse_upsample_concat(Graph& g);
+
 // Inference: rewrites every left-deep sum ((y1 + y2) + y3) + ... of 2 to 4 terms y_i = bn_i(conv_i(x))
 // (eval-mode BNs; convolutions of one input x with biases, the same n, h, w, cin, cout, kernel,
 // stride and output size, padding and dilation free: the ASPP block) into one ConvBnSum node, when

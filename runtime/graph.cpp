@@ -20,6 +20,8 @@ const char* op_name(OpKind k) {
     case OpKind::BatchNormStats: return "batchnorm_stats";
     case OpKind::BnReluConv2d: return "bn_relu_conv2d";
     case OpKind::ConvBnSum: return "conv_bn_sum";
+    case OpKind::UpsampleConcat: return "upsample_concat";
+    case OpKind::UpsampleConcatBwd: return "upsample_concat_bwd";
     case OpKind::SeExcite: return "se_excite";
     case OpKind::BnApplySum: return "bn_apply_sum";
     case OpKind::SeExciteBwd: return "se_excite_bwd";

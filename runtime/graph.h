@@ -38,6 +38,7 @@ enum class OpKind : uint8_t {
   SeExcite,       // in: p (N,C), w1 (C/r,C), w2 (C,C/r)   out: s = sigmoid(w2 relu(w1 p)) (the SE's MLP)
   BnApplySum,     // training: in: per branch x, gamma, beta, mean, invstd (saved statistics)
                   // out: sum over the branches of bn(x), added in branch order (the ASPP block)
+  UpsampleConcat, // in: a (N,H,W,Ca), b (N,2H,2W,Cb)   out: concat(upsample2(a), b) (N,2H,2W,Ca+Cb)
   ConvBnSum,      // inference only (eval BN): in: x, then per branch w(HWIO), b, gamma, beta,
                   // running_mean, running_var   out: sum over the branches of bn(conv(x)), added
                   // in branch order (the ASPP block); Node::branches holds each branch's shape
@@ -58,6 +59,7 @@ enum class OpKind : uint8_t {
   BnReluConv2dBwdData,   // in: dz, w, x, gamma, beta, mean, invstd   out: d(bn output), ReLU-masked
   BnReluConv2dBwdFilter, // in: x, gamma, beta, mean, invstd, dz      out: dw, db
   SeExciteBwd,           // in: p, w1, w2, s, ds   out: dp, dw1, dw2 (relu(w1 p) recomputed)
+  UpsampleConcatBwd,     // in: dy   out: da (the sum of its four copies' gradients, as upsample2_bwd), db
   ConvSumBwdData,        // in: per branch dy, w(HWIO)   out: dx = the sum of the branches' conv backward-data,
                          // added in branch order (the ASPP block's input gradient); Node::branches
                          // holds each branch's shape (written by fuse_aspp_backward_data)

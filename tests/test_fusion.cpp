@@ -114,6 +114,11 @@ TEST(Fusion, RewritesEveryBnReluConvChainOfTheNetwork) {
         EXPECT_EQ(n.out.size(), training ? 2u : 1u) << n.name;
       }
     EXPECT_EQ(pooled, 3);
+    // The decoders' upsample and concat are one node each.
+    EXPECT_EQ(count_ops(plain.graph, OpKind::Upsample2), 3);
+    EXPECT_EQ(count_ops(plain.graph, OpKind::Concat), 3);
+    for (OpKind k : {OpKind::Upsample2, OpKind::Concat}) EXPECT_EQ(count_ops(fused.graph, k), 0);
+    EXPECT_EQ(count_ops(fused.graph, OpKind::UpsampleConcat), 3);
     if (!training) {  // the fused node counts the work of the nodes it replaced
       int64_t replaced = 0, fused_flops = -1;
       for (const Node& n : plain.graph.nodes())
@@ -242,6 +247,45 @@ TEST(Fusion, ConvPoolTakesPrivateConvOutputsWithoutAResidual) {
   }
   EXPECT_EQ(readers, 1);
   // Values and gradients: Fusion.TrainingIsBitIdenticalToTheUnfusedGraph (the three gates).
+}
+
+// fuse_upsample_concat: an upsample read only by a concat, as its first operand.
+TEST(Fusion, UpsampleConcatTakesAPrivateUpsampleAsTheFirstOperand) {
+  Graph g;
+  GraphBuilder b(g, true);
+  const int a = b.input("a", {2, 2, 2, 3});
+  const int skip = b.input("skip", {2, 4, 4, 5});
+  const int u1 = b.upsample2("u1", a);
+  const int c1 = b.concat("c1", u1, skip);  // fused
+  const int u2 = b.upsample2("u2", a);
+  const int c2 = b.concat("c2", skip, u2);  // the upsample second: left alone
+  const int u3 = b.upsample2("u3", a);
+  const int c3 = b.concat("c3", u3, skip);  // u3 also a graph output: left alone
+  for (int t : {c1, c2, c3, u3}) g.tensor(t).is_output = true;
+  ASSERT_EQ(fuse_upsample_concat(g), std::vector<std::string>{"c1"});
+  EXPECT_EQ(count_ops(g, OpKind::Upsample2), 2);
+  EXPECT_EQ(count_ops(g, OpKind::Concat), 2);
+  int fused = 0;
+  for (const Node& n : g.nodes()) {
+    for (int t : n.out) EXPECT_NE(t, u1) << n.name;  // the upsampled tensor is written by no node
+    if (n.op != OpKind::UpsampleConcat) continue;
+    ++fused;
+    EXPECT_EQ(n.in, (std::vector<int>{a, skip}));
+    EXPECT_EQ(n.out, std::vector<int>{c1});
+  }
+  EXPECT_EQ(fused, 1);
+  // Backward: one node gives both gradients (values: Fusion.TrainingIsBitIdenticalToTheUnfusedGraph).
+  Graph gb;
+  GraphBuilder bb(gb, true);
+  const int pa = bb.param("a", {2, 2, 2, 3}), pb = bb.param("b", {2, 4, 4, 5});
+  const int y = bb.concat("c", bb.upsample2("u", pa), pb);
+  ASSERT_EQ(fuse_upsample_concat(gb).size(), 1u);
+  const std::vector<int> grads = append_backward(gb, bb.loss("loss", y, bb.input("t", {2, 4, 4, 8}), LossKind::BCE));
+  EXPECT_EQ(count_ops(gb, OpKind::UpsampleConcatBwd), 1);
+  EXPECT_EQ(count_ops(gb, OpKind::Upsample2Bwd) + count_ops(gb, OpKind::ConcatBwd), 0);
+  ASSERT_EQ(grads.size(), 2u);
+  EXPECT_EQ(gb.tensor(grads[0]).shape, gb.tensor(pa).shape);
+  EXPECT_EQ(gb.tensor(grads[1]).shape, gb.tensor(pb).shape);
 }
 
 TEST(Fusion, LeavesChainsWithOtherReadersAlone) {

@@ -252,34 +252,8 @@ void maxpool2_forward(int n, int h, int w, int c, const T* x, T* y, uint8_t* arg
 }
 
 template <class T>
-void maxpool2_backward(int n, int h, int w, int c, const T* x, const T* dy, T* dx) {
+void maxpool2_backward(int n, int h, int w, int c, const uint8_t* argmax, const T* dy, T* dx) {
   check_pool_sizes("maxpool2_backward", n, h, w, c);
-  const int ho = h / 2, wo = w / 2;
-  parallel_for(
-      int64_t(n) * ho,
-      [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t img = r / ho, oh = r % ho;
-          const int64_t row = int64_t(w) * c;
-          for (int ow = 0; ow < wo; ++ow)
-            for (int j = 0; j < c; ++j) {
-              const int64_t base = ((img * h + 2 * oh) * w + 2 * ow) * c + j;
-              const int64_t offs[4] = {0, c, row, row + c};
-              int arg = 0;
-              for (int q = 1; q < 4; ++q)
-                if (x[base + offs[q]] > x[base + offs[arg]]) arg = q;
-              // The windows tile the input, so writing all four positions overwrites dx fully.
-              for (int q = 0; q < 4; ++q)
-                dx[base + offs[q]] = q == arg ? dy[(r * wo + ow) * c + j] : T(0);
-            }
-        }
-      },
-      grain(int64_t(w) * c * 2));
-}
-
-template <class T>
-void maxpool2_backward_argmax(int n, int h, int w, int c, const uint8_t* argmax, const T* dy, T* dx) {
-  check_pool_sizes("maxpool2_backward_argmax", n, h, w, c);
   const int ho = h / 2, wo = w / 2;
   parallel_for(
       int64_t(n) * ho,
@@ -293,7 +267,7 @@ void maxpool2_backward_argmax(int n, int h, int w, int c, const uint8_t* argmax,
               const int64_t offs[4] = {0, c, row, row + c};
               const int64_t o = (r * wo + ow) * c + j;
               const int arg = argmax[o];
-              RPP_CHECK(arg < 4, "maxpool2_backward_argmax: window index ", arg, " is not 0..3");
+              RPP_CHECK(arg < 4, "maxpool2_backward: window index ", arg, " is not 0..3");
               for (int q = 0; q < 4; ++q) dx[base + offs[q]] = q == arg ? dy[o] : T(0);
             }
         }
@@ -393,8 +367,7 @@ void concat_backward(int64_t count, int ca, int cb, const T* dy, T* da, T* db) {
   template void linear_forward<T>(int, int, int, const T*, const T*, T*);                      \
   template void linear_backward<T>(int, int, int, const T*, const T*, const T*, T*, T*);       \
   template void maxpool2_forward<T>(int, int, int, int, const T*, T*, uint8_t*);               \
-  template void maxpool2_backward<T>(int, int, int, int, const T*, const T*, T*);              \
-  template void maxpool2_backward_argmax<T>(int, int, int, int, const uint8_t*, const T*, T*); \
+  template void maxpool2_backward<T>(int, int, int, int, const uint8_t*, const T*, T*);        \
   template void upsample2_forward<T>(int, int, int, int, const T*, T*);                        \
   template void upsample2_backward<T>(int, int, int, int, const T*, T*);                       \
   template void concat_forward<T>(int64_t, int, int, const T*, const T*, T*);                  \

@@ -85,12 +85,10 @@ void linear_backward(int n, int in, int out, const T* x, const T* w, const T* dy
 // argmax, when not null: per output, the window position of the first maximum, 0..3 in the order
 // (0,0), (0,1), (1,0), (1,1) (what backward needs instead of x).
 template <class T> void maxpool2_forward(int n, int h, int w, int c, const T* x, T* y, uint8_t* argmax = nullptr);
-// The gradient goes to the first maximum of each window in the order (0,0), (0,1), (1,0), (1,1).
+// The gradient goes to the window position the forward's argmax names (the first maximum), zero
+// elsewhere; h, w: the input's sizes. rpp::Error for an index that is not 0..3.
 template <class T>
-void maxpool2_backward(int n, int h, int w, int c, const T* x, const T* dy, T* dx);
-// The same gradient from the forward's argmax instead of x (h, w: the input's sizes).
-template <class T>
-void maxpool2_backward_argmax(int n, int h, int w, int c, const uint8_t* argmax, const T* dy, T* dx);
+void maxpool2_backward(int n, int h, int w, int c, const uint8_t* argmax, const T* dy, T* dx);
 
 // ---- 2x nearest upsample: x (N, H, W, C) -> y (N, 2H, 2W, C) ----
 template <class T> void upsample2_forward(int n, int h, int w, int c, const T* x, T* y);

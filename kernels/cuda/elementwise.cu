@@ -247,6 +247,12 @@ struct UpsampleFwd {
   }
 };
 
+// The gradient of one upsampled element: its four copies' gradients at d, d + col, d + row and
+// d + row + col (col: the next pixel, row: the next row), added in that order in double.
+__device__ __forceinline__ float sum_of_copies(const float* d, int64_t col, int64_t row) {
+  return float(double(d[0]) + double(d[col]) + double(d[row]) + double(d[row + col]));
+}
+
 // One thread per input element: the sum of its four copies, in the CPU's order, in double.
 struct UpsampleBwd {
   const float* dy;
@@ -259,8 +265,7 @@ struct UpsampleBwd {
     nhwc_coords(i, h, w, c, img, ih, iw, ch);
     const int64_t orow = int64_t(2 * w) * c;
     const float* d = dy + ((img * 2 * h + 2 * ih) * int64_t(2 * w) + 2 * iw) * int64_t(c) + ch;
-    const double s = double(d[0]) + double(d[c]) + double(d[orow]) + double(d[orow + c]);
-    dx[i] = float(s);
+    dx[i] = sum_of_copies(d, c, orow);
   }
 };
 
@@ -293,6 +298,52 @@ struct ConcatBwd {
       da[int64_t(r) * ca + j] = dy[i];
     else
       db[int64_t(r) * cb + (j - ca)] = dy[i];
+  }
+};
+
+// One thread per output: channel ch < ca comes from a at the pixel's source (oh / 2, ow / 2),
+// the others from b at the same pixel.
+template <class T>
+struct UpsampleConcatFwd {
+  const T* a;
+  const T* b;
+  T* y;
+  int h, w, ca, cb;
+  template <class Idx>
+  __device__ void operator()(Idx i) const {
+    int64_t img;
+    int oh, ow, ch;
+    nhwc_coords(i, 2 * h, 2 * w, ca + cb, img, oh, ow, ch);
+    if (ch < ca)
+      y[i] = a[((img * h + oh / 2) * int64_t(w) + ow / 2) * int64_t(ca) + ch];
+    else
+      y[i] = b[((img * 2 * h + oh) * int64_t(2 * w) + ow) * int64_t(cb) + (ch - ca)];
+  }
+};
+
+// Threads [0, na): one per element of da, as UpsampleBwd (sum_of_copies) but with the
+// concatenation's channel stride; the rest: one per element of db, a copy.
+struct UpsampleConcatBwd {
+  const float* dy;
+  float* da;
+  float* db;
+  int h, w, ca, cb;
+  int64_t na;
+  template <class Idx>
+  __device__ void operator()(Idx i) const {
+    const int cy = ca + cb;
+    if (int64_t(i) < na) {
+      int64_t img;
+      int ih, iw, ch;
+      nhwc_coords(i, h, w, ca, img, ih, iw, ch);
+      const int64_t orow = int64_t(2 * w) * cy;
+      const float* d = dy + ((img * 2 * h + 2 * ih) * int64_t(2 * w) + 2 * iw) * int64_t(cy) + ch;
+      da[i] = sum_of_copies(d, cy, orow);
+    } else {
+      const int64_t k = int64_t(i) - na;
+      const int64_t r = k / cb;
+      db[k] = dy[r * cy + ca + (k - r * cb)];
+    }
   }
 };
 
@@ -740,6 +791,46 @@ void concat_forward(int64_t count, int ca, int cb, const float* a, const float* 
 }
 void concat_forward(int64_t count, int ca, int cb, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream) {
   concat_forward_impl(count, ca, cb, a, b, y, stream);
+}
+
+namespace {
+void check_upsample_concat_sizes(const char* op, int n, int h, int w, int ca, int cb) {
+  if (n < 0 || h < 0 || w < 0 || ca < 1 || cb < 1 || int64_t(ca) + cb > 0x7fffffff)
+    fail(op, ": bad sizes n=", n, " h=", h, " w=", w, " ca=", ca, " cb=", cb);
+  if (2 * int64_t(h) > 0x7fffffff || 2 * int64_t(w) > 0x7fffffff)
+    fail(op, ": output size overflows int, h=", h, " w=", w);
+}
+
+template <class T>
+void upsample_concat_forward_impl(int n, int h, int w, int ca, int cb, const T* a, const T* b, T* y,
+                                  cudaStream_t stream) {
+  const char* op = "upsample_concat_forward";
+  check_upsample_concat_sizes(op, n, h, w, ca, cb);
+  const int64_t total = int64_t(n) * (2 * int64_t(h)) * (2 * int64_t(w)) * (int64_t(ca) + cb);
+  if (total == 0) return;
+  check_not_null(op, {{"a", a}, {"b", b}, {"y", y}});
+  launch_flat(op, total, UpsampleConcatFwd<T>{a, b, y, h, w, ca, cb}, stream);
+}
+}  // namespace
+
+void upsample_concat_forward(int n, int h, int w, int ca, int cb, const float* a, const float* b, float* y,
+                             cudaStream_t stream) {
+  upsample_concat_forward_impl(n, h, w, ca, cb, a, b, y, stream);
+}
+void upsample_concat_forward(int n, int h, int w, int ca, int cb, const bf16* a, const bf16* b, bf16* y,
+                             cudaStream_t stream) {
+  upsample_concat_forward_impl(n, h, w, ca, cb, a, b, y, stream);
+}
+
+void upsample_concat_backward(int n, int h, int w, int ca, int cb, const float* dy, float* da, float* db,
+                              cudaStream_t stream) {
+  const char* op = "upsample_concat_backward";
+  check_upsample_concat_sizes(op, n, h, w, ca, cb);
+  const int64_t na = int64_t(n) * h * w * ca;
+  const int64_t nb = int64_t(n) * (2 * int64_t(h)) * (2 * int64_t(w)) * cb;
+  if (na + nb == 0) return;
+  check_not_null(op, {{"dy", dy}, {"da", da}, {"db", db}});
+  launch_flat(op, na + nb, UpsampleConcatBwd{dy, da, db, h, w, ca, cb, na}, stream);
 }
 
 void concat_backward(int64_t count, int ca, int cb, const float* dy, float* da, float* db,

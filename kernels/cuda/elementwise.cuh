@@ -94,4 +94,15 @@ void concat_forward(int64_t count, int ca, int cb, const bf16* a, const bf16* b,
 void concat_backward(int64_t count, int ca, int cb, const float* dy, float* da, float* db,
                      cudaStream_t stream);
 
+// ---- Upsample and concat in one pass (fuse_upsample_concat): a (n, h, w, ca), b (n, 2h, 2w, cb)
+// -> y (n, 2h, 2w, ca + cb) = concat(upsample2(a), b), the upsampled tensor never materialised.
+// Backward: da (n, h, w, ca) is upsample2_backward of dy's first ca channels (the same bits),
+// db a copy of the rest. ca, cb >= 1. ----
+void upsample_concat_forward(int n, int h, int w, int ca, int cb, const float* a, const float* b, float* y,
+                             cudaStream_t stream);
+void upsample_concat_forward(int n, int h, int w, int ca, int cb, const bf16* a, const bf16* b, bf16* y,
+                             cudaStream_t stream);
+void upsample_concat_backward(int n, int h, int w, int ca, int cb, const float* dy, float* da, float* db,
+                              cudaStream_t stream);
+
 }  // namespace rpp::cuda

@@ -153,6 +153,15 @@ TEST(Bf16Ops, PoolUpsampleAndConcatMoveStoredValues) {
     check("upsample2", size_t(z.count() * 4),
           [&](float* y) { cpu::upsample2_forward(z.n, z.h, z.w, z.c, xf.data(), y); },
           [&](bf16* y) { cuda::upsample2_forward(z.n, z.h, z.w, z.c, dx.p(), y, st); });
+    {  // upsample and concat in one pass: b is x's upsample, so that no other buffer is needed
+      const size_t nup = size_t(z.count() * 4);
+      Floats up(nup);
+      cpu::upsample2_forward(z.n, z.h, z.w, z.c, xf.data(), up.data());
+      DevHalves dup(to_bf16(up));
+      check("upsample_concat", 2 * nup,
+            [&](float* y) { cpu::concat_forward(int64_t(nup / size_t(z.c)), z.c, z.c, up.data(), up.data(), y); },
+            [&](bf16* y) { cuda::upsample_concat_forward(z.n, z.h, z.w, z.c, z.c, dx.p(), dup.p(), y, st); });
+    }
     const int cb = z.c + 5;
     const int64_t rows = int64_t(z.n) * z.h * z.w;
     const Halves b = random_bf16(size_t(rows * cb));
@@ -245,6 +254,30 @@ struct ConvData {
         bn(random_bn(c.s.cin)) {}
 };
 
+// A case's operands on the device (x in fp32 and bf16, OHWI weights, bias, BN parameters), the
+// epilogue statistics' outputs (cout doubles each) and the tensor-core kernel's workspace.
+struct DevConv {
+  DevFloats xf, w, bias, gamma, beta, mean, invstd;
+  DevHalves xh;
+  DevFloats sum_buf, sumsq_buf;  // doubles as float pairs
+  DevBuf ws;
+  bool bn;
+  DevConv(const ConvCase& c, const ConvData& d)
+      : xf(d.xf), w(hwio_to_ohwi(c.s, d.w)), bias(d.bias), gamma(d.bn.gamma), beta(d.bn.beta), mean(d.bn.mean),
+        invstd(d.bn.invstd), xh(d.xh), sum_buf(2 * size_t(c.s.cout)), sumsq_buf(2 * size_t(c.s.cout)),
+        ws(cuda::bn_relu_conv_tc_workspace_bytes(c.s)), bn(c.bn) {}
+  // The BN arguments: null for a plain convolution.
+  const float* g() const { return bn ? gamma.p() : nullptr; }
+  const float* be() const { return bn ? beta.p() : nullptr; }
+  const float* me() const { return bn ? mean.p() : nullptr; }
+  const float* iv() const { return bn ? invstd.p() : nullptr; }
+  double* sum() const { return reinterpret_cast<double*>(sum_buf.p()); }
+  double* sumsq() const { return reinterpret_cast<double*>(sumsq_buf.p()); }
+  void expect_guards() const {
+    gputest::expect_guards({&xf, &w, &bias, &gamma, &beta, &mean, &invstd, &xh, &sum_buf, &sumsq_buf, &ws});
+  }
+};
+
 // The epilogue statistics (cout doubles each, on the device) against host double sums of the
 // stored values y (n * ho * wo * cout).
 void expect_stats_of(const DevBuf& dsum, const DevBuf& dsq, const Floats& y, int cout, const std::string& what) {
@@ -271,32 +304,27 @@ TEST(Bf16Conv, Bf16StorageMatchesTheFp32StorageKernelBitForBit) {
     const ConvData data(c);
     const std::string& what = data.what;
     const size_t ny = data.ny;
-    const Halves& xh = data.xh;
-    const Floats &xf = data.xf, &w = data.w, &bias = data.bias;
-    const BnParams& bn = data.bn;
-    DevFloats dxf(xf), dw(hwio_to_ohwi(s, w)), db(bias), dg(bn.gamma), dbeta(bn.beta), dm(bn.mean), di(bn.invstd);
-    DevHalves dxh(xh), dyh(ny);
-    DevFloats dyf(ny), dsum(2 * size_t(s.cout)), dsq(2 * size_t(s.cout));  // doubles as float pairs
-    DevBuf ws(cuda::bn_relu_conv_tc_workspace_bytes(s));
-    const float* g = c.bn ? dg.p() : nullptr;
-    const float* be = c.bn ? dbeta.p() : nullptr;
-    const float* me = c.bn ? dm.p() : nullptr;
-    const float* iv = c.bn ? di.p() : nullptr;
-    auto sum = [&] { return reinterpret_cast<double*>(dsum.p()); };
-    auto sumsq = [&] { return reinterpret_cast<double*>(dsq.p()); };
+    DevConv d(c, data);
+    DevHalves dyh(ny);
+    DevFloats dyf(ny);
 
     // The reference: fp32 in, fp32 out, bf16 math (the tested path).
-    const std::vector<Floats> ref = run_twice(st, {&dyf, &dsum, &dsq}, [&] { ws.poison(); }, [&] {
-      cuda::bn_relu_conv_tc_forward(s, ConvMath::Bf16, dxf.p(), g, be, me, iv, dw.p(), db.p(), dyf.p(), sum(), sumsq(),
-                                    ws.data(), st);
-    });
+    const std::vector<Floats> ref = run_twice(
+        st, {&dyf, &d.sum_buf, &d.sumsq_buf}, [&] { d.ws.poison(); },
+        [&] {
+          cuda::bn_relu_conv_tc_forward(s, ConvMath::Bf16, d.xf.p(), d.g(), d.be(), d.me(), d.iv(), d.w.p(), d.bias.p(),
+                                        dyf.p(), d.sum(), d.sumsq(), d.ws.data(), st);
+        });
     ASSERT_TRUE(cuda::bn_relu_conv_tc_can_run(s, ConvMath::Bf16, Storage::Bf16, Storage::Bf16)) << what;
 
     // bf16 x, fp32 y: the same bits as the reference.
-    const std::vector<Floats> yf = run_twice(st, {&dyf, &dsum, &dsq}, [&] { ws.poison(); }, [&] {
-      cuda::bn_relu_conv_tc_forward(s, ConvMath::Bf16, Storage::Bf16, dxh.p(), g, be, me, iv, dw.p(), db.p(),
-                                    Storage::F32, dyf.p(), sum(), sumsq(), ws.data(), st);
-    });
+    const std::vector<Floats> yf = run_twice(
+        st, {&dyf, &d.sum_buf, &d.sumsq_buf}, [&] { d.ws.poison(); },
+        [&] {
+          cuda::bn_relu_conv_tc_forward(s, ConvMath::Bf16, Storage::Bf16, d.xh.p(), d.g(), d.be(), d.me(), d.iv(),
+                                        d.w.p(), d.bias.p(), Storage::F32, dyf.p(), d.sum(), d.sumsq(), d.ws.data(),
+                                        st);
+        });
     EXPECT_TRUE(same_bits(ref[0], yf[0])) << what << ": bf16 x, fp32 y";
     EXPECT_TRUE(same_bits(ref[1], yf[1]) && same_bits(ref[2], yf[2])) << what << ": statistics, bf16 x, fp32 y";
 
@@ -307,12 +335,13 @@ TEST(Bf16Conv, Bf16StorageMatchesTheFp32StorageKernelBitForBit) {
       Halves got;
       for (int run = 0; run < 2; ++run) {
         dyh.poison();
-        dsum.poison();
-        dsq.poison();
-        ws.poison();
+        d.sum_buf.poison();
+        d.sumsq_buf.poison();
+        d.ws.poison();
         cuda::bn_relu_conv_tc_forward(s, ConvMath::Bf16, x_bf16 ? Storage::Bf16 : Storage::F32,
-                                      x_bf16 ? static_cast<const void*>(dxh.p()) : dxf.p(), g, be, me, iv, dw.p(),
-                                      db.p(), Storage::Bf16, dyh.p(), sum(), sumsq(), ws.data(), st);
+                                      x_bf16 ? static_cast<const void*>(d.xh.p()) : d.xf.p(), d.g(), d.be(), d.me(),
+                                      d.iv(), d.w.p(), d.bias.p(), Storage::Bf16, dyh.p(), d.sum(), d.sumsq(),
+                                      d.ws.data(), st);
         st.sync();
         const Halves y = dyh.get();
         if (run == 1) {
@@ -321,9 +350,10 @@ TEST(Bf16Conv, Bf16StorageMatchesTheFp32StorageKernelBitForBit) {
         got = y;
       }
       expect_same_halves(want, got, what + io);
-      expect_stats_of(dsum, dsq, widen(want), s.cout, what + io);
+      expect_stats_of(d.sum_buf, d.sumsq_buf, widen(want), s.cout, what + io);
     }
-    expect_guards({&dxf, &dw, &db, &dg, &dbeta, &dm, &di, &dxh, &dyh, &dyf, &dsum, &dsq, &ws});
+    d.expect_guards();
+    expect_guards({&dyh, &dyf});
   }
 }
 
@@ -338,52 +368,44 @@ TEST(Bf16Conv, ResidualIsAddedBeforeTheOneRounding) {
     const ConvData data(c);
     const std::string& what = data.what;
     const size_t ny = data.ny;
-    const Halves& xh = data.xh;
-    const Floats &xf = data.xf, &w = data.w, &bias = data.bias;
-    const BnParams& bn = data.bn;
     const Halves rh = random_bf16(ny, 2.f);
     const Floats rf = widen(rh);
-    DevFloats dxf(xf), drf(rf), dw(hwio_to_ohwi(s, w)), db(bias), dg(bn.gamma), dbeta(bn.beta), dm(bn.mean),
-        di(bn.invstd);
-    DevHalves dxh(xh), drh(rh), dyh(ny);
-    DevFloats dy0(ny), dy1(ny), dsum(2 * size_t(s.cout)), dsq(2 * size_t(s.cout));  // doubles as float pairs
-    DevBuf ws(cuda::bn_relu_conv_tc_workspace_bytes(s));
-    const float* g = c.bn ? dg.p() : nullptr;
-    const float* be = c.bn ? dbeta.p() : nullptr;
-    const float* me = c.bn ? dm.p() : nullptr;
-    const float* iv = c.bn ? di.p() : nullptr;
-    auto sum = [&] { return reinterpret_cast<double*>(dsum.p()); };
-    auto sumsq = [&] { return reinterpret_cast<double*>(dsq.p()); };
+    DevConv d(c, data);
+    DevFloats drf(rf), dy0(ny), dy1(ny);
+    DevHalves drh(rh), dyh(ny);
     for (const ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
       const std::string how = math == ConvMath::Tf32 ? ", TF32" : ", BF16";
       const Floats y0 = run_twice(st, {&dy0}, nullptr, [&] {
-        cuda::bn_relu_conv_tc_forward(s, math, dxf.p(), g, be, me, iv, dw.p(), db.p(), dy0.p(), nullptr, nullptr,
-                                      nullptr, st);
+        cuda::bn_relu_conv_tc_forward(s, math, d.xf.p(), d.g(), d.be(), d.me(), d.iv(), d.w.p(), d.bias.p(), dy0.p(),
+                                      nullptr, nullptr, nullptr, st);
       })[0];
-      const std::vector<Floats> y1 = run_twice(st, {&dy1, &dsum, &dsq}, [&] { ws.poison(); }, [&] {
-        cuda::bn_relu_conv_tc_forward(s, math, Storage::F32, dxf.p(), g, be, me, iv, dw.p(), db.p(), Storage::F32,
-                                      dy1.p(), drf.p(), sum(), sumsq(), ws.data(), st);
-      });
+      const std::vector<Floats> y1 = run_twice(
+          st, {&dy1, &d.sum_buf, &d.sumsq_buf}, [&] { d.ws.poison(); },
+          [&] {
+            cuda::bn_relu_conv_tc_forward(s, math, Storage::F32, d.xf.p(), d.g(), d.be(), d.me(), d.iv(), d.w.p(),
+                                          d.bias.p(), Storage::F32, dy1.p(), drf.p(), d.sum(), d.sumsq(), d.ws.data(),
+                                          st);
+          });
       Floats want(ny);
       for (size_t i = 0; i < ny; ++i) want[i] = y0[i] + rf[i];  // what add() after the conv gives
       EXPECT_TRUE(same_bits(want, y1[0])) << what << how << ": fp32 storage, y + residual";
-      expect_stats_of(dsum, dsq, y1[0], s.cout, what + how + ", fp32 storage");
+      expect_stats_of(d.sum_buf, d.sumsq_buf, y1[0], s.cout, what + how + ", fp32 storage");
       if (math != ConvMath::Bf16) continue;
       const Halves yh = run_twice_bf16(st, dyh, [&] {
-        cuda::bn_relu_conv_tc_forward(s, math, Storage::Bf16, dxh.p(), g, be, me, iv, dw.p(), db.p(), Storage::Bf16,
-                                      dyh.p(), drh.p(), sum(), sumsq(), ws.data(), st);
+        cuda::bn_relu_conv_tc_forward(s, math, Storage::Bf16, d.xh.p(), d.g(), d.be(), d.me(), d.iv(), d.w.p(),
+                                      d.bias.p(), Storage::Bf16, dyh.p(), drh.p(), d.sum(), d.sumsq(), d.ws.data(), st);
       });
       expect_same_halves(to_bf16(y1[0]), yh, what + how + ": bf16 storage");
-      expect_stats_of(dsum, dsq, widen(yh), s.cout, what + how + ", bf16 storage");
+      expect_stats_of(d.sum_buf, d.sumsq_buf, widen(yh), s.cout, what + how + ", bf16 storage");
     }
-    expect_guards({&dxf, &drf, &dw, &db, &dg, &dbeta, &dm, &di, &dxh, &drh, &dyh, &dy0, &dy1, &dsum, &dsq, &ws});
+    d.expect_guards();
+    expect_guards({&drf, &drh, &dyh, &dy0, &dy1});
   }
   // The residual may not be y itself.
   const cpu::Conv2dShape s = conv_shape(1, 4, 4, 8, 8, 3, 1, 1, 1);
   DevFloats x(size_t(4 * 4 * 8)), w(size_t(9 * 8 * 8)), y(size_t(4 * 4 * 8));
   EXPECT_THROW(cuda::bn_relu_conv_tc_forward(s, ConvMath::Tf32, Storage::F32, x.p(), nullptr, nullptr, nullptr, nullptr,
-                                             w.p(), nullptr, Storage::F32, y.p(), y.p(), nullptr, nullptr, nullptr,
-                                             st),
+                                             w.p(), nullptr, Storage::F32, y.p(), y.p(), nullptr, nullptr, nullptr, st),
                Error);
 }
 
@@ -405,19 +427,10 @@ TEST(Bf16Conv, MaxPoolInTheEpilogueIsThePoolOfTheStoredOutput) {
     const ConvData data(c);
     const std::string& what = data.what;
     const size_t ny = data.ny, np = ny / 4;
-    const BnParams& bn = data.bn;
-    DevFloats dxf(data.xf), dw(hwio_to_ohwi(s, data.w)), db(data.bias), dg(bn.gamma), dbeta(bn.beta), dm(bn.mean),
-        di(bn.invstd);
-    DevHalves dxh(data.xh), dyh(ny), dph(np);
-    DevFloats dy(ny), dp(np), dsum(2 * size_t(s.cout)), dsq(2 * size_t(s.cout));  // doubles as float pairs
+    DevConv d(c, data);
+    DevHalves dyh(ny), dph(np);
+    DevFloats dy(ny), dp(np);
     DevBytes darg(np);
-    DevBuf ws(cuda::bn_relu_conv_tc_workspace_bytes(s));
-    const float* g = c.bn ? dg.p() : nullptr;
-    const float* be = c.bn ? dbeta.p() : nullptr;
-    const float* me = c.bn ? dm.p() : nullptr;
-    const float* iv = c.bn ? di.p() : nullptr;
-    auto sum = [&] { return reinterpret_cast<double*>(dsum.p()); };
-    auto sumsq = [&] { return reinterpret_cast<double*>(dsq.p()); };
     // The CPU's pool of a stored output: values and window indices.
     auto cpu_pool = [&](const Floats& y, std::vector<uint8_t>& arg) {
       Floats p(np);
@@ -428,34 +441,39 @@ TEST(Bf16Conv, MaxPoolInTheEpilogueIsThePoolOfTheStoredOutput) {
     for (const ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
       const std::string how = what + (math == ConvMath::Tf32 ? ", TF32" : ", BF16");
       const Floats y = run_twice(st, {&dy}, nullptr, [&] {
-        cuda::bn_relu_conv_tc_forward(s, math, dxf.p(), g, be, me, iv, dw.p(), db.p(), dy.p(), nullptr, nullptr,
-                                      nullptr, st);
+        cuda::bn_relu_conv_tc_forward(s, math, d.xf.p(), d.g(), d.be(), d.me(), d.iv(), d.w.p(), d.bias.p(), dy.p(),
+                                      nullptr, nullptr, nullptr, st);
       })[0];
       std::vector<uint8_t> want_arg;
       const Floats want = cpu_pool(y, want_arg);
-      const std::vector<Floats> got = run_twice(st, {&dp, &dsum, &dsq}, [&] { ws.poison(), darg.poison(); }, [&] {
-        cuda::bn_relu_conv_tc_forward_maxpool(s, math, Storage::F32, dxf.p(), g, be, me, iv, dw.p(), db.p(),
-                                              Storage::F32, dp.p(), darg.p(), sum(), sumsq(), ws.data(), st);
-      });
+      const std::vector<Floats> got = run_twice(
+          st, {&dp, &d.sum_buf, &d.sumsq_buf}, [&] { d.ws.poison(), darg.poison(); },
+          [&] {
+            cuda::bn_relu_conv_tc_forward_maxpool(s, math, Storage::F32, d.xf.p(), d.g(), d.be(), d.me(), d.iv(),
+                                                  d.w.p(), d.bias.p(), Storage::F32, dp.p(), darg.p(), d.sum(),
+                                                  d.sumsq(), d.ws.data(), st);
+          });
       EXPECT_TRUE(same_bits(want, got[0])) << how << ": fp32 storage, pooled y";
       EXPECT_TRUE(darg.get() == want_arg) << how << ": fp32 storage, argmax";
-      expect_stats_of(dsum, dsq, got[0], s.cout, how + ", fp32 storage");
+      expect_stats_of(d.sum_buf, d.sumsq_buf, got[0], s.cout, how + ", fp32 storage");
       if (math != ConvMath::Bf16) continue;
       const Floats yh = widen(run_twice_bf16(st, dyh, [&] {
-        cuda::bn_relu_conv_tc_forward(s, math, Storage::Bf16, dxh.p(), g, be, me, iv, dw.p(), db.p(), Storage::Bf16,
-                                      dyh.p(), nullptr, nullptr, nullptr, st);
+        cuda::bn_relu_conv_tc_forward(s, math, Storage::Bf16, d.xh.p(), d.g(), d.be(), d.me(), d.iv(), d.w.p(),
+                                      d.bias.p(), Storage::Bf16, dyh.p(), nullptr, nullptr, nullptr, st);
       }));
       const Floats want_h = cpu_pool(yh, want_arg);
       darg.poison();
       const Halves ph = run_twice_bf16(st, dph, [&] {
-        cuda::bn_relu_conv_tc_forward_maxpool(s, math, Storage::Bf16, dxh.p(), g, be, me, iv, dw.p(), db.p(),
-                                              Storage::Bf16, dph.p(), darg.p(), sum(), sumsq(), ws.data(), st);
+        cuda::bn_relu_conv_tc_forward_maxpool(s, math, Storage::Bf16, d.xh.p(), d.g(), d.be(), d.me(), d.iv(), d.w.p(),
+                                              d.bias.p(), Storage::Bf16, dph.p(), darg.p(), d.sum(), d.sumsq(),
+                                              d.ws.data(), st);
       });
       expect_same_halves(to_bf16(want_h), ph, how + ": bf16 storage, pooled y");
       EXPECT_TRUE(darg.get() == want_arg) << how << ": bf16 storage, argmax";
-      expect_stats_of(dsum, dsq, widen(ph), s.cout, how + ", bf16 storage");
+      expect_stats_of(d.sum_buf, d.sumsq_buf, widen(ph), s.cout, how + ", bf16 storage");
     }
-    expect_guards({&dxf, &dw, &db, &dg, &dbeta, &dm, &di, &dxh, &dyh, &dph, &dy, &dp, &dsum, &dsq, &darg, &ws});
+    d.expect_guards();
+    expect_guards({&dyh, &dph, &dy, &dp, &darg});
   }
   EXPECT_GE(checked, 4);
   // An odd output size is refused before anything is launched.

@@ -450,8 +450,11 @@ TEST(Bf16TrainElementwise, MaxPoolArgmaxDecidesOnTheBf16Values) {
       const Floats got = run_twice(st, {&dx}, nullptr, [&] {
         cuda::maxpool2_backward(z.n, z.h, z.w, z.c, argh.p(), ddy.p(), dx.p(), st);
       })[0];
-      Floats cpu_dx(n);
-      cpu::maxpool2_backward(z.n, z.h, z.w, z.c, xw.data(), dy.data(), cpu_dx.data());
+      Floats cpu_y(n / 4), cpu_dx(n);
+      std::vector<uint8_t> cpu_arg(n / 4);
+      cpu::maxpool2_forward(z.n, z.h, z.w, z.c, xw.data(), cpu_y.data(), cpu_arg.data());
+      EXPECT_TRUE(argh.get() == cpu_arg) << "argmax against the CPU";
+      cpu::maxpool2_backward(z.n, z.h, z.w, z.c, cpu_arg.data(), dy.data(), cpu_dx.data());
       expect_same_floats(cpu_dx, got, "dx against the CPU");
       expect_guards({&dxh, &dyh, &dxf, &dyf, &ddy, &dx, &argf, &argh});
     }

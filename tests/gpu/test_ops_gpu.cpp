@@ -29,6 +29,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -769,7 +770,7 @@ TEST(GpuElementwise, MaxPool2ForwardBackwardWithTies) {
       Floats y(ny), dxr(s.size());
       std::vector<uint8_t> arg(ny);
       cpu::maxpool2_forward(s.n, s.h, s.w, s.c, x.data(), y.data(), arg.data());
-      cpu::maxpool2_backward(s.n, s.h, s.w, s.c, x.data(), g.data(), dxr.data());  // decides on x
+      cpu::maxpool2_backward(s.n, s.h, s.w, s.c, arg.data(), g.data(), dxr.data());
       Stream st;
       DevFloats dx(x), dg(g), dy(ny), ddx(s.size());
       DevBytes darg(ny);
@@ -843,6 +844,48 @@ TEST(GpuElementwise, ConcatForwardBackward) {
     EXPECT_TRUE(near(out[1], da, kExact)) << "concat backward a";
     EXPECT_TRUE(near(out[2], db, kExact)) << "concat backward b";
     expect_guards({&d_a, &d_b, &d_g, &d_y, &d_da, &d_db});
+  }
+}
+
+// The fused upsample-and-concat (fuse_upsample_concat) against the two unfused kernels on the
+// GPU, bit for bit, and against the CPU composition: the decoders' shapes (a: the attention
+// output, b: the skip at twice its size) and odd ones.
+TEST(GpuElementwise, UpsampleConcatIsUpsampleThenConcat) {
+  REQUIRE_GPU();
+  std::vector<std::pair<Nhwc, int>> cases;  // a, cb
+  for (int s : kSizes)
+    for (const auto& [d, ca, cb] : {std::tuple<int, int, int>{8, 256, 64}, {4, 128, 32}, {2, 64, 16}})
+      cases.push_back({Nhwc{kBatch, s / d, s / d, ca}, cb});
+  for (const auto& o : {std::pair<Nhwc, int>{Nhwc{1, 1, 1, 1}, 1}, {Nhwc{2, 3, 5, 7}, 4}}) cases.push_back(o);
+  for (const auto& [s, cb] : cases) {
+    SCOPED_TRACE(s.str() + " cb=" + std::to_string(cb));
+    const int ca = s.c;
+    const int64_t count = int64_t(s.n) * 4 * s.h * s.w;  // output pixels
+    const size_t na = s.size(), nup = 4 * na, nb = size_t(count) * size_t(cb), ny = nup + nb;
+    const Floats a = normal(na), b = normal(nb), g = normal(ny);
+    Floats up(nup), y(ny), dup(nup), da(na), db(nb);
+    cpu::upsample2_forward(s.n, s.h, s.w, ca, a.data(), up.data());
+    cpu::concat_forward(count, ca, cb, up.data(), b.data(), y.data());
+    cpu::concat_backward(count, ca, cb, g.data(), dup.data(), db.data());
+    cpu::upsample2_backward(s.n, s.h, s.w, ca, dup.data(), da.data());
+    Stream st;
+    DevFloats d_a(a), d_b(b), d_g(g), d_up(nup), d_dup(nup), d_y(ny), d_da(na), d_db(nb);
+    const auto unfused = run_twice(st, {&d_y, &d_da, &d_db}, nullptr, [&] {
+      gpu::upsample2_forward(s.n, s.h, s.w, ca, d_a.p(), d_up.p(), st);
+      gpu::concat_forward(count, ca, cb, d_up.p(), d_b.p(), d_y.p(), st);
+      gpu::concat_backward(count, ca, cb, d_g.p(), d_dup.p(), d_db.p(), st);
+      gpu::upsample2_backward(s.n, s.h, s.w, ca, d_dup.p(), d_da.p(), st);
+    });
+    const auto fused = run_twice(st, {&d_y, &d_da, &d_db}, nullptr, [&] {
+      gpu::upsample_concat_forward(s.n, s.h, s.w, ca, cb, d_a.p(), d_b.p(), d_y.p(), st);
+      gpu::upsample_concat_backward(s.n, s.h, s.w, ca, cb, d_g.p(), d_da.p(), d_db.p(), st);
+    });
+    const char* what[3] = {"y", "da", "db"};
+    for (int k = 0; k < 3; ++k) EXPECT_TRUE(same_bits(fused[size_t(k)], unfused[size_t(k)])) << what[k];
+    EXPECT_TRUE(near(fused[0], y, kExact)) << "forward against the CPU";
+    EXPECT_TRUE(near(fused[1], da, kExact)) << "da against the CPU";
+    EXPECT_TRUE(near(fused[2], db, kExact)) << "db against the CPU";
+    expect_guards({&d_a, &d_b, &d_g, &d_up, &d_dup, &d_y, &d_da, &d_db});
   }
 }
 
@@ -1246,6 +1289,8 @@ TEST(GpuOpsArguments, RejectedOnTheHost) {
   expect_error([&] { gpu::maxpool2_forward(1, 3, 4, 1, f, f, nullptr, s); }, "even");
   expect_error([&] { gpu::maxpool2_backward(1, 4, 5, 1, reinterpret_cast<const uint8_t*>(f), f, f, s); }, "even");
   expect_error([&] { gpu::maxpool2_backward(1, 4, 4, 1, nullptr, f, f, s); }, "argmax");
+  expect_error([&] { gpu::upsample_concat_forward(1, 2, 2, 0, 4, f, f, f, s); }, "bad sizes");
+  expect_error([&] { gpu::upsample_concat_backward(1, 2, 2, 3, 4, f, nullptr, f, s); }, "da");
   expect_error([&] {
     gpu::batchnorm_forward_train(1, 4, f, f, f, f, f, f, nullptr, nullptr, 0.1, 1e-5, f, s);
   }, "more than one value");
