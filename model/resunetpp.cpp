@@ -48,6 +48,7 @@ ModelGraph build_resunetpp(const ModelConfig& cfg, int n, int h, int w, bool tra
       fuse_conv_bn_sum(m.graph);  // the ASPP blocks whole: eval BNs fold into the convolutions
     fuse_conv_add(m.graph);  // residual and attention adds into the convolution before them
     fuse_conv_pool(m.graph);  // the attention gates' max pools into their skip-branch convolutions
+    fuse_conv_mul(m.graph);   // the attention gates' final products into their last convolutions
     fuse_upsample_concat(m.graph);  // the decoders' upsample and concat in one pass
   }
   return m;

@@ -113,17 +113,34 @@ class Autodiff {
     const int residual = residual_input(fwd);
     if (residual >= 0 && needs(residual)) contribute(residual, dy);
     Node n = fwd;
-    if (n.conv.max_pool) {  // fuse_conv_pool: the pool's backward into the convolution's output gradient
-      RPP_CHECK(n.out.size() > 1, "convolution ", n.name, " with a max pool has no argmax output (built for inference?)");
-      n.conv.max_pool = false;  // the backward nodes are those of the plain convolution
+    // fuse_conv_pool, fuse_conv_mul: the pool's or the product's backward first, into the
+    // convolution's output gradient; then the plain convolution's backward nodes.
+    auto conv_out_grad = [&] {
       const cpu::Conv2dShape& s = n.conv.shape;
       TensorInfo t;
       t.name = "grad(" + n.name + ".conv_out)";
       t.shape = {s.n, s.ho(), s.wo(), s.cout};
       t.kind = TensorKind::Gradient;
-      const int full = g_.add_tensor(std::move(t));
+      return g_.add_tensor(std::move(t));
+    };
+    if (n.conv.max_pool) {
+      RPP_CHECK(n.out.size() > 1, "convolution ", n.name,
+                " with a max pool has no argmax output (built for inference?)");
+      n.conv.max_pool = false;
+      const int full = conv_out_grad();
       emit(OpKind::MaxPool2Bwd, {n.out[1], dy}, {full}, n, numel(g_.tensor(full).shape), {});
       dy = full;
+    }
+    if (n.conv.multiply) {  // out[0] = c * m, c = out[1]: dc = dy * m, dm = dy * c (as the Mul's backward)
+      const int m = multiplier_input(n);
+      RPP_CHECK(n.out.size() > 1, "convolution ", n.name, " with a multiplier keeps no output (built for inference?)");
+      const int c = n.out[1];
+      n.conv.multiply = false;
+      const int dc = conv_out_grad();
+      const int64_t cnt = numel(g_.tensor(c).shape);
+      emit(OpKind::Mul, {dy, m}, {dc}, n, cnt, {});
+      if (needs(m)) emit(OpKind::Mul, {dy, c}, {new_grad(m)}, n, cnt, {m});
+      dy = dc;
     }
     switch (n.op) {
       case OpKind::Conv2d: {
@@ -197,8 +214,8 @@ class Autodiff {
           Node bn = n;  // named after the branch's BN (its gamma is "<bn>.weight")
           const std::string& gn = g_.tensor(gamma).name;
           bn.name = gn.substr(0, gn.rfind('.'));
-          emit(OpKind::BatchNormBwd, {x, dy, gamma, n.in[i + 3], n.in[i + 4]}, {out_for(x), out_for(gamma), out_for(beta)},
-               bn, 2 * 4 * numel(g_.tensor(x).shape), {x, gamma, beta});
+          emit(OpKind::BatchNormBwd, {x, dy, gamma, n.in[i + 3], n.in[i + 4]},
+               {out_for(x), out_for(gamma), out_for(beta)}, bn, 2 * 4 * numel(g_.tensor(x).shape), {x, gamma, beta});
         }
         break;
       case OpKind::SeExcite: {  // in: p, w1, w2   out: s
@@ -216,7 +233,8 @@ class Autodiff {
         emit(OpKind::MaxPool2Bwd, {n.out[1], dy}, {new_grad(n.in[0])}, n, n.flops, {n.in[0]});
         break;
       case OpKind::Upsample2:
-        if (needs(n.in[0])) emit(OpKind::Upsample2Bwd, {dy}, {new_grad(n.in[0])}, n, numel(g_.tensor(dy).shape), {n.in[0]});
+        if (needs(n.in[0]))
+          emit(OpKind::Upsample2Bwd, {dy}, {new_grad(n.in[0])}, n, numel(g_.tensor(dy).shape), {n.in[0]});
         break;
       case OpKind::Concat: {
         const int a = n.in[0], b = n.in[1];

@@ -21,10 +21,11 @@ namespace {
 size_t bn_relu_staging_floats(const Graph& g, const Node& n, int tensor = -1) {
   return (size_t(numel(g.tensor(tensor >= 0 ? tensor : n.in[0]).shape)) + 63) / 64 * 64;
 }
-// Floats of a pooled convolution's full-resolution output (fuse_conv_pool), at the start of its
-// workspace, likewise rounded; 0 for other nodes.
-size_t pooled_conv_floats(const Node& n) {
-  if (!n.conv.max_pool) return 0;
+// Floats of a convolution's own output where it is no tensor, at the start of its workspace,
+// likewise rounded: a pooled convolution's (fuse_conv_pool), an inference graph's multiplied one
+// (fuse_conv_mul); 0 for other nodes.
+size_t conv_out_floats(const Node& n) {
+  if (!n.conv.max_pool && !(n.conv.multiply && n.out.size() == 1)) return 0;
   const cpu::Conv2dShape& s = n.conv.shape;
   return (size_t(s.n) * size_t(s.ho()) * size_t(s.wo()) * size_t(s.cout) + 63) / 64 * 64;
 }
@@ -32,13 +33,13 @@ size_t pooled_conv_floats(const Node& n) {
 
 size_t cpu_workspace_bytes(const Graph& g, const Node& n) {
   switch (n.op) {
-    case OpKind::Conv2d: return (pooled_conv_floats(n) + cpu::conv2d_forward_workspace(n.conv.shape)) * sizeof(float);
+    case OpKind::Conv2d: return (conv_out_floats(n) + cpu::conv2d_forward_workspace(n.conv.shape)) * sizeof(float);
     case OpKind::Conv2dBwdData: return cpu::conv2d_backward_data_workspace(n.conv.shape) * sizeof(float);
     case OpKind::Conv2dBwdFilter: return cpu::conv2d_backward_filter_workspace(n.conv.shape) * sizeof(float);
     case OpKind::LossBwd: return size_t(numel(g.tensor(n.in[0]).shape)) * sizeof(float);  // Dice part of BCE + Dice
     // The BN-ReLU input is materialised in the workspace, followed by the conv's own workspace.
     case OpKind::BnReluConv2d:
-      return (pooled_conv_floats(n) + bn_relu_staging_floats(g, n) + cpu::conv2d_forward_workspace(n.conv.shape)) *
+      return (conv_out_floats(n) + bn_relu_staging_floats(g, n) + cpu::conv2d_forward_workspace(n.conv.shape)) *
              sizeof(float);
     case OpKind::BnReluConv2dBwdData: return cpu::conv2d_backward_data_workspace(n.conv.shape) * sizeof(float);
     case OpKind::BnApplySum: return size_t(numel(g.tensor(n.out[0]).shape)) * sizeof(float);  // one branch
@@ -154,18 +155,22 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
     const int r = residual_input(n);
     if (r >= 0) cpu::add(count(n.out[0]), out(0), data(r), out(0));
   };
-  // A pooled convolution (fuse_conv_pool) writes its full-resolution output at the start of the
-  // workspace, then pools it into its outputs, as the pool node did.
-  float* const conv_y = n.conv.max_pool ? ws : nullptr;
-  auto pool_output = [&] {
-    if (!n.conv.max_pool) return;
+  // Where a convolution writes its own output: y; for a pooled one (fuse_conv_pool) the start of
+  // the workspace, then pooled into its outputs as the pool node did; for a multiplied one
+  // (fuse_conv_mul) out[1] in training, else the start of the workspace, then multiplied into y
+  // as the Mul node did.
+  float* const conv_y = n.conv.multiply && n.out.size() > 1 ? out(1) : conv_out_floats(n) ? ws : nullptr;
+  auto finish_output = [&] {
     const cpu::Conv2dShape& cs = n.conv.shape;
-    cpu::maxpool2_forward(cs.n, cs.ho(), cs.wo(), cs.cout, conv_y, out(0), n.out.size() > 1 ? bytes(n.out[1]) : nullptr);
+    if (n.conv.max_pool)
+      cpu::maxpool2_forward(cs.n, cs.ho(), cs.wo(), cs.cout, conv_y, out(0),
+                            n.out.size() > 1 ? bytes(n.out[1]) : nullptr);
+    if (n.conv.multiply) cpu::mul(count(n.out[0]), conv_y, data(multiplier_input(n)), out(0));
   };
   switch (n.op) {
     case OpKind::Conv2d:
-      cpu::conv2d_forward(n.conv.shape, in(0), in(1), in(2), conv_y ? conv_y : out(0), ws + pooled_conv_floats(n));
-      pool_output();
+      cpu::conv2d_forward(n.conv.shape, in(0), in(1), in(2), conv_y ? conv_y : out(0), ws + conv_out_floats(n));
+      finish_output();
       add_residual();
       break;
     case OpKind::BatchNorm: {
@@ -194,11 +199,11 @@ void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {
     }
     case OpKind::BnReluConv2d: {  // in: x, gamma, beta, mean, invstd, w, b
       const int c = int(sh(n.in[0]).back());
-      float* staged = ws + pooled_conv_floats(n);
+      float* staged = ws + conv_out_floats(n);
       cpu::batchnorm_apply(count(n.in[0]) / c, c, in(0), in(1), in(2), in(3), in(4), /*relu=*/true, staged);
       cpu::conv2d_forward(n.conv.shape, staged, in(5), in(6), conv_y ? conv_y : out(0),
                           staged + bn_relu_staging_floats(g_, n));
-      pool_output();
+      finish_output();
       add_residual();
       break;
     }

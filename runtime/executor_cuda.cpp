@@ -220,10 +220,14 @@ bool check_storage(const Graph& g, Precision precision) {
     };
     switch (n.op) {
       case OpKind::Conv2d:
-      case OpKind::BnReluConv2d:
-        if (residual_input(n) >= 0) need_same({residual_input(n)});  // in y's storage
-        need_f32_except({n.in[0], n.out[0], residual_input(n)});
+      case OpKind::BnReluConv2d: {
+        // A residual or multiplier, and a multiplied convolution's own output, in y's storage.
+        const int r = residual_input(n) >= 0 ? residual_input(n) : multiplier_input(n);
+        const int own = n.conv.multiply && n.out.size() > 1 ? n.out[1] : -1;
+        need_same({r, own});
+        need_f32_except({n.in[0], n.out[0], r, own});
         break;
+      }
       case OpKind::ConvBnSum: need_f32_except({n.in[0], n.out[0]}); break;
       case OpKind::Conv2dBwdFilter:
       case OpKind::BnReluConv2dBwdFilter: need_f32_except({n.in[0]}); break;
@@ -698,9 +702,9 @@ std::string CudaExecutor::describe_kernels() const {
            : impl_->tensor_core[size_t(i)] ? "hand-written (TF32 tensor cores)"
                                            : "hand-written")
        << ", " << impl_->kernel_reason[size_t(i)];
-    if (n.conv.max_pool)
-      os << (impl_->handwritten[size_t(i)] && impl_->tensor_core[size_t(i)] ? "; 2x2 max pool in the epilogue"
-                                                                             : "; 2x2 max pool after it");
+    const bool epilogue = impl_->handwritten[size_t(i)] && impl_->tensor_core[size_t(i)];
+    if (n.conv.max_pool) os << (epilogue ? "; 2x2 max pool in the epilogue" : "; 2x2 max pool after it");
+    if (n.conv.multiply) os << (epilogue ? "; product in the epilogue" : "; product after it");
     os << "\n";
   }
   return os.str();
@@ -871,19 +875,20 @@ bool CudaExecutor::cudnn_possible(const Node& n) const {
   return opt_.kernels != KernelChoice::Handwritten || !bf16_conv_can_run(g_, n);
 }
 
-// A pooled convolution's (fuse_conv_pool) full-resolution output in y's storage, which the paths
-// other than the tensor-core kernel write at the start of the workspace before pooling it; 0 for
-// other nodes.
-size_t CudaExecutor::pooled_conv_bytes(const Node& n) const {
-  if (!n.conv.max_pool) return 0;
+// A convolution's own output where it is no tensor, in y's storage, which the paths other than
+// the tensor-core kernel write at the start of the workspace: a pooled convolution's
+// (fuse_conv_pool), an inference graph's multiplied one (fuse_conv_mul); 0 for other nodes.
+size_t CudaExecutor::own_conv_out_bytes(const Node& n) const {
+  if (!n.conv.max_pool && !(n.conv.multiply && n.out.size() == 1)) return 0;
   const cpu::Conv2dShape& s = n.conv.shape;
   const size_t count = size_t(s.n) * size_t(s.ho()) * size_t(s.wo()) * size_t(s.cout);
   return align_up(count * dtype_size(g_.tensor(n.out[0]).dtype));
 }
 
 // The hand-written kernels' workspace for a convolution node (0 with --kernels cudnn): the
-// tensor-core forward's statistics partials (or a pooled convolution's output for the fp32 FMA
-// kernel), a backward-data's BN-sum partials, a backward-filter's split-K partials.
+// tensor-core forward's statistics partials (or a convolution's own output for the fp32 FMA
+// kernel, own_conv_out_bytes), a backward-data's BN-sum partials, a backward-filter's split-K
+// partials.
 size_t CudaExecutor::handwritten_workspace(const Node& n) const {
   if (opt_.kernels == KernelChoice::Cudnn) return 0;
   const cpu::Conv2dShape& cs = n.conv.shape;
@@ -901,7 +906,7 @@ size_t CudaExecutor::handwritten_workspace(const Node& n) const {
   switch (n.op) {
     case OpKind::Conv2d:
     case OpKind::BnReluConv2d:  // the FMA kernel may run where the tensor-core kernel cannot
-      return std::max(opt_.allow_tf32 ? cuda::bn_relu_conv_tc_workspace_bytes(cs) : size_t(0), pooled_conv_bytes(n));
+      return std::max(opt_.allow_tf32 ? cuda::bn_relu_conv_tc_workspace_bytes(cs) : size_t(0), own_conv_out_bytes(n));
     case OpKind::BnReluConv2dBwdData: {
       size_t need = 0;
       if (cuda::bn_relu_conv_bwd_can_run(cs)) need = cuda::bn_relu_conv_backward_data_sums_workspace_bytes(cs);
@@ -933,10 +938,10 @@ size_t CudaExecutor::cudnn_path_workspace(const Node& n) const {
     return io + f32(n.out[0]) + conv_ws;
   }
   const cuda::CudnnConv& c = impl_->conv_for(n.conv.shape);
-  // The convolution's output: y, or a pooled convolution's full-resolution output; in fp32 first
-  // when stored in bf16.
+  // The convolution's output: y, or its own output (own_conv_out_bytes); in fp32 first when
+  // stored in bf16.
   const cpu::Conv2dShape& cs = n.conv.shape;
-  const size_t conv_out = pooled_conv_bytes(n) + (g_.tensor(n.out[0]).dtype == DType::BF16
+  const size_t conv_out = own_conv_out_bytes(n) + (g_.tensor(n.out[0]).dtype == DType::BF16
                                                       ? align_up(size_t(cs.n) * cs.ho() * cs.wo() * cs.cout * 4)
                                                       : size_t(0));
   switch (n.op) {
@@ -1407,34 +1412,47 @@ void CudaExecutor::launch(int index) {
   auto store_result = [&](int t, const float* v) {
     if (is_bf16(t)) cuda::convert(count(t), v, half(t), s);
   };
-  // A forward convolution's own output: y, or for a pooled convolution (fuse_conv_pool) off the
-  // tensor-core kernel (whose epilogue pools) its full-resolution output in y's storage, first in
-  // the workspace; pool_into_y() then pools it into y (and the argmax), as the pool node did.
+  // A forward convolution's own output, where it is not y (fuse_conv_pool, fuse_conv_mul) and the
+  // tensor-core kernel's epilogue does not finish the node: in y's storage, out[1] for a
+  // multiplied one in training, else first in the workspace; finish_output() then pools it into
+  // y (and the argmax) or multiplies it into y, as the pool or Mul node did.
   const bool tensor_core_kernel = impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)];
-  const bool pool_after = n.conv.max_pool && !tensor_core_kernel;
+  const bool own_out = n.conv.max_pool || n.conv.multiply;
+  const bool finish_after = own_out && !tensor_core_kernel;
   const cpu::Conv2dShape& cs = n.conv.shape;
-  const int64_t conv_count = n.conv.max_pool ? int64_t(cs.n) * cs.ho() * cs.wo() * cs.cout : 0;
-  void* const conv_out = pool_after ? static_cast<void*>(wsp) : nullptr;
-  if (pool_after) wsp += pooled_conv_bytes(n);
+  const int64_t conv_count = own_out ? int64_t(cs.n) * cs.ho() * cs.wo() * cs.cout : 0;
+  const int multiplier = multiplier_input(n);
+  void* conv_out = nullptr;
+  if (n.conv.multiply && n.out.size() > 1) {
+    conv_out = ptr(n.out[1]);
+  } else if (finish_after) {
+    conv_out = wsp;
+    wsp += own_conv_out_bytes(n);
+  }
   uint8_t* const argmax = n.conv.max_pool && n.out.size() > 1 ? static_cast<uint8_t*>(ptr(n.out[1])) : nullptr;
   auto conv_f32 = [&]() -> float* {  // where the fp32 FMA kernel or cuDNN writes
-    if (!pool_after) return f32_result(n.out[0]);
+    if (!finish_after) return f32_result(n.out[0]);
     if (!is_bf16(n.out[0])) return static_cast<float*>(conv_out);
     float* d = reinterpret_cast<float*>(wsp);
     wsp += align_up(size_t(conv_count) * sizeof(float));
     return d;
   };
   auto store_conv = [&](const float* v) {
-    if (!pool_after) return store_result(n.out[0], v);
+    if (!finish_after) return store_result(n.out[0], v);
     if (is_bf16(n.out[0])) cuda::convert(conv_count, v, static_cast<cuda::bf16*>(conv_out), s);
   };
-  auto pool_into_y = [&] {
-    if (!pool_after) return;
-    if (is_bf16(n.out[0]))
+  auto finish_output = [&] {
+    if (!finish_after) return;
+    const bool b16 = is_bf16(n.out[0]);
+    if (n.conv.max_pool && b16)
       cuda::maxpool2_forward(cs.n, cs.ho(), cs.wo(), cs.cout, static_cast<const cuda::bf16*>(conv_out),
                              half(n.out[0]), argmax, s);
-    else
+    else if (n.conv.max_pool)
       cuda::maxpool2_forward(cs.n, cs.ho(), cs.wo(), cs.cout, static_cast<const float*>(conv_out), out(0), argmax, s);
+    else if (b16)
+      cuda::mul(conv_count, static_cast<const cuda::bf16*>(conv_out), half(multiplier), half(n.out[0]), s);
+    else
+      cuda::mul(conv_count, static_cast<const float*>(conv_out), fptr(multiplier), out(0), s);
   };
   // A forward convolution's residual (fuse_conv_add): the tensor-core kernel adds it in its
   // epilogue; the other paths add it after the convolution, as the add node did.
@@ -1467,19 +1485,23 @@ void CudaExecutor::launch(int index) {
           cuda::bn_relu_conv_tc_forward_maxpool(cs, math, st(0), vin(0), nullptr, nullptr, nullptr, nullptr, in(1),
                                                 in(2), st_out(0), ptr(n.out[0]), argmax, sums,
                                                 sums ? sums + cs.cout : nullptr, ws, s);
+        else if (n.conv.multiply)
+          cuda::bn_relu_conv_tc_forward_mul(cs, math, st(0), vin(0), nullptr, nullptr, nullptr, nullptr, in(1), in(2),
+                                            st_out(0), ptr(n.out[0]), ptr(multiplier), conv_out, sums,
+                                            sums ? sums + cs.cout : nullptr, ws, s);
         else
           cuda::bn_relu_conv_tc_forward(cs, math, st(0), vin(0), nullptr, nullptr, nullptr, nullptr, in(1), in(2),
                                         st_out(0), ptr(n.out[0]), res, sums, sums ? sums + cs.cout : nullptr, ws, s);
       } else if (impl_->handwritten[size_t(index)]) {
         cuda::bn_relu_conv_forward(cs, in(0), nullptr, nullptr, nullptr, nullptr, in(1), in(2), conv_f32(), s);
-        pool_into_y();
+        finish_output();
         add_residual();
       } else {
         const float* x = widened(n.in[0]);
         float* y = conv_f32();
         impl_->node_conv[size_t(index)]->forward(h, x, in(1), in(2), y, wsp);
         store_conv(y);
-        pool_into_y();
+        finish_output();
         add_residual();
       }
       break;
@@ -1521,6 +1543,10 @@ void CudaExecutor::launch(int index) {
           cuda::bn_relu_conv_tc_forward_maxpool(cs, math, st(0), vin(0), in(1), in(2), in(3), in(4), in(5), in(6),
                                                 st_out(0), ptr(n.out[0]), argmax, sums,
                                                 sums ? sums + cs.cout : nullptr, ws, s);
+        else if (n.conv.multiply)
+          cuda::bn_relu_conv_tc_forward_mul(cs, math, st(0), vin(0), in(1), in(2), in(3), in(4), in(5), in(6),
+                                            st_out(0), ptr(n.out[0]), ptr(multiplier), conv_out, sums,
+                                            sums ? sums + cs.cout : nullptr, ws, s);
         else
           cuda::bn_relu_conv_tc_forward(cs, math, st(0), vin(0), in(1), in(2), in(3), in(4), in(5), in(6), st_out(0),
                                         ptr(n.out[0]), res, sums, sums ? sums + cs.cout : nullptr, ws, s);
@@ -1528,7 +1554,7 @@ void CudaExecutor::launch(int index) {
       }
       if (impl_->handwritten[size_t(index)]) {
         cuda::bn_relu_conv_forward(cs, in(0), in(1), in(2), in(3), in(4), in(5), in(6), conv_f32(), s);
-        pool_into_y();
+        finish_output();
         add_residual();
         break;
       }
@@ -1536,7 +1562,7 @@ void CudaExecutor::launch(int index) {
       float* y = conv_f32();
       impl_->node_conv[size_t(index)]->forward(h, staged, in(5), in(6), y, wsp);
       store_conv(y);
-      pool_into_y();
+      finish_output();
       add_residual();
       break;
     }

@@ -124,7 +124,7 @@ class CudaExecutor final : public Executor {
   size_t workspace_need(const Node& n) const;
   size_t handwritten_filter_workspace(const Node& n) const;
   size_t handwritten_workspace(const Node& n) const;
-  size_t pooled_conv_bytes(const Node& n) const;
+  size_t own_conv_out_bytes(const Node& n) const;
   size_t cudnn_path_workspace(const Node& n) const;
   bool cudnn_possible(const Node& n) const;
   void choose_kernels();

@@ -257,11 +257,11 @@ std::vector<std::string> fuse_producer_into_reader(Graph& g, Rewrite rewrite) {
   return names;
 }
 
-// A forward convolution node that takes neither a residual nor a pool yet (its inputs fill the
-// slots before the residual's), with one output.
+// A forward convolution node that takes no residual, multiplier or pool yet (its inputs fill
+// the slots before the residual's), with one output.
 bool plain_conv(const Node& n) {
   const size_t slot = residual_slot(n.op);
-  return slot > 0 && n.in.size() == slot && n.out.size() == 1 && !n.conv.max_pool;
+  return slot > 0 && n.in.size() == slot && n.out.size() == 1 && !n.conv.max_pool && !n.conv.multiply;
 }
 
 }  // namespace
@@ -279,6 +279,27 @@ std::vector<std::string> fuse_conv_add(Graph& g) {
       fused.in.push_back(r);
       fused.out = add.out;
       fused.flops += add.flops;
+      return p;
+    }
+    return -1;
+  });
+}
+
+std::vector<std::string> fuse_conv_mul(Graph& g) {
+  return fuse_producer_into_reader(g, [&](const Uses& u, int i, const std::vector<char>& drop, Node& fused) {
+    const Node& mul = g.node(i);
+    if (mul.op != OpKind::Mul || mul.in.size() != 2 || mul.in[0] == mul.in[1]) return -1;
+    for (int side = 0; side < 2; ++side) {
+      const int t = mul.in[size_t(side)], m = mul.in[size_t(1 - side)];
+      const int p = private_producer(g, u, t, i);
+      if (p < 0 || drop[size_t(p)] || !plain_conv(g.node(p))) continue;
+      if (g.tensor(m).shape != g.tensor(t).shape || g.tensor(m).dtype != g.tensor(t).dtype) continue;
+      fused = g.node(p);  // at the Mul's place: every input of the conv is ready there
+      fused.conv.multiply = true;
+      fused.in.push_back(m);
+      fused.out = mul.out;
+      if (g.tensor(t).requires_grad) fused.out.push_back(t);  // training: the product's backward reads it
+      fused.flops += mul.flops;
       return p;
     }
     return -1;

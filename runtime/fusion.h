@@ -59,6 +59,17 @@ std::vector<std::string> fuse_conv_add(Graph& g);
 // autodiff, after fuse_bn_relu_conv and fuse_conv_add.
 std::vector<std::string> fuse_conv_pool(Graph& g);
 
+// Rewrites every Mul one of whose operands is the output of a forward convolution (Conv2d or
+// BnReluConv2d without a residual, a pool or a multiplier) read by nothing else and not a graph
+// output, into that convolution with conv.multiply set and the other operand (of the same shape
+// and dtype) as its multiplier, at the Mul's place: out[0] = conv * m. An inference graph's
+// convolution output never exists; a training graph keeps it as out[1], which the product's
+// backward reads, as the Mul's did. Autodiff emits the Mul's two gradient products, then the
+// convolution's backward. ResUNet++: the attention gates' final gc_conv(...) * x. On the CPU the
+// fused node runs the convolution, then the same mul: the same bits. Returns the fused Muls'
+// names. Must run before autodiff, after fuse_bn_relu_conv.
+std::vector<std::string> fuse_conv_mul(Graph& g);
+
 // Rewrites every Concat whose first operand is the output of an Upsample2 read by nothing else
 // and not a graph output into one UpsampleConcat node (at the concat's place) that reads the
 // upsample's input directly: the upsampled tensor never exists, forward or (UpsampleConcatBwd)

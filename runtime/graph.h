@@ -17,7 +17,8 @@ namespace rpp {
 enum class OpKind : uint8_t {
   // forward
   Conv2d,         // in: x, w(HWIO), b[, r]     out: y (+ r: a residual added by fuse_conv_add)
-                  // (conv.max_pool: out: maxpool2(y)[, argmax], fuse_conv_pool)
+                  // (conv.max_pool: out: maxpool2(y)[, argmax], fuse_conv_pool;
+                  //  conv.multiply: out: y * r[, y], fuse_conv_mul)
   BatchNorm,      // in: x, gamma, beta, running_mean, running_var, num_batches_tracked
                   // out: y, save_mean, save_invstd (training) | y (eval)
   Relu,           // in: x                      out: y
@@ -98,12 +99,16 @@ struct TensorInfo {
 };
 
 // Per-node attributes: only the fields of the node's op are meaningful.
-// max_pool (forward Conv2d / BnReluConv2d, written by fuse_conv_pool): the node's output is the 2x2
-// max pool of the convolution's (out[0], and in training out[1], the pool's argmax); the
-// convolution's own output does not exist as a tensor.
+// Forward Conv2d / BnReluConv2d only:
+// max_pool (fuse_conv_pool): the node's output is the 2x2 max pool of the convolution's (out[0],
+// and in training out[1], the pool's argmax); the convolution's own output is no tensor.
+// multiply (fuse_conv_mul): the input in the residual slot multiplies the convolution's output
+// instead of being added (out[0] = conv * m; in training out[1] is the convolution's own output,
+// which the product's backward reads).
 struct ConvAttrs {
   cpu::Conv2dShape shape;
   bool max_pool = false;
+  bool multiply = false;
 };
 struct BNAttrs { double momentum = 0.1, eps = 1e-5; bool training = true; };
 struct LossAttrs { LossKind kind = LossKind::BCEDice; };
@@ -124,13 +129,18 @@ struct Node {
   BranchAttrs branches;
 };
 
-// Where a forward convolution node takes a residual (fuse_conv_add): Conv2d in[3], BnReluConv2d
-// in[7]; 0 for other ops, which take none.
+// Where a forward convolution node takes a residual (fuse_conv_add) or a multiplier
+// (fuse_conv_mul): Conv2d in[3], BnReluConv2d in[7]; 0 for other ops, which take neither.
 inline size_t residual_slot(OpKind k) { return k == OpKind::Conv2d ? 3 : k == OpKind::BnReluConv2d ? 7 : 0; }
-// The node's residual input, or -1 when it has none.
+// The node's residual input (added to the convolution's output), or -1 when it has none.
 inline int residual_input(const Node& n) {
   const size_t at = residual_slot(n.op);
-  return at > 0 && n.in.size() > at ? n.in[at] : -1;
+  return at > 0 && n.in.size() > at && !n.conv.multiply ? n.in[at] : -1;
+}
+// The node's multiplier input (conv.multiply), or -1 when it has none.
+inline int multiplier_input(const Node& n) {
+  const size_t at = residual_slot(n.op);
+  return at > 0 && n.in.size() > at && n.conv.multiply ? n.in[at] : -1;
 }
 
 class Graph {

@@ -114,6 +114,20 @@ TEST(Fusion, RewritesEveryBnReluConvChainOfTheNetwork) {
         EXPECT_EQ(n.out.size(), training ? 2u : 1u) << n.name;
       }
     EXPECT_EQ(pooled, 3);
+    // The attention gates' final products go into their last convolutions (gc_conv.2); training
+    // keeps the convolution's output for the product's backward.
+    EXPECT_EQ(count_ops(plain.graph, OpKind::Mul), 3);
+    EXPECT_EQ(count_ops(fused.graph, OpKind::Mul), 0);
+    int products = 0;
+    for (const Node& n : fused.graph.nodes())
+      if (n.conv.multiply) {
+        ++products;
+        EXPECT_NE(n.name.find(".a1.gc_conv.2"), std::string::npos) << n.name;
+        EXPECT_GE(multiplier_input(n), 0) << n.name;
+        EXPECT_EQ(residual_input(n), -1) << n.name;
+        EXPECT_EQ(n.out.size(), training ? 2u : 1u) << n.name;
+      }
+    EXPECT_EQ(products, 3);
     // The decoders' upsample and concat are one node each.
     EXPECT_EQ(count_ops(plain.graph, OpKind::Upsample2), 3);
     EXPECT_EQ(count_ops(plain.graph, OpKind::Concat), 3);
@@ -227,7 +241,8 @@ TEST(Fusion, ConvPoolTakesPrivateConvOutputsWithoutAResidual) {
   Graph gb;
   GraphBuilder bb(gb, true);
   const int xb = bb.input("x", {2, 4, 4, 3});
-  const int y = bb.maxpool2("p1", bb.conv2d("c1", xb, bb.param("c1.weight", {3, 3, 3, 3}), bb.param("c1.bias", {3}), 1, 1, 1));
+  const int y =
+      bb.maxpool2("p1", bb.conv2d("c1", xb, bb.param("c1.weight", {3, 3, 3, 3}), bb.param("c1.bias", {3}), 1, 1, 1));
   ASSERT_EQ(fuse_conv_pool(gb).size(), 1u);
   append_backward(gb, bb.loss("loss", y, bb.input("t", {2, 2, 2, 3}), LossKind::BCEDice));
   int pool_bwd = -1;
@@ -246,6 +261,62 @@ TEST(Fusion, ConvPoolTakesPrivateConvOutputsWithoutAResidual) {
     }
   }
   EXPECT_EQ(readers, 1);
+  // Values and gradients: Fusion.TrainingIsBitIdenticalToTheUnfusedGraph (the three gates).
+}
+
+// fuse_conv_mul: a Mul with a private, plain conv output on either side; in training the fused
+// node keeps the conv's output (out[1]) and backward emits the Mul's two products.
+TEST(Fusion, ConvMulTakesPrivatePlainConvOutputs) {
+  Graph g;
+  GraphBuilder b(g, true);
+  const int x = b.param("x", {2, 4, 4, 3});
+  auto conv = [&](const std::string& s, int in) {
+    return b.conv2d(s, in, b.param(s + ".weight", {3, 3, 3, 3}), b.param(s + ".bias", {3}), 1, 1, 1);
+  };
+  const int c1 = conv("c1", x);
+  const int m1 = b.mul("m1", x, c1);  // c1 private, on the right: fused
+  const int c2 = conv("c2", m1);
+  const int r2 = b.relu("r2", c2);
+  const int m2 = b.mul("m2", c2, x);  // c2 also read by r2: left alone
+  const int c3 = conv("c3", x);
+  const int s3 = b.add("s3", c3, x);  // c3 takes a residual first (fuse_conv_add) ...
+  const int m3 = b.mul("m3", s3, r2);  // ... so it is no plain conv any more
+  const int y = b.add("y", m2, m3);
+  ASSERT_EQ(fuse_conv_add(g), std::vector<std::string>{"s3"});
+  ASSERT_EQ(fuse_conv_mul(g), std::vector<std::string>{"m1"});
+  int fused = 0;
+  for (const Node& n : g.nodes()) {
+    if (!n.conv.multiply) continue;
+    ++fused;
+    EXPECT_EQ(n.name, "c1");
+    EXPECT_EQ(multiplier_input(n), x);
+    EXPECT_EQ(n.out, (std::vector<int>{m1, c1}));  // training: the conv's own output kept
+  }
+  EXPECT_EQ(fused, 1);
+  append_backward(g, b.loss("loss", y, b.input("t", {2, 4, 4, 3}), LossKind::BCE));
+  // The product's backward: d(c1) = dy * x, and x's share dy * c1; c1's backward reads d(c1).
+  int dc1 = -1, dx_part = -1;
+  for (const Node& n : g.nodes())
+    if (n.op == OpKind::Mul && n.name == "c1") (n.in[1] == x ? dc1 : dx_part) = n.out[0];
+  ASSERT_GE(dc1, 0);
+  ASSERT_GE(dx_part, 0);
+  bool filter_reads_dc1 = false;
+  for (const Node& n : g.nodes())
+    filter_reads_dc1 = filter_reads_dc1 || (n.op == OpKind::Conv2dBwdFilter && n.name == "c1" && n.in[1] == dc1);
+  EXPECT_TRUE(filter_reads_dc1);
+  // An inference graph keeps no convolution output.
+  Graph ig;
+  GraphBuilder ib(ig, false);
+  const int ix = ib.input("x", {1, 4, 4, 3});
+  const int iy =
+      ib.mul("m", ib.conv2d("c", ix, ib.param("c.weight", {3, 3, 3, 3}), ib.param("c.bias", {3}), 1, 1, 1), ix);
+  ig.tensor(iy).is_output = true;
+  ASSERT_EQ(fuse_conv_mul(ig).size(), 1u);
+  for (const Node& n : ig.nodes()) {
+    if (n.conv.multiply) {
+      EXPECT_EQ(n.out, std::vector<int>{iy});
+    }
+  }
   // Values and gradients: Fusion.TrainingIsBitIdenticalToTheUnfusedGraph (the three gates).
 }
 
@@ -593,7 +664,8 @@ TEST(Bf16Storage, MarksTheInnerFeatureMapsAndHalvesTheirBytes) {
     const TensorInfo& ti = m.graph.tensor(t);
     const bool inner = ti.kind == TensorKind::Activation && !ti.is_output && ti.shape.size() == 4;
     rank4_activations += inner;
-    EXPECT_EQ(ti.dtype, inner ? DType::BF16 : (ti.name.find("num_batches") != std::string::npos ? DType::I64 : DType::F32))
+    EXPECT_EQ(ti.dtype,
+              inner ? DType::BF16 : (ti.name.find("num_batches") != std::string::npos ? DType::I64 : DType::F32))
         << ti.name;
   }
   EXPECT_EQ(marked, rank4_activations);
@@ -697,8 +769,8 @@ TEST(FusionKernels, StatsThenApplyEqualsTheBatchNormForward) {
     beta[size_t(i)] = r.uniform(-0.5f, 0.5f);
   }
   std::vector<float> rm1(size_t(c), 0.1f), rv1(size_t(c), 2.f), rm2 = rm1, rv2 = rv1;
-  std::vector<float> y(x.size()), relu_y(x.size()), mean1(static_cast<size_t>(c)), inv1(static_cast<size_t>(c)), mean2(static_cast<size_t>(c)),
-      inv2(static_cast<size_t>(c)), fused(x.size());
+  std::vector<float> y(x.size()), relu_y(x.size()), mean1(static_cast<size_t>(c)), inv1(static_cast<size_t>(c)),
+      mean2(static_cast<size_t>(c)), inv2(static_cast<size_t>(c)), fused(x.size());
   cpu::batchnorm_forward_train<float>(count, c, x.data(), gamma.data(), beta.data(), y.data(), mean1.data(),
                                       inv1.data(), rm1.data(), rv1.data(), 0.1, 1e-5);
   cpu::relu_forward<float>(int64_t(y.size()), y.data(), relu_y.data());

@@ -27,28 +27,29 @@ constexpr int kReduceChannels = 32, kReduceSlots = 8, kReduceThreads = kReduceCh
 template <class Math, bool kBnRelu, int kWarpsN, class TIn, class TOut>
 void launch_forward(const Dims& d, const TIn* x, const float* gamma, const float* beta, const float* mean,
                     const float* invstd, const float* w, const float* bias, TOut* y, const TOut* res, double* part,
-                    uint8_t* argmax, cudaStream_t stream) {
+                    uint8_t* argmax, TOut* y_conv, cudaStream_t stream) {
   conv_tc::conv_tc_kernel<Math, kBnRelu, kWarpsN, TIn, TOut, false>
       <<<conv_tc::grid_for<kWarpsN>(d), conv_tc::threads_for<kWarpsN>(), 0, stream>>>(
-          d, x, gamma, beta, mean, invstd, w, bias, y, res, part, conv_tc::Branches{}, argmax);
+          d, x, gamma, beta, mean, invstd, w, bias, y, res, part, conv_tc::Branches{}, argmax, y_conv);
 }
 
 template <class Math, class TIn, class TOut>
 void launch_math(bool bn, const Dims& d, const TIn* x, const float* gamma, const float* beta,
                  const float* mean, const float* invstd, const float* w, const float* bias, TOut* y,
-                 const void* res, double* part, uint8_t* argmax, cudaStream_t stream) {
+                 const void* res, double* part, uint8_t* argmax, void* y_conv, cudaStream_t stream) {
   const bool narrow = d.cout <= 32;
   const auto* r = static_cast<const TOut*>(res);  // y's storage
+  auto* yc = static_cast<TOut*>(y_conv);
   if (bn && narrow)
-    launch_forward<Math, true, 1>(d, x, gamma, beta, mean, invstd, w, bias, y, r, part, argmax, stream);
+    launch_forward<Math, true, 1>(d, x, gamma, beta, mean, invstd, w, bias, y, r, part, argmax, yc, stream);
   else if (bn)
-    launch_forward<Math, true, 2>(d, x, gamma, beta, mean, invstd, w, bias, y, r, part, argmax, stream);
+    launch_forward<Math, true, 2>(d, x, gamma, beta, mean, invstd, w, bias, y, r, part, argmax, yc, stream);
   else if (narrow)
     launch_forward<Math, false, 1>(d, x, static_cast<const float*>(nullptr), nullptr, nullptr, nullptr, w, bias, y, r,
-                                   part, argmax, stream);
+                                   part, argmax, yc, stream);
   else
     launch_forward<Math, false, 2>(d, x, static_cast<const float*>(nullptr), nullptr, nullptr, nullptr, w, bias, y, r,
-                                   part, argmax, stream);
+                                   part, argmax, yc, stream);
 }
 
 bool shape_runs(const cpu::Conv2dShape& s) {
@@ -98,8 +99,9 @@ namespace {
 // Every public overload: a residual (or null), or the max-pool mode (pool, argmax or null).
 void forward_impl(const char* op, const cpu::Conv2dShape& s, ConvMath math, Storage x_type, const void* x,
                   const float* gamma, const float* beta, const float* mean, const float* invstd, const float* w_ohwi,
-                  const float* bias, Storage y_type, void* y, const void* residual, bool pool, uint8_t* argmax,
-                  double* out_sum, double* out_sumsq, void* workspace, cudaStream_t stream) {
+                  const float* bias, Storage y_type, void* y, const void* residual, bool multiply, void* y_conv,
+                  bool pool, uint8_t* argmax, double* out_sum, double* out_sumsq, void* workspace,
+                  cudaStream_t stream) {
   if (!bn_relu_conv_tc_can_run(s, math, x_type, y_type))
     fail(op, ": unsupported shape, math or storage: n ", s.n, " h ", s.h, " w ", s.w, " cin ", s.cin, " cout ",
          s.cout, " kernel ", s.kh, "x", s.kw, " stride ", s.stride, " pad ", s.pad, " dilation ", s.dil,
@@ -109,12 +111,16 @@ void forward_impl(const char* op, const cpu::Conv2dShape& s, ConvMath math, Stor
     fail(op, ": a 2x2 max pool needs an even output height and width, got ", s.ho(), "x", s.wo());
   detail::check_not_null(op, {{"x", x}, {"w", w_ohwi}, {"y", y}});
   if (residual != nullptr && residual == y) fail(op, ": the residual may not be y itself");
+  if (multiply && residual == nullptr) fail(op, ": no multiplier");
+  if (y_conv != nullptr && (y_conv == y || y_conv == residual))
+    fail(op, ": the convolution's output may not alias y or the multiplier");
   const bool bn = gamma || beta || mean || invstd;
   if (bn) detail::check_not_null(op, {{"gamma", gamma}, {"beta", beta}, {"mean", mean}, {"invstd", invstd}});
   const bool stats = out_sum || out_sumsq;
   if (stats) detail::check_workspace(op, workspace, bn_relu_conv_tc_workspace_bytes(s));
 
-  Dims d{s.n, s.h, s.w, s.cin, s.kh, s.kw, s.cout, s.stride, s.pad, s.dil, s.ho(), s.wo(), 0, 0, pool ? 1 : 0};
+  Dims d{s.n,   s.h,   s.w,    s.cin,  s.kh, s.kw, s.cout,       s.stride,
+         s.pad, s.dil, s.ho(), s.wo(), 0,    0,    pool ? 1 : 0, multiply ? 1 : 0};
   d.m = int64_t(s.n) * d.ho * d.wo;
   d.k = s.kh * s.kw * s.cin;
   double* part = stats ? static_cast<double*>(workspace) : nullptr;
@@ -124,15 +130,20 @@ void forward_impl(const char* op, const cpu::Conv2dShape& s, ConvMath math, Stor
   auto* yh = static_cast<bf16*>(y);
   const bool xb = x_type == Storage::Bf16, yb = y_type == Storage::Bf16;
   if (math == ConvMath::Tf32)
-    launch_math<Tf32Math>(bn, d, xf, gamma, beta, mean, invstd, w_ohwi, bias, yf, residual, part, argmax, stream);
+    launch_math<Tf32Math>(bn, d, xf, gamma, beta, mean, invstd, w_ohwi, bias, yf, residual, part, argmax, y_conv,
+                          stream);
   else if (!xb && !yb)
-    launch_math<Bf16Math>(bn, d, xf, gamma, beta, mean, invstd, w_ohwi, bias, yf, residual, part, argmax, stream);
+    launch_math<Bf16Math>(bn, d, xf, gamma, beta, mean, invstd, w_ohwi, bias, yf, residual, part, argmax, y_conv,
+                          stream);
   else if (xb && yb)
-    launch_math<Bf16Math>(bn, d, xh, gamma, beta, mean, invstd, w_ohwi, bias, yh, residual, part, argmax, stream);
+    launch_math<Bf16Math>(bn, d, xh, gamma, beta, mean, invstd, w_ohwi, bias, yh, residual, part, argmax, y_conv,
+                          stream);
   else if (xb)
-    launch_math<Bf16Math>(bn, d, xh, gamma, beta, mean, invstd, w_ohwi, bias, yf, residual, part, argmax, stream);
+    launch_math<Bf16Math>(bn, d, xh, gamma, beta, mean, invstd, w_ohwi, bias, yf, residual, part, argmax, y_conv,
+                          stream);
   else
-    launch_math<Bf16Math>(bn, d, xf, gamma, beta, mean, invstd, w_ohwi, bias, yh, residual, part, argmax, stream);
+    launch_math<Bf16Math>(bn, d, xf, gamma, beta, mean, invstd, w_ohwi, bias, yh, residual, part, argmax, y_conv,
+                          stream);
   RPP_CUDA_CHECK_LAUNCH(op);
   if (stats) {
     const unsigned blocks = unsigned((s.cout + kReduceChannels - 1) / kReduceChannels);
@@ -148,7 +159,7 @@ void bn_relu_conv_tc_forward(const cpu::Conv2dShape& s, ConvMath math, Storage x
                              const float* w_ohwi, const float* bias, Storage y_type, void* y, const void* residual,
                              double* out_sum, double* out_sumsq, void* workspace, cudaStream_t stream) {
   forward_impl("bn_relu_conv_tc_forward", s, math, x_type, x, gamma, beta, mean, invstd, w_ohwi, bias, y_type, y,
-               residual, false, nullptr, out_sum, out_sumsq, workspace, stream);
+               residual, false, nullptr, false, nullptr, out_sum, out_sumsq, workspace, stream);
 }
 
 void bn_relu_conv_tc_forward_maxpool(const cpu::Conv2dShape& s, ConvMath math, Storage x_type, const void* x,
@@ -156,7 +167,16 @@ void bn_relu_conv_tc_forward_maxpool(const cpu::Conv2dShape& s, ConvMath math, S
                                      const float* w_ohwi, const float* bias, Storage y_type, void* y, uint8_t* argmax,
                                      double* out_sum, double* out_sumsq, void* workspace, cudaStream_t stream) {
   forward_impl("bn_relu_conv_tc_forward_maxpool", s, math, x_type, x, gamma, beta, mean, invstd, w_ohwi, bias, y_type,
-               y, nullptr, true, argmax, out_sum, out_sumsq, workspace, stream);
+               y, nullptr, false, nullptr, true, argmax, out_sum, out_sumsq, workspace, stream);
+}
+
+void bn_relu_conv_tc_forward_mul(const cpu::Conv2dShape& s, ConvMath math, Storage x_type, const void* x,
+                                 const float* gamma, const float* beta, const float* mean, const float* invstd,
+                                 const float* w_ohwi, const float* bias, Storage y_type, void* y,
+                                 const void* multiplier, void* conv_out, double* out_sum, double* out_sumsq,
+                                 void* workspace, cudaStream_t stream) {
+  forward_impl("bn_relu_conv_tc_forward_mul", s, math, x_type, x, gamma, beta, mean, invstd, w_ohwi, bias, y_type, y,
+               multiplier, true, conv_out, false, nullptr, out_sum, out_sumsq, workspace, stream);
 }
 
 }  // namespace rpp::cuda

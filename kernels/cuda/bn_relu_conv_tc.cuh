@@ -84,4 +84,15 @@ void bn_relu_conv_tc_forward_maxpool(const cpu::Conv2dShape& s, ConvMath math, S
                                      const float* w_ohwi, const float* bias, Storage y_type, void* y, uint8_t* argmax,
                                      double* out_sum, double* out_sumsq, void* workspace, cudaStream_t stream);
 
+// With a multiplier (fuse_conv_mul): y = c * multiplier, where c is the convolution's output (bias
+// included) as stored in y's storage, the product taken in fp32 and rounded once (so y has the
+// bits of the convolution followed by mul()); conv_out, when not null, receives c (what the
+// product's backward reads). The multiplier has y's shape and storage and may not be null;
+// neither it nor conv_out may alias y. The statistics are those of y.
+void bn_relu_conv_tc_forward_mul(const cpu::Conv2dShape& s, ConvMath math, Storage x_type, const void* x,
+                                 const float* gamma, const float* beta, const float* mean, const float* invstd,
+                                 const float* w_ohwi, const float* bias, Storage y_type, void* y,
+                                 const void* multiplier, void* conv_out, double* out_sum, double* out_sumsq,
+                                 void* workspace, cudaStream_t stream);
+
 }  // namespace rpp::cuda

@@ -62,6 +62,9 @@ struct Dims {
   // window by window, m = 4 * window + position (0,0), (0,1), (1,0), (1,1), windows in NHWC
   // order of the pooled output, so that a tile holds 32 whole windows; y is the pooled output.
   int pool;
+  // Multiplier mode (res given): y = the convolution's output as stored, times res, in fp32, then
+  // rounded; the stored convolution output also goes to y_conv when that is not null.
+  int res_mul;
 };
 
 // Branch-sum mode: the branches' padding, dilation, OHWI weights, conv bias (or null) and eval BN.
@@ -79,7 +82,8 @@ struct Branches {
 };
 
 // part: null, or the workspace for the per-tile statistics partials. argmax: null, or (max-pool
-// mode) each pooled output's window position. The launch bounds ask for
+// mode) each pooled output's window position. y_conv: null, or (multiplier mode) where the
+// convolution's own output goes. The launch bounds ask for
 // two 256-thread (four 128-thread) blocks per SM, i.e. at most 128 registers; with the k8 loop
 // unrolled by 2 rather than 4 that holds without spilling.
 template <class Math, bool kBnRelu, int kWarpsN, class TIn, class TOut, bool kSum>
@@ -87,7 +91,8 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
     conv_tc_kernel(Dims d, const TIn* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
                    const float* __restrict__ mean, const float* __restrict__ invstd, const float* __restrict__ w,
                    const float* __restrict__ bias, TOut* __restrict__ y, const TOut* __restrict__ res,
-                   double* __restrict__ part, Branches br, uint8_t* __restrict__ argmax) {
+                   double* __restrict__ part, Branches br, uint8_t* __restrict__ argmax,
+                   TOut* __restrict__ y_conv) {
   using T = typename Math::T;
   constexpr int kThreads = kWarpsM * kWarpsN * 32;
   constexpr int kBN = 32 * kWarpsN;
@@ -370,7 +375,13 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
       const int64_t m = m0 + r;
       if (m >= d.m) break;
       float out = Cs[r * kLdC + c] + b;
-      if (res != nullptr) out += detail::to_f32(res[m * d.cout + co]);  // as add() after the conv: same bits
+      if (res != nullptr && d.res_mul) {  // as the conv, then mul(): the product of the stored values
+        const TOut stored = detail::from_f32<TOut>(out);
+        if (y_conv != nullptr) y_conv[m * d.cout + co] = stored;
+        out = detail::to_f32(stored) * detail::to_f32(res[m * d.cout + co]);
+      } else if (res != nullptr) {
+        out += detail::to_f32(res[m * d.cout + co]);  // as add() after the conv: same bits
+      }
       const TOut q = detail::from_f32<TOut>(out);
       y[m * d.cout + co] = q;
       const float v = detail::to_f32(q);  // the statistics of the stored values

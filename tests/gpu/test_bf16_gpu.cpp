@@ -409,6 +409,68 @@ TEST(Bf16Conv, ResidualIsAddedBeforeTheOneRounding) {
                Error);
 }
 
+// A multiplier (fuse_conv_mul): y is the plain launch's stored output times the multiplier, one
+// rounding after the fp32 product, bit for bit (fp32 storage with TF32 and BF16 math, bf16
+// storage with BF16 math), and conv_out holds that stored output. The statistics are of y.
+TEST(Bf16Conv, MultiplierMultipliesTheStoredOutput) {
+  REQUIRE_GPU();
+  Stream st;
+  for (const ConvCase& c : conv_cases()) {
+    const cpu::Conv2dShape& s = c.s;
+    const ConvData data(c);
+    const std::string& what = data.what;
+    const size_t ny = data.ny;
+    const Halves mh = random_bf16(ny, 2.f);
+    const Floats mf = widen(mh);
+    DevConv d(c, data);
+    DevFloats dmf(mf), dy0(ny), dy1(ny), dc(ny);
+    DevHalves dmh(mh), dy0h(ny), dyh(ny), dch(ny);
+    for (const ConvMath math : {ConvMath::Tf32, ConvMath::Bf16}) {
+      const std::string how = what + (math == ConvMath::Tf32 ? ", TF32" : ", BF16");
+      const Floats y0 = run_twice(st, {&dy0}, nullptr, [&] {
+        cuda::bn_relu_conv_tc_forward(s, math, d.xf.p(), d.g(), d.be(), d.me(), d.iv(), d.w.p(), d.bias.p(), dy0.p(),
+                                      nullptr, nullptr, nullptr, st);
+      })[0];
+      const std::vector<Floats> got = run_twice(st, {&dy1, &dc, &d.sum_buf, &d.sumsq_buf}, [&] { d.ws.poison(); }, [&] {
+        cuda::bn_relu_conv_tc_forward_mul(s, math, Storage::F32, d.xf.p(), d.g(), d.be(), d.me(), d.iv(), d.w.p(),
+                                          d.bias.p(), Storage::F32, dy1.p(), dmf.p(), dc.p(), d.sum(), d.sumsq(),
+                                          d.ws.data(), st);
+      });
+      Floats want(ny);
+      for (size_t i = 0; i < ny; ++i) want[i] = y0[i] * mf[i];  // what mul() after the conv gives
+      EXPECT_TRUE(same_bits(want, got[0])) << how << ": fp32 storage, y * multiplier";
+      EXPECT_TRUE(same_bits(y0, got[1])) << how << ": fp32 storage, the convolution's output";
+      expect_stats_of(d.sum_buf, d.sumsq_buf, got[0], s.cout, how + ", fp32 storage");
+      if (math != ConvMath::Bf16) continue;
+      const Floats y0h = widen(run_twice_bf16(st, dy0h, [&] {
+        cuda::bn_relu_conv_tc_forward(s, math, Storage::Bf16, d.xh.p(), d.g(), d.be(), d.me(), d.iv(), d.w.p(),
+                                      d.bias.p(), Storage::Bf16, dy0h.p(), nullptr, nullptr, nullptr, st);
+      }));
+      Floats want_h(ny);
+      for (size_t i = 0; i < ny; ++i) want_h[i] = y0h[i] * mf[i];
+      dch.poison();
+      const Halves yh = run_twice_bf16(st, dyh, [&] {
+        cuda::bn_relu_conv_tc_forward_mul(s, math, Storage::Bf16, d.xh.p(), d.g(), d.be(), d.me(), d.iv(), d.w.p(),
+                                          d.bias.p(), Storage::Bf16, dyh.p(), dmh.p(), dch.p(), d.sum(), d.sumsq(),
+                                          d.ws.data(), st);
+      });
+      expect_same_halves(to_bf16(want_h), yh, how + ": bf16 storage, y * multiplier");
+      expect_same_halves(to_bf16(y0h), dch.get(), how + ": bf16 storage, the convolution's output");
+      expect_stats_of(d.sum_buf, d.sumsq_buf, widen(yh), s.cout, how + ", bf16 storage");
+    }
+    d.expect_guards();
+    expect_guards({&dmf, &dy0, &dy1, &dc, &dmh, &dy0h, &dyh, &dch});
+  }
+  // A multiplier is required, and the convolution's output may not alias y.
+  const cpu::Conv2dShape s = conv_shape(1, 4, 4, 8, 8, 3, 1, 1, 1);
+  DevFloats x(size_t(4 * 4 * 8)), w(size_t(9 * 8 * 8)), y(size_t(4 * 4 * 8)), m(size_t(4 * 4 * 8));
+  for (const auto& bad : {std::pair<const float*, float*>{nullptr, nullptr}, {m.p(), y.p()}})
+    EXPECT_THROW(cuda::bn_relu_conv_tc_forward_mul(s, ConvMath::Tf32, Storage::F32, x.p(), nullptr, nullptr, nullptr,
+                                                   nullptr, w.p(), nullptr, Storage::F32, y.p(), bad.first, bad.second,
+                                                   nullptr, nullptr, nullptr, st),
+                 Error);
+}
+
 // The 2x2 max pool in the epilogue (fuse_conv_pool): y and argmax are the CPU's pool (with its
 // window indices) of the plain launch's stored output, bit for bit: fp32 storage with TF32 and
 // BF16 math, bf16 storage (x and y) with BF16 math. The statistics are those of the pooled y.

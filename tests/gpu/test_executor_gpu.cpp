@@ -647,8 +647,10 @@ TEST(GpuExecutor, HandwrittenKernelsMatchTheCudnnPath) {
     CudaExecutor gpu(mg.graph, sg, 0, o);
     const std::string described = gpu.describe_kernels();
     std::cout << kernel_choice_name(k) << ":\n" << described;
-    // The attention gates' skip convolutions pool after the FMA kernel or cuDNN (fuse_conv_pool).
+    // The attention gates' skip convolutions pool, and their last convolutions multiply, after the
+    // FMA kernel or cuDNN (fuse_conv_pool, fuse_conv_mul).
     EXPECT_EQ(occurrences(described, "; 2x2 max pool after it"), 3u) << described;
+    EXPECT_EQ(occurrences(described, "; product after it"), 3u) << described;
     // One line per fused node, plus one per BN backward that takes the backward-data kernel's sums.
     size_t lines = 0, plain_lines = 0, bn_sums = 0, credited = 0;
     std::istringstream in(described);
@@ -749,6 +751,7 @@ TEST(GpuExecutor, Tf32TensorCoreKernelsAndEpilogueStatistics) {
     EXPECT_NE(described.find(block), std::string::npos) << block << "\n" << described;
   EXPECT_EQ(epi, size_t(from_epilogue)) << described;
   EXPECT_EQ(occurrences(described, "; 2x2 max pool in the epilogue"), 3u) << described;  // the attention gates
+  EXPECT_EQ(occurrences(described, "; product in the epilogue"), 3u) << described;
   gpu.set_input(mg.image, images.data());
   gpu.set_input(mg.target, masks.data());
   gpu.run();

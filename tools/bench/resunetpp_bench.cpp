@@ -382,7 +382,8 @@ struct ShapeRow {
   size_t id = 0;  // position among all the network's shapes (stable under --filter): row number, data seed
   Conv2dShape s;
   std::vector<std::string> nodes;
-  bool pooled = false;  // some node of the shape pools its output (fuse_conv_pool: the attention gates' g_conv)
+  bool pooled = false;      // some node of the shape pools its output (fuse_conv_pool: the attention gates' g_conv)
+  bool multiplied = false;  // some node multiplies its output (fuse_conv_mul: the attention gates' gc_conv)
 };
 
 int64_t in_elems(const Conv2dShape& s) { return int64_t(s.n) * s.h * s.w * s.cin; }
@@ -419,6 +420,7 @@ std::vector<ShapeRow> fused_shapes(int batch, int size) {
     }
     rows[it->second].nodes.push_back(n.name);
     rows[it->second].pooled = rows[it->second].pooled || n.conv.max_pool;
+    rows[it->second].multiplied = rows[it->second].multiplied || n.conv.multiply;
   }
   return rows;
 }
@@ -1156,6 +1158,49 @@ bool verify_and_time_tc(Gpu& g, KernelRow& k, const Conv2dShape& s, const std::s
   return true;
 }
 
+// A multiplied node's shape (fuse_conv_mul): the product in the TF32 kernel's epilogue (launch(y,
+// m, c)) against the TF32 fallback (into y_plain) followed by mul(); verified exactly against
+// `plain` (the TF32 kernel's output) times the multiplier on the host. False when the check failed.
+bool bench_tc_product(Gpu& g, KernelRow& k, const Conv2dShape& s, const Environment& env,
+                      const std::vector<float>& plain, DevMem& y_plain, const std::function<void()>& fallback,
+                      const std::function<void(float*, const float*, float*)>& launch) {
+  const cudaStream_t st = g.stream;
+  const size_t ny = plain.size();
+  std::vector<float> m(ny);
+  Rng rng(uint64_t(k.shape.id), 9500);
+  for (float& v : m) v = rng.normal();
+  const auto dm = upload(m, st);
+  DevMem y(ny * sizeof(float)), c(ny * sizeof(float));
+  std::vector<float> want(ny);
+  for (size_t i = 0; i < ny; ++i) want[i] = plain[i] * m[i];
+  BENCH_CU(cudaMemsetAsync(y.p(), 0xFF, y.bytes(), st));
+  launch(y.f(), dm->f(), c.f());
+  BENCH_CU(cudaStreamSynchronize(st));
+  BENCH_CU(cudaGetLastError());
+  std::vector<float> got = download(y, ny, st);
+  if (corrupt(k.shape.id, "forward")) got[0] += 1.f;
+  k.checks.push_back(check_full("hand-written TF32 + product in the epilogue vs its plain output times m", s, got,
+                                want, 0.0));
+  k.checks.back().basis = "fb_tc";
+  if (!k.checks.back().passed) {
+    k.failed = true;
+    return false;
+  }
+  auto fallback_mul = [&] {
+    fallback();
+    cuda::mul(int64_t(ny), y_plain.f(), dm->f(), y.f(), st);
+  };
+  const size_t base = k.timings.size();
+  k.timings.push_back({"fallback_tf32_mul", "cuDNN fallback, TF32, then mul",
+                       stats_of(time_gpu(g, env.warmup, env.repeats, fallback_mul))});
+  PathTiming t{"handwritten_tf32_mul", "hand-written TF32, product in the epilogue",
+               stats_of(time_gpu(g, env.warmup, env.repeats, [&] { launch(y.f(), dm->f(), c.f()); })),
+               int(k.checks.size()) - 1, 0.0};
+  t.speedup = k.timings[base].st.median_us / t.st.median_us;
+  k.timings.push_back(std::move(t));
+  return true;
+}
+
 KernelRow bench_cuda_shape(Gpu& g, const ShapeRow& row, const Options& o, const Environment& env) {
   const size_t index = row.id;
   KernelRow k;
@@ -1256,16 +1301,22 @@ KernelRow bench_cuda_shape(Gpu& g, const ShapeRow& row, const Options& o, const 
                           base, env, tc(cuda::ConvMath::Bf16)))
     return k;
 
-  // A pooled node's shape (fuse_conv_pool): the 2x2 max pool in the TF32 kernel's epilogue, against
-  // the TF32 fallback followed by the pool kernel. Verified exactly against the pool, on the host,
-  // of the TF32 kernel's full output (itself verified above).
+  // The epilogue variants of the attention gates' shapes, against the TF32 fallback followed by the
+  // unfused kernel; each verified exactly against the host's pool or product of the TF32 kernel's
+  // plain output (itself verified above).
+  tc(cuda::ConvMath::Tf32)();
+  BENCH_CU(cudaStreamSynchronize(st));
+  const std::vector<float> full = download(yhw, ny, st);
+  if (row.multiplied && !bench_tc_product(g, k, s, env, full, yhw, fallback_tf32, [&](float* y, const float* m, float* c) {
+        cuda::bn_relu_conv_tc_forward_mul(s, cuda::ConvMath::Tf32, cuda::Storage::F32, x->f(), gamma->f(), beta->f(),
+                                          mean->f(), invstd->f(), w->f(), bias->f(), cuda::Storage::F32, y, m, c,
+                                          nullptr, nullptr, nullptr, st);
+      }))
+    return k;
   if (!row.pooled || s.ho() % 2 || s.wo() % 2) return k;
   const size_t np = ny / 4;
   DevMem yp(np * sizeof(float)), argmax(np);
   auto* arg = static_cast<uint8_t*>(argmax.p());
-  tc(cuda::ConvMath::Tf32)();
-  BENCH_CU(cudaStreamSynchronize(st));
-  const std::vector<float> full = download(yhw, ny, st);
   std::vector<float> want(np);
   cpu::maxpool2_forward(s.n, s.ho(), s.wo(), s.cout, full.data(), want.data());
   auto fallback_tf32_pool = [&] {

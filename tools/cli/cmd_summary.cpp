@@ -135,13 +135,14 @@ int cmd_summary(int argc, char** argv) {
     if (!is_forward(n.op)) bwd += n.flops;
   std::cout << double(bwd) / batch / 1e9 << " = " << double(train.graph.forward_flops() + bwd) / batch / 1e9
             << " GFLOP per image (multiply-add = 2)\n";
-  int fused = 0, sums = 0, se = 0, bn_sums = 0, adds = 0, pools = 0, up_cat = 0;
+  int fused = 0, sums = 0, se = 0, bn_sums = 0, adds = 0, pools = 0, up_cat = 0, products = 0;
   for (const Node& n : g.nodes()) {
     fused += n.op == OpKind::BnReluConv2d;
     se += n.op == OpKind::SeExcite;
     adds += residual_input(n) >= 0;
     pools += is_forward(n.op) && n.conv.max_pool;
     up_cat += n.op == OpKind::UpsampleConcat;
+    products += is_forward(n.op) && n.conv.multiply;
   }
   for (const Node& n : infer.graph.nodes()) sums += n.op == OpKind::ConvBnSum;
   for (const Node& n : train.graph.nodes()) bn_sums += n.op == OpKind::BnApplySum;
@@ -154,6 +155,7 @@ int cmd_summary(int argc, char** argv) {
               << " residual and attention adds done by the convolution before them; " << pools
               << " max pools done by the convolution before them (training keeps 1-byte window indices, not the "
                  "convolution's output); "
+              << products << " attention products done by the convolution before them; "
               << up_cat << " decoder upsamples and concats in one pass each (the upsampled tensor never exists)\n\n";
   else
     std::cout << "fusion: off (--fuse on shows the fused graph the CUDA executor runs)\n\n";
