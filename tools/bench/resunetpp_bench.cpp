@@ -28,7 +28,13 @@
 //        chosen as for the forward.
 //      * cuda, tensor cores (more paths of the forward rows): the fallback with cuDNN's TF32
 //        allowed, and the hand-written tensor-core kernel (kernels/cuda/bn_relu_conv_tc.cuh) with
-//        TF32 and with BF16 operands; their speed-up is over the TF32 fallback.
+//        TF32 operands, its speed-up over the TF32 fallback; cuDNN's native bf16 forward after a
+//        bf16 BN-ReLU (checked without the bias), when cuDNN takes the shape; the kernel with
+//        BF16 operands, its speed-up over the native bf16 row, else the TF32 fallback. Shapes of
+//        the attention gates also time the epilogue variants against the TF32 fallback plus the
+//        unfused kernel: the 2x2 max pool (g_conv, fuse_conv_pool) and the product (gc_conv,
+//        fuse_conv_mul), each checked exactly against the host's pool or product of the TF32
+//        kernel's plain output.
 //      * cuda, ASPP (a third table; JSON "kernels_aspp"): one row per ConvBnSum node of the
 //        inference graph (the two ASPP blocks: four dilated conv branches with eval BNs, summed):
 //        the fallback as the executor's cuDNN path runs it (per branch the cuDNN conv, the eval
@@ -1158,6 +1164,70 @@ bool verify_and_time_tc(Gpu& g, KernelRow& k, const Conv2dShape& s, const std::s
   return true;
 }
 
+// cuDNN's own bf16 forward convolution: bf16 NHWC x and y, bf16 OHWI weights, fp32 accumulation,
+// tensor-op math, the first algorithm cuDNN's heuristics rank supported (no bias). The bench's
+// native baseline of the BF16 kernel; the executor's bf16 cuDNN path stages fp32 instead
+// (docs/design.md, "The cuDNN path in bf16"). Throws rpp::Error when cuDNN refuses the shape.
+class CudnnBf16Forward {
+ public:
+  CudnnBf16Forward(cudnnHandle_t h, const Conv2dShape& s) : handle_(h) {
+    try {
+      RPP_CUDNN_CHECK(cudnnCreateTensorDescriptor(&x_));
+      RPP_CUDNN_CHECK(cudnnSetTensor4dDescriptor(x_, CUDNN_TENSOR_NHWC, CUDNN_DATA_BFLOAT16, s.n, s.cin, s.h, s.w));
+      RPP_CUDNN_CHECK(cudnnCreateTensorDescriptor(&y_));
+      RPP_CUDNN_CHECK(
+          cudnnSetTensor4dDescriptor(y_, CUDNN_TENSOR_NHWC, CUDNN_DATA_BFLOAT16, s.n, s.cout, s.ho(), s.wo()));
+      RPP_CUDNN_CHECK(cudnnCreateFilterDescriptor(&w_));
+      RPP_CUDNN_CHECK(cudnnSetFilter4dDescriptor(w_, CUDNN_DATA_BFLOAT16, CUDNN_TENSOR_NHWC, s.cout, s.cin, s.kh, s.kw));
+      RPP_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&conv_));
+      RPP_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv_, s.pad, s.pad, s.stride, s.stride, s.dil, s.dil,
+                                                      CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+      RPP_CUDNN_CHECK(cudnnSetConvolutionMathType(conv_, CUDNN_TENSOR_OP_MATH));
+      constexpr int kMax = 16;
+      cudnnConvolutionFwdAlgoPerf_t perf[kMax];
+      int returned = 0;
+      RPP_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, x_, w_, conv_, y_, kMax, &returned, perf));
+      int pick = -1;
+      for (int i = 0; i < returned && pick < 0; ++i)
+        if (perf[i].status == CUDNN_STATUS_SUCCESS) pick = i;
+      if (pick < 0) fail("cuDNN offers no bf16 forward algorithm for ", shape_text(s));
+      algo_ = perf[pick].algo;
+      RPP_CUDNN_CHECK(cudnnSetConvolutionMathType(conv_, perf[pick].mathType));
+      RPP_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, x_, w_, conv_, y_, algo_, &ws_bytes_));
+      ws_ = std::make_unique<DevMem>(ws_bytes_);
+    } catch (...) {
+      destroy();
+      throw;
+    }
+  }
+  ~CudnnBf16Forward() { destroy(); }
+  CudnnBf16Forward(const CudnnBf16Forward&) = delete;
+  CudnnBf16Forward& operator=(const CudnnBf16Forward&) = delete;
+  void forward(const cuda::bf16* x, const cuda::bf16* w_ohwi, cuda::bf16* y) const {
+    const float one = 1.f, zero = 0.f;
+    RPP_CUDNN_CHECK(cudnnConvolutionForward(handle_, &one, x_, x, w_, w_ohwi, conv_, algo_, ws_->p(), ws_bytes_, &zero,
+                                            y_, y));
+  }
+
+ private:
+  void destroy() noexcept {
+    if (conv_) (void)cudnnDestroyConvolutionDescriptor(conv_);
+    if (w_) (void)cudnnDestroyFilterDescriptor(w_);
+    if (y_) (void)cudnnDestroyTensorDescriptor(y_);
+    if (x_) (void)cudnnDestroyTensorDescriptor(x_);
+    conv_ = nullptr;
+    w_ = nullptr;
+    x_ = y_ = nullptr;
+  }
+  cudnnHandle_t handle_;
+  cudnnTensorDescriptor_t x_ = nullptr, y_ = nullptr;
+  cudnnFilterDescriptor_t w_ = nullptr;
+  cudnnConvolutionDescriptor_t conv_ = nullptr;
+  cudnnConvolutionFwdAlgo_t algo_ = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+  size_t ws_bytes_ = 0;
+  std::unique_ptr<DevMem> ws_;
+};
+
 // A multiplied node's shape (fuse_conv_mul): the product in the TF32 kernel's epilogue (launch(y,
 // m, c)) against the TF32 fallback (into y_plain) followed by mul(); verified exactly against
 // `plain` (the TF32 kernel's output) times the multiplier on the host. False when the check failed.
@@ -1274,8 +1344,9 @@ KernelRow bench_cuda_shape(Gpu& g, const ShapeRow& row, const Options& o, const 
     k.timings.back().speedup = k.speedup;
   }
 
-  // Tensor cores: the same chain with cuDNN's TF32 allowed (the baseline of the TF32 kernel; BF16
-  // has no cuDNN path here, so its speed-up is also against the TF32 fallback).
+  // Tensor cores: the same chain with cuDNN's TF32 allowed (the baseline of the TF32 kernel), then
+  // cuDNN's native bf16 convolution (the BF16 kernel's baseline when cuDNN takes the shape, else
+  // the TF32 fallback is).
   if (!cuda::bn_relu_conv_tc_can_run(s, cuda::ConvMath::Tf32)) return k;
   cuda::CudnnConv conv_tf32(s);
   conv_tf32.choose_algorithms(g.handle, /*deterministic=*/true, /*allow_tf32=*/true, nullptr, size_t(1) << 30);
@@ -1297,8 +1368,49 @@ KernelRow bench_cuda_shape(Gpu& g, const ShapeRow& row, const Options& o, const 
   if (!verify_and_time_tc(g, k, s, "handwritten_tf32", "hand-written, TF32 tensor cores", kTf32Tolerance, yhw, ref,
                           base, env, tc(cuda::ConvMath::Tf32)))
     return k;
+  // The native bf16 baseline: BN-ReLU of a bf16 x staged in bf16 (two passes) and cuDNN's bf16
+  // convolution, verified against the fp32 reference without the bias (bf16 tolerance). When
+  // cuDNN refuses the shape the row says so, and the BF16 kernel's speed-up stays against TF32.
+  size_t base_bf16 = base;
+  try {
+    CudnnBf16Forward conv_bf16(g.handle, s);
+    const size_t nx = sz(in_elems(s)), nw = sz(w_elems(s));
+    DevMem xh(nx * 2), wh(nw * 2), stagedh(nx * 2), yh(ny * 2);
+    auto* xb = static_cast<cuda::bf16*>(xh.p());
+    auto* wb = static_cast<cuda::bf16*>(wh.p());
+    auto* sb = static_cast<cuda::bf16*>(stagedh.p());
+    auto* yb = static_cast<cuda::bf16*>(yh.p());
+    cuda::convert(int64_t(nx), x->f(), xb, st);
+    cuda::convert(int64_t(nw), w->f(), wb, st);
+    auto cudnn_bf16 = [&] {
+      cuda::batchnorm_apply(count, s.cin, xb, gamma->f(), beta->f(), mean->f(), invstd->f(), true, staged.f(), st);
+      cuda::convert(int64_t(nx), staged.f(), sb, st);
+      conv_bf16.forward(sb, wb, yb);
+    };
+    std::vector<float> ref_nobias(ref);
+    for (size_t i = 0; i < ny; ++i) ref_nobias[i] -= d.bias[i % sz(s.cout)];
+    BENCH_CU(cudaMemsetAsync(yh.p(), 0xFF, yh.bytes(), st));
+    cudnn_bf16();
+    cuda::convert(int64_t(ny), static_cast<const cuda::bf16*>(yb), yhw.f(), st);
+    BENCH_CU(cudaStreamSynchronize(st));
+    BENCH_CU(cudaGetLastError());
+    k.checks.push_back(check_full("cuDNN bf16 (no bias) vs fp32 reference", s, download(yhw, ny, st), ref_nobias,
+                                  kBf16Tolerance));
+    k.checks.back().basis = "fb_tc";
+    if (!k.checks.back().passed) {
+      k.failed = true;
+      return k;
+    }
+    PathTiming t{"cudnn_bf16", "cuDNN bf16 (BN-ReLU staged in bf16, no bias)",
+                 stats_of(time_gpu(g, env.warmup, env.repeats, cudnn_bf16)), int(k.checks.size()) - 1, 0.0};
+    t.speedup = k.timings.at(base).st.median_us / t.st.median_us;
+    base_bf16 = k.timings.size();
+    k.timings.push_back(std::move(t));
+  } catch (const Error& e) {  // cuDNN refused the shape or the bf16 data type: no baseline row
+    k.note += (k.note.empty() ? "" : "; ") + std::string("cuDNN bf16: ") + e.what();
+  }
   if (!verify_and_time_tc(g, k, s, "handwritten_bf16", "hand-written, BF16 tensor cores", kBf16Tolerance, yhw, ref,
-                          base, env, tc(cuda::ConvMath::Bf16)))
+                          base_bf16, env, tc(cuda::ConvMath::Bf16)))
     return k;
 
   // The epilogue variants of the attention gates' shapes, against the TF32 fallback followed by the
