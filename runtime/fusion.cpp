@@ -266,43 +266,47 @@ bool plain_conv(const Node& n) {
 
 }  // namespace
 
+namespace {
+// fuse_conv_add and fuse_conv_mul: folds a binary node i of kind `op` (distinct operands) into the
+// convolution that privately produces one of its operands (the first side that qualifies: a
+// plain convolution not yet absorbed, the other operand of the same shape and dtype), which
+// takes that other operand in its residual slot and the node's place (every input of the
+// convolution is ready there). `finish` completes the fused node; returns the absorbed
+// convolution, or -1.
+template <class Finish>
+int fold_into_conv_operand(const Graph& g, const Uses& u, int i, const std::vector<char>& drop, OpKind op,
+                           Node& fused, Finish finish) {
+  const Node& n = g.node(i);
+  if (n.op != op || n.in.size() != 2 || n.in[0] == n.in[1]) return -1;
+  for (int side = 0; side < 2; ++side) {
+    const int t = n.in[size_t(side)], r = n.in[size_t(1 - side)];
+    const int p = private_producer(g, u, t, i);
+    if (p < 0 || drop[size_t(p)] || !plain_conv(g.node(p))) continue;
+    if (g.tensor(r).shape != g.tensor(t).shape || g.tensor(r).dtype != g.tensor(t).dtype) continue;
+    fused = g.node(p);
+    fused.in.push_back(r);
+    fused.out = n.out;
+    fused.flops += n.flops;
+    finish(t);
+    return p;
+  }
+  return -1;
+}
+}  // namespace
+
 std::vector<std::string> fuse_conv_add(Graph& g) {
   return fuse_producer_into_reader(g, [&](const Uses& u, int i, const std::vector<char>& drop, Node& fused) {
-    const Node& add = g.node(i);
-    if (add.op != OpKind::Add || add.in.size() != 2 || add.in[0] == add.in[1]) return -1;
-    for (int side = 0; side < 2; ++side) {
-      const int t = add.in[size_t(side)], r = add.in[size_t(1 - side)];
-      const int p = private_producer(g, u, t, i);
-      if (p < 0 || drop[size_t(p)] || !plain_conv(g.node(p))) continue;
-      if (g.tensor(r).shape != g.tensor(t).shape || g.tensor(r).dtype != g.tensor(t).dtype) continue;
-      fused = g.node(p);  // at the add's place: every input of the conv is ready there
-      fused.in.push_back(r);
-      fused.out = add.out;
-      fused.flops += add.flops;
-      return p;
-    }
-    return -1;
+    return fold_into_conv_operand(g, u, i, drop, OpKind::Add, fused, [](int) {});
   });
 }
 
 std::vector<std::string> fuse_conv_mul(Graph& g) {
   return fuse_producer_into_reader(g, [&](const Uses& u, int i, const std::vector<char>& drop, Node& fused) {
-    const Node& mul = g.node(i);
-    if (mul.op != OpKind::Mul || mul.in.size() != 2 || mul.in[0] == mul.in[1]) return -1;
-    for (int side = 0; side < 2; ++side) {
-      const int t = mul.in[size_t(side)], m = mul.in[size_t(1 - side)];
-      const int p = private_producer(g, u, t, i);
-      if (p < 0 || drop[size_t(p)] || !plain_conv(g.node(p))) continue;
-      if (g.tensor(m).shape != g.tensor(t).shape || g.tensor(m).dtype != g.tensor(t).dtype) continue;
-      fused = g.node(p);  // at the Mul's place: every input of the conv is ready there
+    return fold_into_conv_operand(g, u, i, drop, OpKind::Mul, fused, [&](int conv_out) {
       fused.conv.multiply = true;
-      fused.in.push_back(m);
-      fused.out = mul.out;
-      if (g.tensor(t).requires_grad) fused.out.push_back(t);  // training: the product's backward reads it
-      fused.flops += mul.flops;
-      return p;
-    }
-    return -1;
+      // Training: the product's backward reads the convolution's output.
+      if (g.tensor(conv_out).requires_grad) fused.out.push_back(conv_out);
+    });
   });
 }
 
