@@ -633,6 +633,27 @@ Check check_full(const std::string& what, const Conv2dShape& s, const std::vecto
 }
 
 
+// got (n, h, w, c), the fallback's output, against want: the double reference at the pixels px,
+// c values each (basis "ref"; `output` names the tensor).
+Check check_pixels(const std::string& output, const std::vector<Pixel>& px, int h, int w, int c,
+                   const std::vector<float>& got, const std::vector<double>& want) {
+  const size_t nc = sz(c);
+  auto at = [&](size_t i) {
+    const Pixel& q = px[i / nc];
+    return sz(((int64_t(q.n) * h + q.y) * w + q.x) * c) + i % nc;
+  };
+  Check ck = compare(
+      "cuDNN fallback vs double reference", output, "ref", want.size(), [&](size_t i) { return double(got[at(i)]); },
+      [&](size_t i) { return want[i]; },
+      [&](size_t i) {
+        const Pixel& q = px[i / nc];
+        return "image " + std::to_string(q.n) + " pixel (" + std::to_string(q.y) + ", " + std::to_string(q.x) +
+               ") channel " + std::to_string(i % nc);
+      });
+  ck.total = int64_t(got.size());
+  return ck;
+}
+
 // ---- references of the backward rows (cuda) ----
 
 // bn(x) of channel c in double, the expression of reference_pixel and of the fallback's
@@ -1632,20 +1653,7 @@ KernelRow bench_cuda_aspp(Gpu& g, const AsppRow& a, const Options& o, const Envi
       reference_aspp_pixel(a, x, hb, eps, px[i], acc);
       std::copy(acc.begin(), acc.end(), want.begin() + std::ptrdiff_t(i * sz(s.cout)));
     }
-    const size_t c = sz(s.cout);
-    auto at = [&](size_t i) {
-      const Pixel& q = px[i / c];
-      return sz(((int64_t(q.n) * s.ho() + q.y) * s.wo() + q.x) * s.cout) + i % c;
-    };
-    Check ck = compare(
-        "cuDNN fallback vs double reference", "y", "ref", want.size(), [&](size_t i) { return double(ref[at(i)]); },
-        [&](size_t i) { return want[i]; },
-        [&](size_t i) {
-          const Pixel& q = px[i / c];
-          return "image " + std::to_string(q.n) + " pixel (" + std::to_string(q.y) + ", " + std::to_string(q.x) +
-                 ") channel " + std::to_string(i % c);
-        });
-    ck.total = int64_t(ny);
+    const Check ck = check_pixels("y", px, s.ho(), s.wo(), s.cout, ref, want);
     k.checks.push_back(ck);
     if (!ck.passed) {
       k.failed = true;
@@ -1745,19 +1753,7 @@ KernelRow bench_cuda_aspp_backward(Gpu& g, const AsppRow& a, const Options& o, c
       for (int b = 0; b < nb; ++b) add_dx_pixel(a.branches[sz(b)], w[sz(b)], dz[sz(b)], px[i], acc);
       std::copy(acc.begin(), acc.end(), want.begin() + std::ptrdiff_t(i * c));
     }
-    auto at = [&](size_t i) {
-      const Pixel& q = px[i / c];
-      return sz(((int64_t(q.n) * s.h + q.y) * s.w + q.x) * s.cin) + i % c;
-    };
-    Check ck = compare(
-        "cuDNN fallback vs double reference", "dx", "ref", want.size(), [&](size_t i) { return double(ref[at(i)]); },
-        [&](size_t i) { return want[i]; },
-        [&](size_t i) {
-          const Pixel& q = px[i / c];
-          return "image " + std::to_string(q.n) + " pixel (" + std::to_string(q.y) + ", " + std::to_string(q.x) +
-                 ") channel " + std::to_string(i % c);
-        });
-    ck.total = int64_t(nx);
+    const Check ck = check_pixels("dx", px, s.h, s.w, s.cin, ref, want);
     k.checks.push_back(ck);
     if (!ck.passed) {
       k.failed = true;
