@@ -297,4 +297,19 @@ int GraphBuilder::loss(const std::string& scope, int logits, int target, LossKin
   return y;
 }
 
+std::vector<int> inplace_inputs(const Node& n, size_t out_index) {
+  if (out_index != 0) return {};
+  switch (n.op) {
+    case OpKind::Add:
+    case OpKind::Mul: return {0, 1};
+    case OpKind::Relu:
+    case OpKind::ScaleChannels: return {0};  // x (N,H,W,C); s (N,C) is not of the output's shape
+    case OpKind::ReluBwd:
+    case OpKind::SigmoidBwd: return {1};  // dy
+    // dx over dy: every kernel forms the per-channel sums over dy first, then each dx from its dy.
+    case OpKind::BatchNormBwd: return {1};
+    default: return {};
+  }
+}
+
 }  // namespace rpp

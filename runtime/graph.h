@@ -143,6 +143,12 @@ inline int multiplier_input(const Node& n) {
   return at > 0 && n.in.size() > at && n.conv.multiply ? n.in[at] : -1;
 }
 
+// In-place candidates: the inputs (indices into n.in) whose bytes the node's output out_index may
+// take over when that input is read by no later node (the planner decides). Only ops whose every
+// kernel reads each element of that input before writing the same element of the output, and no
+// other element of it afterwards, list one.
+std::vector<int> inplace_inputs(const Node& n, size_t out_index);
+
 class Graph {
  public:
   int add_tensor(TensorInfo t);
