@@ -144,10 +144,11 @@ class Autodiff {
     }
     switch (n.op) {
       case OpKind::Conv2d: {
+        // The filter gradient first, so that dy dies at the backward-data node, where dx is born.
         const int x = n.in[0], w = n.in[1], b = n.in[2];
-        if (needs(x)) emit(OpKind::Conv2dBwdData, {dy, w}, {new_grad(x)}, n, n.flops, {x});
         if (needs(w) || needs(b))
           emit(OpKind::Conv2dBwdFilter, {x, dy}, {out_for(w), out_for(b)}, n, n.flops, {w, b});
+        if (needs(x)) emit(OpKind::Conv2dBwdData, {dy, w}, {new_grad(x)}, n, n.flops, {x});
         break;
       }
       case OpKind::BatchNorm: {
@@ -162,6 +163,9 @@ class Autodiff {
         // in: x, gamma, beta, mean, invstd, w, b
         const int x = n.in[0], gamma = n.in[1], beta = n.in[2], mean = n.in[3], invstd = n.in[4];
         const int w = n.in[5], b = n.in[6];
+        if (needs(w) || needs(b))  // first, as for Conv2d
+          emit(OpKind::BnReluConv2dBwdFilter, {x, gamma, beta, mean, invstd, dy}, {out_for(w), out_for(b)},
+               n, n.flops, {w, b});
         if (needs(x) || needs(gamma) || needs(beta)) {
           // d(bn output): conv dgrad with the ReLU mask, then the BN backward proper.
           TensorInfo t;
@@ -175,9 +179,6 @@ class Autodiff {
                {out_for(x), out_for(gamma), out_for(beta)}, n, 2 * 4 * numel(g_.tensor(x).shape),
                {x, gamma, beta});
         }
-        if (needs(w) || needs(b))
-          emit(OpKind::BnReluConv2dBwdFilter, {x, gamma, beta, mean, invstd, dy}, {out_for(w), out_for(b)},
-               n, n.flops, {w, b});
         break;
       }
       case OpKind::Relu:
@@ -257,9 +258,11 @@ class Autodiff {
 
 }  // namespace
 
-std::vector<int> append_backward(Graph& g, int loss) {
+std::vector<int> append_backward(Graph& g, int loss, const BackwardOptions& options) {
   std::vector<int> grads = Autodiff(g).run(loss);
   fuse_aspp_backward_data(g);  // the fused ASPP's backward half (a no-op for unfused graphs)
+  if (options.recompute) recompute_for_backward(g);
+  if (options.sink) sink_backward_nodes(g);
   return grads;
 }
 

@@ -1,5 +1,6 @@
 // runtime/fusion.cpp — the graph rewrites of runtime/fusion.h: BN -> ReLU -> Conv, the SE MLP, the
-// conv-BN sum (ASPP) and the bf16 marking of activations.
+// conv-BN sum (ASPP) and the other fusions, the backward's memory passes (recompute, sink) and the
+// bf16 marking of activations.
 #include "runtime/fusion.h"
 
 #include <algorithm>
@@ -462,6 +463,94 @@ int fuse_se_excite(Graph& g) {
   }
   replace_nodes(g, std::move(nodes), drop);
   return fused;
+}
+
+namespace {
+// The index of the loss node (the last forward node of a training graph), or -1.
+int loss_node(const Graph& g) {
+  for (int i = 0; i < g.num_nodes(); ++i)
+    if (g.node(i).op == OpKind::Loss) return i;
+  return -1;
+}
+double bytes_of(const Graph& g, int t) {
+  return double(numel(g.tensor(t).shape)) * double(dtype_size(g.tensor(t).dtype));
+}
+}  // namespace
+
+std::vector<std::string> recompute_for_backward(Graph& g) {
+  const int loss = loss_node(g);
+  std::vector<std::string> remade;
+  if (loss < 0) return remade;
+  auto bytes = [&](int t) { return bytes_of(g, t); };
+  for (int i = loss - 1; i >= 0; --i) {  // forward nodes keep their places as copies are inserted
+    const Node n = g.node(i);
+    if (n.op != OpKind::ScaleChannels && n.op != OpKind::UpsampleConcat && n.op != OpKind::Concat &&
+        n.op != OpKind::Upsample2)
+      continue;
+    const int y = n.out[0];
+    const TensorInfo& yi = g.tensor(y);
+    if (yi.kind != TensorKind::Activation || yi.is_output) continue;
+    const Uses u = uses_of(g);
+    int first = -1;
+    for (int r : u.readers[size_t(y)])
+      if (r > loss && (first < 0 || r < first)) first = r;
+    if (first < 0) continue;  // backward does not read it
+    double cost = 0;          // inputs the copy keeps alive longer
+    for (int t : n.in) {
+      if (t < 0 || is_persistent(g.tensor(t).kind) || g.tensor(t).is_output) continue;
+      const std::vector<int>& rs = u.readers[size_t(t)];
+      if (*std::max_element(rs.begin(), rs.end()) < first) cost += bytes(t);
+    }
+    if (2 * cost >= bytes(y)) continue;
+    TensorInfo copy = yi;
+    copy.name = "recompute(" + yi.name + ")";
+    const int y2 = g.add_tensor(std::move(copy));
+    std::vector<Node> nodes = g.nodes();
+    for (size_t j = size_t(loss) + 1; j < nodes.size(); ++j)
+      for (int& t : nodes[j].in)
+        if (t == y) t = y2;
+    Node c = n;
+    c.name = n.name + ".recompute";
+    c.out = {y2};
+    nodes.insert(nodes.begin() + first, std::move(c));
+    g.set_nodes(std::move(nodes));
+    remade.push_back(yi.name);
+  }
+  return remade;
+}
+
+int sink_backward_nodes(Graph& g) {
+  const int loss = loss_node(g);
+  if (loss < 0) return 0;
+  auto bytes = [&](int t) { return bytes_of(g, t); };
+  int moved = 0;
+  for (int i = g.num_nodes() - 1; i > loss; --i) {
+    const Node& n = g.node(i);
+    if (n.op == OpKind::ClipGradNorm || n.op == OpKind::OptimizerUpdate || n.out.empty()) continue;
+    const Uses u = uses_of(g);
+    int first = -1;  // the first reader of any output
+    double out_bytes = 0;
+    for (int t : n.out) {
+      out_bytes += bytes(t);
+      for (int r : u.readers[size_t(t)])
+        if (first < 0 || r < first) first = r;
+    }
+    if (first <= i + 1) continue;  // read next, or never (a parameter gradient before the optimiser)
+    double in_bytes = 0;
+    for (int t : n.in) {
+      if (t < 0 || is_persistent(g.tensor(t).kind)) continue;
+      const std::vector<int>& rs = u.readers[size_t(t)];
+      if (*std::max_element(rs.begin(), rs.end()) == i) in_bytes += bytes(t);
+    }
+    if (out_bytes <= in_bytes) continue;
+    std::vector<Node> nodes = g.nodes();
+    Node keep = std::move(nodes[size_t(i)]);
+    nodes.erase(nodes.begin() + i);
+    nodes.insert(nodes.begin() + (first - 1), std::move(keep));
+    g.set_nodes(std::move(nodes));
+    ++moved;
+  }
+  return moved;
 }
 
 int store_activations_in_bf16(Graph& g) {

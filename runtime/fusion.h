@@ -1,5 +1,6 @@
 // runtime/fusion.h — graph rewrites that fuse op chains into single nodes, before autodiff (and
-// one after it: the ASPP's backward-data sum).
+// one after it: the ASPP's backward-data sum), and the two memory passes that run after autodiff
+// (recompute_for_backward, sink_backward_nodes).
 //
 // BN -> ReLU -> Conv becomes BatchNormStats (the BN's batch or running statistics) followed by
 // BnReluConv2d, which normalises, rectifies and zero-pads its input on the fly. Autodiff then emits
@@ -102,6 +103,25 @@ std::vector<std::string> fuse_bn_apply_sum(Graph& g);
 // On the CPU the node runs each branch's backward-data and the adds in the chain's order: the same
 // bits as before. Returns the fused nodes' names ("b1 (4 branches)").
 std::vector<std::string> fuse_aspp_backward_data(Graph& g);
+
+// Runs after autodiff: a forward value that backward reads and that one cheap, exact node makes
+// (ScaleChannels, UpsampleConcat, Concat, Upsample2: copies or one product per element) is made
+// again just before its first backward reader, which then reads the copy. The forward value then
+// dies after its last forward reader instead of living through the end of the forward, where a
+// training step's memory peaks. A value is remade only where the inputs whose lives the copy
+// extends cost less than half its bytes (the SE's scale: nothing, as its backward keeps x and s;
+// an upsample-concat: its small upsampled input). Later values are considered first, so that a
+// copy reads the copies of its inputs where those are remade too. Every remade op gives the same
+// bits as the forward one, so training is bit-identical. Returns the remade values' names.
+std::vector<std::string> recompute_for_backward(Graph& g);
+
+// Runs after autodiff (and recompute_for_backward): moves a backward node whose outputs are first
+// read several nodes later to just before that reader, when its outputs have more bytes than the
+// inputs whose last reader it was (those then live longer). The node order stays a valid schedule
+// (every tensor is written once, before its readers), and no value changes: only lifetimes do. In
+// a residual block this delays the shortcut's backward-data until its gradient is added to the
+// main path's. Returns the number of nodes moved.
+int sink_backward_nodes(Graph& g);
 
 // bf16 mixed precision: marks every activation tensor of rank 4 (N, H, W, C) that is neither a
 // graph input nor an output nor read by the loss as stored in bf16 (TensorInfo::dtype = BF16).

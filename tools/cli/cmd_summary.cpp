@@ -29,6 +29,21 @@ std::string other_graph_line(ModelConfig cfg, int batch, int size) {
          std::to_string(p.arena_bytes) + " bytes)\n";
 }
 
+// What the backward's memory measures do in this training graph: values recomputed, outputs written
+// in place, and the arena without the recomputation and the reordering (runtime/autodiff.h).
+std::string backward_memory_line(const ModelConfig& cfg, int batch, int size, const Graph& g, const Plan& p) {
+  int remade = 0, in_place = 0;
+  for (const Node& n : g.nodes())
+    remade += !n.out.empty() && g.tensor(n.out[0]).name.rfind("recompute(", 0) == 0;
+  for (int t : p.alias) in_place += t >= 0;
+  ModelGraph m = build_resunetpp(cfg, batch, size, size, true);
+  append_optimizer(m.graph, append_backward(m.graph, m.loss, BackwardOptions{false, false}), OptimizerKind::Adam);
+  const Plan q = make_plan(m.graph, PlanMode::BestFit, cpu_workspace_bytes);
+  return "  backward: " + std::to_string(remade) + " forward values recomputed instead of kept, " +
+         std::to_string(in_place) + " outputs written over a dying input; without the recomputation and the " +
+         "reordering: arena " + mib(q.arena_bytes) + " (" + std::to_string(q.arena_bytes) + " bytes)\n";
+}
+
 // The CUDA executor's own plans: device bytes and cuDNN algorithm choices (needs a GPU).
 void print_cuda_plans(const Graph& train, const Graph& infer, int device, int batch, KernelChoice kernels) {
 #if defined(RESUNETPP_HAVE_CUDA) && defined(RESUNETPP_HAVE_CUDNN)
@@ -167,7 +182,8 @@ int cmd_summary(int argc, char** argv) {
               << "  arena " << mib(p.arena_bytes) << " (" << p.arena_bytes << " bytes) vs naive sum "
               << mib(p.naive_bytes) << " (" << p.naive_bytes << " bytes): " << std::setprecision(3)
               << 100.0 * (1.0 - double(p.arena_bytes) / double(p.naive_bytes)) << "% saved\n"
-              << (tr ? other_graph_line(cfg, batch, size) : std::string())
+              << (tr ? other_graph_line(cfg, batch, size) + backward_memory_line(cfg, batch, size, mg->graph, p)
+                     : std::string())
               << "  workspace " << mib(p.workspace_bytes) << ", parameters" << (tr ? " + optimiser state " : " ")
               << mib(p.persistent_bytes) << "\n";
     {  // the fused graph (as CUDA runs it) with its activations stored in bf16

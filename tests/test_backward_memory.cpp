@@ -1,0 +1,197 @@
+// tests/test_backward_memory.cpp — the memory passes that run after autodiff (runtime/fusion.h:
+// recompute_for_backward, sink_backward_nodes) and the planner's in-place outputs: what they
+// change in the graph, that the schedule stays valid, that training gives the same bits with and
+// without them, and what they save.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "model/resunetpp.h"
+#include "runtime/autodiff.h"
+#include "runtime/executor_cpu.h"
+#include "runtime/fusion.h"
+#include "runtime/rng.h"
+
+using namespace rpp;
+
+namespace {
+
+ModelConfig small_model(bool fuse) {
+  ModelConfig c;
+  c.filters = {8, 8, 16, 16, 32};
+  c.fuse = fuse;
+  return c;
+}
+
+ModelGraph training_graph(const ModelConfig& cfg, int n, int size, const BackwardOptions& o,
+                          OptimizerKind opt = OptimizerKind::Adam) {
+  ModelGraph m = build_resunetpp(cfg, n, size, size, true);
+  append_optimizer(m.graph, append_backward(m.graph, m.loss, o), opt);
+  return m;
+}
+
+int loss_node(const Graph& g) {
+  for (int i = 0; i < g.num_nodes(); ++i)
+    if (g.node(i).op == OpKind::Loss) return i;
+  return -1;
+}
+
+// Each tensor is written by one node, and every tensor a node reads is persistent, a graph input or
+// written by an earlier node.
+void expect_valid_schedule(const Graph& g) {
+  std::vector<int> writer(size_t(g.num_tensors()), -1);
+  for (int i = 0; i < g.num_nodes(); ++i)
+    for (int t : g.node(i).out) {
+      EXPECT_EQ(writer[size_t(t)], -1) << g.tensor(t).name << " is written twice";
+      writer[size_t(t)] = i;
+    }
+  for (int i = 0; i < g.num_nodes(); ++i)
+    for (int t : g.node(i).in) {
+      if (t < 0) continue;
+      const TensorInfo& ti = g.tensor(t);
+      if (is_persistent(ti.kind) || ti.kind == TensorKind::Input) continue;
+      EXPECT_GE(writer[size_t(t)], 0) << ti.name << " is read by " << g.node(i).name << " but never written";
+      EXPECT_LT(writer[size_t(t)], i) << ti.name << " is read by node " << i << " (" << g.node(i).name
+                                      << ") before it is written";
+    }
+}
+
+}  // namespace
+
+TEST(BackwardMemory, RecomputesTheSeScalesAndTheUpsampleConcats) {
+  for (bool fuse : {true, false}) {
+    SCOPED_TRACE(fuse ? "fused" : "unfused");
+    const ModelGraph m = training_graph(small_model(fuse), 2, 32, BackwardOptions{});
+    const Graph& g = m.graph;
+    expect_valid_schedule(g);
+    const int loss = loss_node(g);
+    ASSERT_GT(loss, 0);
+    std::set<std::string> remade;
+    for (int i = loss + 1; i < g.num_nodes(); ++i) {
+      const Node& n = g.node(i);
+      if (n.out.empty()) continue;  // the optimiser's nodes
+      const std::string& name = g.tensor(n.out[0]).name;
+      if (name.rfind("recompute(", 0) != 0) continue;
+      const std::string orig = name.substr(10, name.size() - 11);
+      remade.insert(orig);
+      // The copy is made by the same op from the same inputs as the forward value (or from their
+      // copies), just before its first reader; no backward node reads the forward value any more.
+      int fwd = -1;
+      for (int j = 0; j < loss; ++j)
+        if (!g.node(j).out.empty() && g.tensor(g.node(j).out[0]).name == orig) fwd = j;
+      ASSERT_GE(fwd, 0) << orig;
+      EXPECT_EQ(n.op, g.node(fwd).op) << orig;
+      ASSERT_EQ(n.in.size(), g.node(fwd).in.size());
+      for (size_t k = 0; k < n.in.size(); ++k) {
+        const std::string& a = g.tensor(n.in[k]).name;
+        EXPECT_TRUE(n.in[k] == g.node(fwd).in[k] || a == "recompute(" + g.tensor(g.node(fwd).in[k]).name + ")") << a;
+      }
+      bool read_next = false;
+      for (int t : g.node(i + 1).in) read_next = read_next || t == n.out[0];
+      EXPECT_TRUE(read_next) << name << " is not read by the node after its copy";
+      const int y = g.node(fwd).out[0];
+      for (int j = loss + 1; j < g.num_nodes(); ++j)
+        for (int t : g.node(j).in) EXPECT_NE(t, y) << g.node(j).name << " still reads " << orig;
+    }
+    // The 7 SE outputs (their backward keeps x and s, so a copy costs nothing to keep). In the fused
+    // graph also the 3 decoders' upsample-concats (their small upsampled input lives longer
+    // instead); unfused, a concat's upsampled input is most of its bytes, so it is kept.
+    std::set<std::string> want = {"c1.attn.scale", "c2.attn.scale", "c3.attn.scale", "c4.attn.scale",
+                                  "d1.r1.attn.scale", "d2.r1.attn.scale", "d3.r1.attn.scale"};
+    if (fuse) want.insert({"d1.concat", "d2.concat", "d3.concat"});
+    EXPECT_EQ(remade, want);
+  }
+}
+
+TEST(BackwardMemory, ShortcutBackwardDataWaitsForTheGradientSum) {
+  const ModelGraph m = training_graph(small_model(true), 2, 32, BackwardOptions{});
+  const Graph& g = m.graph;
+  const ModelGraph plain = training_graph(small_model(true), 2, 32, BackwardOptions{false, false});
+  // In every residual block the shortcut's backward-data comes right before the Add that sums its
+  // output with the main path's input gradient; without the pass, in some blocks (the encoders') it
+  // came before the main path's backward.
+  auto adjacent_sums = [](const Graph& gr, int* blocks) {
+    int adjacent = 0;
+    *blocks = 0;
+    for (int i = 0; i + 1 < gr.num_nodes(); ++i) {
+      const Node& n = gr.node(i);
+      if (n.op != OpKind::Conv2dBwdData || n.name.find(".c2.0") == std::string::npos) continue;
+      const Node& next = gr.node(i + 1);
+      ++*blocks;
+      adjacent += next.op == OpKind::Add && (next.in[0] == n.out[0] || next.in[1] == n.out[0]);
+    }
+    return adjacent;
+  };
+  int blocks = 0, plain_blocks = 0;
+  EXPECT_EQ(adjacent_sums(g, &blocks), 6);  // the 6 residual blocks (the stem's input needs no gradient)
+  EXPECT_EQ(blocks, 6);
+  EXPECT_LT(adjacent_sums(plain.graph, &plain_blocks), 6);
+  EXPECT_EQ(plain_blocks, 6);
+  expect_valid_schedule(g);
+}
+
+// The passes and the in-place outputs change lifetimes only: three steps of training give the same
+// loss, gradient norm, parameters, BN statistics and optimiser state bit for bit.
+TEST(BackwardMemory, TrainingIsBitIdenticalWithAndWithoutThePasses) {
+  const int n = 2, size = 32;
+  for (bool fuse : {true, false}) {
+    SCOPED_TRACE(fuse ? "fused" : "unfused");
+    const ModelGraph a = training_graph(small_model(fuse), n, size, BackwardOptions{}, OptimizerKind::SGD);
+    const ModelGraph b = training_graph(small_model(fuse), n, size, BackwardOptions{false, false}, OptimizerKind::SGD);
+    ParamStore sa, sb;
+    init_params(a.graph, sa, 21);
+    init_params(b.graph, sb, 21);
+    CpuExecutor ea(a.graph, sa, PlanMode::BestFit), eb(b.graph, sb, PlanMode::BestFit);
+    EXPECT_LT(ea.plan().arena_bytes, eb.plan().arena_bytes);
+    for (int step = 1; step <= 3; ++step) {
+      ea.poison();  // a read of a byte that an in-place output or a moved node clobbered shows as NaN
+      eb.poison();
+      for (auto [e, m] : {std::pair<CpuExecutor*, const ModelGraph*>{&ea, &a}, {&eb, &b}}) {
+        Rng r{uint64_t(step)};
+        float* img = e->data(m->image);
+        float* tgt = e->data(m->target);
+        for (int64_t i = 0; i < int64_t(n) * size * size * 3; ++i) img[i] = r.uniform();
+        for (int64_t i = 0; i < int64_t(n) * size * size; ++i) tgt[i] = r.uniform() < 0.3f ? 1.f : 0.f;
+      }
+      cpu::OptimStep os;
+      os.step = step;
+      os.lr = 1e-2;
+      ea.run(&os);
+      eb.run(&os);
+      const float la = *ea.data(a.loss), lb = *eb.data(b.loss);
+      ASSERT_TRUE(std::isfinite(la));
+      ASSERT_EQ(std::memcmp(&la, &lb, sizeof la), 0) << "step " << step << ": " << la << " vs " << lb;
+      EXPECT_EQ(ea.last_grad_norm(), eb.last_grad_norm()) << "step " << step;
+    }
+    ASSERT_EQ(sa.names().size(), sb.names().size());
+    for (const std::string& name : sa.names())
+      ASSERT_EQ(0, std::memcmp(sa.get(name).raw(), sb.get(name).raw(), sa.get(name).nbytes())) << name;
+  }
+}
+
+// What the passes save at the benchmark shape (256x256, batch 16), both plans with in-place outputs.
+TEST(BackwardMemory, TrainingPlansAt256Batch16NeedLess) {
+  for (bool fuse : {true, false}) {
+    SCOPED_TRACE(fuse ? "fused" : "unfused");
+    ModelConfig c;  // the full network
+    c.fuse = fuse;
+    const ModelGraph a = training_graph(c, 16, 256, BackwardOptions{});
+    const ModelGraph b = training_graph(c, 16, 256, BackwardOptions{false, false});
+    const Plan pa = make_plan(a.graph, PlanMode::BestFit, cpu_workspace_bytes);
+    const Plan pb = make_plan(b.graph, PlanMode::BestFit, cpu_workspace_bytes);
+    EXPECT_NO_THROW(verify_plan(a.graph, pa));
+    int aliased = 0;
+    for (int t : pa.alias) aliased += t >= 0;
+    EXPECT_GT(aliased, 0);
+    // Fused: the peak (the start of backward) loses the decoders' concatenations and the SE outputs,
+    // the next one (inside the last decoder's backward) a gradient of the concatenation's size.
+    EXPECT_LT(double(pa.arena_bytes), (fuse ? 0.8 : 0.95) * double(pb.arena_bytes));
+    const std::string tag = fuse ? "fused" : "unfused";
+    RecordProperty("arena_bytes_" + tag, std::to_string(pa.arena_bytes));
+    RecordProperty("arena_bytes_" + tag + "_without_passes", std::to_string(pb.arena_bytes));
+  }
+}
