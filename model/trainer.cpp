@@ -170,6 +170,7 @@ json::Value options_json(const TrainOptions& o) {
   v.set("precision", o.precision);
   v.set("deterministic", o.deterministic);
   v.set("allow_tf32", o.allow_tf32);
+  v.set("recompute", o.recompute);
   v.set("kernels", o.kernels);
   v.set("weights", o.weights);
   return v;
@@ -439,7 +440,9 @@ TrainResult train_model(const TrainOptions& o, std::ostream& log, const Progress
   // ---- graphs, plans, parameters ----
   ModelGraph mg = build_resunetpp(config_for_device(o.model, o.device), o.batch, o.size, o.size, /*training=*/true,
                                   o.loss);
-  append_backward_and_update(mg.graph, mg.loss, o.optimizer);
+  BackwardOptions bo;
+  bo.recompute = o.recompute;
+  append_optimizer(mg.graph, append_backward(mg.graph, mg.loss, bo), o.optimizer);
   // bf16: the saved activations in bf16; gradients, parameters and optimiser state stay fp32.
   if (precision == Precision::Bf16) store_activations_in_bf16(mg.graph);
   ParamStore store;

@@ -101,6 +101,29 @@ TEST_F(TrainerTest, ResumeContinuesExactly) {
   }
 }
 
+// --no-recompute keeps the SE outputs for backward instead of remaking them: less work, more
+// memory, the same training to the bit.
+TEST_F(TrainerTest, RecomputeChangesMemoryNotResults) {
+  TrainOptions a = base();
+  a.epochs = 1;
+  a.out_dir = run_dir("recompute");
+  TrainOptions b = a;
+  b.out_dir = run_dir("no_recompute");
+  b.recompute = false;
+  std::ostringstream la, lb;
+  const TrainResult ra = train_model(a, la), rb = train_model(b, lb);
+  ASSERT_EQ(ra.step_losses.size(), 6u);
+  EXPECT_EQ(ra.step_losses, rb.step_losses);
+  EXPECT_TRUE(same_checkpoint_data(a.out_dir + "/checkpoint_last.safetensors", b.out_dir + "/checkpoint_last.safetensors"));
+  // The log's plan line: "training plan arena X MiB".
+  auto arena = [](const std::string& log) {
+    const size_t at = log.find("training plan arena ");
+    return at == std::string::npos ? -1.0 : std::atof(log.c_str() + at + 20);
+  };
+  EXPECT_GT(arena(la.str()), 0) << la.str();
+  EXPECT_LT(arena(la.str()), arena(lb.str())) << la.str() << lb.str();
+}
+
 TEST_F(TrainerTest, ResumeRefusesChangedSettings) {
   TrainOptions o = base();
   o.out_dir = run_dir("changed");
