@@ -15,6 +15,7 @@
 #include "runtime/executor_cpu.h"
 #include "runtime/fusion.h"
 #include "runtime/rng.h"
+#include "tests/lockstep_training.h"
 
 using namespace rpp;
 
@@ -561,31 +562,9 @@ TEST(Fusion, TrainingIsBitIdenticalToTheUnfusedGraph) {
     append_backward_and_update(mp.graph, mp.loss, opt);
     append_backward_and_update(mf.graph, mf.loss, opt);
     ASSERT_EQ(count_ops(mf.graph, OpKind::ConvSumBwdData), 2);  // the ASPP backward-data sums, fused
-    ParamStore sp, sf;
-    init_params(mp.graph, sp, 7);
-    init_params(mf.graph, sf, 7);
-    randomise_bn(mp.graph, sp, 8);
-    randomise_bn(mf.graph, sf, 8);
-    CpuExecutor p(mp.graph, sp, PlanMode::BestFit), f(mf.graph, sf, PlanMode::BestFit);
-    for (int step = 1; step <= 3; ++step) {
-      p.poison();
-      f.poison();
-      fill_batch(p, mp, uint64_t(step));
-      fill_batch(f, mf, uint64_t(step));
-      cpu::OptimStep os;
-      os.step = step;
-      os.lr = 1e-2;
-      p.run(&os);
-      f.run(&os);
-      const float lp = *p.data(mp.loss), lf = *f.data(mf.loss);
-      ASSERT_TRUE(std::isfinite(lp));
-      ASSERT_EQ(std::memcmp(&lp, &lf, sizeof lp), 0) << "step " << step << ": " << lp << " vs " << lf;
-      EXPECT_EQ(p.last_grad_norm(), f.last_grad_norm()) << "step " << step;
-    }
     // Parameters, BN running statistics and counters, optimiser state.
-    ASSERT_EQ(sp.names().size(), sf.names().size());
-    for (const std::string& name : sp.names())
-      ASSERT_EQ(0, std::memcmp(sp.get(name).raw(), sf.get(name).raw(), sp.get(name).nbytes())) << name;
+    test::expect_lockstep_training({&mp}, {&mf}, 7, 3, 1e-2,
+                                      [](const Graph& g, ParamStore& s) { randomise_bn(g, s, 8); });
   }
 }
 

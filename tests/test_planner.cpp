@@ -10,6 +10,7 @@
 #include "runtime/autodiff.h"
 #include "runtime/executor_cpu.h"
 #include "runtime/rng.h"
+#include "tests/lockstep_training.h"
 
 using namespace rpp;
 
@@ -55,34 +56,11 @@ TEST(Planner, VerifyDetectsAnOverlap) {
 }
 
 TEST(Planner, ArenaTrainingIsBitIdenticalToNaiveAllocation) {
-  const int n = 2, size = 32;
-  ModelGraph m = build_resunetpp(small_model(), n, size, size, true);
+  ModelGraph m = build_resunetpp(small_model(), 2, 32, 32, true);
   append_backward_and_update(m.graph, m.loss, OptimizerKind::Adam);
-  ParamStore sa, sb;
-  init_params(m.graph, sa, 5);
-  init_params(m.graph, sb, 5);
-  CpuExecutor a(m.graph, sa, PlanMode::BestFit), b(m.graph, sb, PlanMode::Naive);
-  EXPECT_LT(a.plan().arena_bytes, b.plan().arena_bytes);
-  for (int step = 1; step <= 3; ++step) {
-    a.poison();  // any read of a not-yet-written arena byte would surface as NaN
-    b.poison();
-    for (CpuExecutor* e : {&a, &b}) {
-      Rng r{uint64_t(step)};
-      float* img = e->data(m.image);
-      float* tgt = e->data(m.target);
-      for (int64_t i = 0; i < int64_t(n) * size * size * 3; ++i) img[i] = r.uniform();
-      for (int64_t i = 0; i < int64_t(n) * size * size; ++i) tgt[i] = r.uniform() < 0.3f ? 1.f : 0.f;
-    }
-    cpu::OptimStep os;
-    os.step = step;
-    a.run(&os);
-    b.run(&os);
-    const float la = *a.data(m.loss), lb = *b.data(m.loss);
-    ASSERT_TRUE(std::isfinite(la));
-    ASSERT_EQ(std::memcmp(&la, &lb, sizeof la), 0) << "step " << step << ": " << la << " vs " << lb;
-  }
-  for (const std::string& name : sa.names())
-    ASSERT_EQ(0, std::memcmp(sa.get(name).raw(), sb.get(name).raw(), sa.get(name).nbytes())) << name;
+  // The arena (with in-place outputs) against one block per tensor.
+  const auto [planned, naive] = test::expect_lockstep_training({&m, PlanMode::BestFit}, {&m, PlanMode::Naive}, 5, 3);
+  EXPECT_LT(planned, naive);
 }
 
 TEST(Planner, TrainingPlanAt256Batch16) {
