@@ -15,6 +15,14 @@
 
 namespace rpp::test {
 
+// The network with small filter counts (8, 8, 16, 16, 32), fused or not: the tests' usual model.
+inline ModelConfig small_network(bool fuse) {
+  ModelConfig c;
+  c.filters = {8, 8, 16, 16, 32};
+  c.fuse = fuse;
+  return c;
+}
+
 struct Lockstep {
   const ModelGraph* graph;
   PlanMode plan = PlanMode::BestFit;

@@ -21,12 +21,7 @@ using namespace rpp;
 
 namespace {
 
-ModelConfig small_model(bool fuse) {
-  ModelConfig c;
-  c.filters = {8, 8, 16, 16, 32};
-  c.fuse = fuse;
-  return c;
-}
+ModelConfig small_model(bool fuse) { return test::small_network(fuse); }
 
 ModelGraph training_graph(const ModelConfig& cfg, int n, int size, const BackwardOptions& o,
                           OptimizerKind opt = OptimizerKind::Adam) {

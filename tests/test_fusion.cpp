@@ -21,12 +21,7 @@ using namespace rpp;
 
 namespace {
 
-ModelConfig small_model(bool fuse) {
-  ModelConfig c;
-  c.filters = {8, 8, 16, 16, 32};
-  c.fuse = fuse;
-  return c;
-}
+ModelConfig small_model(bool fuse) { return test::small_network(fuse); }
 
 // One ASPP-like branch of a 4-channel input: a biased 3x3 conv (padding = dilation) and its BN,
 // named s.0 and s.1.
