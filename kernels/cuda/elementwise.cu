@@ -247,9 +247,14 @@ struct UpsampleFwd {
   }
 };
 
-// The gradient of one upsampled element: its four copies' gradients at d, d + col, d + row and
-// d + row + col (col: the next pixel, row: the next row), added in that order in double.
-__device__ __forceinline__ float sum_of_copies(const float* d, int64_t col, int64_t row) {
+// The gradient of input element (img, ih, iw, ch) of a 2x upsample from h x w, whose output pixels
+// hold `stride` channels (c; or ca + cb when the output is a concatenation's first channels): its
+// four copies' gradients at the top-left copy d, d + one pixel, d + one row and d + both, added in
+// that order in double, as the CPU adds them.
+__device__ __forceinline__ float upsample_grad(const float* dy, int64_t img, int ih, int iw, int ch, int h, int w,
+                                               int stride) {
+  const int64_t col = stride, row = int64_t(2 * w) * stride;
+  const float* d = dy + ((img * 2 * h + 2 * ih) * int64_t(2 * w) + 2 * iw) * col + ch;
   return float(double(d[0]) + double(d[col]) + double(d[row]) + double(d[row + col]));
 }
 
@@ -263,9 +268,7 @@ struct UpsampleBwd {
     int64_t img;
     int ih, iw, ch;
     nhwc_coords(i, h, w, c, img, ih, iw, ch);
-    const int64_t orow = int64_t(2 * w) * c;
-    const float* d = dy + ((img * 2 * h + 2 * ih) * int64_t(2 * w) + 2 * iw) * int64_t(c) + ch;
-    dx[i] = sum_of_copies(d, c, orow);
+    dx[i] = upsample_grad(dy, img, ih, iw, ch, h, w, c);
   }
 };
 
@@ -321,8 +324,8 @@ struct UpsampleConcatFwd {
   }
 };
 
-// Threads [0, na): one per element of da, as UpsampleBwd (sum_of_copies) but with the
-// concatenation's channel stride; the rest: one per element of db, a copy.
+// Threads [0, na): one per element of da, as UpsampleBwd but with the concatenation's channel
+// stride; the rest: one per element of db, a copy.
 struct UpsampleConcatBwd {
   const float* dy;
   float* da;
@@ -336,9 +339,7 @@ struct UpsampleConcatBwd {
       int64_t img;
       int ih, iw, ch;
       nhwc_coords(i, h, w, ca, img, ih, iw, ch);
-      const int64_t orow = int64_t(2 * w) * cy;
-      const float* d = dy + ((img * 2 * h + 2 * ih) * int64_t(2 * w) + 2 * iw) * int64_t(cy) + ch;
-      da[i] = sum_of_copies(d, cy, orow);
+      da[i] = upsample_grad(dy, img, ih, iw, ch, h, w, cy);
     } else {
       const int64_t k = int64_t(i) - na;
       const int64_t r = k / cb;
