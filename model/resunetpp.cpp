@@ -50,6 +50,9 @@ ModelGraph build_resunetpp(const ModelConfig& cfg, int n, int h, int w, bool tra
     fuse_conv_pool(m.graph);  // the attention gates' max pools into their skip-branch convolutions
     fuse_conv_mul(m.graph);   // the attention gates' final products into their last convolutions
     fuse_upsample_concat(m.graph);  // the decoders' upsample and concat in one pass
+    // Inference: the concatenation read in place by the next block. (Training graphs: at the end
+    // of append_backward, after the backward readers have their recomputed copy.)
+    if (!training) view_upsample_concats(m.graph);
   }
   return m;
 }

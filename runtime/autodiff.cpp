@@ -263,6 +263,7 @@ std::vector<int> append_backward(Graph& g, int loss, const BackwardOptions& opti
   fuse_aspp_backward_data(g);  // the fused ASPP's backward half (a no-op for unfused graphs)
   if (options.recompute) recompute_for_backward(g);
   if (options.sink) sink_backward_nodes(g);
+  if (options.views) view_upsample_concats(g);
   return grads;
 }
 

@@ -15,11 +15,12 @@ namespace rpp {
 // emitted before its backward-data, so that dy dies where dx is born.
 void append_backward_and_update(Graph& g, int loss, OptimizerKind opt);
 
-// The memory passes append_backward runs after differentiating (runtime/fusion.h). Both leave
+// The memory passes append_backward runs after differentiating (runtime/fusion.h). They leave
 // every value as it was; they only shorten lifetimes. Off only to measure what they save.
 struct BackwardOptions {
   bool recompute = true;  // recompute_for_backward: cheap forward values made again in backward
   bool sink = true;       // sink_backward_nodes: backward nodes moved next to their outputs' readers
+  bool views = true;      // view_upsample_concats: upsample-concats read in place, never stored
 };
 
 // The two halves of the above. append_backward returns, for every Param in creation order, the

@@ -84,7 +84,20 @@ CpuExecutor::CpuExecutor(const Graph& g, ParamStore& store, PlanMode mode)
   arena_.assign(plan_.arena_bytes / sizeof(float) + 1, 0.f);
   workspace_.assign(plan_.workspace_bytes / sizeof(float) + 1, 0.f);
   ptr_.assign(size_t(g_.num_tensors()), nullptr);
+  view_node_.assign(size_t(g_.num_tensors()), -1);
+  size_t view_floats = 0;
+  for (int i = 0; i < g_.num_nodes(); ++i)
+    if (g_.node(i).view)
+      for (int t : g_.node(i).out) {
+        view_node_[size_t(t)] = i;
+        view_floats = std::max(view_floats, size_t(numel(g_.tensor(t).shape)));
+      }
+  view_buffer_.assign(view_floats, 0.f);
   for (int t = 0; t < g_.num_tensors(); ++t) {
+    if (view_node_[size_t(t)] >= 0) {
+      ptr_[size_t(t)] = view_buffer_.data();
+      continue;
+    }
     const TensorInfo& ti = g_.tensor(t);
     if (is_persistent(ti.kind))
       ptr_[size_t(t)] = store_.get(ti.name).raw();
@@ -132,15 +145,25 @@ void CpuExecutor::set_profiling(bool on) {
 
 void CpuExecutor::run(const cpu::OptimStep* opt) {
   if (!profiling_) {
-    for (const Node& n : g_.nodes()) exec(n, opt);
+    for (int i = 0; i < g_.num_nodes(); ++i) step(i, opt);
     return;
   }
   using clock = std::chrono::steady_clock;
   for (int i = 0; i < g_.num_nodes(); ++i) {
     const auto t0 = clock::now();
-    exec(g_.node(i), opt);
+    step(i, opt);
     node_seconds_[size_t(i)] += std::chrono::duration<double>(clock::now() - t0).count();
   }
+}
+
+// The CPU kernels read stored tensors only, so a view is made (by its own node, with the same
+// kernels: the same bits) just before each of its readers.
+void CpuExecutor::step(int i, const cpu::OptimStep* opt) {
+  const Node& n = g_.node(i);
+  if (n.view) return;
+  for (int t : n.in)
+    if (t >= 0 && view_node_[size_t(t)] >= 0) exec(g_.node(view_node_[size_t(t)]), opt);
+  exec(n, opt);
 }
 
 void CpuExecutor::exec(const Node& n, const cpu::OptimStep* opt) {

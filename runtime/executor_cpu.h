@@ -52,10 +52,15 @@ class CpuExecutor final : public Executor {
 
  private:
   void exec(const Node& n, const cpu::OptimStep* opt);
+  // Node i, after materialising the views it reads (Node::view) into view_buffer_; nothing for a
+  // view itself.
+  void step(int i, const cpu::OptimStep* opt);
   const Graph& g_;
   ParamStore& store_;
   Plan plan_;
   std::vector<float> arena_, workspace_;
+  std::vector<float> view_buffer_;  // the view being read (one at a time), made again per reader
+  std::vector<int> view_node_;      // per tensor: the view node whose output it is, or -1
   std::vector<void*> ptr_;
   bool profiling_ = false;
   std::vector<double> node_seconds_;

@@ -296,6 +296,7 @@ struct CudaExecutor::Impl {
   std::vector<int64_t> sums_off;
   std::vector<int> stats_src;
   std::vector<int> stats_candidate;  // per BatchNormStats node: the possible producer, or -1
+  std::vector<int> view_node;        // per tensor: the view node (Node::view) whose output it is, or -1
 
   const cuda::CudnnConv& conv_for(const cpu::Conv2dShape& s) const {
     auto it = convs.find(conv_key(s));
@@ -367,6 +368,11 @@ void CudaExecutor::init() {
     if (is_branch_sum(n.op))  // the cuDNN path runs the branches one by one
       for (const cpu::Conv2dShape& b : n.branches.shapes) prepare(n, b);
   }
+
+  impl_->view_node.assign(size_t(nt), -1);
+  for (int i = 0; i < nn; ++i)
+    if (g_.node(i).view)
+      for (int t : g_.node(i).out) impl_->view_node[size_t(t)] = i;
 
   // Epilogue-sums candidates (hand-written kernels possible):
   //  * a training BatchNormStats node whose input comes straight from a fused forward node that
@@ -896,7 +902,9 @@ size_t CudaExecutor::handwritten_workspace(const Node& n) const {
     if (!bf16_conv_can_run(g_, n)) return 0;
     switch (n.op) {
       case OpKind::Conv2d:
-      case OpKind::BnReluConv2d: return training_ ? cuda::bn_relu_conv_tc_workspace_bytes(cs) : 0;
+      case OpKind::BnReluConv2d:
+        return (view_in_place(n, true) ? 0 : view_bytes(n)) +
+               (training_ ? cuda::bn_relu_conv_tc_workspace_bytes(cs) : 0);
       case OpKind::BnReluConv2dBwdData: return cuda::bn_relu_conv_tc_backward_data_workspace_bytes(cs);
       case OpKind::Conv2dBwdFilter:
       case OpKind::BnReluConv2dBwdFilter: return cuda::bn_relu_conv_tc_backward_filter_workspace_bytes(cs);
@@ -906,7 +914,8 @@ size_t CudaExecutor::handwritten_workspace(const Node& n) const {
   switch (n.op) {
     case OpKind::Conv2d:
     case OpKind::BnReluConv2d:  // the FMA kernel may run where the tensor-core kernel cannot
-      return std::max(opt_.allow_tf32 ? cuda::bn_relu_conv_tc_workspace_bytes(cs) : size_t(0), own_conv_out_bytes(n));
+      return view_bytes(n) +
+             std::max(opt_.allow_tf32 ? cuda::bn_relu_conv_tc_workspace_bytes(cs) : size_t(0), own_conv_out_bytes(n));
     case OpKind::BnReluConv2dBwdData: {
       size_t need = 0;
       if (cuda::bn_relu_conv_bwd_can_run(cs)) need = cuda::bn_relu_conv_backward_data_sums_workspace_bytes(cs);
@@ -945,14 +954,36 @@ size_t CudaExecutor::cudnn_path_workspace(const Node& n) const {
                                                       ? align_up(size_t(cs.n) * cs.ho() * cs.wo() * cs.cout * 4)
                                                       : size_t(0));
   switch (n.op) {
-    case OpKind::Conv2d: return staged(n.in[0]) + conv_out + c.forward_workspace_bytes();
-    case OpKind::BnReluConv2d: return f32(n.in[0]) + conv_out + c.forward_workspace_bytes();
+    case OpKind::Conv2d:
+      return view_bytes(n) + staged(n.in[0]) + conv_out + c.forward_workspace_bytes();
+    case OpKind::BnReluConv2d:
+      return f32(n.in[0]) + conv_out + c.forward_workspace_bytes();  // a view: staged in place
     case OpKind::Conv2dBwdData:
     case OpKind::BnReluConv2dBwdData: return c.backward_data_workspace_bytes();  // the mask reads x as stored
     case OpKind::Conv2dBwdFilter: return staged(n.in[0]) + c.backward_filter_workspace_bytes();
     case OpKind::BnReluConv2dBwdFilter: return f32(n.in[0]) + c.backward_filter_workspace_bytes();
     default: return 0;
   }
+}
+
+const Node* CudaExecutor::view_input(const Node& n) const {
+  if (!is_conv_forward(n.op) || n.in.empty() || n.in[0] < 0) return nullptr;
+  const int v = impl_->view_node[size_t(n.in[0])];
+  return v >= 0 ? &g_.node(v) : nullptr;
+}
+
+// The tensor-core kernel reads concat(upsample2(a), b) in place in its plain mode (no residual,
+// pool or multiplier) with x and y in one storage (bn_relu_conv_tc_forward_upsample_concat).
+bool CudaExecutor::view_in_place(const Node& n, bool tensor_core) const {
+  const DType x = g_.tensor(n.in[0]).dtype;
+  return tensor_core && view_input(n) != nullptr && residual_input(n) < 0 && !n.conv.max_pool && !n.conv.multiply &&
+         x == g_.tensor(n.out[0]).dtype && (!bf16_ || x == DType::BF16);
+}
+
+size_t CudaExecutor::view_bytes(const Node& n) const {
+  if (!view_input(n)) return 0;
+  const TensorInfo& t = g_.tensor(n.in[0]);
+  return align_up(size_t(numel(t.shape)) * dtype_size(t.dtype));
 }
 
 size_t CudaExecutor::workspace_need(const Node& n) const {
@@ -1295,7 +1326,16 @@ bool CudaExecutor::launch_bf16(int index) {
       // Eval statistics, or the epilogue sums of the producing conv, do not read x: launch().
       if (!n.bn.training || impl_->stats_src[size_t(index)] >= 0) return false;
       const int c = int(sh(n.in[0]).back());
-      cuda::batchnorm_stats_train(cnt / c, c, hin(0), fo(0), fo(1), f(1), f(2), n.bn.momentum, n.bn.eps, ws, s);
+      const int view = impl_->view_node[size_t(n.in[0])];
+      if (view >= 0) {  // concat(upsample2(a), b) in place
+        const Node& v = g_.node(view);
+        const Shape& xs = sh(n.in[0]);
+        cuda::batchnorm_stats_train_upsample_concat(
+            int(xs[0]), int(xs[1]), int(xs[2]), int(sh(v.in[0])[3]), c, static_cast<const cuda::bf16*>(ptr(v.in[0])),
+            static_cast<const cuda::bf16*>(ptr(v.in[1])), fo(0), fo(1), f(1), f(2), n.bn.momentum, n.bn.eps, ws, s);
+      } else {
+        cuda::batchnorm_stats_train(cnt / c, c, hin(0), fo(0), fo(1), f(1), f(2), n.bn.momentum, n.bn.eps, ws, s);
+      }
       count_batch(3);
       return true;
     }
@@ -1377,6 +1417,7 @@ bool CudaExecutor::launch_bf16(int index) {
 
 void CudaExecutor::launch(int index) {
   const Node& n = g_.node(index);
+  if (n.view) return;  // its readers compute it (view_upsample_concats)
   cudaStream_t s = as_stream(stream_);
   cudnnHandle_t h = impl_->handle;
   void* ws = workspace_;
@@ -1417,6 +1458,42 @@ void CudaExecutor::launch(int index) {
   // multiplied one in training, else first in the workspace; finish_output() then pools it into
   // y (and the argmax) or multiplies it into y, as the pool or Mul node did.
   const bool tensor_core_kernel = impl_->handwritten[size_t(index)] && impl_->tensor_core[size_t(index)];
+  // x as an upsample-concat view (view_upsample_concats): the tensor-core kernel reads it in place,
+  // and so does the BN-ReLU staging of a fused node's cuDNN path; the other paths get it made at
+  // the start of the workspace, x's tensor pointing there for this launch only.
+  const Node* view = view_input(n);
+  const bool view_direct = view != nullptr && view_in_place(n, tensor_core_kernel);
+  const bool view_staged =
+      view != nullptr && !view_direct && n.op == OpKind::BnReluConv2d && !impl_->handwritten[size_t(index)];
+  struct Rebind {
+    std::vector<void*>* ptrs = nullptr;
+    size_t at = 0;
+    void* old = nullptr;
+    ~Rebind() {
+      if (ptrs) (*ptrs)[at] = old;
+    }
+  } rebind;
+  if (view != nullptr && !view_direct && !view_staged) {
+    void* x = wsp;
+    wsp += view_bytes(n);
+    ws = wsp;
+    const Shape& as = sh(view->in[0]);
+    const int cb = int(sh(view->in[1])[3]);
+    if (is_bf16(n.in[0]))
+      cuda::upsample_concat_forward(int(as[0]), int(as[1]), int(as[2]), int(as[3]), cb, half(view->in[0]),
+                                    half(view->in[1]), static_cast<cuda::bf16*>(x), s);
+    else
+      cuda::upsample_concat_forward(int(as[0]), int(as[1]), int(as[2]), int(as[3]), cb, fptr(view->in[0]),
+                                    fptr(view->in[1]), static_cast<float*>(x), s);
+    rebind.ptrs = &dptr_;
+    rebind.at = size_t(n.in[0]);
+    rebind.old = dptr_[rebind.at];
+    dptr_[rebind.at] = x;
+  }
+  // The in-place call's a, b and ca.
+  auto view_a = [&] { return ptr(view->in[0]); };
+  auto view_b = [&] { return ptr(view->in[1]); };
+  auto view_ca = [&] { return int(sh(view->in[0])[3]); };
   const bool own_out = n.conv.max_pool || n.conv.multiply;
   const bool finish_after = own_out && !tensor_core_kernel;
   const cpu::Conv2dShape& cs = n.conv.shape;
@@ -1470,7 +1547,15 @@ void CudaExecutor::launch(int index) {
     const int x = n.in[0];
     const int c = int(sh(x).back());
     float* d = take_f32(x);
-    if (is_bf16(x))
+    if (view_staged) {
+      const Shape& xs = sh(x);
+      if (is_bf16(x))
+        cuda::batchnorm_apply_upsample_concat(int(xs[0]), int(xs[1]), int(xs[2]), view_ca(), c, half(view->in[0]),
+                                              half(view->in[1]), in(1), in(2), in(3), in(4), /*relu=*/true, d, s);
+      else
+        cuda::batchnorm_apply_upsample_concat(int(xs[0]), int(xs[1]), int(xs[2]), view_ca(), c, fptr(view->in[0]),
+                                              fptr(view->in[1]), in(1), in(2), in(3), in(4), /*relu=*/true, d, s);
+    } else if (is_bf16(x))
       cuda::batchnorm_apply(count(x) / c, c, half(x), in(1), in(2), in(3), in(4), /*relu=*/true, d, s);
     else
       cuda::batchnorm_apply(count(x) / c, c, in(0), in(1), in(2), in(3), in(4), /*relu=*/true, d, s);
@@ -1489,6 +1574,10 @@ void CudaExecutor::launch(int index) {
           cuda::bn_relu_conv_tc_forward_mul(cs, math, st(0), vin(0), nullptr, nullptr, nullptr, nullptr, in(1), in(2),
                                             st_out(0), ptr(n.out[0]), ptr(multiplier), conv_out, sums,
                                             sums ? sums + cs.cout : nullptr, ws, s);
+        else if (view_direct)
+          cuda::bn_relu_conv_tc_forward_upsample_concat(cs, math, st(0), view_a(), view_b(), view_ca(), nullptr,
+                                                        nullptr, nullptr, nullptr, in(1), in(2), st_out(0),
+                                                        ptr(n.out[0]), sums, sums ? sums + cs.cout : nullptr, ws, s);
         else
           cuda::bn_relu_conv_tc_forward(cs, math, st(0), vin(0), nullptr, nullptr, nullptr, nullptr, in(1), in(2),
                                         st_out(0), ptr(n.out[0]), res, sums, sums ? sums + cs.cout : nullptr, ws, s);
@@ -1526,6 +1615,13 @@ void CudaExecutor::launch(int index) {
         cuda::batchnorm_stats_from_sums(count(n.in[0]) / c, c, sums, sums + c, out(0), out(1), in(1), in(2),
                                         n.bn.momentum, n.bn.eps, s);
         if (n.in.size() > 3 && n.in[3] >= 0) cuda::batchnorm_count_batch(static_cast<int64_t*>(ptr(n.in[3])), s);
+      } else if (n.bn.training && impl_->view_node[size_t(n.in[0])] >= 0) {  // concat(upsample2(a), b) in place
+        const Node& v = g_.node(impl_->view_node[size_t(n.in[0])]);
+        const Shape& xs = sh(n.in[0]);
+        cuda::batchnorm_stats_train_upsample_concat(int(xs[0]), int(xs[1]), int(xs[2]), int(sh(v.in[0])[3]), c,
+                                                    fptr(v.in[0]), fptr(v.in[1]), out(0), out(1), in(1), in(2),
+                                                    n.bn.momentum, n.bn.eps, ws, s);
+        if (n.in.size() > 3 && n.in[3] >= 0) cuda::batchnorm_count_batch(static_cast<int64_t*>(ptr(n.in[3])), s);
       } else if (n.bn.training) {
         cuda::batchnorm_stats_train(count(n.in[0]) / c, c, in(0), out(0), out(1), in(1), in(2), n.bn.momentum,
                                     n.bn.eps, ws, s);
@@ -1547,6 +1643,10 @@ void CudaExecutor::launch(int index) {
           cuda::bn_relu_conv_tc_forward_mul(cs, math, st(0), vin(0), in(1), in(2), in(3), in(4), in(5), in(6),
                                             st_out(0), ptr(n.out[0]), ptr(multiplier), conv_out, sums,
                                             sums ? sums + cs.cout : nullptr, ws, s);
+        else if (view_direct)
+          cuda::bn_relu_conv_tc_forward_upsample_concat(cs, math, st(0), view_a(), view_b(), view_ca(), in(1), in(2),
+                                                        in(3), in(4), in(5), in(6), st_out(0), ptr(n.out[0]), sums,
+                                                        sums ? sums + cs.cout : nullptr, ws, s);
         else
           cuda::bn_relu_conv_tc_forward(cs, math, st(0), vin(0), in(1), in(2), in(3), in(4), in(5), in(6), st_out(0),
                                         ptr(n.out[0]), res, sums, sums ? sums + cs.cout : nullptr, ws, s);

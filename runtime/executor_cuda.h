@@ -126,6 +126,12 @@ class CudaExecutor final : public Executor {
   size_t handwritten_workspace(const Node& n) const;
   size_t own_conv_out_bytes(const Node& n) const;
   size_t cudnn_path_workspace(const Node& n) const;
+  // A forward convolution reading an upsample-concat view (Node::view) as x: the view node, or
+  // null; whether the tensor-core kernel may read it in place (else the view is materialised at
+  // the start of the node's workspace, view_bytes).
+  const Node* view_input(const Node& n) const;
+  bool view_in_place(const Node& n, bool tensor_core) const;
+  size_t view_bytes(const Node& n) const;
   bool cudnn_possible(const Node& n) const;
   void choose_kernels();
   void upload_step(const cpu::OptimStep* opt);

@@ -339,6 +339,31 @@ std::vector<std::string> fuse_upsample_concat(Graph& g) {
   });
 }
 
+std::vector<std::string> view_upsample_concats(Graph& g) {
+  const Uses u = uses_of(g);
+  std::vector<std::string> views;
+  std::vector<Node> nodes = g.nodes();
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    Node& n = nodes[i];
+    if (n.op != OpKind::UpsampleConcat || n.view || n.out.size() != 1) continue;
+    const int y = n.out[0];
+    const TensorInfo& yi = g.tensor(y);
+    const std::vector<int>& readers = u.readers[size_t(y)];
+    if (yi.kind != TensorKind::Activation || yi.is_output || readers.empty()) continue;
+    bool ok = true;
+    for (int r : readers) {
+      const Node& rn = g.node(r);
+      const bool op_ok = rn.op == OpKind::BatchNormStats || rn.op == OpKind::BnReluConv2d || rn.op == OpKind::Conv2d;
+      ok = ok && op_ok && std::count(rn.in.begin(), rn.in.end(), y) == 1 && rn.in[0] == y;
+    }
+    if (!ok) continue;
+    n.view = true;
+    views.push_back(n.name);
+  }
+  g.set_nodes(std::move(nodes));
+  return views;
+}
+
 std::vector<std::string> fuse_bn_apply_sum(Graph& g) {
   return rewrite_bn_sums(g, /*training=*/true, [&](const Uses&, int top, const std::vector<int>& bns,
                                                    const std::vector<int>& adds, std::vector<Node>& nodes,

@@ -79,6 +79,16 @@ std::vector<std::string> fuse_conv_mul(Graph& g);
 // concats' names. Must run before autodiff.
 std::vector<std::string> fuse_upsample_concat(Graph& g);
 
+// Marks an UpsampleConcat as a view (Node::view) when its output is an activation, not a graph
+// output, and read only as the input x (in[0]) of forward BatchNormStats, BnReluConv2d and Conv2d
+// nodes: the concatenation is then never stored. Its readers compute x[n, y, x, c] from the
+// inputs, upsampled part (c < Ca) or skip, at each load; the planner gives it no bytes and keeps
+// the inputs alive until its last reader. Run last: after autodiff and recompute_for_backward in a
+// training graph (whose backward readers read the recomputed copy, which stays stored), after the
+// other fusions in an inference graph. ResUNet++: the three decoder blocks' inputs, read by their
+// first BN's statistics, its BN-ReLU-conv and the 1x1 shortcut. Returns the views' names.
+std::vector<std::string> view_upsample_concats(Graph& g);
+
 // Inference: rewrites every left-deep sum ((y1 + y2) + y3) + ... of 2 to 4 terms y_i = bn_i(conv_i(x))
 // (eval-mode BNs; convolutions of one input x with biases, the same n, h, w, cin, cout, kernel,
 // stride and output size, padding and dilation free: the ASPP block) into one ConvBnSum node, when

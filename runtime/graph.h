@@ -127,6 +127,10 @@ struct Node {
   OptAttrs opt;
   int64_t flops = 0;  // multiply-adds count 2
   BranchAttrs branches;
+  // UpsampleConcat only (view_upsample_concats, runtime/fusion.h): the output is never stored. Its
+  // readers compute each value from the node's inputs where they read it, and an executor that
+  // cannot materialises it for that reader alone; the node itself runs no kernel.
+  bool view = false;
 };
 
 // Where a forward convolution node takes a residual (fuse_conv_add) or a multiplier

@@ -154,6 +154,17 @@ Plan make_plan(const Graph& g, PlanMode mode, const WorkspaceFn& workspace) {
       if (t >= 0) p.last[size_t(t)] = std::max(p.last[size_t(t)], i);
     if (workspace) p.workspace_bytes = std::max(p.workspace_bytes, workspace(g, n));
   }
+  // Views (Node::view): no bytes; their readers read the view's inputs, which live until then.
+  // Backwards, so that a view of a view passes the lifetime on.
+  for (int i = nn - 1; i >= 0; --i) {
+    const Node& n = g.node(i);
+    if (!n.view) continue;
+    for (int v : n.out) {
+      in_arena[size_t(v)] = 0;
+      for (int t : n.in)
+        if (t >= 0) p.last[size_t(t)] = std::max(p.last[size_t(t)], p.last[size_t(v)]);
+    }
+  }
   for (int t = 0; t < nt; ++t) {
     if (!in_arena[size_t(t)]) continue;
     const TensorInfo& ti = g.tensor(t);
@@ -265,6 +276,16 @@ void verify_plan(const Graph& g, const Plan& p) {
     if (p.last[size_t(u)] != p.first[size_t(t)])
       fail("plan: ", g.tensor(t).name, " takes over the bytes of ", g.tensor(u).name,
            ", which is still read after the node that writes it");
+  }
+  // A view's inputs must live as long as its output is read.
+  for (const Node& n : g.nodes()) {
+    if (!n.view) continue;
+    for (int v : n.out) {
+      if (p.offset[size_t(v)] >= 0) fail("plan: the view ", g.tensor(v).name, " has bytes");
+      for (int t : n.in)
+        if (t >= 0 && p.last[size_t(t)] < p.last[size_t(v)])
+          fail("plan: ", g.tensor(t).name, " dies before the last reader of the view ", g.tensor(v).name);
+    }
   }
   struct Item { int t; size_t b, e; };
   std::vector<Item> items;

@@ -4,8 +4,9 @@
 // The schedule is the graph's node order (builders and autodiff append in topological order).
 // A tensor lives from the node that writes it (inputs: from the start) to the last node that reads
 // it (outputs: to the end). An elementwise node may write its output over an input that it is the
-// last reader of (Plan::alias): the two then form one block of bytes. Persistent tensors (params, buffers, optimiser state) are not in the
-// arena; an executor keeps them in their own storage.
+// last reader of (Plan::alias): the two then form one block of bytes. A view's output (Node::view)
+// has no bytes; the view's inputs live until its last reader instead. Persistent tensors (params,
+// buffers, optimiser state) are not in the arena; an executor keeps them in their own storage.
 #pragma once
 #include <cstddef>
 #include <cstdint>

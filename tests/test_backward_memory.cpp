@@ -4,6 +4,7 @@
 // without them, and what they save.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <set>
@@ -106,7 +107,7 @@ TEST(BackwardMemory, RecomputesTheSeScalesAndTheUpsampleConcats) {
 TEST(BackwardMemory, ShortcutBackwardDataWaitsForTheGradientSum) {
   const ModelGraph m = training_graph(small_model(true), 2, 32, BackwardOptions{});
   const Graph& g = m.graph;
-  const ModelGraph plain = training_graph(small_model(true), 2, 32, BackwardOptions{false, false});
+  const ModelGraph plain = training_graph(small_model(true), 2, 32, BackwardOptions{false, false, false});
   // In every residual block the shortcut's backward-data comes right before the Add that sums its
   // output with the main path's input gradient; without the pass, in some blocks (the encoders') it
   // came before the main path's backward.
@@ -136,7 +137,8 @@ TEST(BackwardMemory, TrainingIsBitIdenticalWithAndWithoutThePasses) {
   for (bool fuse : {true, false}) {
     SCOPED_TRACE(fuse ? "fused" : "unfused");
     const ModelGraph a = training_graph(small_model(fuse), 2, 32, BackwardOptions{}, OptimizerKind::SGD);
-    const ModelGraph b = training_graph(small_model(fuse), 2, 32, BackwardOptions{false, false}, OptimizerKind::SGD);
+    const ModelGraph b =
+        training_graph(small_model(fuse), 2, 32, BackwardOptions{false, false, false}, OptimizerKind::SGD);
     const auto [with, without] = test::expect_lockstep_training({&a}, {&b}, 21, 3, 1e-2);
     EXPECT_LT(with, without);
   }
@@ -149,7 +151,7 @@ TEST(BackwardMemory, TrainingPlansAt256Batch16NeedLess) {
     ModelConfig c;  // the full network
     c.fuse = fuse;
     const ModelGraph a = training_graph(c, 16, 256, BackwardOptions{});
-    const ModelGraph b = training_graph(c, 16, 256, BackwardOptions{false, false});
+    const ModelGraph b = training_graph(c, 16, 256, BackwardOptions{false, false, false});
     const Plan pa = make_plan(a.graph, PlanMode::BestFit, cpu_workspace_bytes);
     const Plan pb = make_plan(b.graph, PlanMode::BestFit, cpu_workspace_bytes);
     EXPECT_NO_THROW(verify_plan(a.graph, pa));
@@ -163,4 +165,85 @@ TEST(BackwardMemory, TrainingPlansAt256Batch16NeedLess) {
     RecordProperty("arena_bytes_" + tag, std::to_string(pa.arena_bytes));
     RecordProperty("arena_bytes_" + tag + "_without_passes", std::to_string(pb.arena_bytes));
   }
+}
+
+// view_upsample_concats: the decoders' upsample-concats become views (never stored) where only
+// forward BN statistics and convolutions read them as x: in a fused training graph once backward
+// reads the recomputed copies, and in a fused inference graph.
+TEST(BackwardMemory, UpsampleConcatsBecomeViewsReadInPlace) {
+  auto views = [](const Graph& g) {
+    std::vector<int> v;
+    for (int i = 0; i < g.num_nodes(); ++i)
+      if (g.node(i).view) v.push_back(i);
+    return v;
+  };
+  const ModelGraph train = training_graph(small_model(true), 2, 32, BackwardOptions{});
+  ModelGraph infer = build_resunetpp(small_model(true), 2, 32, 32, false);
+  for (const Graph* g : {&train.graph, static_cast<const Graph*>(&infer.graph)}) {
+    const std::vector<int> v = views(*g);
+    ASSERT_EQ(v.size(), 3u);
+    const Plan p = make_plan(*g, PlanMode::BestFit, cpu_workspace_bytes);
+    EXPECT_NO_THROW(verify_plan(*g, p));
+    for (int i : v) {
+      const Node& n = g->node(i);
+      EXPECT_EQ(n.op, OpKind::UpsampleConcat);
+      const int y = n.out[0];
+      EXPECT_EQ(p.offset[size_t(y)], -1) << g->tensor(y).name << " has bytes";
+      int readers = 0, last = -1;
+      for (int r = 0; r < g->num_nodes(); ++r) {
+        const Node& rn = g->node(r);
+        if (std::find(rn.in.begin(), rn.in.end(), y) == rn.in.end()) continue;
+        ++readers;
+        last = r;
+        EXPECT_TRUE(rn.op == OpKind::BatchNormStats || rn.op == OpKind::BnReluConv2d || rn.op == OpKind::Conv2d)
+            << rn.name << " (" << op_name(rn.op) << ") reads the view " << g->tensor(y).name;
+        EXPECT_EQ(rn.in[0], y) << rn.name;
+      }
+      EXPECT_EQ(readers, 3) << n.name;  // the block's first BN statistics, its BN-ReLU-conv, the shortcut
+      for (int t : n.in) EXPECT_GE(p.last[size_t(t)], last) << g->tensor(t).name << " dies before the view's reader";
+    }
+  }
+  // verify_plan sees a view input that dies before the view's last reader.
+  {
+    const Graph& g = infer.graph;
+    Plan p = make_plan(g, PlanMode::BestFit, cpu_workspace_bytes);
+    const int v = views(g)[0];
+    p.last[size_t(g.node(v).in[0])] = v;
+    EXPECT_THROW(verify_plan(g, p), Error);
+  }
+  // No views: off, with backward reading the forward values (no recomputation), unfused graphs.
+  EXPECT_TRUE(views(training_graph(small_model(true), 2, 32, BackwardOptions{true, true, false}).graph).empty());
+  EXPECT_TRUE(views(training_graph(small_model(true), 2, 32, BackwardOptions{false, true, true}).graph).empty());
+  EXPECT_TRUE(views(training_graph(small_model(false), 2, 32, BackwardOptions{}).graph).empty());
+  EXPECT_TRUE(views(build_resunetpp(small_model(false), 2, 32, 32, false).graph).empty());
+}
+
+// Views change where values are read from, not the values: three training steps are bit-identical
+// with and without them, and so is inference. On the CPU each reader gets the view made just
+// before it, so the arenas lose the concatenations.
+TEST(BackwardMemory, ViewsChangeMemoryNotResults) {
+  const ModelGraph a = training_graph(small_model(true), 2, 32, BackwardOptions{}, OptimizerKind::SGD);
+  const ModelGraph b = training_graph(small_model(true), 2, 32, BackwardOptions{true, true, false}, OptimizerKind::SGD);
+  const auto [with, without] = test::expect_lockstep_training({&a}, {&b}, 23, 3, 1e-2);
+  EXPECT_LE(with, without);
+
+  ModelGraph v = build_resunetpp(small_model(true), 2, 32, 32, false);
+  ModelGraph s = v;  // the same graph with every concatenation stored
+  std::vector<Node> nodes = s.graph.nodes();
+  for (Node& n : nodes) n.view = false;
+  s.graph.set_nodes(std::move(nodes));
+  ParamStore pv, ps;
+  init_params(v.graph, pv, 5);
+  init_params(s.graph, ps, 5);
+  CpuExecutor ev(v.graph, pv), es(s.graph, ps);
+  EXPECT_LT(ev.plan().arena_bytes, es.plan().arena_bytes);
+  ev.poison();
+  es.poison();
+  Rng r{9};
+  const int64_t count = numel(v.graph.tensor(v.image).shape);
+  for (int64_t i = 0; i < count; ++i) ev.data(v.image)[i] = es.data(s.image)[i] = r.uniform();
+  ev.run();
+  es.run();
+  const int64_t nl = numel(v.graph.tensor(v.logits).shape);
+  EXPECT_EQ(std::memcmp(ev.data(v.logits), es.data(s.logits), size_t(nl) * sizeof(float)), 0);
 }

@@ -103,11 +103,50 @@ __device__ __forceinline__ int64_t group_rows(int64_t g, int64_t rows, int64_t c
   return left < rows ? left : rows;
 }
 
-// Forward statistics of one (group, channel tile): sum and M2 about the group mean, in double.
-// grid (groups, tiles), kThreads threads. part_sum/part_m2: (groups, c). T: x's storage (widened).
+// Where the statistics read x: a stored (count, c) tensor in storage T (widened exactly)...
 template <class T>
+struct StoredRows {
+  const T* __restrict__ x;
+  int c;
+  __device__ __forceinline__ float operator()(int64_t row, int ch) const { return detail::to_f32(x[row * c + ch]); }
+  __device__ __forceinline__ float flat(int64_t i, int) const { return detail::to_f32(x[i]); }  // i = row * c + ch
+};
+// ... or concat(upsample2(a), b) read in place (UpsampleConcatView): row = (image, y, x) of the
+// (n, h, w) output, channels below ca from a at (y/2, x/2), the others from b. The same values in
+// the same order as from the stored concatenation, so the same bits.
+template <class T>
+struct UpsampleConcatRows {
+  const T* __restrict__ a;
+  const T* __restrict__ b;
+  int h, w, ca, cb;
+  __device__ __forceinline__ float operator()(int64_t row, int ch) const {
+    if (ch >= ca) return detail::to_f32(b[row * cb + (ch - ca)]);
+    const int64_t hw = int64_t(h) * w;
+    const int64_t img = row / hw;
+    const int p = int(row - img * hw);
+    const int y = p / w, x = p - y * w;
+    return detail::to_f32(a[((img * (h >> 1) + (y >> 1)) * (w >> 1) + (x >> 1)) * ca + ch]);
+  }
+  __device__ __forceinline__ float flat(int64_t i, int ch) const { return (*this)(i / (ca + cb), ch); }
+};
+
+// The reader of concat(upsample2(a), b) (n, h, w, c), after checking its sizes and pointers.
+template <class T>
+UpsampleConcatRows<T> upsample_concat_rows(const char* op, int n, int h, int w, int ca, int c, const T* a,
+                                           const T* b) {
+  if (n < 1 || h < 2 || w < 2 || h % 2 || w % 2 || ca < 1 || ca >= c)
+    fail(op, ": needs n >= 1, an even h and w >= 2 and 0 < ca < c, got n ", n, " h ", h, " w ", w, " ca ", ca, " c ",
+         c);
+  check_not_null(op, {{"a", a}, {"b", b}});
+  return UpsampleConcatRows<T>{a, b, h, w, ca, c - ca};
+}
+
+// Forward statistics of one (group, channel tile): sum and M2 about the group mean, in double.
+// grid (groups, tiles), kThreads threads. part_sum/part_m2: (groups, c). Src: StoredRows or
+// UpsampleConcatRows.
+template <class Src>
 __global__ void __launch_bounds__(kThreads)
-    stats_partial_kernel(const T* __restrict__ x, int64_t count, int c, int tc, int rs,
+    stats_partial_kernel(Src x, int64_t count, int c, int tc, int rs,
                          int64_t rows, double* __restrict__ part_sum, double* __restrict__ part_m2) {
   __shared__ double red[kThreads];
   __shared__ double group_mean[kTileChannels];
@@ -127,7 +166,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t r = lr + int64_t(k) * rs;
     v[k] = 0.f;
     if (active && r < nb) {
-      v[k] = detail::to_f32(x[(row0 + r) * c + ch]);
+      v[k] = x(row0 + r, ch);
       s += double(v[k]);
     }
   }
@@ -406,9 +445,9 @@ __global__ void stats_eval_kernel(int c, const float* __restrict__ running_mean,
 // out[i] (a gradient, in place) where v is not > 0; otherwise write v, rectified when relu is
 // set (NaN propagates, as relu_forward). In double, as apply_kernel. Dynamic shared memory: 3 c
 // doubles.
-template <class Idx, bool kMask, class T>
+template <class Idx, bool kMask, class Src>
 __global__ void __launch_bounds__(kThreads)
-    bn_relu_kernel(Idx total, int c, const T* x, const float* __restrict__ gamma,
+    bn_relu_kernel(Idx total, int c, Src x, const float* __restrict__ gamma,
                    const float* __restrict__ beta, const float* __restrict__ mean,
                    const float* __restrict__ invstd, bool relu, float* out) {
   extern __shared__ double dtable[];
@@ -424,7 +463,7 @@ __global__ void __launch_bounds__(kThreads)
   const Idx stride = Idx(gridDim.x) * Idx(kThreads);
   for (Idx i = Idx(blockIdx.x) * Idx(kThreads) + Idx(threadIdx.x); i < total; i += stride) {
     const int ch = int(i % Idx(c));
-    const float v = float((double(detail::to_f32(x[i])) - t_mean[ch]) * t_scale[ch] + t_shift[ch]);
+    const float v = float((double(x.flat(int64_t(i), ch)) - t_mean[ch]) * t_scale[ch] + t_shift[ch]);
     if constexpr (kMask) {
       if (!(v > 0.f)) out[i] = 0.f;
     } else {
@@ -433,18 +472,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <bool kMask, class T>
-void launch_bn_relu(const char* op, int64_t count, int c, const T* x, const float* gamma,
+template <bool kMask, class Src>
+void launch_bn_relu(const char* op, int64_t count, int c, Src x, const float* gamma,
                     const float* beta, const float* mean, const float* invstd, bool relu, float* out,
                     cudaStream_t stream) {
   const int64_t total = count * c;
   if (total == 0) return;
   const size_t shmem = 3 * size_t(c) * sizeof(double);
   if (index_fits_32(total))
-    bn_relu_kernel<uint32_t, kMask, T><<<flat_blocks(total), kThreads, shmem, stream>>>(
+    bn_relu_kernel<uint32_t, kMask, Src><<<flat_blocks(total), kThreads, shmem, stream>>>(
         uint32_t(total), c, x, gamma, beta, mean, invstd, relu, out);
   else
-    bn_relu_kernel<uint64_t, kMask, T><<<flat_blocks(total), kThreads, shmem, stream>>>(
+    bn_relu_kernel<uint64_t, kMask, Src><<<flat_blocks(total), kThreads, shmem, stream>>>(
         uint64_t(total), c, x, gamma, beta, mean, invstd, relu, out);
   RPP_CUDA_CHECK_LAUNCH(op);
 }
@@ -471,15 +510,15 @@ void check_grid(const char* op, const Tiling& t) {
 
 // The statistics passes shared by the training forward and the statistics-only launcher: the
 // partial sums, then the finalize (save_mean, save_invstd, running update).
-template <class T>
-void launch_stats(const char* op, int64_t count, int c, const T* x, float* save_mean,
+template <class Src>
+void launch_stats(const char* op, int64_t count, int c, Src x, float* save_mean,
                   float* save_invstd, float* running_mean, float* running_var,
                   double momentum, double eps, void* workspace, cudaStream_t stream) {
   check_workspace(op, workspace, batchnorm_workspace_bytes(count, c));
   const Tiling t = tiling_for(count, c);
   check_grid(op, t);
   const Workspace w = carve(workspace, t, c);
-  stats_partial_kernel<T><<<dim3(unsigned(t.groups), unsigned(t.tiles)), kThreads, 0, stream>>>(
+  stats_partial_kernel<Src><<<dim3(unsigned(t.groups), unsigned(t.tiles)), kThreads, 0, stream>>>(
       x, count, c, t.tc, t.rs, t.rows, w.part_a, w.part_b);
   RPP_CUDA_CHECK_LAUNCH(op);
   stats_finalize_kernel<<<unsigned(c), kThreads, 0, stream>>>(
@@ -507,8 +546,8 @@ void forward_train(int64_t count, int c, const T* x, const float* gamma, const f
   if (!(eps >= 0)) fail(op, ": eps must be >= 0, got ", eps);
   check_not_null(op, {{"x", x}, {"gamma", gamma}, {"beta", beta}, {"y", y},
                       {"save_mean", save_mean}, {"save_invstd", save_invstd}});
-  launch_stats(op, count, c, x, save_mean, save_invstd, running_mean, running_var, momentum, eps, workspace,
-               stream);
+  launch_stats(op, count, c, StoredRows<T>{x, c}, save_mean, save_invstd, running_mean, running_var, momentum, eps,
+               workspace, stream);
   launch_apply<false>(op, count, c, x, save_mean, save_invstd, gamma, beta, nullptr, eps, y, stream);
 }
 }  // namespace
@@ -613,8 +652,21 @@ void stats_train(int64_t count, int c, const T* x, float* save_mean, float* save
   check_sizes(op, count, c, true);
   if (!(eps >= 0)) fail(op, ": eps must be >= 0, got ", eps);
   check_not_null(op, {{"x", x}, {"save_mean", save_mean}, {"save_invstd", save_invstd}});
-  launch_stats(op, count, c, x, save_mean, save_invstd, running_mean, running_var, momentum, eps, workspace,
-               stream);
+  launch_stats(op, count, c, StoredRows<T>{x, c}, save_mean, save_invstd, running_mean, running_var, momentum, eps,
+               workspace, stream);
+}
+
+template <class T>
+void stats_train_upsample_concat(int n, int h, int w, int ca, int c, const T* a, const T* b, float* save_mean,
+                                 float* save_invstd, float* running_mean, float* running_var, double momentum,
+                                 double eps, void* workspace, cudaStream_t stream) {
+  const char* op = "batchnorm_stats_train_upsample_concat";
+  const UpsampleConcatRows<T> x = upsample_concat_rows(op, n, h, w, ca, c, a, b);
+  const int64_t count = int64_t(n) * h * w;
+  check_sizes(op, count, c, true);
+  if (!(eps >= 0)) fail(op, ": eps must be >= 0, got ", eps);
+  check_not_null(op, {{"save_mean", save_mean}, {"save_invstd", save_invstd}});
+  launch_stats(op, count, c, x, save_mean, save_invstd, running_mean, running_var, momentum, eps, workspace, stream);
 }
 }  // namespace
 
@@ -653,6 +705,21 @@ void batchnorm_stats_train(int64_t count, int c, const bf16* x, float* save_mean
   stats_train(count, c, x, save_mean, save_invstd, running_mean, running_var, momentum, eps, workspace, stream);
 }
 
+void batchnorm_stats_train_upsample_concat(int n, int h, int w, int ca, int c, const float* a, const float* b,
+                                           float* save_mean, float* save_invstd, float* running_mean,
+                                           float* running_var, double momentum, double eps, void* workspace,
+                                           cudaStream_t stream) {
+  stats_train_upsample_concat(n, h, w, ca, c, a, b, save_mean, save_invstd, running_mean, running_var, momentum, eps,
+                              workspace, stream);
+}
+void batchnorm_stats_train_upsample_concat(int n, int h, int w, int ca, int c, const bf16* a, const bf16* b,
+                                           float* save_mean, float* save_invstd, float* running_mean,
+                                           float* running_var, double momentum, double eps, void* workspace,
+                                           cudaStream_t stream) {
+  stats_train_upsample_concat(n, h, w, ca, c, a, b, save_mean, save_invstd, running_mean, running_var, momentum, eps,
+                              workspace, stream);
+}
+
 void batchnorm_stats_from_sums(int64_t count, int c, const double* sum, const double* sumsq, float* save_mean,
                                float* save_invstd, float* running_mean, float* running_var, double momentum,
                                double eps, cudaStream_t stream) {
@@ -686,9 +753,32 @@ void bn_relu(const char* op, int64_t count, int c, const T* x, const float* gamm
   check_sizes(op, count, c, false);
   check_not_null(op, {{"x", x}, {"gamma", gamma}, {"beta", beta}, {"mean", mean}, {"invstd", invstd},
                       {kMask ? "dy" : "y", out}});
-  launch_bn_relu<kMask>(op, count, c, x, gamma, beta, mean, invstd, relu, out, stream);
+  launch_bn_relu<kMask>(op, count, c, StoredRows<T>{x, c}, gamma, beta, mean, invstd, relu, out, stream);
+}
+
+template <class T>
+void apply_upsample_concat(int n, int h, int w, int ca, int c, const T* a, const T* b, const float* gamma,
+                           const float* beta, const float* mean, const float* invstd, bool relu, float* y,
+                           cudaStream_t stream) {
+  const char* op = "batchnorm_apply_upsample_concat";
+  const UpsampleConcatRows<T> x = upsample_concat_rows(op, n, h, w, ca, c, a, b);
+  const int64_t count = int64_t(n) * h * w;
+  check_sizes(op, count, c, false);
+  check_not_null(op, {{"gamma", gamma}, {"beta", beta}, {"mean", mean}, {"invstd", invstd}, {"y", y}});
+  launch_bn_relu<false>(op, count, c, x, gamma, beta, mean, invstd, relu, y, stream);
 }
 }  // namespace
+
+void batchnorm_apply_upsample_concat(int n, int h, int w, int ca, int c, const float* a, const float* b,
+                                     const float* gamma, const float* beta, const float* mean, const float* invstd,
+                                     bool relu, float* y, cudaStream_t stream) {
+  apply_upsample_concat(n, h, w, ca, c, a, b, gamma, beta, mean, invstd, relu, y, stream);
+}
+void batchnorm_apply_upsample_concat(int n, int h, int w, int ca, int c, const bf16* a, const bf16* b,
+                                     const float* gamma, const float* beta, const float* mean, const float* invstd,
+                                     bool relu, float* y, cudaStream_t stream) {
+  apply_upsample_concat(n, h, w, ca, c, a, b, gamma, beta, mean, invstd, relu, y, stream);
+}
 
 void batchnorm_apply(int64_t count, int c, const float* x, const float* gamma, const float* beta,
                      const float* mean, const float* invstd, bool relu, float* y, cudaStream_t stream) {

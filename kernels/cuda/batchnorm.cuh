@@ -88,6 +88,28 @@ void batchnorm_stats_train(int64_t count, int c, const float* x, float* save_mea
 void batchnorm_stats_train(int64_t count, int c, const bf16* x, float* save_mean,
                            float* save_invstd, float* running_mean, float* running_var,
                            double momentum, double eps, void* workspace, cudaStream_t stream);
+// batchnorm_stats_train of x = concat(upsample2(a), b) (n, h, w, c), read in place (a view:
+// view_upsample_concats, runtime/fusion.h): a (n, h/2, w/2, ca), b (n, h, w, c - ca), one storage;
+// h and w even, 0 < ca < c. Every value is read where the stored concatenation holds it, in the
+// same order: the same bits as batchnorm_stats_train on that tensor, with its workspace
+// (count n * h * w).
+void batchnorm_stats_train_upsample_concat(int n, int h, int w, int ca, int c, const float* a, const float* b,
+                                           float* save_mean, float* save_invstd, float* running_mean,
+                                           float* running_var, double momentum, double eps, void* workspace,
+                                           cudaStream_t stream);
+void batchnorm_stats_train_upsample_concat(int n, int h, int w, int ca, int c, const bf16* a, const bf16* b,
+                                           float* save_mean, float* save_invstd, float* running_mean,
+                                           float* running_var, double momentum, double eps, void* workspace,
+                                           cudaStream_t stream);
+// batchnorm_apply of x = concat(upsample2(a), b), read in place as above: the same bits as on the
+// stored concatenation (the cuDNN path of a fused BN-ReLU-conv whose input is a view stages
+// BN-ReLU(x) this way).
+void batchnorm_apply_upsample_concat(int n, int h, int w, int ca, int c, const float* a, const float* b,
+                                     const float* gamma, const float* beta, const float* mean, const float* invstd,
+                                     bool relu, float* y, cudaStream_t stream);
+void batchnorm_apply_upsample_concat(int n, int h, int w, int ca, int c, const bf16* a, const bf16* b,
+                                     const float* gamma, const float* beta, const float* mean, const float* invstd,
+                                     bool relu, float* y, cudaStream_t stream);
 void batchnorm_stats_eval(int c, const float* running_mean, const float* running_var, double eps,
                           float* mean, float* invstd, cudaStream_t stream);
 // batchnorm_stats_train's outputs from per-channel sums (c doubles each, over count values) that a

@@ -95,4 +95,15 @@ void bn_relu_conv_tc_forward_mul(const cpu::Conv2dShape& s, ConvMath math, Stora
                                  const void* multiplier, void* conv_out, double* out_sum, double* out_sumsq,
                                  void* workspace, cudaStream_t stream);
 
+// With the input given as concat(upsample2(a), b) and read in place (a view: view_upsample_concats,
+// runtime/fusion.h): a (n, h/2, w/2, ca) and b (n, h, w, cin - ca), both in x_type, s.h and s.w
+// even, 0 < ca < cin. Each tap loads the value that the stored concatenation holds (channel c < ca
+// of a at the pixel (y/2, x/2), else channel c - ca of b), so y and the statistics have the bits of
+// the launch on the stored tensor. No residual, pool or multiplier; everything else as above.
+void bn_relu_conv_tc_forward_upsample_concat(const cpu::Conv2dShape& s, ConvMath math, Storage x_type, const void* a,
+                                             const void* b, int ca, const float* gamma, const float* beta,
+                                             const float* mean, const float* invstd, const float* w_ohwi,
+                                             const float* bias, Storage y_type, void* y, double* out_sum,
+                                             double* out_sumsq, void* workspace, cudaStream_t stream);
+
 }  // namespace rpp::cuda

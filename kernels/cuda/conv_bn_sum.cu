@@ -24,7 +24,7 @@ void launch(const conv_tc::Dims& d, const TIn* x, TOut* y, const conv_tc::Branch
   conv_tc::conv_tc_kernel<Math, false, kWarpsN, TIn, TOut, true>
       <<<conv_tc::grid_for<kWarpsN>(d), conv_tc::threads_for<kWarpsN>(), 0, stream>>>(
           d, x, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, y, static_cast<const TOut*>(nullptr), nullptr,
-          br, nullptr, nullptr);
+          br, nullptr, nullptr, static_cast<const TIn*>(nullptr));
 }
 
 template <class Math, class TIn, class TOut>
@@ -85,7 +85,7 @@ void conv_bn_sum_tc_forward(const ConvBnBranch* branches, int count, double eps,
     br.var[b] = c.running_var;
   }
   const cpu::Conv2dShape& s = shapes[0];
-  conv_tc::Dims d{s.n, s.h, s.w, s.cin, s.kh, s.kw, s.cout, s.stride, 0, 1, s.ho(), s.wo(), 0, 0, 0, 0};
+  conv_tc::Dims d{s.n, s.h, s.w, s.cin, s.kh, s.kw, s.cout, s.stride, 0, 1, s.ho(), s.wo(), 0, 0, 0, 0, 0};
   d.m = int64_t(s.n) * d.ho * d.wo;
   d.k = count * s.kh * s.kw * s.cin;
   const bool xb = x_type == Storage::Bf16, yb = y_type == Storage::Bf16;

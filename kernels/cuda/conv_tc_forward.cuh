@@ -65,6 +65,10 @@ struct Dims {
   // Multiplier mode (res given): y = the convolution's output as stored, times res, in fp32, then
   // rounded; the stored convolution output also goes to y_conv when that is not null.
   int res_mul;
+  // Upsample-concat input (kUpcat; 0 otherwise): x is concat(upsample2(x), x2), read in place:
+  // channels below up_ca from x (n, h/2, w/2, up_ca) at the pixel (iy/2, ix/2), the others from x2
+  // (n, h, w, cin - up_ca). h and w are even.
+  int up_ca;
 };
 
 // Branch-sum mode: the branches' padding, dilation, OHWI weights, conv bias (or null) and eval BN.
@@ -86,13 +90,13 @@ struct Branches {
 // convolution's own output goes. The launch bounds ask for
 // two 256-thread (four 128-thread) blocks per SM, i.e. at most 128 registers; with the k8 loop
 // unrolled by 2 rather than 4 that holds without spilling.
-template <class Math, bool kBnRelu, int kWarpsN, class TIn, class TOut, bool kSum>
+template <class Math, bool kBnRelu, int kWarpsN, class TIn, class TOut, bool kSum, bool kUpcat = false>
 __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
     conv_tc_kernel(Dims d, const TIn* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
                    const float* __restrict__ mean, const float* __restrict__ invstd, const float* __restrict__ w,
                    const float* __restrict__ bias, TOut* __restrict__ y, const TOut* __restrict__ res,
                    double* __restrict__ part, Branches br, uint8_t* __restrict__ argmax,
-                   TOut* __restrict__ y_conv) {
+                   TOut* __restrict__ y_conv, const TIn* __restrict__ x2) {
   using T = typename Math::T;
   constexpr int kThreads = kWarpsM * kWarpsN * 32;
   constexpr int kBN = 32 * kWarpsN;
@@ -106,10 +110,13 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
   constexpr int kBRows = kBN / kRowStep;    // B values: 8
   static_assert(kThreads % kBK == 0 && kARows <= 32 && kThreads / kBN == kStatGroups, "tile layout");
   static_assert(!(kSum && kBnRelu), "the branch sum has no input BN-ReLU");
+  static_assert(!(kSum && kUpcat), "the branch sum reads a stored input");
 
   // The A and B slices during the K loop, the fp32 output tile in the epilogue.
   alignas(128) __shared__ unsigned char tile[kTileBytes];
-  __shared__ long long pix_base[kBM];  // offset of the pixel's image in x; -1 past the last pixel
+  // Offset of the pixel's image in x (upsample-concat input: its first pixel's index in x2's
+  // pixels); -1 past the last pixel.
+  __shared__ long long pix_base[kBM];
   __shared__ int pix_iy[kBM], pix_ix[kBM];  // the pixel's top-left tap (may be in the padding)
   __shared__ double red[2][kStatGroups][kBN];
   // Branch-sum mode: folded BN scales per branch and channel, the shift per channel, and the
@@ -145,7 +152,7 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
         oy = int(t % d.ho);
         img = t / d.ho;
       }
-      base = img * d.h * d.w * d.cin;
+      base = img * d.h * d.w * (kUpcat ? 1 : d.cin);
       iy = oy * d.stride - pad;
       ix = ox * d.stride - pad;
     }
@@ -229,6 +236,21 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
         bn_beta = beta[ci];
       }
     }
+    // The tap's source: x itself, or with an upsample-concat input the low-resolution part
+    // (channel ci of x) or the skip (channel ci - up_ca of x2).
+    const TIn* src = x;
+    bool low = false;
+    int src_c = d.cin, src_ci = ci;
+    if constexpr (kUpcat) {
+      low = ci < d.up_ca;
+      if (low) {
+        src_c = d.up_ca;
+      } else {
+        src = x2;
+        src_c = d.cin - d.up_ca;
+        src_ci = ci - d.up_ca;
+      }
+    }
     int dy = ky * d.dil, dx = kx * d.dil;
     const float* wrow = w;
     if constexpr (kSum) {
@@ -244,7 +266,14 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, 4 / kWarpsN)
       const int iy = pix_iy[r] + dy, ix = pix_ix[r] + dx;
       float v = 0.f;
       if (k_ok && base >= 0 && iy >= 0 && iy < d.h && ix >= 0 && ix < d.w) {
-        v = detail::to_f32(x[base + (int64_t(iy) * d.w + ix) * d.cin + ci]);
+        int64_t at;
+        if (!kUpcat)
+          at = base + (int64_t(iy) * d.w + ix) * d.cin + ci;
+        else if (low)  // base / 4: the image's first pixel at half resolution
+          at = ((base >> 2) + int64_t(iy >> 1) * (d.w >> 1) + (ix >> 1)) * src_c + src_ci;
+        else
+          at = (base + int64_t(iy) * d.w + ix) * src_c + src_ci;
+        v = detail::to_f32(src[at]);
         a_ok |= 1u << j;
       }
       a_st[j] = v;

@@ -7,7 +7,10 @@
 //  * the tensor-core convolution with bf16 input and/or output: bit for bit against the same
 //    kernel with fp32 storage on the same (bf16-representable) input, itself tested against the
 //    CPU by test_bn_relu_conv_tc_gpu — a bf16 x must change nothing, a bf16 y must be the fp32 y
-//    rounded to nearest even, and the epilogue statistics must be those of the stored values.
+//    rounded to nearest even, and the epilogue statistics must be those of the stored values;
+//  * the readers of an upsample-concat view (the tensor-core forward and the BN statistics reading
+//    concat(upsample2(a), b) in place): bit for bit against the same kernels on the stored
+//    concatenation, in fp32 and bf16 storage.
 // Every output is poisoned first and guarded; every launch runs twice and must repeat its bits.
 // The bf16 reference conversions here are written from the format's definition (the upper 16
 // bits of a float, round to nearest even), independently of CUDA's.
@@ -15,6 +18,7 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -545,6 +549,209 @@ TEST(Bf16Conv, MaxPoolInTheEpilogueIsThePoolOfTheStoredOutput) {
                                                      nullptr, nullptr, w.p(), nullptr, Storage::F32, y.p(), nullptr,
                                                      nullptr, nullptr, nullptr, st),
                Error);
+}
+
+// ---- concat(upsample2(a), b) read in place (view_upsample_concats) ----
+
+// An upsample-concat view: a (n, h/2, w/2, ca) and b (n, h, w, cb), bf16-representable values.
+struct UpcatData {
+  int n, h, w, ca, cb;
+  Halves ah, bh;
+  UpcatData(int n_, int h_, int w_, int ca_, int cb_)
+      : n(n_),
+        h(h_),
+        w(w_),
+        ca(ca_),
+        cb(cb_),
+        ah(random_bf16(size_t(n_) * (h_ / 2) * (w_ / 2) * ca_)),
+        bh(random_bf16(size_t(n_) * h_ * w_ * cb_)) {}
+  // The stored concatenation, written here from its definition: channel c < ca of a at (y/2, x/2),
+  // else channel c - ca of b.
+  Halves stored() const {
+    const int c = ca + cb;
+    Halves x(size_t(n) * h * w * c);
+    for (int i = 0; i < n; ++i)
+      for (int y = 0; y < h; ++y)
+        for (int xx = 0; xx < w; ++xx)
+          for (int ch = 0; ch < c; ++ch) {
+            const size_t at = ((size_t(i) * h + y) * w + xx) * c + ch;
+            x[at] = ch < ca ? ah[((size_t(i) * (h / 2) + y / 2) * (w / 2) + xx / 2) * ca + ch]
+                            : bh[((size_t(i) * h + y) * w + xx) * cb + (ch - ca)];
+          }
+    return x;
+  }
+};
+
+// The tensor-core forward reading concat(upsample2(a), b) in place gives the bits of the same
+// launch on the stored concatenation, y and epilogue statistics: fp32 storage with TF32 math,
+// bf16 storage with BF16 math, BN-ReLU and plain. Shapes: the decoders' first convolutions (3x3
+// and the 1x1 shortcut) at a 32x32 input, a 64-channel tile (cout > 32), tiles spanning images,
+// ca and cb of 1 and odd, stride 2.
+TEST(Bf16Conv, UpsampleConcatInputIsReadInPlace) {
+  REQUIRE_GPU();
+  Stream st;
+  struct Case {
+    cpu::Conv2dShape s;
+    int ca;
+    bool bn;
+  };
+  std::vector<Case> cases = {
+      {conv_shape(2, 32, 32, 48, 32, 3, 1, 1, 1), 32, true},   // d3.r1.c1.2 at 32x32 (filters / 2)
+      {conv_shape(2, 32, 32, 48, 32, 1, 1, 0, 1), 32, false},  // d3.r1.c2.0
+      {conv_shape(2, 16, 16, 80, 64, 3, 1, 1, 1), 64, true},   // d2-like, a 64-channel tile
+      {conv_shape(3, 6, 10, 7, 5, 3, 1, 1, 1), 3, true},       // 180 pixels: tiles span images
+      {conv_shape(2, 4, 6, 2, 9, 3, 1, 1, 1), 1, false},       // ca = cb = 1
+      {conv_shape(1, 8, 12, 6, 9, 3, 2, 1, 1), 4, true},       // stride 2
+  };
+  cases = thin_for_emulator(cases);
+  for (const Case& c : cases) {
+    const cpu::Conv2dShape& s = c.s;
+    const UpcatData u(s.n, s.h, s.w, c.ca, s.cin - c.ca);
+    const ConvData data(ConvCase{s, c.bn});  // its x is replaced by the stored concatenation
+    const std::string what = shape_str(s) + " ca " + std::to_string(c.ca) + (c.bn ? " (bn-relu)" : " (plain)");
+    const Halves xh = u.stored();
+    const Floats xf = widen(xh), af = widen(u.ah), bf = widen(u.bh);
+    DevConv d(ConvCase{s, c.bn}, data);
+    DevFloats dxf(xf), daf(af), dbf(bf), dy0(data.ny), dy1(data.ny), s0(2 * size_t(s.cout)), q0(2 * size_t(s.cout));
+    DevHalves dxh(xh), dah(u.ah), dbh(u.bh), dyh0(data.ny), dyh1(data.ny);
+    auto sums = [](const DevFloats& b) { return reinterpret_cast<double*>(b.p()); };
+    // fp32 storage, TF32 math: the stored tensor, then in place.
+    const std::vector<Floats> want = run_twice(
+        st, {&dy0, &s0, &q0}, [&] { d.ws.poison(); },
+        [&] {
+          cuda::bn_relu_conv_tc_forward(s, ConvMath::Tf32, Storage::F32, dxf.p(), d.g(), d.be(), d.me(), d.iv(),
+                                        d.w.p(), d.bias.p(), Storage::F32, dy0.p(), nullptr, sums(s0), sums(q0),
+                                        d.ws.data(), st);
+        });
+    const std::vector<Floats> got = run_twice(
+        st, {&dy1, &d.sum_buf, &d.sumsq_buf}, [&] { d.ws.poison(); },
+        [&] {
+          cuda::bn_relu_conv_tc_forward_upsample_concat(s, ConvMath::Tf32, Storage::F32, daf.p(), dbf.p(), c.ca, d.g(),
+                                                        d.be(), d.me(), d.iv(), d.w.p(), d.bias.p(), Storage::F32,
+                                                        dy1.p(), d.sum(), d.sumsq(), d.ws.data(), st);
+        });
+    EXPECT_TRUE(same_bits(want[0], got[0])) << what << ", TF32: y";
+    EXPECT_TRUE(same_bits(want[1], got[1]) && same_bits(want[2], got[2])) << what << ", TF32: statistics";
+    // bf16 storage, BF16 math.
+    const Halves yh = run_twice_bf16(st, dyh0, [&] {
+      cuda::bn_relu_conv_tc_forward(s, ConvMath::Bf16, Storage::Bf16, dxh.p(), d.g(), d.be(), d.me(), d.iv(), d.w.p(),
+                                    d.bias.p(), Storage::Bf16, dyh0.p(), nullptr, sums(s0), sums(q0), d.ws.data(), st);
+    });
+    const Floats s_want = s0.get(), q_want = q0.get();
+    const Halves yh_in_place = run_twice_bf16(st, dyh1, [&] {
+      cuda::bn_relu_conv_tc_forward_upsample_concat(s, ConvMath::Bf16, Storage::Bf16, dah.p(), dbh.p(), c.ca, d.g(),
+                                                    d.be(), d.me(), d.iv(), d.w.p(), d.bias.p(), Storage::Bf16,
+                                                    dyh1.p(), d.sum(), d.sumsq(), d.ws.data(), st);
+    });
+    expect_same_halves(yh, yh_in_place, what + ", BF16: y");
+    EXPECT_TRUE(same_bits(s_want, d.sum_buf.get()) && same_bits(q_want, d.sumsq_buf.get()))
+        << what << ", BF16: statistics";
+    d.expect_guards();
+    expect_guards({&dxf, &daf, &dbf, &dy0, &dy1, &s0, &q0, &dxh, &dah, &dbh, &dyh0, &dyh1});
+  }
+  // Refused: ca out of range, an odd size, bf16 math on fp32 storage, mixed storage, no b.
+  const cpu::Conv2dShape s = conv_shape(1, 4, 4, 8, 8, 3, 1, 1, 1), odd = conv_shape(1, 5, 4, 8, 8, 3, 1, 1, 1);
+  DevFloats a(size_t(2 * 2 * 4)), b(size_t(4 * 4 * 4)), w(size_t(9 * 8 * 8)), y(size_t(4 * 4 * 8));
+  struct Bad {
+    const cpu::Conv2dShape& s;
+    ConvMath math;
+    Storage out;
+    const float* b;
+    int ca;
+  };
+  for (const Bad& bad :
+       {Bad{s, ConvMath::Tf32, Storage::F32, b.p(), 8}, Bad{s, ConvMath::Tf32, Storage::F32, b.p(), 0},
+        Bad{odd, ConvMath::Tf32, Storage::F32, b.p(), 4}, Bad{s, ConvMath::Bf16, Storage::F32, b.p(), 4},
+        Bad{s, ConvMath::Bf16, Storage::Bf16, b.p(), 4}, Bad{s, ConvMath::Tf32, Storage::F32, nullptr, 4}})
+    EXPECT_THROW(cuda::bn_relu_conv_tc_forward_upsample_concat(bad.s, bad.math, Storage::F32, a.p(), bad.b, bad.ca,
+                                                               nullptr, nullptr, nullptr, nullptr, w.p(), nullptr,
+                                                               bad.out, y.p(), nullptr, nullptr, nullptr, st),
+                 Error);
+}
+
+// The BN batch statistics of concat(upsample2(a), b) read in place, and the BN(-ReLU) applied from
+// them: the bits of batchnorm_stats_train (mean, invstd and the running update) and
+// batchnorm_apply on the stored concatenation, fp32 and bf16 storage.
+TEST(Bf16Ops, BatchNormOfAnUpsampleConcatIsThatOfTheStoredTensor) {
+  REQUIRE_GPU();
+  Stream st;
+  struct Case {
+    int n, h, w, ca, cb;
+  };
+  for (const Case& c : {Case{2, 32, 32, 32, 16}, Case{2, 16, 16, 64, 32}, Case{3, 6, 10, 3, 4}, Case{1, 2, 2, 1, 1},
+                        Case{2, 4, 8, 40, 1}}) {
+    const UpcatData u(c.n, c.h, c.w, c.ca, c.cb);
+    const int ch = c.ca + c.cb;
+    const int64_t count = int64_t(c.n) * c.h * c.w;
+    const std::string what = "n " + std::to_string(c.n) + " " + std::to_string(c.h) + "x" + std::to_string(c.w) +
+                             " ca " + std::to_string(c.ca) + " cb " + std::to_string(c.cb);
+    const Halves xh = u.stored();
+    DevFloats dxf(widen(xh)), daf(widen(u.ah)), dbf(widen(u.bh));
+    DevHalves dxh(xh), dah(u.ah), dbh(u.bh);
+    const Floats rm0 = normal(size_t(ch)), rv0 = uniform(size_t(ch), 0.5f, 2.f);
+    DevFloats mean(static_cast<size_t>(ch)), invstd(static_cast<size_t>(ch)), rm(rm0), rv(rv0);
+    DevBuf ws(cuda::batchnorm_workspace_bytes(count, ch));
+    DevFloats gamma(normal(static_cast<size_t>(ch), 1.f, 0.5f)), beta(normal(static_cast<size_t>(ch))),
+        y(size_t(count) * static_cast<size_t>(ch));
+    auto reset = [&] {
+      rm.set(rm0);
+      rv.set(rv0);
+      ws.poison();
+    };
+    for (const bool half : {false, true}) {
+      const std::string how = what + (half ? ", bf16" : ", fp32");
+      const std::vector<Floats> want = run_twice(st, {&mean, &invstd}, reset, [&] {
+        if (half)
+          cuda::batchnorm_stats_train(count, ch, dxh.p(), mean.p(), invstd.p(), rm.p(), rv.p(), 0.1, 1e-5, ws.data(),
+                                      st);
+        else
+          cuda::batchnorm_stats_train(count, ch, dxf.p(), mean.p(), invstd.p(), rm.p(), rv.p(), 0.1, 1e-5, ws.data(),
+                                      st);
+      });
+      const Floats rm_want = rm.get(), rv_want = rv.get();
+      const std::vector<Floats> got = run_twice(st, {&mean, &invstd}, reset, [&] {
+        if (half)
+          cuda::batchnorm_stats_train_upsample_concat(c.n, c.h, c.w, c.ca, ch, dah.p(), dbh.p(), mean.p(), invstd.p(),
+                                                      rm.p(), rv.p(), 0.1, 1e-5, ws.data(), st);
+        else
+          cuda::batchnorm_stats_train_upsample_concat(c.n, c.h, c.w, c.ca, ch, daf.p(), dbf.p(), mean.p(), invstd.p(),
+                                                      rm.p(), rv.p(), 0.1, 1e-5, ws.data(), st);
+      });
+      EXPECT_TRUE(same_bits(want[0], got[0]) && same_bits(want[1], got[1])) << how << ": mean and invstd";
+      EXPECT_TRUE(same_bits(rm_want, rm.get()) && same_bits(rv_want, rv.get())) << how << ": running statistics";
+      // BN(-ReLU) applied from these statistics (the cuDNN path's staging): the same bits too.
+      for (const bool relu : {false, true}) {
+        const Floats y_want = run_twice(st, {&y}, nullptr, [&] {
+          if (half)
+            cuda::batchnorm_apply(count, ch, dxh.p(), gamma.p(), beta.p(), mean.p(), invstd.p(), relu, y.p(), st);
+          else
+            cuda::batchnorm_apply(count, ch, dxf.p(), gamma.p(), beta.p(), mean.p(), invstd.p(), relu, y.p(), st);
+        })[0];
+        const Floats y_got = run_twice(st, {&y}, nullptr, [&] {
+          if (half)
+            cuda::batchnorm_apply_upsample_concat(c.n, c.h, c.w, c.ca, ch, dah.p(), dbh.p(), gamma.p(), beta.p(),
+                                                  mean.p(), invstd.p(), relu, y.p(), st);
+          else
+            cuda::batchnorm_apply_upsample_concat(c.n, c.h, c.w, c.ca, ch, daf.p(), dbf.p(), gamma.p(), beta.p(),
+                                                  mean.p(), invstd.p(), relu, y.p(), st);
+        })[0];
+        EXPECT_TRUE(same_bits(y_want, y_got)) << how << (relu ? ": BN-ReLU applied" : ": BN applied");
+      }
+    }
+    expect_guards({&dxf, &daf, &dbf, &dxh, &dah, &dbh, &mean, &invstd, &rm, &rv, &ws, &gamma, &beta, &y});
+  }
+  // Refused: an odd size, ca out of range.
+  DevFloats a(16), b(64), m(8), v(8), y(128);
+  DevBuf ws(cuda::batchnorm_workspace_bytes(64, 8));
+  for (const auto& bad :
+       {std::array<int, 4>{5, 4, 4, 4}, std::array<int, 4>{4, 4, 0, 8}, std::array<int, 4>{4, 4, 8, 8}}) {
+    EXPECT_THROW(cuda::batchnorm_stats_train_upsample_concat(1, bad[0], bad[1], bad[2], bad[3], a.p(), b.p(), m.p(),
+                                                             v.p(), nullptr, nullptr, 0.1, 1e-5, ws.data(), st),
+                 Error);
+    EXPECT_THROW(cuda::batchnorm_apply_upsample_concat(1, bad[0], bad[1], bad[2], bad[3], a.p(), b.p(), m.p(), v.p(),
+                                                       m.p(), v.p(), true, y.p(), st),
+                 Error);
+  }
 }
 
 TEST(Bf16Host, TensorCoreKernelRefusesBf16StorageWithTf32Math) {

@@ -37,11 +37,13 @@ std::string backward_memory_line(const ModelConfig& cfg, int batch, int size, co
     remade += !n.out.empty() && g.tensor(n.out[0]).name.rfind("recompute(", 0) == 0;
   for (int t : p.alias) in_place += t >= 0;
   ModelGraph m = build_resunetpp(cfg, batch, size, size, true);
-  append_optimizer(m.graph, append_backward(m.graph, m.loss, BackwardOptions{false, false}), OptimizerKind::Adam);
+  append_optimizer(m.graph, append_backward(m.graph, m.loss, BackwardOptions{false, false, false}),
+                   OptimizerKind::Adam);
   const Plan q = make_plan(m.graph, PlanMode::BestFit, cpu_workspace_bytes);
   return "  backward: " + std::to_string(remade) + " forward values recomputed instead of kept, " +
          std::to_string(in_place) + " outputs written over a dying input; without the recomputation and the " +
-         "reordering: arena " + mib(q.arena_bytes) + " (" + std::to_string(q.arena_bytes) + " bytes)\n";
+         "reordering (and so without views): arena " + mib(q.arena_bytes) + " (" + std::to_string(q.arena_bytes) +
+         " bytes)\n";
 }
 
 // The CUDA executor's own plans: device bytes and cuDNN algorithm choices (needs a GPU).
@@ -159,10 +161,18 @@ int cmd_summary(int argc, char** argv) {
     up_cat += n.op == OpKind::UpsampleConcat;
     products += is_forward(n.op) && n.conv.multiply;
   }
-  for (const Node& n : infer.graph.nodes()) sums += n.op == OpKind::ConvBnSum;
-  for (const Node& n : train.graph.nodes()) bn_sums += n.op == OpKind::BnApplySum;
+  int views_train = 0, views_infer = 0;
+  for (const Node& n : infer.graph.nodes()) {
+    sums += n.op == OpKind::ConvBnSum;
+    views_infer += n.view;
+  }
+  for (const Node& n : train.graph.nodes()) {
+    bn_sums += n.op == OpKind::BnApplySum;
+    views_train += n.view;
+  }
   if (cfg.fuse)
-    std::cout << "fusion: " << fused << " BN-ReLU-conv chains fused (only their pre-BN inputs are kept for "
+    std::cout << "fusion: " << fused
+              << " BN-ReLU-conv chains fused (only their pre-BN inputs are kept for "
                  "backward); "
               << se << " SE MLPs fused (linear, ReLU, linear, sigmoid: one kernel each way); inference: " << sums
               << " ASPP blocks fused into one conv-BN sum each (their branch outputs never exist); training: "
@@ -170,8 +180,11 @@ int cmd_summary(int argc, char** argv) {
               << " residual and attention adds done by the convolution before them; " << pools
               << " max pools done by the convolution before them (training keeps 1-byte window indices, not the "
                  "convolution's output); "
-              << products << " attention products done by the convolution before them; "
-              << up_cat << " decoder upsamples and concats in one pass each (the upsampled tensor never exists)\n\n";
+              << products << " attention products done by the convolution before them; " << up_cat
+              << " decoder upsamples and concats in one pass each (the upsampled tensor never exists); " << views_infer
+              << " (inference) and " << views_train
+              << " (training forward) of those read in place by the next block's BN statistics and convolutions "
+                 "(the concatenation is never stored)\n\n";
   else
     std::cout << "fusion: off (--fuse on shows the fused graph the CUDA executor runs)\n\n";
   for (auto* mg : {&train, &infer}) {
