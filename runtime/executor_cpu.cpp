@@ -84,14 +84,10 @@ CpuExecutor::CpuExecutor(const Graph& g, ParamStore& store, PlanMode mode)
   arena_.assign(plan_.arena_bytes / sizeof(float) + 1, 0.f);
   workspace_.assign(plan_.workspace_bytes / sizeof(float) + 1, 0.f);
   ptr_.assign(size_t(g_.num_tensors()), nullptr);
-  view_node_.assign(size_t(g_.num_tensors()), -1);
+  view_node_ = view_nodes_by_tensor(g_);
   size_t view_floats = 0;
-  for (int i = 0; i < g_.num_nodes(); ++i)
-    if (g_.node(i).view)
-      for (int t : g_.node(i).out) {
-        view_node_[size_t(t)] = i;
-        view_floats = std::max(view_floats, size_t(numel(g_.tensor(t).shape)));
-      }
+  for (int t = 0; t < g_.num_tensors(); ++t)
+    if (view_node_[size_t(t)] >= 0) view_floats = std::max(view_floats, size_t(numel(g_.tensor(t).shape)));
   view_buffer_.assign(view_floats, 0.f);
   for (int t = 0; t < g_.num_tensors(); ++t) {
     if (view_node_[size_t(t)] >= 0) {

@@ -369,10 +369,7 @@ void CudaExecutor::init() {
       for (const cpu::Conv2dShape& b : n.branches.shapes) prepare(n, b);
   }
 
-  impl_->view_node.assign(size_t(nt), -1);
-  for (int i = 0; i < nn; ++i)
-    if (g_.node(i).view)
-      for (int t : g_.node(i).out) impl_->view_node[size_t(t)] = i;
+  impl_->view_node = view_nodes_by_tensor(g_);
 
   // Epilogue-sums candidates (hand-written kernels possible):
   //  * a training BatchNormStats node whose input comes straight from a fused forward node that

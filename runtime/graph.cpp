@@ -297,6 +297,14 @@ int GraphBuilder::loss(const std::string& scope, int logits, int target, LossKin
   return y;
 }
 
+std::vector<int> view_nodes_by_tensor(const Graph& g) {
+  std::vector<int> v(size_t(g.num_tensors()), -1);
+  for (int i = 0; i < g.num_nodes(); ++i)
+    if (g.node(i).view)
+      for (int t : g.node(i).out) v[size_t(t)] = i;
+  return v;
+}
+
 std::vector<int> inplace_inputs(const Node& n, size_t out_index) {
   if (out_index != 0) return {};
   switch (n.op) {

@@ -178,6 +178,9 @@ class Graph {
   std::vector<Node> nodes_;
 };
 
+// Per tensor: the index of the view node (Node::view) whose output it is, or -1.
+std::vector<int> view_nodes_by_tensor(const Graph& g);
+
 // Appends forward ops with shape inference. Names of persistent tensors are given by the caller.
 class GraphBuilder {
  public:
