@@ -24,8 +24,10 @@
 #           for the same checkpoint, then its benchmark (eager fp32, AMP bf16 channels_last,
 #           torch.compile), each mode under its own time limit
 #   kvasir  the accuracy run, when .vendor/data/kvasir-seg exists (tools/bundle_deps.sh with
-#           BUNDLE_DATA): train at 256x256 for at most KVASIR_SECONDS (default 420) wall seconds
-#           (then Ctrl-C: the run stops at a step and keeps checkpoint_best), eval --split test
+#           BUNDLE_DATA): train at 256x256 within KVASIR_SECONDS (default 420) wall seconds: one
+#           probe epoch measures an epoch's time, then a run with a cosine schedule over as many
+#           epochs as fit in the rest (stopped by Ctrl-C at the limit, keeping checkpoint_best),
+#           then eval --split test
 # and prints a compact summary. Full logs go to ${OUT:-/tmp}/gpu_session/.
 #
 # Usage: bash tools/gpu_session.sh [all|build|test|sanitize|bench|torch|kvasir]...
@@ -34,7 +36,8 @@
 # 90), STEP_TIMEOUT (seconds per test binary, default 540), OPS_FILTER, EXEC_FILTER,
 # RACE_OPS_FILTER, RACE_EXEC_FILTER (gtest filters of the sanitizer runs), KVASIR_SECONDS,
 # KVASIR_FLAGS (extra flags of the accuracy run, default none: fp32 on the cuDNN path; e.g.
-# "--precision bf16" or "--allow-tf32 --kernels handwritten").
+# "--precision bf16" or "--allow-tf32 --kernels handwritten"); KVASIR_DATA, KVASIR_SIZE and
+# KVASIR_DEVICE (a dry run of the stage on the CPU: a small synthetic set, size 32, device cpu).
 # Exit status: 0 when every stage that ran passed.
 # Debugging a failing executor node: RPP_CUDA_DEBUG_SYNC=1 ./build-gpu/gpu_test_executor_gpu
 # --gtest_filter=... (eager launches, a synchronisation after each node, errors name the node);
@@ -287,23 +290,47 @@ if want torch && [ $build_ok -eq 1 ]; then
 fi
 
 if want kvasir && [ $build_ok -eq 1 ]; then
-  data=.vendor/data/kvasir-seg
+  data=${KVASIR_DATA:-.vendor/data/kvasir-seg}
+  dev=${KVASIR_DEVICE:-cuda}
+  budget=${KVASIR_SECONDS:-420}
   if [ ! -d "$data/images" ]; then
     fail "kvasir: no $data (run BUNDLE_DATA=path/to/kvasir-seg bash tools/bundle_deps.sh before the session)"
   else
-    run=$logs/kvasir_run
+    # The cosine schedule has to end when the time does, so one probe epoch first measures an
+    # epoch's wall time (training and validation; start-up and the first steps' warm-up make it
+    # an overestimate), and the run then gets as many epochs as fit in what is left of the budget.
+    train_flags=(--data "$data" --split-dir "$data/splits" --size "${KVASIR_SIZE:-256}" --batch 16 --lr 1e-3
+      --schedule cosine --augment light --device "$dev")
+    probe=$logs/kvasir_probe
     t0=$(date +%s)
-    timeout -s INT "${KVASIR_SECONDS:-420}" "$bin" train --data "$data" --split-dir "$data/splits" --out "$run" \
-      --size 256 --batch 16 --epochs 200 --lr 1e-3 --schedule cosine --augment light --early-stop 15 \
-      --device cuda ${KVASIR_FLAGS:-} --overwrite >"$logs/kvasir_train.log" 2>&1
+    timeout -k 60 -s INT "$budget" "$bin" train "${train_flags[@]}" --epochs 1 --out "$probe" ${KVASIR_FLAGS:-} \
+      --overwrite >"$logs/kvasir_probe.log" 2>&1
     rc=$?
-    note "kvasir train: rc $rc (130: stopped by the time limit) in $(( $(date +%s) - t0 )) s; $(tail -1 "$logs/kvasir_train.log")"
-    if [ -f "$run/checkpoint_best.safetensors" ]; then
-      "$bin" eval --checkpoint "$run/checkpoint_best.safetensors" --data "$data" --split-dir "$data/splits" \
-        --split test --device cuda --out "$run/eval_test.json" >"$logs/kvasir_eval.log" 2>&1
-      note "kvasir eval (test split): $(grep -iE 'dice' "$logs/kvasir_eval.log" | head -2 | tr '\n' ' ')"
+    probe_s=$(( $(date +%s) - t0 ))
+    epoch_s=$(awk -F, 'NR == 2 { print $8 }' "$probe/log.csv" 2>/dev/null)
+    if [ $rc -ne 0 ] || [ -z "$epoch_s" ]; then
+      fail "kvasir probe epoch: rc $rc in $probe_s s; $(tail -1 "$logs/kvasir_probe.log")"
     else
-      fail "kvasir: no checkpoint_best"
+      left=$(( budget - probe_s ))
+      # Epochs that fit after the run's own start-up (the probe's time outside its epoch), with a
+      # tenth kept in reserve for epochs slower than the probe's.
+      epochs=$(awk -v left="$left" -v probe="$probe_s" -v e="$epoch_s" \
+        'BEGIN { n = int(0.9 * (left - (probe - e)) / e); print n < 1 ? 1 : (n > 300 ? 300 : n) }')
+      note "kvasir probe: one epoch in $epoch_s s ($probe_s s with start-up); $epochs epochs fit in the $left s left"
+      run=$logs/kvasir_run
+      t0=$(date +%s)
+      timeout -k 60 -s INT "$left" "$bin" train "${train_flags[@]}" --epochs "$epochs" --early-stop 15 --out "$run" \
+        ${KVASIR_FLAGS:-} --overwrite >"$logs/kvasir_train.log" 2>&1
+      rc=$?
+      note "kvasir train: rc $rc (124: stopped at the time limit) in $(( $(date +%s) - t0 )) s" \
+        "($(( $(date +%s) - t0 + probe_s )) s with the probe); $(tail -1 "$logs/kvasir_train.log")"
+      if [ -f "$run/checkpoint_best.safetensors" ]; then
+        "$bin" eval --checkpoint "$run/checkpoint_best.safetensors" --data "$data" --split-dir "$data/splits" \
+          --split test --device "$dev" --out "$run/eval_test.json" >"$logs/kvasir_eval.log" 2>&1
+        note "kvasir eval (test split): rc $? $(grep -iE 'dice' "$logs/kvasir_eval.log" | head -2 | tr '\n' ' ')"
+      else
+        fail "kvasir: no checkpoint_best"
+      fi
     fi
   fi
 fi
