@@ -38,6 +38,8 @@ void launch_forward(const Dims& d, const TIn* x, const float* gamma, const float
               d, x, gamma, beta, mean, invstd, w, bias, y, res, part, conv_tc::Branches{}, argmax, y_conv, x2);
       return;
     }
+  } else if (d.up_ca > 0) {  // never the stored-input kernel on the view: it would read a as x
+    fail("bn_relu_conv_tc_forward_upsample_concat: x and y must have one storage");
   }
   conv_tc::conv_tc_kernel<Math, kBnRelu, kWarpsN, TIn, TOut, false>
       <<<conv_tc::grid_for<kWarpsN>(d), conv_tc::threads_for<kWarpsN>(), 0, stream>>>(
