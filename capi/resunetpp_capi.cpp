@@ -7,8 +7,9 @@
 // (tools/cli/cmd_predict.cpp): Predictor::preprocess -> Predictor::logits ->
 // probabilities_from_logits -> resize_map_bilinear -> binary_mask, so masks are identical by
 // construction. A model keeps its weights once (immutable after creation) and a pool of
-// execution contexts (one Predictor each: graph, executor arena, weight copy); a call borrows one
-// for its whole duration, creating it on demand up to max_contexts.
+// execution contexts (a Predictor each: graph, executor arena, weight copy; with batch > 1 a
+// second, batch-1 Predictor for single-image calls); a call borrows one for its whole duration,
+// creating it on demand up to max_contexts.
 //
 // Exercised by tests/capi/test_capi.cpp (GoogleTest), tests/capi_c_test.c (plain C) and the
 // installed-package consumer in tests/consumer/.
@@ -296,6 +297,14 @@ void check_batch(const rpp_model* model, const rpp_image* images, size_t count, 
 
 // ---- the model -------------------------------------------------------------------------------
 
+// An execution context: a Predictor of the model's batch size and, when that is larger than 1, a
+// Predictor of batch 1 for calls with a single image (which would otherwise run a whole padded
+// batch: its cost, and other bits than `resunetpp predict`).
+struct RppContext {
+  std::unique_ptr<rpp::Predictor> batch, single;
+  rpp::Predictor& for_count(size_t count) { return count == 1 && single ? *single : *batch; }
+};
+
 struct rpp_model {
   rpp::ModelConfig cfg;
   int size = 0;
@@ -304,15 +313,23 @@ struct rpp_model {
 
   std::mutex mu;
   std::condition_variable freed;
-  std::vector<std::unique_ptr<rpp::Predictor>> idle;  // guarded by mu
-  int contexts = 0;                                    // created, idle or in use; guarded by mu
+  std::vector<std::unique_ptr<RppContext>> idle;  // guarded by mu
+  int contexts = 0;                               // created, idle or in use; guarded by mu
 
-  // A new context holding a copy of the weights. Written in place: the executor keeps pointers
-  // to the store's tensors.
-  std::unique_ptr<rpp::Predictor> make_context() const {
+  std::unique_ptr<RppContext> make_context() const {
+    auto c = std::make_unique<RppContext>();
+    c->batch = make_predictor(settings.batch);
+    if (settings.batch > 1) c->single = make_predictor(1);
+    return c;
+  }
+
+ private:
+  // A Predictor holding a copy of the weights. Written in place: the executor keeps pointers to
+  // the store's tensors.
+  std::unique_ptr<rpp::Predictor> make_predictor(int batch) const {
     rpp::ExecOptions eo;
     eo.precision = settings.bf16 ? rpp::Precision::Bf16 : rpp::Precision::F32;
-    auto p = std::make_unique<rpp::Predictor>(cfg, size, settings.batch, settings.device, eo);
+    auto p = std::make_unique<rpp::Predictor>(cfg, size, batch, settings.device, eo);
     for (const std::string& name : weights.names()) {
       const rpp::Tensor& src = weights.get(name);
       rpp::Tensor& dst = p->store().get(name);
@@ -362,11 +379,11 @@ class Lease {
   }
   Lease(const Lease&) = delete;
   Lease& operator=(const Lease&) = delete;
-  rpp::Predictor& operator*() { return *p_; }
+  RppContext& operator*() { return *p_; }
 
  private:
   rpp_model& m_;
-  std::unique_ptr<rpp::Predictor> p_;
+  std::unique_ptr<RppContext> p_;
 };
 
 void create_model(const uint8_t* data, size_t n, const std::string& label, const rpp_model_options* options,
@@ -400,10 +417,10 @@ void run_batch(rpp_model& m, const rpp_image* images, size_t count, float* const
                uint8_t* const* masks) {
   if (count == 0) return;
   Lease lease(m);
-  rpp::Predictor& p = *lease;
+  rpp::Predictor& p = (*lease).for_count(count);
   const int size = m.size;
   const size_t plane = size_t(size) * size_t(size), per = plane * 3;
-  const size_t batch = size_t(m.settings.batch);
+  const size_t batch = size_t(p.batch());
   std::vector<float> x, lg;
   for (size_t start = 0; start < count; start += batch) {
     const size_t k = std::min(batch, count - start);
@@ -442,14 +459,14 @@ void run_batch_device(rpp_model& m, const rpp_image* images, size_t count, float
     api_fail(RPP_STATUS_UNSUPPORTED, "tta is not available in the _device calls yet (use rpp_segment, or tta = 0)");
 #if defined(RESUNETPP_HAVE_CUDA) && defined(RESUNETPP_HAVE_CUDNN)
   Lease lease(m);
-  rpp::Predictor& p = *lease;
+  rpp::Predictor& p = (*lease).for_count(count);
   auto* ex = dynamic_cast<rpp::CudaExecutor*>(&p.ready_executor());
   if (!ex) api_fail(RPP_STATUS_INTERNAL, "the model's context has no CUDA executor");
   void* caller = stream ? stream : m.settings.stream;
   const cudaStream_t s = static_cast<cudaStream_t>(ex->stream());
   const int size = m.size;
   const size_t plane = size_t(size) * size_t(size), per = plane * 3;
-  const size_t batch = size_t(m.settings.batch);
+  const size_t batch = size_t(p.batch());
   auto* in = static_cast<float*>(ex->device_tensor(p.image_tensor()));
   auto* lg = static_cast<const float*>(ex->device_tensor(p.logits_tensor()));
   ex->wait_for(caller);

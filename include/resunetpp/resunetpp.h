@@ -149,7 +149,11 @@ typedef struct rpp_model_options {
   int32_t input_size;
   /* Images per forward pass in rpp_segment_batch, in [1, 4096]; default 1. Larger batches are
    * faster per image but may change probabilities in the last bits, so masks may differ from
-   * `resunetpp predict` (which runs one image at a time) at pixels lying on the threshold. */
+   * `resunetpp predict` (which runs one image at a time) at pixels lying on the threshold. A
+   * call with a single image (rpp_segment, or a batch call with count 1) runs one image at a
+   * time whatever this is: a model with batch > 1 keeps a batch-1 context beside each batch
+   * context for that (more memory, about one more copy of the weights per context). The last
+   * forward pass of a batch call whose count is not a multiple of batch is padded to batch. */
   int32_t batch;
   /* 0 (default) or 1: flip test-time augmentation, the average of the probabilities of the
    * image and its horizontal and vertical flips (`resunetpp predict --tta`). */

@@ -614,6 +614,30 @@ TEST(CApiSegment, BatchCallsEqualSingleCalls) {
   }
 }
 
+// A single image on a model with batch > 1 runs on its batch-1 context: the same bits as a
+// batch-1 model (and so as `resunetpp predict`), not those of a padded batch.
+TEST(CApiSegment, SingleImagesOnABatchModelRunOneImageAtATime) {
+  const std::vector<Image> images = sample_images();
+  rpp_model_options o = default_options();
+  o.batch = 4;
+  ModelPtr m = load(tiny_path(), &o);
+  ModelPtr single = load(tiny_path());
+  for (size_t i = 0; i < images.size(); ++i) {
+    const Output one = segment(single.get(), images[i]);
+    const Output got = segment(m.get(), images[i]);
+    EXPECT_TRUE(same_floats(got.prob, one.prob)) << i;
+    EXPECT_EQ(got.mask, one.mask) << i;
+    std::vector<float> prob(one.prob.size());
+    std::vector<uint8_t> mask(one.mask.size());
+    float* pp = prob.data();
+    uint8_t* mp = mask.data();
+    const rpp_image v = view(images[i]);
+    ASSERT_EQ(rpp_segment_batch(m.get(), &v, 1, &pp, &mp), RPP_STATUS_OK) << rpp_last_error();
+    EXPECT_TRUE(same_floats(prob, one.prob)) << i;
+    EXPECT_EQ(mask, one.mask) << i;
+  }
+}
+
 TEST(CApiSegment, BadImagesAndBuffersAreRefusedWithAMessage) {
   ModelPtr m = load(tiny_path());
   const Image img = test_image(20, 10, 2);
