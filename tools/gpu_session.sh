@@ -18,8 +18,9 @@
 #   bench   resunetpp-bench at 256x256 batch 16 (kernel rows verified then timed, the training
 #           step timeline, inference batch 1 and 32) in fp32, and the timeline and inference with
 #           TF32, with the cuDNN path and with every fused node hand-written, and the training step
-#           and inference with bf16 activations (hand-written, then the cuDNN path); JSON to the
-#           log folder
+#           and inference with bf16 activations (hand-written, then the cuDNN path); then
+#           resunetpp-capi-bench (the C API: latency at batch 1, throughput at batch 32, host and
+#           device pointers) on the GPU in fp32 and bf16 and on the CPU; JSON to the log folder
 #   torch   tools/bench/torch_resunetpp.py on the GPU: logits parity against resunetpp predict
 #           for the same checkpoint, then its benchmark (eager fp32, AMP bf16 channels_last,
 #           torch.compile), each mode under its own time limit
@@ -243,6 +244,26 @@ if want bench && [ $build_ok -eq 1 ]; then
   fi
   grep -E 'step time|device memory|batch +[0-9]+:' "$logs/bench_bf16_cudnn.log" | sed 's/^/  bf16 cuDNN path /' \
     | tee -a "$summary"
+  # The C API as an application calls it (622x530 frames resized to 256x256, outputs at the
+  # frame's size): latency at batch 1, throughput at batch 32, host and device pointers, on the
+  # GPU in fp32 and bf16, and on the CPU beside them. A default-size checkpoint of one step.
+  cw=$logs/capi_bench_work
+  rm -rf "$cw" && mkdir -p "$cw"
+  "$bin" synth --out "$cw/data" --count 8 --size 64 --seed 1 >"$cw/synth.log" 2>&1
+  "$bin" train --data "$cw/data" --out "$cw/run" --size 64 --batch 2 --epochs 1 --max-steps 1 --device cpu \
+    >"$cw/train.log" 2>&1
+  for cfg in "cuda fp32 --device-pointers" "cuda bf16 --device-pointers" "cpu fp32 --repeats 5 --batch-repeats 2"; do
+    set -- $cfg
+    name=capi_bench_$1_$2
+    t0=$(date +%s)
+    if timeout "$step_timeout" "$build/resunetpp-capi-bench" --checkpoint "$cw/run/checkpoint_last.safetensors" \
+        --size 256 --device "$1" --precision "$2" "${@:3}" --json "$logs/$name.json" >"$logs/$name.log" 2>&1; then
+      note "capi bench $1 $2: ok in $(( $(date +%s) - t0 )) s"
+    else
+      fail "capi bench $1 $2 (see $logs/$name.log)"
+    fi
+    grep -E 'verified|images/s' "$logs/$name.log" | sed "s/^/  capi $1 $2 /" | tee -a "$summary"
+  done
 fi
 
 if want torch && [ $build_ok -eq 1 ]; then
