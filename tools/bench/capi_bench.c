@@ -4,14 +4,14 @@
  *
  *   resunetpp-capi-bench --checkpoint FILE [--device cpu|cuda[:N]] [--precision fp32|bf16]
  *       [--size N] [--width W] [--height H] [--batch N] [--repeats N] [--batch-repeats N]
- *       [--warmup N] [--device-pointers] [--json FILE]
+ *       [--warmup N] [--tolerance X] [--device-pointers] [--json FILE]
  *
  * Before timing it verifies what it times:
  *   - every output: probabilities finite and in [0, 1], mask 255 exactly where p >= threshold;
- *   - the batch call against single calls on the same frames: probabilities within 1e-4, masks
- *     equal except at pixels whose probability is within 1e-4 of the threshold (the C API allows
- *     batches to differ in the last bits);
- *   - with --device-pointers (a CUDA model): the device calls against the host calls, within 1e-5.
+ *   - the batch call against single calls on the same frames: probabilities within --tolerance
+ *     (default 1e-4), masks equal except at pixels whose probability is within that of the
+ *     threshold (the C API allows batches to differ in the last bits);
+ *   - with --device-pointers (a CUDA model): the device calls against the host calls, likewise.
  * A failed check prints what differed and exits with status 1, without timing anything.
  * Then: latency of rpp_segment (one frame per call; median, min and max of --repeats calls after
  * --warmup), throughput of rpp_segment_batch (--batch frames per call, the model's batch option
@@ -39,6 +39,7 @@ typedef struct {
   const char* device;
   const char* precision;
   const char* json;
+  double tolerance;
   int size, width, height, batch, repeats, batch_repeats, warmup, device_pointers;
 } options;
 
@@ -66,6 +67,8 @@ static void usage(FILE* f) {
       "  --repeats N         timed single-frame calls (default: 20)\n"
       "  --batch-repeats N   timed batch calls (default: 5)\n"
       "  --warmup N          untimed calls before each timing (default: 2)\n"
+      "  --tolerance X       largest probability difference accepted between batch and single\n"
+      "                      calls, and between device and host calls (default: 1e-4)\n"
       "  --device-pointers   also time rpp_segment_device and rpp_segment_batch_device (CUDA)\n"
       "  --json FILE         also write the results as JSON\n"
       "  --help              print this help\n",
@@ -97,6 +100,7 @@ static int parse_args(int argc, char** argv, options* o) {
   o->repeats = 20;
   o->batch_repeats = 5;
   o->warmup = 2;
+  o->tolerance = 1e-4;
   o->device_pointers = 0;
   for (i = 1; i < argc; ++i) {
     const char* a = argv[i];
@@ -123,6 +127,14 @@ static int parse_args(int argc, char** argv, options* o) {
     else if (strcmp(a, "--repeats") == 0) ok = parse_int(a, v, 1, 100000, &o->repeats);
     else if (strcmp(a, "--batch-repeats") == 0) ok = parse_int(a, v, 1, 100000, &o->batch_repeats);
     else if (strcmp(a, "--warmup") == 0) ok = parse_int(a, v, 0, 100000, &o->warmup);
+    else if (strcmp(a, "--tolerance") == 0) {
+      char* end = NULL;
+      o->tolerance = strtod(v, &end);
+      if (*v == '\0' || *end != '\0' || !(o->tolerance >= 0 && o->tolerance < 1)) {
+        fprintf(stderr, "resunetpp-capi-bench: --tolerance must be a number in [0, 1), got '%s'\n", v);
+        return 2;
+      }
+    }
     else {
       fprintf(stderr, "resunetpp-capi-bench: unknown option %s (see --help)\n", a);
       return 2;
@@ -317,7 +329,7 @@ int main(int argc, char** argv) {
     snprintf(what, sizeof what, "single call, frame %d", i);
     if (!check_output(single_p, single_m, npix, mo.threshold, what)) goto done;
     snprintf(what, sizeof what, "batch call against single call, frame %d", i);
-    if (!compare_outputs(probs[i], masks[i], single_p, single_m, npix, mo.threshold, 1e-4, what, &max_batch_diff))
+    if (!compare_outputs(probs[i], masks[i], single_p, single_m, npix, mo.threshold, o.tolerance, what, &max_batch_diff))
       goto done;
   }
   printf("verified: %d batch outputs in range and thresholded; batch against single calls: max |dp| %.3g\n", o.batch,
@@ -379,7 +391,7 @@ int main(int argc, char** argv) {
         }
         snprintf(what, sizeof what, "device batch call against host single call, frame %d", i);
         if (!check_output(probs[i], masks[i], npix, mo.threshold, what) ||
-            !compare_outputs(probs[i], masks[i], single_p, single_m, npix, mo.threshold, 1e-5, what,
+            !compare_outputs(probs[i], masks[i], single_p, single_m, npix, mo.threshold, o.tolerance, what,
                              &max_device_diff))
           have_device = 0;
       }
