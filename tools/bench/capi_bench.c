@@ -11,7 +11,8 @@
  *   - the batch call against single calls on the same frames: probabilities within --tolerance
  *     (default 1e-4), masks equal except at pixels whose probability is within that of the
  *     threshold (the C API allows batches to differ in the last bits);
- *   - with --device-pointers (a CUDA model): the device calls against the host calls, likewise.
+ *   - with --device-pointers (a CUDA model): the device batch call against the host batch call,
+ *     and the device single call against the host single call, likewise.
  * A failed check prints what differed and exits with status 1, without timing anything.
  * Then: latency of rpp_segment (one frame per call; median, min and max of --repeats calls after
  * --warmup), throughput of rpp_segment_batch (--batch frames per call, the model's batch option
@@ -344,8 +345,8 @@ int main(int argc, char** argv) {
     ms[r] = now_ms() - t0;
   }
   lat = summarise(ms, o.repeats);
-  for (i = 0; i < (o.warmup > 0 ? 1 : 0); ++i)
-    if (!api_ok(rpp_segment_batch(model, frames, (size_t)o.batch, probs, masks), "rpp_segment_batch")) goto done;
+  if (o.warmup > 0 && !api_ok(rpp_segment_batch(model, frames, (size_t)o.batch, probs, masks), "rpp_segment_batch"))
+    goto done;
   for (r = 0; r < o.batch_repeats; ++r) {
     const double t0 = now_ms();
     if (!api_ok(rpp_segment_batch(model, frames, (size_t)o.batch, probs, masks), "rpp_segment_batch")) goto done;
@@ -376,23 +377,39 @@ int main(int argc, char** argv) {
       fputs("resunetpp-capi-bench: CUDA allocation or copy failed\n", stderr);
     } else {
       have_device = 1;
-      /* Verify: the device batch call against the host single calls of the same frames. */
+      /* Verify each device call against the host call that uses the same context: the device
+       * batch call against the host batch call (whose outputs probs/masks hold: the timed host
+       * batch calls ran on these frames), the device single call against the host single call.
+       * (A single-image call runs on the model's batch-1 context, whose convolution algorithms
+       * may differ from the batch context's.) */
       if (!api_ok(rpp_segment_batch_device(model, dimages, (size_t)o.batch, dprobs, dmasks, stream),
                   "rpp_segment_batch_device") ||
           cudaStreamSynchronize(stream) != cudaSuccess)
         have_device = 0;
       for (i = 0; have_device && i < o.batch; ++i) {
         if (i >= 3 && i != o.batch - 1) continue;
-        if (!api_ok(rpp_segment(model, &frames[i], single_p, single_m), "rpp_segment") ||
-            cudaMemcpy(probs[i], dprobs[i], prob_bytes, cudaMemcpyDeviceToHost) != cudaSuccess ||
-            cudaMemcpy(masks[i], dmasks[i], mask_bytes, cudaMemcpyDeviceToHost) != cudaSuccess) {
+        if (cudaMemcpy(single_p, dprobs[i], prob_bytes, cudaMemcpyDeviceToHost) != cudaSuccess ||
+            cudaMemcpy(single_m, dmasks[i], mask_bytes, cudaMemcpyDeviceToHost) != cudaSuccess) {
           have_device = 0;
           break;
         }
-        snprintf(what, sizeof what, "device batch call against host single call, frame %d", i);
-        if (!check_output(probs[i], masks[i], npix, mo.threshold, what) ||
-            !compare_outputs(probs[i], masks[i], single_p, single_m, npix, mo.threshold, o.tolerance, what,
+        snprintf(what, sizeof what, "device batch call against host batch call, frame %d", i);
+        if (!check_output(single_p, single_m, npix, mo.threshold, what) ||
+            !compare_outputs(single_p, single_m, probs[i], masks[i], npix, mo.threshold, o.tolerance, what,
                              &max_device_diff))
+          have_device = 0;
+      }
+      if (have_device) {
+        have_device = api_ok(rpp_segment_device(model, &dimages[0], dprobs[0], dmasks[0], stream),
+                             "rpp_segment_device") &&
+                      cudaStreamSynchronize(stream) == cudaSuccess &&
+                      api_ok(rpp_segment(model, &frames[0], probs[0], masks[0]), "rpp_segment") &&
+                      cudaMemcpy(single_p, dprobs[0], prob_bytes, cudaMemcpyDeviceToHost) == cudaSuccess &&
+                      cudaMemcpy(single_m, dmasks[0], mask_bytes, cudaMemcpyDeviceToHost) == cudaSuccess;
+        if (have_device &&
+            (!check_output(single_p, single_m, npix, mo.threshold, "device single call, frame 0") ||
+             !compare_outputs(single_p, single_m, probs[0], masks[0], npix, mo.threshold, o.tolerance,
+                              "device single call against host single call, frame 0", &max_device_diff)))
           have_device = 0;
       }
       if (have_device) {
