@@ -140,6 +140,8 @@ struct DeviceOutput {
     EXPECT_EQ(cudaMalloc(reinterpret_cast<void**>(&mask), n), cudaSuccess);
     EXPECT_EQ(cudaMemset(prob, 0xFF, n * sizeof(float)), cudaSuccess);  // NaN: unwritten shows
     EXPECT_EQ(cudaMemset(mask, 7, n), cudaSuccess);
+    // The memsets run on the legacy stream, which the callers' non-blocking streams do not wait for.
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   }
   ~DeviceOutput() {
     cudaFree(prob);
@@ -210,6 +212,18 @@ TEST(CApiGpu, DevicePathOnAUserStreamEqualsTheHostPath) {
   ASSERT_EQ(rpp_segment_batch_device(m.get(), views.data(), views.size(), probs.data(), masks.data(), user),
             RPP_STATUS_OK)
       << rpp_last_error();
+#ifdef RPP_CUDA_EMULATOR
+  // The emulator counts what a device cannot report: a second call (contexts made) neither
+  // waits for the device nor allocates.
+  const rpp_emu::Counters before = rpp_emu::counters();
+  ASSERT_EQ(rpp_segment_batch_device(m.get(), views.data(), views.size(), probs.data(), masks.data(), user),
+            RPP_STATUS_OK)
+      << rpp_last_error();
+  const rpp_emu::Counters after = rpp_emu::counters();
+  EXPECT_EQ(after.host_waits, before.host_waits) << "the device-pointer call waited for the device";
+  EXPECT_EQ(after.allocations, before.allocations) << "the device-pointer call allocated";
+  EXPECT_GT(after.kernels, before.kernels);
+#endif
   CU(cudaStreamSynchronize(user));
   // Against the host batch call: the same batch-2 context. (A single-image host call runs on the
   // model's batch-1 context, whose convolution algorithms may differ.)

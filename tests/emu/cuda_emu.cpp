@@ -1,14 +1,20 @@
 // tests/emu/cuda_emu.cpp — the emulator's runtime and block scheduler (see cuda_emu.h).
 #include "cuda_emu.h"
 
+#include <signal.h>
+#include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
+#include <thread>
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -229,31 +235,227 @@ void run_block_fibers(Block& b, int nthreads) {
   }
 }
 
-// ---- capture ----
-struct Graph {
+}  // namespace
+}  // namespace rpp_emu
+
+namespace rpp_emu::rt {
+struct Op {
+  std::function<void()> fn;
+  uint64_t seq;
+};
+// A stream's work in issue order. done: the sequence number of the last item run.
+struct Queue {
+  std::deque<Op> ops;
+  uint64_t done = 0;
+};
+}  // namespace rpp_emu::rt
+
+struct CUstream_st {
+  std::shared_ptr<rpp_emu::rt::Queue> queue;  // its own, or the legacy stream's for a blocking stream
+  bool blocking = true;
+};
+struct CUevent_st {
+  std::shared_ptr<rpp_emu::rt::Queue> queue;  // where it was last recorded outside a capture
+  uint64_t seq = 0;                           // the record's place in that queue
+  cudaStream_t captured_on = nullptr;         // last recorded inside this stream's capture
+  bool timing = true;
+};
+struct CUgraph_st {
   std::vector<std::function<void()>> ops;
 };
-std::map<cudaStream_t, std::unique_ptr<Graph>> g_capturing;
-std::mutex g_capture_mutex;
+struct CUgraphExec_st {
+  std::vector<std::function<void()>> ops;
+};
 
-// Runs op now, or records it when `stream` is being captured.
-void enqueue(cudaStream_t stream, std::function<void()> op) {
-  {
-    std::lock_guard<std::mutex> lk(g_capture_mutex);
-    auto it = g_capturing.find(stream);
-    if (stream && it != g_capturing.end()) {
-      it->second->ops.push_back(std::move(op));
-      return;
-    }
-  }
-  op();
+namespace rpp_emu {
+namespace {
+
+using rt::Op;
+using rt::Queue;
+
+// ---- queues, captures and device memory ----
+// One recursive mutex guards all of it; device work runs with it held (from whichever thread
+// waits for it), one item at a time.
+
+struct CaptureState {
+  std::vector<std::function<void()>> ops;
+  cudaStreamCaptureMode mode;
+  std::thread::id thread;
+  bool invalidated = false;
+};
+struct DeviceAlloc {
+  char* map;  // the mapping: guard page, body, guard page
+  size_t map_bytes;
+  char* body;  // the pages the caller's bytes lie in (their end is the body's end)
+  size_t body_bytes;
+  size_t bytes;  // as requested
+};
+
+std::recursive_mutex g_rt;
+uint64_t g_seq = 0;
+const std::shared_ptr<Queue> g_legacy = std::make_shared<Queue>();  // legacy and blocking streams
+std::set<std::shared_ptr<Queue>> g_queues;                          // the non-blocking streams'
+std::map<cudaStream_t, CaptureState> g_captures;
+std::map<uintptr_t, DeviceAlloc> g_device;  // by the pointer cudaMalloc returned
+std::map<uintptr_t, size_t> g_pinned;       // cudaMallocHost: pointer, bytes
+int g_access_depth = 0;
+Counters g_counters;
+cudaError_t g_last_error = cudaSuccess;
+
+size_t page_bytes() {
+  static const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  return page;
 }
 
-cudaError_t g_last_error = cudaSuccess;
+void protect_device(int prot) {
+  for (auto& entry : g_device)
+    if (mprotect(entry.second.body, entry.second.body_bytes, prot) != 0) die("mprotect failed");
+}
+
+// Device memory is accessible while one of these lives (device work is running).
+struct DeviceAccess {
+  DeviceAccess() {
+    if (g_access_depth++ == 0) protect_device(PROT_READ | PROT_WRITE);
+  }
+  ~DeviceAccess() {
+    if (--g_access_depth == 0) protect_device(PROT_NONE);
+  }
+  DeviceAccess(const DeviceAccess&) = delete;
+  DeviceAccess& operator=(const DeviceAccess&) = delete;
+};
+
+const DeviceAlloc* device_alloc_at(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = g_device.upper_bound(a);
+  if (it == g_device.begin()) return nullptr;
+  --it;
+  const DeviceAlloc& d = it->second;
+  const auto m = reinterpret_cast<uintptr_t>(d.map);
+  return a >= m && a < m + d.map_bytes ? &d : nullptr;
+}
+bool is_device(const void* p) {
+  const DeviceAlloc* d = device_alloc_at(p);
+  if (!d) return false;
+  const auto a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(d->body);
+  return a >= b && a < b + d->body_bytes;
+}
+bool is_pinned(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = g_pinned.upper_bound(a);
+  if (it == g_pinned.begin()) return false;
+  --it;
+  return a < it->first + it->second;
+}
+
+// A fault inside a device allocation's mapping: say what it was, then let the previous handler
+// (AddressSanitizer's, or the default) report it.
+struct sigaction g_previous_segv;
+extern "C" void rpp_emu_on_segv(int sig, siginfo_t* info, void* context) {
+  const DeviceAlloc* d = device_alloc_at(info->si_addr);
+  if (d) {
+    char msg[256];
+    const auto a = reinterpret_cast<uintptr_t>(info->si_addr), b = reinterpret_cast<uintptr_t>(d->body);
+    const int n = a >= b && a < b + d->body_bytes
+                      ? std::snprintf(msg, sizeof msg,
+                                      "cuda emulator: host code touched device memory at %p (a cudaMalloc "
+                                      "allocation of %zu bytes): a device pointer used on the host\n",
+                                      info->si_addr, d->bytes)
+                      : std::snprintf(msg, sizeof msg,
+                                      "cuda emulator: access at %p, in the guard page of a cudaMalloc allocation "
+                                      "of %zu bytes: out of bounds\n",
+                                      info->si_addr, d->bytes);
+    if (n > 0) (void)!write(2, msg, size_t(n));
+  }
+  sigaction(SIGSEGV, &g_previous_segv, nullptr);
+  if (!(g_previous_segv.sa_flags & SA_SIGINFO) && g_previous_segv.sa_handler == SIG_IGN) signal(SIGSEGV, SIG_DFL);
+  (void)sig;
+  (void)context;  // returning re-runs the faulting access under the previous handler
+}
+void install_segv_handler() {
+  static bool installed = false;
+  if (installed) return;
+  installed = true;
+  struct sigaction sa {};
+  sa.sa_sigaction = rpp_emu_on_segv;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGSEGV, &sa, &g_previous_segv);
+}
+
+// Runs the queue's work up to and including sequence number `seq`. Device memory opens once for
+// the whole run: changing the protection of a large arena costs about a page table walk, too
+// much to pay per kernel.
+void run_until(Queue& q, uint64_t seq) {
+  if (q.ops.empty() || q.ops.front().seq > seq) return;
+  DeviceAccess access;
+  while (!q.ops.empty() && q.ops.front().seq <= seq) {
+    Op op = std::move(q.ops.front());
+    q.ops.pop_front();
+    op.fn();
+    q.done = op.seq;
+  }
+}
+void run_all(Queue& q) { run_until(q, UINT64_MAX); }
+void run_everything() {
+  run_all(*g_legacy);
+  for (const auto& q : g_queues) run_all(*q);
+}
+
+CaptureState* capture_of(cudaStream_t s) {
+  auto it = s ? g_captures.find(s) : g_captures.end();
+  return it == g_captures.end() ? nullptr : &it->second;
+}
+
+// A capture-unsafe call (an allocation or a free) now: true, and the captures it breaks
+// invalidated, when a capture forbids it (a global one on any thread, a thread-local one on its
+// own thread; relaxed ones never).
+bool unsafe_during_capture() {
+  bool bad = false;
+  for (auto& c : g_captures) {
+    if (c.second.mode == cudaStreamCaptureModeRelaxed) continue;
+    if (c.second.mode == cudaStreamCaptureModeGlobal || c.second.thread == std::this_thread::get_id()) {
+      c.second.invalidated = true;
+      bad = true;
+    }
+  }
+  return bad;
+}
+
+// Work on the legacy stream orders with every blocking stream: true (and those captures
+// invalidated) when a blocking stream is capturing.
+bool legacy_meets_capture() {
+  bool bad = false;
+  for (auto& c : g_captures)
+    if (c.first->blocking) {
+      c.second.invalidated = true;
+      bad = true;
+    }
+  return bad;
+}
+
+std::shared_ptr<Queue> queue_of(cudaStream_t s) { return s ? s->queue : g_legacy; }
+
+// Queues op on the stream, or records it in the stream's capture.
+cudaError_t enqueue(cudaStream_t stream, std::function<void()> op) {
+  std::lock_guard<std::recursive_mutex> lk(g_rt);
+  if (CaptureState* c = capture_of(stream)) {
+    if (c->invalidated) return cudaErrorStreamCaptureInvalidated;
+    c->ops.push_back(std::move(op));
+    return cudaSuccess;
+  }
+  if (!stream && legacy_meets_capture()) return cudaErrorStreamCaptureImplicit;
+  queue_of(stream)->ops.push_back({std::move(op), ++g_seq});
+  return cudaSuccess;
+}
 
 }  // namespace
 
-void enqueue_on(cudaStream_t stream, std::function<void()> op) { enqueue(stream, std::move(op)); }
+cudaError_t enqueue_on(cudaStream_t stream, std::function<void()> op) { return enqueue(stream, std::move(op)); }
+
+Counters counters() {
+  std::lock_guard<std::recursive_mutex> lk(g_rt);
+  return g_counters;
+}
 
 void syncthreads() {
   Block* b = g_run;
@@ -289,7 +491,9 @@ void execute(dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, const std
     g_last_error = cudaErrorInvalidConfiguration;
     return;
   }
-  enqueue(stream, [grid, block, shmem, thread_body, nthreads] {
+  std::lock_guard<std::recursive_mutex> lk(g_rt);
+  ++g_counters.kernels;
+  const cudaError_t queued = enqueue(stream, [grid, block, shmem, thread_body, nthreads] {
     std::lock_guard<std::mutex> lk(g_exec_mutex);
     static Block b;  // its fibers and their stacks are reused by every launch
     b.fiber_mode = true;
@@ -320,78 +524,212 @@ void execute(dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, const std
         }
     g_run = nullptr;
   });
+  if (queued != cudaSuccess) g_last_error = queued;
 }
 
 }  // namespace rpp_emu
 
 using rpp_emu::enqueue;
+using rpp_emu::g_rt;
+using Lock = std::lock_guard<std::recursive_mutex>;
 
 // ---- the runtime API ----
 
-struct CUstream_st {};
-struct CUevent_st {};
-struct CUgraph_st {
-  std::vector<std::function<void()>> ops;
-};
-struct CUgraphExec_st {
-  std::vector<std::function<void()>> ops;
-};
-
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   if (!p) return cudaErrorInvalidValue;
-  *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
-}
-cudaError_t cudaMallocHost(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
-cudaError_t cudaFree(void* p) {
-  std::free(p);
+  Lock lk(g_rt);
+  *p = nullptr;
+  if (rpp_emu::unsafe_during_capture()) return cudaErrorStreamCaptureUnsupported;
+  const size_t page = rpp_emu::page_bytes(), user = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
+  const size_t body = (user + page - 1) / page * page, map_bytes = body + 2 * page;
+  void* m = mmap(nullptr, map_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return cudaErrorMemoryAllocation;
+  rpp_emu::DeviceAlloc d{static_cast<char*>(m), map_bytes, static_cast<char*>(m) + page, body, bytes};
+  char* start = d.body + (body - user);  // the end of the caller's bytes meets the guard page
+  if (mprotect(d.body, body, PROT_READ | PROT_WRITE) != 0) rpp_emu::die("mprotect failed");
+  std::memset(d.body, 0xFF, body);  // garbage, as on a device: NaN as float, double and bf16
+  if (rpp_emu::g_access_depth == 0 && mprotect(d.body, body, PROT_NONE) != 0) rpp_emu::die("mprotect failed");
+  rpp_emu::g_device[reinterpret_cast<uintptr_t>(start)] = d;
+  rpp_emu::install_segv_handler();
+  ++rpp_emu::g_counters.allocations;
+  *p = start;
   return cudaSuccess;
 }
-cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+  if (!p) return cudaErrorInvalidValue;
+  Lock lk(g_rt);
+  *p = nullptr;
+  if (rpp_emu::unsafe_during_capture()) return cudaErrorStreamCaptureUnsupported;
+  const size_t rounded = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
+  *p = std::aligned_alloc(256, rounded);
+  if (!*p) return cudaErrorMemoryAllocation;
+  rpp_emu::g_pinned[reinterpret_cast<uintptr_t>(*p)] = rounded;
+  ++rpp_emu::g_counters.allocations;
+  return cudaSuccess;
+}
+cudaError_t cudaFree(void* p) {
+  if (!p) return cudaSuccess;
+  Lock lk(g_rt);
+  if (rpp_emu::unsafe_during_capture()) return cudaErrorStreamCaptureUnsupported;
+  auto it = rpp_emu::g_device.find(reinterpret_cast<uintptr_t>(p));
+  if (it == rpp_emu::g_device.end()) return cudaErrorInvalidValue;  // not a pointer cudaMalloc returned
+  rpp_emu::run_everything();                                        // cudaFree waits for the device
+  munmap(it->second.map, it->second.map_bytes);
+  rpp_emu::g_device.erase(it);
+  ++rpp_emu::g_counters.frees;
+  return cudaSuccess;
+}
+cudaError_t cudaFreeHost(void* p) {
+  if (!p) return cudaSuccess;
+  Lock lk(g_rt);
+  if (rpp_emu::unsafe_during_capture()) return cudaErrorStreamCaptureUnsupported;
+  auto it = rpp_emu::g_pinned.find(reinterpret_cast<uintptr_t>(p));
+  if (it == rpp_emu::g_pinned.end()) return cudaErrorInvalidValue;
+  rpp_emu::run_everything();  // queued copies may still read or write it
+  std::free(p);
+  rpp_emu::g_pinned.erase(it);
+  ++rpp_emu::g_counters.frees;
+  return cudaSuccess;
+}
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
-  if (bytes) std::memcpy(dst, src, bytes);
+  Lock lk(g_rt);
+  if (rpp_emu::legacy_meets_capture()) return cudaErrorStreamCaptureImplicit;
+  // On the legacy stream, then wait for it: it does not wait for non-blocking streams' work.
+  rpp_emu::g_legacy->ops.push_back({[=] {
+                                      if (bytes) std::memcpy(dst, src, bytes);
+                                    },
+                                    ++rpp_emu::g_seq});
+  ++rpp_emu::g_counters.host_waits;
+  rpp_emu::run_all(*rpp_emu::g_legacy);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t s) {
-  enqueue(s, [=] {
+  Lock lk(g_rt);
+  const bool dst_pageable = !rpp_emu::is_device(dst) && !rpp_emu::is_pinned(dst);
+  const bool src_pageable = !rpp_emu::is_device(src) && !rpp_emu::is_pinned(src);
+  if (!rpp_emu::capture_of(s) && dst_pageable && !src_pageable) {
+    // Into pageable memory the call returns when the copy is done: the stream's work first.
+    if (!s && rpp_emu::legacy_meets_capture()) return cudaErrorStreamCaptureImplicit;
+    ++rpp_emu::g_counters.host_waits;
+    rpp_emu::run_all(*rpp_emu::queue_of(s));
+    rpp_emu::DeviceAccess access;
+    if (bytes) std::memcpy(dst, src, bytes);
+    return cudaSuccess;
+  }
+  if (src_pageable && bytes) {  // from pageable memory the bytes are taken now
+    auto copy = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(src),
+                                                             static_cast<const unsigned char*>(src) + bytes);
+    return enqueue(s, [dst, copy] { std::memcpy(dst, copy->data(), copy->size()); });
+  }
+  return enqueue(s, [=] {
     if (bytes) std::memcpy(dst, src, bytes);
   });
-  return cudaSuccess;
 }
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {
-  if (bytes) std::memset(p, value, bytes);
-  return cudaSuccess;
-}
-cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
-  enqueue(s, [=] {
+  return enqueue(nullptr, [=] {
     if (bytes) std::memset(p, value, bytes);
   });
-  return cudaSuccess;
 }
-cudaError_t cudaStreamCreate(cudaStream_t* s) {
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
+  return enqueue(s, [=] {
+    if (bytes) std::memset(p, value, bytes);
+  });
+}
+cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, cudaStreamDefault); }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
+  if (!s) return cudaErrorInvalidValue;
+  Lock lk(g_rt);
   *s = new CUstream_st;
+  (*s)->blocking = !(flags & cudaStreamNonBlocking);
+  if ((*s)->blocking) {
+    (*s)->queue = rpp_emu::g_legacy;
+  } else {
+    (*s)->queue = std::make_shared<rpp_emu::rt::Queue>();
+    rpp_emu::g_queues.insert((*s)->queue);
+  }
   return cudaSuccess;
 }
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  if (!s) return cudaErrorInvalidResourceHandle;
+  Lock lk(g_rt);
+  if (rpp_emu::capture_of(s)) return cudaErrorStreamCaptureUnsupported;
+  rpp_emu::run_all(*s->queue);  // its work still runs; the emulator runs it now
+  if (!s->blocking) rpp_emu::g_queues.erase(s->queue);
   delete s;
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  Lock lk(g_rt);
+  if (rpp_emu::CaptureState* c = rpp_emu::capture_of(s)) {
+    c->invalidated = true;
+    return cudaErrorStreamCaptureUnsupported;
+  }
+  if (!s && rpp_emu::legacy_meets_capture()) return cudaErrorStreamCaptureImplicit;
+  ++rpp_emu::g_counters.host_waits;
+  rpp_emu::run_all(*rpp_emu::queue_of(s));
+  return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+  if (!e) return cudaErrorInvalidResourceHandle;
+  Lock lk(g_rt);
+  if (rpp_emu::CaptureState* c = rpp_emu::capture_of(s)) {
+    if (e->captured_on == s) return cudaSuccess;  // recorded earlier in this capture: stream order
+    if (e->captured_on) rpp_emu::die("a wait between two captures (a multi-stream capture) is not emulated");
+    if (!e->queue) return cudaSuccess;  // never recorded: no dependency
+    c->invalidated = true;              // a dependency across the capture's boundary
+    return cudaErrorStreamCaptureIsolation;
+  }
+  if (e->captured_on) rpp_emu::die("a stream joining a capture through a captured event is not emulated");
+  if (!e->queue) return cudaSuccess;
+  if (e->queue == rpp_emu::queue_of(s)) return cudaSuccess;  // the same queue: already in order
+  std::shared_ptr<rpp_emu::rt::Queue> q = e->queue;
+  const uint64_t seq = e->seq;
+  return enqueue(s, [q, seq] { rpp_emu::run_until(*q, seq); });
+}
+cudaError_t cudaDeviceSynchronize() {
+  Lock lk(g_rt);
+  if (!rpp_emu::g_captures.empty()) {
+    for (auto& c : rpp_emu::g_captures) c.second.invalidated = true;
+    return cudaErrorStreamCaptureUnsupported;
+  }
+  ++rpp_emu::g_counters.host_waits;
+  rpp_emu::run_everything();
+  return cudaSuccess;
+}
 cudaError_t cudaGetLastError() {
+  Lock lk(g_rt);
   const cudaError_t e = rpp_emu::g_last_error;
   rpp_emu::g_last_error = cudaSuccess;
   return e;
 }
-cudaError_t cudaPeekAtLastError() { return rpp_emu::g_last_error; }
+cudaError_t cudaPeekAtLastError() {
+  Lock lk(g_rt);
+  return rpp_emu::g_last_error;
+}
 const char* cudaGetErrorString(cudaError_t e) {
   switch (e) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidResourceHandle:
+      return "invalid resource handle";
+    case cudaErrorIllegalState:
+      return "the operation cannot be performed in the present state";
+    case cudaErrorNotReady:
+      return "device not ready";
+    case cudaErrorStreamCaptureUnsupported:
+      return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated:
+      return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureUnmatched:
+      return "the capture was not initiated in this stream";
+    case cudaErrorStreamCaptureIsolation:
+      return "dependency created on uncaptured work in another stream";
+    case cudaErrorStreamCaptureImplicit:
+      return "operation would make the legacy stream depend on a capturing blocking stream";
+    case cudaErrorStreamCaptureWrongThread:
+      return "attempt to terminate a thread-local capture sequence from another thread";
     default: return "emulated error";
   }
 }
@@ -401,6 +739,24 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidResourceHandle:
+      return "cudaErrorInvalidResourceHandle";
+    case cudaErrorIllegalState:
+      return "cudaErrorIllegalState";
+    case cudaErrorNotReady:
+      return "cudaErrorNotReady";
+    case cudaErrorStreamCaptureUnsupported:
+      return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated:
+      return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureUnmatched:
+      return "cudaErrorStreamCaptureUnmatched";
+    case cudaErrorStreamCaptureIsolation:
+      return "cudaErrorStreamCaptureIsolation";
+    case cudaErrorStreamCaptureImplicit:
+      return "cudaErrorStreamCaptureImplicit";
+    case cudaErrorStreamCaptureWrongThread:
+      return "cudaErrorStreamCaptureWrongThread";
     default: return "cudaErrorUnknown";
   }
 }
@@ -439,41 +795,89 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   *free_bytes = *total_bytes = size_t(1) << 30;
   return cudaSuccess;
 }
-cudaError_t cudaEventCreate(cudaEvent_t* e) {
+cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, cudaEventDefault); }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags) {
+  if (!e) return cudaErrorInvalidValue;
   *e = new CUevent_st;
+  (*e)->timing = !(flags & cudaEventDisableTiming);
   return cudaSuccess;
 }
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  if (!e) return cudaErrorInvalidResourceHandle;
+  Lock lk(g_rt);
   delete e;
   return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
-cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  if (!e) return cudaErrorInvalidResourceHandle;
+  Lock lk(g_rt);
+  if (rpp_emu::CaptureState* c = rpp_emu::capture_of(s)) {
+    if (c->invalidated) return cudaErrorStreamCaptureInvalidated;
+    e->captured_on = s;
+    e->queue.reset();
+    return cudaSuccess;
+  }
+  if (!s && rpp_emu::legacy_meets_capture()) return cudaErrorStreamCaptureImplicit;
+  std::shared_ptr<rpp_emu::rt::Queue> q = rpp_emu::queue_of(s);
+  q->ops.push_back({[] {}, ++rpp_emu::g_seq});
+  e->queue = q;
+  e->seq = rpp_emu::g_seq;
+  e->captured_on = nullptr;
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  if (!e) return cudaErrorInvalidResourceHandle;
+  Lock lk(g_rt);
+  if (e->captured_on) return cudaErrorStreamCaptureUnsupported;  // a captured event has no status
+  ++rpp_emu::g_counters.host_waits;
+  if (e->queue) rpp_emu::run_until(*e->queue, e->seq);
+  return cudaSuccess;
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+  if (!ms || !a || !b) return cudaErrorInvalidValue;
+  Lock lk(g_rt);
+  if (!a->timing || !b->timing) return cudaErrorInvalidResourceHandle;
+  if (a->captured_on || b->captured_on) return cudaErrorStreamCaptureUnsupported;
+  if (!a->queue || !b->queue) return cudaErrorInvalidResourceHandle;                 // never recorded
+  if (a->queue->done < a->seq || b->queue->done < b->seq) return cudaErrorNotReady;  // nobody waited
   *ms = 0.f;
   return cudaSuccess;
 }
-cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode) {
   if (!s) return cudaErrorStreamCaptureUnsupported;
-  std::lock_guard<std::mutex> lk(rpp_emu::g_capture_mutex);
-  rpp_emu::g_capturing[s] = std::make_unique<rpp_emu::Graph>();
+  Lock lk(g_rt);
+  if (rpp_emu::capture_of(s)) return cudaErrorIllegalState;
+  rpp_emu::CaptureState& c = rpp_emu::g_captures[s];
+  c.mode = mode;
+  c.thread = std::this_thread::get_id();
   return cudaSuccess;
 }
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* g) {
-  std::lock_guard<std::mutex> lk(rpp_emu::g_capture_mutex);
-  auto it = rpp_emu::g_capturing.find(s);
-  if (it == rpp_emu::g_capturing.end()) return cudaErrorInvalidValue;
-  *g = new CUgraph_st{std::move(it->second->ops)};
-  rpp_emu::g_capturing.erase(it);
-  return cudaSuccess;
+  if (!g) return cudaErrorInvalidValue;
+  Lock lk(g_rt);
+  *g = nullptr;
+  rpp_emu::CaptureState* c = rpp_emu::capture_of(s);
+  if (!c) return cudaErrorIllegalState;
+  if (c->mode != cudaStreamCaptureModeRelaxed && c->thread != std::this_thread::get_id())
+    return cudaErrorStreamCaptureWrongThread;
+  const bool invalidated = c->invalidated;
+  if (!invalidated) *g = new CUgraph_st{std::move(c->ops)};
+  rpp_emu::g_captures.erase(s);
+  return invalidated ? cudaErrorStreamCaptureInvalidated : cudaSuccess;
 }
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t g, unsigned long long) {
+  if (!exec || !g) return cudaErrorInvalidValue;
   *exec = new CUgraphExec_st{g->ops};
   return cudaSuccess;
 }
 cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
-  for (const auto& op : exec->ops) enqueue(s, op);
+  if (!exec) return cudaErrorInvalidValue;
+  Lock lk(g_rt);
+  ++rpp_emu::g_counters.graph_launches;
+  for (const auto& op : exec->ops) {
+    const cudaError_t e = enqueue(s, op);
+    if (e != cudaSuccess) return e;
+  }
   return cudaSuccess;
 }
 cudaError_t cudaGraphDestroy(cudaGraph_t g) {

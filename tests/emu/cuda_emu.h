@@ -13,9 +13,26 @@
 //     live thread of the block waits at it, all continue. __shfl_down_sync() works the same way
 //     for the 32 threads of a warp. A kernel whose first block never reaches a barrier runs its
 //     remaining blocks without fibers, thread after thread (a barrier met there is an error).
-//   * Memory is host memory (cudaMalloc is an aligned allocation); copies are memcpy; streams
-//     and events exist but everything runs at once, in call order. Stream capture records the
-//     launches and copies, and a graph launch replays them.
+//   * Device memory is host memory that host code cannot touch: cudaMalloc maps whole pages
+//     between two guard pages, filled with 0xFF bytes (NaN), and keeps them inaccessible except
+//     while the emulator itself runs device work (a kernel, a copy, an emulated cuDNN call). Host
+//     code that reads or writes a device pointer, or device work that runs past the end of its
+//     allocation (rounded up to 256 bytes), stops with a message. cudaMallocHost is ordinary
+//     (pinned) host memory.
+//   * Work is deferred as on a device. Each non-blocking stream has its own queue; the legacy
+//     stream and the blocking streams share one. Work runs only when the host waits for it:
+//     cudaStreamSynchronize, cudaEventSynchronize, cudaDeviceSynchronize, cudaFree, the
+//     synchronous cudaMemcpy (legacy queue only) and a copy into pageable host memory. A
+//     stream that waits on an event first runs the event's queue up to it. So a missing wait
+//     leaves the host reading stale results, or overwriting a buffer before its copy has run.
+//     A copy from pageable host memory takes its bytes at the call, as cudaMemcpyAsync does.
+//   * Stream capture records the work, and a graph launch queues it. The rules of capture are
+//     enforced: synchronising a capturing stream or the device, capture-unsafe calls
+//     (cudaMalloc, cudaFree, cudaMallocHost, cudaFreeHost) from a thread that may not make them,
+//     legacy-stream work beside a capturing blocking stream, and a capturing stream waiting on an
+//     event recorded outside the capture fail and invalidate the capture, as on a device.
+//   * rpp_emu::counters() counts host waits, allocations and kernels, so that tests can check
+//     that a step or a call neither allocates nor waits.
 //   * threadIdx, blockIdx, blockDim and gridDim are the scheduler's current values.
 //   * Tensor cores: tests/emu/mma.h stands in for <mma.h> (the nvcuda::wmma subset of TF32
 //     m16n16k8 and BF16 m16n16k16 with fp32 accumulation, operands rounded as the hardware
@@ -58,7 +75,15 @@ enum cudaError_t {
   cudaErrorInsufficientDriver = 35,
   cudaErrorNoDevice = 100,
   cudaErrorInvalidConfiguration = 9,
+  cudaErrorInvalidResourceHandle = 400,
+  cudaErrorIllegalState = 401,
+  cudaErrorNotReady = 600,
   cudaErrorStreamCaptureUnsupported = 900,
+  cudaErrorStreamCaptureInvalidated = 901,
+  cudaErrorStreamCaptureUnmatched = 903,
+  cudaErrorStreamCaptureIsolation = 904,
+  cudaErrorStreamCaptureImplicit = 906,
+  cudaErrorStreamCaptureWrongThread = 908,
 };
 using cudaError = cudaError_t;
 enum cudaMemcpyKind {
@@ -164,8 +189,20 @@ T* dynamic_shared() {
   return static_cast<T*>(dynamic_shared_bytes());
 }
 
-// Runs op now, or records it when `stream` is being captured (work of the emulated libraries).
-void enqueue_on(cudaStream_t stream, std::function<void()> op);
+// Queues op on `stream`, or records it when `stream` is being captured (work of the emulated
+// libraries). An error when the stream's capture forbids it.
+cudaError_t enqueue_on(cudaStream_t stream, std::function<void()> op);
+
+// What the emulated runtime has done since the process started (tests take differences).
+struct Counters {
+  uint64_t host_waits = 0;   // the host waited for device work: stream, event or device
+                             // synchronisation, a synchronous cudaMemcpy, a copy into pageable memory
+  uint64_t allocations = 0;  // cudaMalloc and cudaMallocHost
+  uint64_t frees = 0;        // cudaFree and cudaFreeHost of a non-null pointer
+  uint64_t kernels = 0;      // kernel launches queued or recorded
+  uint64_t graph_launches = 0;
+};
+Counters counters();
 
 // Runs `thread_body` as every thread of every block (see the file comment).
 void execute(dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, const std::function<void()>& thread_body);

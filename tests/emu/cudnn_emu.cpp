@@ -270,13 +270,13 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void* alpha, cudnnT
   rpp::cpu::Conv2dShape s;
   if (!shape_of(xd, wd, c, s)) return bad("unsupported convolution");
   if (!plain_scalars(alpha, beta)) return bad("only alpha 1, beta 0");
-  rpp_emu::enqueue_on(h->stream, [s, x, w, y] {
+  const cudaError_t queued = rpp_emu::enqueue_on(h->stream, [s, x, w, y] {
     std::vector<float> hwio(weights(s)), ws(rpp::cpu::conv2d_forward_workspace(s) + 1);
     ohwi_to_hwio(s, static_cast<const float*>(w), hwio.data());
     rpp::cpu::conv2d_forward<float>(s, static_cast<const float*>(x), hwio.data(), nullptr, static_cast<float*>(y),
                                     ws.data());
   });
-  return CUDNN_STATUS_SUCCESS;
+  return queued == cudaSuccess ? CUDNN_STATUS_SUCCESS : bad("the stream's capture refused the work");
 }
 cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void* alpha, cudnnFilterDescriptor_t wd,
                                            const void* w, cudnnTensorDescriptor_t, const void* dy,
@@ -285,13 +285,13 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void* alpha, c
   rpp::cpu::Conv2dShape s;
   if (!shape_of(dxd, wd, c, s)) return bad("unsupported convolution");
   if (!plain_scalars(alpha, beta)) return bad("only alpha 1, beta 0");
-  rpp_emu::enqueue_on(h->stream, [s, w, dy, dx] {
+  const cudaError_t queued = rpp_emu::enqueue_on(h->stream, [s, w, dy, dx] {
     std::vector<float> hwio(weights(s)), ws(rpp::cpu::conv2d_backward_data_workspace(s) + 1);
     ohwi_to_hwio(s, static_cast<const float*>(w), hwio.data());
     rpp::cpu::conv2d_backward_data<float>(s, static_cast<const float*>(dy), hwio.data(), static_cast<float*>(dx),
                                           ws.data());
   });
-  return CUDNN_STATUS_SUCCESS;
+  return queued == cudaSuccess ? CUDNN_STATUS_SUCCESS : bad("the stream's capture refused the work");
 }
 cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void* alpha, cudnnTensorDescriptor_t xd,
                                              const void* x, cudnnTensorDescriptor_t, const void* dy,
@@ -300,11 +300,11 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void* alpha,
   rpp::cpu::Conv2dShape s;
   if (!shape_of(xd, dwd, c, s)) return bad("unsupported convolution");
   if (!plain_scalars(alpha, beta)) return bad("only alpha 1, beta 0");
-  rpp_emu::enqueue_on(h->stream, [s, x, dy, dw] {
+  const cudaError_t queued = rpp_emu::enqueue_on(h->stream, [s, x, dy, dw] {
     std::vector<float> hwio(weights(s)), db(size_t(s.cout)), ws(rpp::cpu::conv2d_backward_filter_workspace(s) + 1);
     rpp::cpu::conv2d_backward_filter<float>(s, static_cast<const float*>(x), static_cast<const float*>(dy),
                                             hwio.data(), db.data(), ws.data());
     hwio_to_ohwi(s, hwio.data(), static_cast<float*>(dw));
   });
-  return CUDNN_STATUS_SUCCESS;
+  return queued == cudaSuccess ? CUDNN_STATUS_SUCCESS : bad("the stream's capture refused the work");
 }

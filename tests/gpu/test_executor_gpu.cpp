@@ -1086,12 +1086,21 @@ TEST(GpuExecutor, RunAllocatesNothing) {
     synthetic_batch(400, 2, 64, images, masks);
     double mu = 1;
     int64_t s = 0;
+#ifdef RPP_CUDA_EMULATOR
+    uint64_t most_waits_in_run = 0;  // host waits inside run(), the largest over the steps
+#endif
     auto step = [&] {
       ++s;
       const cpu::OptimStep o = step_for(OptimizerKind::Adam, s, &mu);
       ex.set_input(mg.image, images.data());
       ex.set_input(mg.target, masks.data());
+#ifdef RPP_CUDA_EMULATOR
+      const uint64_t waits = rpp_emu::counters().host_waits;
       ex.run(&o);
+      most_waits_in_run = std::max(most_waits_in_run, rpp_emu::counters().host_waits - waits);
+#else
+      ex.run(&o);
+#endif
       return ex.last_loss();
     };
     step();  // warm-up: graph capture and instantiation, cuDNN's lazy set-up
@@ -1099,10 +1108,28 @@ TEST(GpuExecutor, RunAllocatesNothing) {
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     size_t free0 = 0, free1 = 0, total = 0;
     ASSERT_EQ(cudaMemGetInfo(&free0, &total), cudaSuccess);
+#ifdef RPP_CUDA_EMULATOR
+    // The emulator counts what cudaMemGetInfo cannot show there: no allocation or free in 10
+    // steps, in graph mode each step one graph launch and no kernel launched from the host, and
+    // inside run() one host wait at most (the step ring's slot, whose copy was queued runs ago;
+    // the launches themselves wait for nothing).
+    const rpp_emu::Counters c0 = rpp_emu::counters();
+    most_waits_in_run = 0;
+#endif
     for (int i = 0; i < 10; ++i) EXPECT_TRUE(std::isfinite(step()));
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     ASSERT_EQ(cudaMemGetInfo(&free1, &total), cudaSuccess);
     EXPECT_EQ(free1, free0) << "device memory changed across 10 steps";
+#ifdef RPP_CUDA_EMULATOR
+    const rpp_emu::Counters c1 = rpp_emu::counters();
+    EXPECT_EQ(c1.allocations, c0.allocations);
+    EXPECT_EQ(c1.frees, c0.frees);
+    EXPECT_EQ(c1.graph_launches - c0.graph_launches, graphs ? 10u : 0u);
+    if (graphs) {
+      EXPECT_EQ(c1.kernels, c0.kernels);
+    }
+    EXPECT_LE(most_waits_in_run, 1u);
+#endif
     std::cout << (graphs ? "graph" : "eager") << ": executor holds " << ex.device_bytes() / 1048576.0
               << " MiB (arena " << ex.plan().arena_bytes / 1048576.0 << ", workspace "
               << ex.plan().workspace_bytes / 1048576.0 << "); free " << free1 / 1048576.0 << " of "
