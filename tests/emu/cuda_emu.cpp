@@ -288,6 +288,7 @@ struct DeviceAlloc {
   size_t map_bytes;
   char* body;  // the pages the caller's bytes lie in (their end is the body's end)
   size_t body_bytes;
+  char* start;   // what cudaMalloc returned
   size_t bytes;  // as requested
 };
 
@@ -296,7 +297,7 @@ uint64_t g_seq = 0;
 const std::shared_ptr<Queue> g_legacy = std::make_shared<Queue>();  // legacy and blocking streams
 std::set<std::shared_ptr<Queue>> g_queues;                          // the non-blocking streams'
 std::map<cudaStream_t, CaptureState> g_captures;
-std::map<uintptr_t, DeviceAlloc> g_device;  // by the pointer cudaMalloc returned
+std::map<uintptr_t, DeviceAlloc> g_device;  // by the mapping's first byte
 std::map<uintptr_t, size_t> g_pinned;       // cudaMallocHost: pointer, bytes
 int g_access_depth = 0;
 Counters g_counters;
@@ -544,12 +545,12 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
   const size_t body = (user + page - 1) / page * page, map_bytes = body + 2 * page;
   void* m = mmap(nullptr, map_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (m == MAP_FAILED) return cudaErrorMemoryAllocation;
-  rpp_emu::DeviceAlloc d{static_cast<char*>(m), map_bytes, static_cast<char*>(m) + page, body, bytes};
-  char* start = d.body + (body - user);  // the end of the caller's bytes meets the guard page
+  char* start = static_cast<char*>(m) + page + (body - user);  // the caller's bytes end at the guard page
+  rpp_emu::DeviceAlloc d{static_cast<char*>(m), map_bytes, static_cast<char*>(m) + page, body, start, bytes};
   if (mprotect(d.body, body, PROT_READ | PROT_WRITE) != 0) rpp_emu::die("mprotect failed");
   std::memset(d.body, 0xFF, body);  // garbage, as on a device: NaN as float, double and bf16
   if (rpp_emu::g_access_depth == 0 && mprotect(d.body, body, PROT_NONE) != 0) rpp_emu::die("mprotect failed");
-  rpp_emu::g_device[reinterpret_cast<uintptr_t>(start)] = d;
+  rpp_emu::g_device[reinterpret_cast<uintptr_t>(m)] = d;
   rpp_emu::install_segv_handler();
   ++rpp_emu::g_counters.allocations;
   *p = start;
@@ -571,11 +572,12 @@ cudaError_t cudaFree(void* p) {
   if (!p) return cudaSuccess;
   Lock lk(g_rt);
   if (rpp_emu::unsafe_during_capture()) return cudaErrorStreamCaptureUnsupported;
-  auto it = rpp_emu::g_device.find(reinterpret_cast<uintptr_t>(p));
-  if (it == rpp_emu::g_device.end()) return cudaErrorInvalidValue;  // not a pointer cudaMalloc returned
-  rpp_emu::run_everything();                                        // cudaFree waits for the device
-  munmap(it->second.map, it->second.map_bytes);
-  rpp_emu::g_device.erase(it);
+  const rpp_emu::DeviceAlloc* d = rpp_emu::device_alloc_at(p);
+  if (!d || d->start != p) return cudaErrorInvalidValue;  // not a pointer cudaMalloc returned
+  rpp_emu::run_everything();                              // cudaFree waits for the device
+  char* const map = d->map;
+  munmap(map, d->map_bytes);
+  rpp_emu::g_device.erase(reinterpret_cast<uintptr_t>(map));
   ++rpp_emu::g_counters.frees;
   return cudaSuccess;
 }

@@ -62,6 +62,18 @@ TEST(EmulatorMemory, DeviceWorkPastTheEndOfAnAllocationStops) {
   CU(cudaFree(d));
 }
 
+TEST(EmulatorMemory, DeviceWorkBeforeTheStartOfAnAllocationStops) {
+  float* d = nullptr;
+  CU(cudaMalloc(&d, 4096 * sizeof(float)));  // whole pages: the float before is in the guard page
+  EXPECT_DEATH(
+      {
+        launch_fill(d - 1, 1, 1.f, nullptr);
+        cudaDeviceSynchronize();
+      },
+      "guard page");
+  CU(cudaFree(d));
+}
+
 TEST(EmulatorMemory, NewAllocationsHoldGarbageAndFreeChecksThePointer) {
   float* d = nullptr;
   CU(cudaMalloc(&d, 16 * sizeof(float)));
