@@ -17,8 +17,8 @@
 //     between two guard pages, filled with 0xFF bytes (NaN), and keeps them inaccessible except
 //     while the emulator itself runs device work (a kernel, a copy, an emulated cuDNN call). Host
 //     code that reads or writes a device pointer, or device work that runs past the end of its
-//     allocation (rounded up to 256 bytes), stops with a message. cudaMallocHost is ordinary
-//     (pinned) host memory.
+//     allocation (rounded up to 256 bytes) or before the page it starts in, stops with a message.
+//     cudaMallocHost is ordinary (pinned) host memory.
 //   * Work is deferred as on a device. Each non-blocking stream has its own queue; the legacy
 //     stream and the blocking streams share one. Work runs only when the host waits for it:
 //     cudaStreamSynchronize, cudaEventSynchronize, cudaDeviceSynchronize, cudaFree, the
